@@ -1,0 +1,131 @@
+"""The operator's admin API (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+import orjson
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from gateway.auth import check_admin
+from shared import keys
+from shared.credits import AccountNotFound
+from shared.errors import bad_request, not_found
+from shared.money import credits_to_micro
+from shared.nodes import node_status
+from shared.protocol import WireModel, validation_error
+
+
+class NewAccount(WireModel):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    credits: Annotated[int | float, Field(ge=0)] = 0
+
+
+class NewKey(WireModel):
+    name: Annotated[str, Field(max_length=200)] = "default"
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+
+
+class NewTopup(WireModel):
+    credits: Annotated[int | float, Field(gt=0)]
+    reference: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+async def _body(request: web.Request, model: type[WireModel]):
+    check_admin(request, request.app["gateway"].settings.admin_token)
+    try:
+        raw = await request.json(loads=orjson.loads)
+    except ValueError:
+        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(raw, dict):
+        raise bad_request("The request body must be a JSON object.")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _micro(credits: int | float, param: str) -> int:
+    try:
+        return credits_to_micro(Decimal(str(credits)))
+    except ValueError as exc:
+        raise bad_request(str(exc), param=param) from None
+
+
+def _admin(request: web.Request):
+    gw = request.app["gateway"]
+    check_admin(request, gw.settings.admin_token)
+    return gw
+
+
+async def create_account(request: web.Request) -> web.Response:
+    body = await _body(request, NewAccount)
+    gw = request.app["gateway"]
+    account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"))
+    return web.json_response(account, status=201)
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    ids = sorted(m.decode() for m in await gw.redis.smembers(keys.ACCOUNTS))
+    return web.json_response({"object": "list", "data": [await gw.accounts.get_account(a) for a in ids],
+                              "has_more": False})
+
+
+async def get_account(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    try:
+        return web.json_response(await gw.accounts.get_account(request.match_info["account_id"]))
+    except AccountNotFound:
+        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request, NewKey)
+    gw = request.app["gateway"]
+    try:
+        key = await gw.accounts.create_key(request.match_info["account_id"], body.name, body.rpm, body.tpm)
+    except AccountNotFound:
+        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+    return web.json_response(key, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    return web.json_response({"object": "list", "data": await gw.accounts.list_keys(request.match_info["account_id"]),
+                              "has_more": False})
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    key_id = request.match_info["key_id"]
+    if not await gw.accounts.revoke_key(key_id):
+        raise not_found(f"No key {key_id!r}.")
+    return web.json_response({"id": key_id, "object": "api_key", "deleted": True})
+
+
+async def create_topup(request: web.Request) -> web.Response:
+    body = await _body(request, NewTopup)
+    gw = request.app["gateway"]
+    try:
+        order, created = await gw.credits.credit(request.match_info["account_id"], _micro(body.credits, "credits"),
+                                                 body.reference)
+    except AccountNotFound:
+        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+    return web.json_response(order, status=201 if created else 200)
+
+
+async def nodes(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    return web.json_response({"object": "list", "data": await node_status(gw.redis, gw.catalog,
+                                                                          gw.settings.worker_lease_s)})
+
+
+async def audit(request: web.Request) -> web.Response:
+    gw = _admin(request)
+    rows = await gw.credits.audit()
+    return web.json_response({"object": "list", "data": rows, "ok": all(r["ok"] for r in rows)})
+

@@ -1,0 +1,61 @@
+"""Bearer-key authentication with a small per-process cache.
+
+A key's record is one HGETALL by the key's SHA-256; hits are cached for
+``TTL_S``. Revocation publishes the key hash and every gateway drops it at
+once (``gateway/hub.py``); the TTL bounds the damage if that message is lost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from aiohttp import web
+
+from shared.accounts import Accounts, KeyRecord, hash_key
+from shared.errors import ApiError, unauthorized
+
+TTL_S = 30.0
+MAX_ENTRIES = 100_000
+
+
+def bearer_token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
+    return token.strip()
+
+
+class KeyCache:
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+        self._entries: dict[str, tuple[KeyRecord, float]] = {}
+
+    async def authenticate(self, request: web.Request) -> KeyRecord:
+        token = bearer_token(request)
+        digest = hash_key(token)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        record = await self.accounts.lookup_key_hash(digest)
+        if record is None:
+            raise unauthorized(f"Incorrect API key provided: {token[:8]}****. Keys are created by the operator.")
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (record, now + TTL_S)
+        return record
+
+    def revoke(self, digest: str | None) -> None:
+        """Drop one key (``None``: all, after a missed-message window)."""
+        if digest is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(digest, None)
+
+
+def check_admin(request: web.Request, admin_token: str) -> None:
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise ApiError(401, "Invalid admin token.", "invalid_request_error", "invalid_admin_token")

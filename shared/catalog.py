@@ -1,0 +1,136 @@
+"""The catalog: models, providers and nodes, loaded once from a TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from shared.money import credits_to_micro, token_cost_micro
+
+BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
+
+
+@dataclass(frozen=True)
+class Provider:
+    id: str
+    adapter: str  # "gemini" | "openai"
+    display_name: str
+    base_url_env: str
+    api_key_env: str
+    base_url: str | None = None  # used when base_url_env is unset
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    display_name: str
+    provider: str
+    nodes: tuple[str, ...]
+    upstream_model: str
+    thinking: str  # "level" (Gemini 3) | "budget" (Gemini 2.5) | "none"
+    endpoint: str
+    base_cost_micro: int
+    input_price_micro: int  # per 1M tokens
+    output_price_micro: int  # per 1M tokens
+    context_window: int
+    max_output_tokens: int
+    input_types: tuple[str, ...]
+    output_types: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    created: int = 1_764_000_000
+    extra: dict = field(default_factory=dict)
+
+    def cost_micro(self, prompt_tokens: int, completion_tokens: int) -> int:
+        return token_cost_micro(prompt_tokens, completion_tokens, self.input_price_micro, self.output_price_micro)
+
+    def public(self) -> dict:
+        """The OpenAI model object plus the catalog data the product page shows."""
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.provider,
+            "display_name": self.display_name,
+            "endpoint": self.endpoint,
+            "base_cost_credits": self.base_cost_micro / 1_000_000,
+            "pricing": {
+                "unit": "credits per 1M tokens",
+                "input": self.input_price_micro / 1_000_000,
+                "output": self.output_price_micro / 1_000_000,
+            },
+            "context_window": self.context_window,
+            "max_output_tokens": self.max_output_tokens,
+            "input_types": list(self.input_types),
+            "output_types": list(self.output_types),
+            "capabilities": list(self.capabilities),
+            "nodes": list(self.nodes),
+            "billing": "successful requests",
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, Model]
+    providers: dict[str, Provider]
+    nodes: dict[str, Node]
+
+    def provider_of_node(self, node: str) -> Provider:
+        return self.providers[self.nodes[node].provider]
+
+
+def parse_catalog(data: dict) -> Catalog:
+    providers = {
+        pid: Provider(
+            id=pid,
+            adapter=p["adapter"],
+            display_name=p.get("display_name", pid),
+            base_url_env=p.get("base_url_env", ""),
+            api_key_env=p.get("api_key_env", ""),
+            base_url=p.get("base_url"),
+        )
+        for pid, p in data.get("providers", {}).items()
+    }
+    nodes = {nid: Node(id=nid, provider=n["provider"]) for nid, n in data.get("nodes", {}).items()}
+    models = {}
+    for mid, m in data.get("models", {}).items():
+        for node in m["nodes"]:
+            if node not in nodes:
+                raise ValueError(f"model {mid!r} routes to unknown node {node!r}")
+        models[mid] = Model(
+            id=mid,
+            display_name=m.get("display_name", mid),
+            provider=m["provider"],
+            nodes=tuple(m["nodes"]),
+            upstream_model=m["upstream_model"],
+            thinking=m.get("thinking", "none"),
+            endpoint=m.get("endpoint", "/api/v1/chat/completions"),
+            base_cost_micro=credits_to_micro(m["base_cost_credits"]),
+            input_price_micro=credits_to_micro(m["input_price_credits_per_1m"]),
+            output_price_micro=credits_to_micro(m["output_price_credits_per_1m"]),
+            context_window=int(m["context_window"]),
+            max_output_tokens=int(m.get("max_output_tokens", 8192)),
+            input_types=tuple(m.get("input_types", ["text"])),
+            output_types=tuple(m.get("output_types", ["text"])),
+            capabilities=tuple(m.get("capabilities", [])),
+        )
+    return Catalog(models=models, providers=providers, nodes=nodes)
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    path = Path(path or os.environ.get("APIINONE_CATALOG") or BUNDLED_CATALOG)
+    with path.open("rb") as fh:
+        return parse_catalog(tomllib.load(fh))
+
+
+@lru_cache(maxsize=1)
+def get_catalog() -> Catalog:
+    return load_catalog()

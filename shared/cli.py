@@ -1,0 +1,177 @@
+"""The `apiinone` command: one entry point, one subcommand per role.
+
+    apiinone run                         everything (what `make run` calls)
+    apiinone gateway                     HTTP ingress
+    apiinone worker --node NAME          a worker pool for one backend node
+    apiinone billing-worker              settlement and hold reconciliation
+    apiinone simulator [--port N]        the Gemini-protocol simulator
+    apiinone admin ...                   accounts, keys, top-ups, nodes, audit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+
+def _run_async(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def _settings():
+    from shared.settings import get_settings
+
+    return get_settings()
+
+
+def _logging(role: str) -> None:
+    from shared.logging import configure_logging
+
+    s = _settings()
+    configure_logging(s.log_format, s.log_level, role)
+
+
+def cmd_run(args) -> None:
+    from shared.launcher import run
+
+    run(_settings())
+
+
+def cmd_gateway(args) -> None:
+    from gateway.app import serve
+
+    _logging("gateway")
+    _run_async(serve())
+
+
+def cmd_worker(args) -> None:
+    from worker.node_worker import serve
+
+    _logging("worker")
+    _run_async(serve(args.node, args.concurrency or _settings().worker_concurrency))
+
+
+def cmd_billing(args) -> None:
+    from worker.billing import serve
+
+    _logging("billing")
+    _run_async(serve())
+
+
+def cmd_simulator(args) -> None:
+    from worker.simulator.app import serve
+
+    serve(args.host, args.port or _settings().simulator_port)
+
+
+async def _admin(args) -> object:
+    from decimal import Decimal
+
+    from shared.accounts import Accounts
+    from shared.catalog import get_catalog
+    from shared.money import credits_to_micro
+    from shared.nodes import node_status
+    from shared.redis_client import make_redis
+
+    settings = _settings()
+    if not settings.redis_url:
+        sys.exit("REDIS_URL is not set (with `make run`'s embedded Valkey: redis://127.0.0.1:6390/0)")
+    redis = make_redis(settings.redis_url)
+    accounts = Accounts(redis)
+    try:
+        what = (args.noun, getattr(args, "verb", None))
+        if what == ("accounts", "create"):
+            return await accounts.create_account(args.name, credits_to_micro(Decimal(args.credits)))
+        if what == ("accounts", "show"):
+            return await accounts.get_account(args.account_id)
+        if what == ("accounts", "list"):
+            from shared import keys
+
+            ids = sorted(m.decode() for m in await redis.smembers(keys.ACCOUNTS))
+            return [await accounts.get_account(a) for a in ids]
+        if what == ("keys", "create"):
+            return await accounts.create_key(args.account_id, args.name, args.rpm, args.tpm)
+        if what == ("keys", "list"):
+            return await accounts.list_keys(args.account_id)
+        if what == ("keys", "revoke"):
+            return {"id": args.key_id, "deleted": await accounts.revoke_key(args.key_id)}
+        if args.noun == "topup":
+            order, created = await accounts.credits.credit(args.account_id, credits_to_micro(Decimal(args.credits)),
+                                                           args.reference)
+            return {**order, "created_now": created}
+        if args.noun == "nodes":
+            return await node_status(redis, get_catalog(), settings.worker_lease_s)
+        if args.noun == "audit":
+            rows = await accounts.credits.audit()
+            bad = [r for r in rows if not r["ok"]]
+            print(f"audited {len(rows)} accounts: {'clean' if not bad else f'{len(bad)} differ'}", file=sys.stderr)
+            if bad:
+                print(json.dumps(bad, indent=2))
+                sys.exit(1)
+            return rows
+        raise SystemExit("unknown admin command; see `apiinone admin --help`")
+    finally:
+        await redis.aclose()
+
+
+def cmd_admin(args) -> None:
+    result = asyncio.run(_admin(args))
+    print(json.dumps(result, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apiinone", description="OpenAI-compatible LLM gateway with prepaid credits")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start everything (embedded Valkey, simulator, gateway, workers, billing)"
+                   ).set_defaults(func=cmd_run)
+    sub.add_parser("gateway", help="HTTP ingress").set_defaults(func=cmd_gateway)
+    w = sub.add_parser("worker", help="a worker pool pinned to one backend node")
+    w.add_argument("--node", required=True)
+    w.add_argument("--concurrency", type=int, default=None, help="concurrent jobs (default APIINONE_WORKER_CONCURRENCY)")
+    w.set_defaults(func=cmd_worker)
+    sub.add_parser("billing-worker", help="settlement and hold reconciliation").set_defaults(func=cmd_billing)
+    s = sub.add_parser("simulator", help="the Gemini-protocol simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=cmd_simulator)
+
+    a = sub.add_parser("admin", help="operator commands against REDIS_URL")
+    a.set_defaults(func=cmd_admin)
+    nouns = a.add_subparsers(dest="noun", required=True)
+    acc = nouns.add_parser("accounts").add_subparsers(dest="verb", required=True)
+    c = acc.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--credits", default="0")
+    acc.add_parser("show").add_argument("account_id")
+    acc.add_parser("list")
+    k = nouns.add_parser("keys").add_subparsers(dest="verb", required=True)
+    kc = k.add_parser("create")
+    kc.add_argument("account_id")
+    kc.add_argument("--name", default="default")
+    kc.add_argument("--rpm", type=int)
+    kc.add_argument("--tpm", type=int)
+    k.add_parser("list").add_argument("account_id")
+    k.add_parser("revoke").add_argument("key_id")
+    t = nouns.add_parser("topup")
+    t.add_argument("account_id")
+    t.add_argument("--credits", required=True)
+    t.add_argument("--reference", required=True)
+    nouns.add_parser("nodes")
+    nouns.add_parser("audit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

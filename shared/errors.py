@@ -1,0 +1,68 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
+
+Statuses follow what the openai SDKs map to exceptions (see NOTES.md).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    @classmethod
+    def from_body(cls, status: int, body: dict, retry_after: float | None = None) -> ApiError:
+        err = body.get("error", {})
+        return cls(status, err.get("message", ""), err.get("type", "api_error"), err.get("code"), err.get("param"),
+                   retry_after)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", code, param)
+
+
+def unauthorized(message: str = "Incorrect API key provided.") -> ApiError:
+    return ApiError(401, message, "invalid_request_error", "invalid_api_key")
+
+
+def insufficient_quota(message: str) -> ApiError:
+    return ApiError(402, message, "insufficient_quota", "insufficient_quota")
+
+
+def not_found(message: str, code: str = "not_found", param: str | None = None) -> ApiError:
+    return ApiError(404, message, "invalid_request_error", code, param)
+
+
+def rate_limited(message: str, retry_after: float, code: str = "rate_limit_exceeded") -> ApiError:
+    return ApiError(429, message, "rate_limit_error" if code == "rate_limit_exceeded" else "requests", code,
+                    retry_after=retry_after)
+
+
+def unavailable(message: str, retry_after: float | None = 1.0) -> ApiError:
+    return ApiError(503, message, "service_unavailable", "service_unavailable", retry_after=retry_after)
+
+
+def upstream_error(status: int, message: str, code: str = "upstream_error", retry_after: float | None = None) -> ApiError:
+    return ApiError(status, message, "api_error", code, retry_after=retry_after)

@@ -1,0 +1,69 @@
+"""Every Redis key and channel name, in one place.
+
+Money keys carry the account's hash tag ``{acct:ID}`` so that every key one Lua
+script touches lives in one Redis Cluster slot.
+"""
+
+PREFIX = "aio:"
+
+
+class AccountKeys:
+    """The keys of one account; all share the hash tag ``{acct:<id>}``."""
+
+    __slots__ = ("account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys")
+
+    def __init__(self, account_id: str) -> None:
+        tag = f"{PREFIX}{{acct:{account_id}}}:"
+        self.account = tag + "account"  # hash: id, name, balance, held, created_at
+        self.holds = tag + "holds"  # hash: request id -> "amount:key_id"
+        self.deadlines = tag + "hold_deadlines"  # zset: request id -> deadline ms
+        self.ledger = tag + "ledger"  # stream: every balance change
+        self.usage = tag + "usage"  # stream: one row per settled request
+        self.orders = tag + "orders"  # stream: top-up orders
+        self.order_refs = tag + "order_refs"  # hash: top-up reference -> order id
+        self.keys = tag + "keys"  # set of key ids
+
+    def money(self) -> list[str]:
+        """KEYS for the money scripts, in the order the .lua files expect."""
+        return [self.account, self.holds, self.deadlines, self.ledger, self.usage]
+
+
+ACCOUNTS = PREFIX + "accounts"  # set of account ids
+
+
+def api_key(key_hash: str) -> str:
+    return f"{PREFIX}apikey:{key_hash}"  # hash: the key record
+
+
+def api_key_id(key_id: str) -> str:
+    return f"{PREFIX}keyid:{key_id}"  # string: key hash, for revocation by id
+
+
+def node_queue(node: str) -> str:
+    return f"{PREFIX}queue:{node}"  # arq queue (zset) of interactive jobs
+
+
+def node_batch_queue(node: str) -> str:
+    return f"{PREFIX}queue:{node}:batch"  # lower priority: popped only when interactive is empty
+
+
+BILLING_QUEUE = PREFIX + "queue:billing"
+
+
+def node_workers(node: str) -> str:
+    return f"{PREFIX}workers:{node}"  # zset: worker id -> last heartbeat ms
+
+
+def worker_info(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}"  # hash with TTL: the worker's heartbeat
+
+
+def gateway_channel(gateway_id: str) -> str:
+    return f"{PREFIX}gw:{gateway_id}"  # pub/sub: worker -> gateway replies
+
+
+def node_cancel_channel(node: str) -> str:
+    return f"{PREFIX}cancel:{node}"  # pub/sub: gateway -> node workers, request ids to cancel
+
+
+REVOCATIONS = PREFIX + "revocations"  # pub/sub: revoked key hashes, to drop gateway caches

@@ -1,0 +1,34 @@
+-- settle: release a request's hold, charge its actual cost, write ledger and usage.
+-- Idempotent: the hold is the token; a request without one was settled (or
+-- refunded) already, and settling it again changes nothing.
+-- KEYS: account hash, holds hash, hold deadlines zset, ledger stream, usage stream
+-- ARGV: request id, charge (micro, >= 0), ledger reason ('' = no entry when charge is 0),
+--       then field/value pairs of the usage row
+-- Returns {1, balance, charged} or {0, 0, 0} when there was no hold.
+local hold = redis.call('HGET', KEYS[2], ARGV[1])
+if not hold then return {0, 0, 0} end
+local amount = tonumber(string.match(hold, '^(%d+)'))
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'held', -amount)
+local charge = tonumber(ARGV[2])
+local balance
+if charge > 0 then
+  balance = redis.call('HINCRBY', KEYS[1], 'balance', -charge)
+else
+  balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
+end
+if charge > 0 or ARGV[3] ~= '' then
+  local reason = ARGV[3]
+  if reason == '' then reason = 'charge' end
+  redis.call('XADD', KEYS[4], '*', 'amount', tostring(-charge), 'reason', reason,
+             'ref', ARGV[1], 'balance', tostring(balance))
+end
+local row = {}
+for i = 4, #ARGV do row[#row + 1] = ARGV[i] end
+row[#row + 1] = 'charged_micro'
+row[#row + 1] = tostring(charge)
+row[#row + 1] = 'hold_micro'
+row[#row + 1] = tostring(amount)
+redis.call('XADD', KEYS[5], '*', unpack(row))
+return {1, balance, charge}

@@ -1,0 +1,36 @@
+"""Money arithmetic: integers only.
+
+1 credit = $0.01 = 1,000,000 micro-credits. Every balance, hold and charge in
+code and in Redis is an integer number of micro-credits.
+
+Rounding rule: the cost of a request is
+``ceil((prompt_tokens * input_price + completion_tokens * output_price) / 1_000_000)``
+micro-credits, where prices are micro-credits per 1M tokens and completion
+tokens include thinking tokens. One rounding, upwards, per request.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+MICRO_PER_CREDIT = 1_000_000
+TOKENS_PER_PRICE_UNIT = 1_000_000
+
+
+def credits_to_micro(credits: str | int | Decimal) -> int:
+    """Exact conversion from a decimal credit amount; refuses sub-micro precision."""
+    micro = Decimal(str(credits)) * MICRO_PER_CREDIT
+    if micro != micro.to_integral_value():
+        raise ValueError(f"{credits} credits is not a whole number of micro-credits")
+    return int(micro)
+
+
+def micro_to_credits(micro: int) -> float:
+    """For display only (JSON numbers); never feed the result back into money paths."""
+    return micro / MICRO_PER_CREDIT
+
+
+def token_cost_micro(prompt_tokens: int, completion_tokens: int, input_price_micro: int, output_price_micro: int) -> int:
+    """Cost in micro-credits; prices are micro-credits per 1M tokens."""
+    numerator = prompt_tokens * input_price_micro + completion_tokens * output_price_micro
+    return -(-numerator // TOKENS_PER_PRICE_UNIT)

@@ -1,0 +1,62 @@
+"""Every knob of every process, read once from the environment.
+
+All names carry the ``APIINONE_`` prefix except the conventional ``REDIS_URL``,
+``GEMINI_API_KEY`` and ``GEMINI_BASE_URL`` (see ARCHITECTURE "the contract").
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APIINONE_", extra="ignore")
+
+    # HTTP ingress
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str | None = None
+    public_base_url: str | None = None  # what `make run` prints; defaults to http://host:port
+    stream_default: bool = False  # True: an absent `stream` means SSE unless the client asks for JSON
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_messages: int = 2048
+
+    # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
+    embedded_redis_port: int = 6390
+    data_dir: Path = Path("var")
+
+    # Provider credentials: only workers read these.
+    gemini_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "APIINONE_GEMINI_API_KEY")
+    )
+    gemini_base_url: str = Field(
+        default="https://generativelanguage.googleapis.com",
+        validation_alias=AliasChoices("GEMINI_BASE_URL", "APIINONE_GEMINI_BASE_URL"),
+    )
+    simulator_port: int = 8090
+
+    # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`.
+    catalog: Path | None = None
+
+    # Request lifecycle
+    queue_timeout_s: float = 10.0  # how long a request may wait for a worker before 503
+    request_timeout_s: float = 600.0  # hard ceiling for one request, upstream included
+    hold_grace_s: float = 120.0  # a hold past its deadline by this much is reconciled
+    worker_lease_s: float = 5.0  # a worker silent this long is dead; its streams are failed
+    worker_concurrency: int = 1000
+    upstream_connect_timeout_s: float = 5.0
+    upstream_retries: int = 2  # retries before the first token on 429/5xx
+
+    # Logging
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

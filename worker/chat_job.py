@@ -1,0 +1,123 @@
+"""The chat job: one request, from the node queue to its gateway and the billing queue.
+
+Outcomes and what they cost (ARCHITECTURE "Credits"):
+  succeeded  -> charged the token cost
+  cancelled  -> the client left; charged for what the provider produced
+  failed     -> provider error (before or mid-stream), timeout, shutdown: refunded in full
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, AsyncIterator
+
+import orjson
+import structlog
+
+from shared import relay
+from shared.catalog import Model
+from worker.chunks import ChunkBuilder
+from worker.provider import Adapter, Delta, ProviderError
+from worker.publisher import ReplyPublisher
+
+if TYPE_CHECKING:
+    from worker.node_worker import NodeWorker
+
+log = structlog.get_logger()
+
+RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
+
+
+async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int) -> AsyncIterator[Delta]:
+    """Retry 429/5xx while nothing has been produced; never after output began."""
+    attempt, spent = 0, 0.0
+    while True:
+        produced = False
+        try:
+            async for delta in adapter.stream(body, model):
+                produced = produced or bool(delta.content or delta.reasoning or delta.tool_calls)
+                yield delta
+            return
+        except ProviderError as exc:
+            pause = max(0.2 * 2**attempt, exc.retry_after or 0.0)
+            if produced or not exc.retryable or attempt >= retries or spent + pause > RETRY_BUDGET_S:
+                raise
+            log.info("upstream retry", code=exc.code, attempt=attempt + 1, pause_s=pause)
+            await asyncio.sleep(pause)
+            attempt, spent = attempt + 1, spent + pause
+
+
+async def run_chat(ctx: dict, job: dict) -> str:
+    worker: NodeWorker = ctx["worker"]
+    rid = job["id"]
+    model = worker.catalog.models[job["model"]]
+    publisher = ReplyPublisher(worker.pool, job["reply_to"], rid)
+    publisher.send(relay.frame(relay.STARTED, worker.worker_id.encode()))
+    builder = ChunkBuilder(rid, model.id, job["created"])
+    stream = job["stream"]
+    started = time.monotonic()
+    ttft_ms: int | None = None
+    status, error = "succeeded", None
+    try:
+        deltas = stream_with_retries(worker.adapter(job["node"]), job["body"], model, worker.settings.upstream_retries)
+        async for delta in deltas:
+            chunks = builder.add(delta)
+            if chunks and ttft_ms is None:
+                ttft_ms = int((time.monotonic() - started) * 1000)
+            if stream:
+                for chunk in chunks:
+                    publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
+        if builder.finish_reason is None:
+            raise ProviderError(502, "The upstream stream ended before the answer was complete.",
+                                "upstream_stream_broken")
+    except ProviderError as exc:
+        status, error = "failed", exc
+    except asyncio.CancelledError:
+        if worker.cancel_reasons.pop(rid, None) == "client":
+            status = "cancelled"
+        else:
+            status, error = "failed", ProviderError(503, "The worker shut down before the answer was complete.",
+                                                    "worker_shutdown", retryable=True, retry_after=1.0)
+    except Exception as exc:  # a bug must still end the request and refund it
+        log.exception("chat job crashed", request_id=rid)
+        status, error = "failed", ProviderError(500, f"Internal error: {exc.__class__.__name__}", "internal_error")
+
+    usage = builder.usage
+    billable = status in ("succeeded", "cancelled") and usage is not None
+    charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+    if status == "succeeded":
+        if stream:
+            if job.get("include_usage"):
+                publisher.send(relay.frame(relay.CHUNK, orjson.dumps(builder.usage_chunk(charge))))
+            publisher.send(relay.frame(relay.DONE))
+        else:
+            publisher.send(relay.frame(relay.RESULT, orjson.dumps(builder.completion(charge))))
+    elif error is not None:
+        publisher.send(relay.error_frame(error.status, error.body(), error.retry_after))
+    await publisher.drain()
+
+    u = usage
+    await worker.hand_to_billing({
+        "request_id": rid,
+        "account_id": job["account_id"],
+        "key_id": job["key_id"],
+        "model": model.id,
+        "node": job["node"],
+        "status": status,
+        "error_code": error.code if error else "",
+        "finish_reason": builder.finish_reason or "",
+        "stream": int(stream),
+        "prompt_tokens": u.prompt_tokens if billable else 0,
+        "completion_tokens": u.completion_tokens if billable else 0,
+        "reasoning_tokens": u.reasoning_tokens if billable else 0,
+        "cached_tokens": u.cached_tokens if billable else 0,
+        "latency_ms": int((time.monotonic() - started) * 1000),
+        "ttft_ms": ttft_ms if ttft_ms is not None else "",
+        "queue_ms": max(0, int(time.time() * 1000) - job["enqueued_ms"] - int((time.monotonic() - started) * 1000)),
+        "created": job["created"],
+        "batch_id": job.get("batch_id", ""),
+        "publishes": publisher.published,
+    })
+    return status
+

@@ -1,0 +1,98 @@
+"""ChunkBuilder: provider deltas -> OpenAI ``chat.completion.chunk``s and one ``chat.completion``.
+
+Thinking text goes out as ``reasoning_content`` (DeepSeek's name) and, for
+clients that read the other name, ``reasoning``.
+"""
+
+from __future__ import annotations
+
+from worker.provider import Delta, Usage
+
+
+class ChunkBuilder:
+    def __init__(self, request_id: str, model: str, created: int) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.created = created
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: list[dict] = []
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self._sent_role = False
+        self.produced_output = False
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        if not self._sent_role:
+            delta = {"role": "assistant", **delta}
+            self._sent_role = True
+        return {
+            "id": self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    def add(self, d: Delta) -> list[dict]:
+        """Fold one delta in; return the chunks to send for it."""
+        if d.usage is not None:
+            self.usage = d.usage
+        out = []
+        if d.reasoning:
+            self.reasoning.append(d.reasoning)
+            out.append(self._chunk({"reasoning_content": d.reasoning, "reasoning": d.reasoning}))
+        if d.content:
+            self.content.append(d.content)
+            out.append(self._chunk({"content": d.content}))
+        for call in d.tool_calls:
+            entry = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            self.tool_calls.append(entry)
+            out.append(self._chunk({"tool_calls": [{"index": call.index, **entry}]}))
+        if out:
+            self.produced_output = True
+        if d.finish_reason:
+            self.finish_reason = d.finish_reason
+            out.append(self._chunk({}, d.finish_reason))
+        return out
+
+    def usage_dict(self, charged_micro: int) -> dict:
+        u = self.usage or Usage()
+        return {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "credits_charged": charged_micro / 1_000_000,
+            "charged_micro": charged_micro,
+        }
+
+    def usage_chunk(self, charged_micro: int) -> dict:
+        return {
+            "id": self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage_dict(charged_micro),
+        }
+
+    def completion(self, charged_micro: int) -> dict:
+        message: dict = {"role": "assistant", "content": "".join(self.content) if self.content or not self.tool_calls else None}
+        if self.reasoning:
+            text = "".join(self.reasoning)
+            message["reasoning_content"] = text
+            message["reasoning"] = text
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        message["refusal"] = None
+        return {
+            "id": self.request_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": self.finish_reason or "stop"}],
+            "usage": self.usage_dict(charged_micro),
+        }

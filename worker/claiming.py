@@ -1,0 +1,94 @@
+"""BlockingPopWorker: arq's worker with its polling loop replaced by BZPOPMIN.
+
+arq polls its queue every ``poll_delay`` (0.5 s: ~250 ms added to every
+request), leaves running jobs in the queue, and re-examines all of them on
+every poll. Here a worker blocks on BZPOPMIN over its queues, in priority
+order, only while it has a free slot: the pop is the claim (exactly one worker
+gets each job, in ~one round trip), a queued job is one nobody has started,
+and an idle worker sends one command per ``idle_timeout_s``. Everything after
+the claim (job decoding, timeouts, results) is arq's own ``run_job``.
+
+Jobs must not be deferred (arq's ``_defer_by``/cron): BZPOPMIN ignores scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import structlog
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from shared.redis_client import make_redis
+
+log = structlog.get_logger()
+logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs two lines per job
+
+
+class BlockingPopWorker(Worker):
+    idle_timeout_s = 1.0
+
+    def __init__(self, *args, claim_queues: list[str], redis_url: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.claim_queues = claim_queues
+        self.redis_url = redis_url
+        self.sem = asyncio.BoundedSemaphore(self.max_jobs)
+
+    async def background(self) -> list:
+        """Coroutines to run beside the claim loop (heartbeats, listeners)."""
+        return []
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        claimer = make_redis(self.redis_url, max_connections=1, socket_timeout=None)
+        helpers = [asyncio.create_task(c) for c in await self.background()]
+        try:
+            await self._claim_loop(claimer)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await claimer.aclose()
+
+    async def _claim_loop(self, claimer) -> None:
+        while True:
+            if not self.allow_pick_jobs:
+                await asyncio.sleep(0.1)
+                continue
+            await self.sem.acquire()
+            try:
+                popped = await claimer.bzpopmin(self.claim_queues, timeout=self.idle_timeout_s)
+            except RedisError as exc:
+                self.sem.release()
+                log.warning("queue unreachable, retrying", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            except BaseException:
+                self.sem.release()
+                raise
+            if not popped:
+                self.sem.release()
+                continue
+            queue, job_id_b, score = popped
+            if not self.allow_pick_jobs:  # a drain began while we were blocked: give it back
+                await self.pool.zadd(queue, {job_id_b: score})
+                self.sem.release()
+                continue
+            self.start_claimed(job_id_b.decode(), int(score))
+
+    def start_claimed(self, job_id: str, score: int) -> None:
+        self.job_counter += 1
+        task = self.loop.create_task(self.run_job(job_id, score))
+        self.tasks[job_id] = task
+
+        def done(_task: asyncio.Task, job_id: str = job_id) -> None:
+            self._release_sem_dec_counter_on_complete()
+            self.tasks.pop(job_id, None)
+
+        task.add_done_callback(done)
+
+    def inflight(self) -> int:
+        return self.job_counter

@@ -1,0 +1,150 @@
+"""NodeWorker: a worker process pinned to one backend node (`apiinone worker --node NAME`).
+
+It holds that node's provider credentials, claims chat jobs from the node's
+queues (interactive first, then batch), heartbeats so gateways and
+`/admin/nodes` see it, and cancels jobs whose clients went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+
+import structlog
+from arq.connections import ArqRedis
+from arq.worker import func
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.catalog import Catalog, get_catalog
+from shared.queue import NodeQueue, deserialize
+from shared.redis_client import make_redis
+from shared.settings import Settings, get_settings
+from worker.chat_job import run_chat
+from worker.claiming import BlockingPopWorker
+from worker.gemini import GeminiAdapter
+from worker.provider import Adapter
+
+log = structlog.get_logger()
+
+HEARTBEAT_S = 1.0
+
+
+def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
+    provider = catalog.provider_of_node(node)
+    base_url = os.environ.get(provider.base_url_env) or provider.base_url
+    api_key = os.environ.get(provider.api_key_env, "")
+    if provider.adapter == "gemini":
+        return GeminiAdapter(base_url or settings.gemini_base_url, api_key or settings.gemini_api_key or "",
+                             connect_timeout=settings.upstream_connect_timeout_s,
+                             read_timeout=settings.request_timeout_s)
+    raise ValueError(f"node {node!r}: unknown adapter {provider.adapter!r}")
+
+
+class NodeWorker(BlockingPopWorker):
+    def __init__(self, node: str, concurrency: int, settings: Settings | None = None, catalog: Catalog | None = None,
+                 drain_s: float = 30.0) -> None:
+        self.settings = settings or get_settings()
+        self.catalog = catalog or get_catalog()
+        if node not in self.catalog.nodes:
+            raise SystemExit(f"unknown node {node!r}; the catalog has: {', '.join(self.catalog.nodes)}")
+        self.node = node
+        self.worker_id = f"{node}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.cancel_reasons: dict[str, str] = {}
+        self._adapter: Adapter | None = None
+        self.started_at = int(time.time())
+        pool = make_redis(self.settings.redis_url, cls=ArqRedis)
+        super().__init__(
+            functions=[func(run_chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s)],
+            queue_name=keys.node_queue(node),
+            redis_pool=pool,
+            claim_queues=[keys.node_queue(node), keys.node_batch_queue(node)],
+            redis_url=self.settings.redis_url,
+            max_jobs=concurrency,
+            keep_result=0,
+            max_tries=1,
+            retry_jobs=False,
+            job_completion_wait=int(drain_s),
+            job_deserializer=deserialize,
+            ctx={},
+        )
+        self.ctx["worker"] = self
+        self.queue = NodeQueue(pool)
+
+    def adapter(self, node: str) -> Adapter:
+        if self._adapter is None:
+            self._adapter = build_adapter(self.catalog, node, self.settings)
+        return self._adapter
+
+    async def hand_to_billing(self, settlement: dict) -> None:
+        """Queue the settlement; retried briefly so a Redis blip does not lose a charge."""
+        for attempt in range(5):
+            try:
+                await self.queue.enqueue(keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"],
+                                         settlement, expires_ms=7 * 24 * 3600 * 1000)
+                return
+            except RedisError as exc:
+                log.warning("billing hand-off failed", request_id=settlement["request_id"], error=str(exc))
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("billing hand-off gave up; the hold will be reconciled", request_id=settlement["request_id"])
+
+    async def background(self) -> list:
+        return [self._heartbeat(), self._listen_for_cancels()]
+
+    async def _heartbeat(self) -> None:
+        info_key, lease_ms = keys.worker_info(self.worker_id), int(self.settings.worker_lease_s * 1000)
+        while True:
+            try:
+                now_ms = int(time.time() * 1000)
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    pipe.hset(info_key, mapping={
+                        "id": self.worker_id, "node": self.node, "host": socket.gethostname(), "pid": os.getpid(),
+                        "concurrency": self.max_jobs, "inflight": self.inflight(), "started": self.started_at,
+                        "heartbeat_ms": now_ms, "draining": int(not self.allow_pick_jobs),
+                    })
+                    pipe.pexpire(info_key, lease_ms)
+                    pipe.zadd(keys.node_workers(self.node), {self.worker_id: now_ms})
+                    await pipe.execute()
+            except RedisError as exc:
+                log.warning("heartbeat failed", error=str(exc))
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _listen_for_cancels(self) -> None:
+        """Gateways publish the ids of requests whose clients disconnected."""
+        while True:
+            try:
+                pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(keys.node_cancel_channel(self.node))
+                async for message in pubsub.listen():
+                    request_id = message["data"].decode()
+                    task = self.job_tasks.get(request_id)
+                    if task is not None and not task.done():
+                        self.cancel_reasons[request_id] = "client"
+                        task.cancel()
+            except RedisError as exc:
+                log.warning("cancel listener lost Redis, reconnecting", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def deregister(self) -> None:
+        try:
+            await self.pool.zrem(keys.node_workers(self.node), self.worker_id)
+            await self.pool.delete(keys.worker_info(self.worker_id))
+        except RedisError:
+            pass
+        if self._adapter is not None:
+            await self._adapter.close()
+
+
+async def serve(node: str, concurrency: int) -> None:
+    worker = NodeWorker(node, concurrency)
+    log.info("worker starting", node=node, worker_id=worker.worker_id, concurrency=concurrency)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.deregister()
+        await worker.close()

@@ -1,0 +1,61 @@
+"""What every provider adapter yields, and how it fails.
+
+An adapter turns one OpenAI chat request into a stream of ``Delta``s; the
+chat job (``worker/chat_job.py``) turns those into OpenAI chunks. Adapters
+raise ``ProviderError`` with the status the client should see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+from shared.catalog import Model
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # includes reasoning tokens, as OpenAI counts them
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str
+    name: str
+    arguments: str  # complete JSON text: Gemini sends a function call whole
+
+
+@dataclass
+class Delta:
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None  # running totals; the last one is final
+
+
+class ProviderError(Exception):
+    """An upstream failure, already mapped to what the client sees."""
+
+    def __init__(self, status: int, message: str, code: str, *, retryable: bool = False,
+                 retry_after: float | None = None, error_type: str = "api_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.error_type = error_type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.error_type, "param": None, "code": self.code}}
+
+
+class Adapter(Protocol):
+    async def stream(self, body: dict, model: Model) -> AsyncIterator[Delta]: ...
+
+    async def close(self) -> None: ...
