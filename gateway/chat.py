@@ -3,6 +3,11 @@
 The gateway never calls a provider: it validates the request, holds the
 model's base cost, puts one job on a node queue, and relays what the worker
 publishes: SSE chunks as they come, or one chat.completion.
+
+A failure before anything reached the client may be retried: on the next
+node for an upstream 429/5xx (failover), or once on any live worker when the
+worker died. Each attempt is its own request id with its own hold and
+settlement, so a retry can never be billed twice or for free.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from redis.exceptions import RedisError
 from gateway.hub import LOST
 from gateway.state import Gateway
 from shared import keys, relay
+from shared.accounts import KeyRecord
 from shared.catalog import Model
 from shared.errors import ApiError, bad_request, insufficient_quota, not_found, unavailable
 from shared.protocol import ChatCompletionRequest, parse_chat_request
+from shared.queue import QueueFull
 
 log = structlog.get_logger()
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 WATCH_S = 2.0  # how often a silent request checks that its worker is still alive
+FAILOVER_STATUSES = {429, 500, 502, 503, 504}
 
 
 def wants_stream(explicit: bool | None, accept: str, stream_default: bool) -> bool:
@@ -72,6 +80,15 @@ def check_request(req: ChatCompletionRequest, model: Model) -> None:
             f"{estimate} tokens.", param="messages", code="context_length_exceeded")
 
 
+class Retryable(Exception):
+    """Nothing reached the client yet, and another attempt may succeed."""
+
+    def __init__(self, error: ApiError, node_failed: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.node_failed = node_failed  # False: the worker died, the node may be fine
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app["gateway"]
     key = await gw.keys.authenticate(request)
@@ -85,65 +102,95 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise not_found(f"The model '{req.model}' does not exist. GET /api/v1/models lists the models.",
                         code="model_not_found", param="model")
     check_request(req, model)
-    node = await gw.pick_node(model)
-    stream = wants_stream(req.stream, request.headers.get("Accept", ""), gw.settings.stream_default)
-
-    request_id = "chatcmpl-" + secrets.token_hex(12)
-    now = time.time()
-    deadline_ms = int((now + gw.settings.queue_timeout_s + gw.settings.request_timeout_s) * 1000)
-    reservation = await gw.credits.reserve(key.account_id, request_id, model.base_cost_micro, deadline_ms, key.id)
-    if not reservation.ok:
-        raise insufficient_quota(
-            f"Insufficient credits: this request holds {model.base_cost_micro / 1e6:g} credits and the account has "
-            f"{(reservation.balance_micro - reservation.held_micro) / 1e6:g} available. Top up to continue.")
-
     job = {
-        "id": request_id, "account_id": key.account_id, "key_id": key.id, "model": model.id, "node": node,
-        "reply_to": gw.hub.channel, "stream": stream,
+        "account_id": key.account_id, "key_id": key.id, "model": model.id, "reply_to": gw.hub.channel,
+        "stream": wants_stream(req.stream, request.headers.get("Accept", ""), gw.settings.stream_default),
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
-        "created": int(now), "enqueued_ms": int(now * 1000),
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
-    replies = gw.hub.register(request_id)
-    try:
+    failed_nodes: list[str] = []
+    worker_retry_left = True
+    last_error: ApiError | None = None
+    while True:
+        node = await gw.pick_node(model, exclude=failed_nodes)
+        if node is None:
+            raise last_error or unavailable(
+                f"No worker is serving model '{model.id}' right now (nodes: {', '.join(model.nodes)}).",
+                retry_after=2)
         try:
-            await gw.queue.enqueue(keys.node_queue(node), "chat", request_id, job,
-                                   expires_ms=int((gw.settings.queue_timeout_s + 5) * 1000))
-        except RedisError:
-            await gw.refund_unstarted(key, request_id, model.id, node, "queue_unavailable")
-            raise unavailable("The request queue is unavailable; try again shortly.") from None
-        relay_ = Relay(request, gw, request_id, node, key, model.id, replies)
-        return await relay_.run()
-    finally:
-        gw.hub.unregister(request_id)
+            response = await Attempt(request, gw, key, model, node, job).run()
+        except Retryable as retry:
+            last_error = retry.error
+            if retry.node_failed:
+                gw.breaker.failure(node)
+                failed_nodes.append(node)
+            elif worker_retry_left:
+                worker_retry_left = False
+            else:
+                raise retry.error from None
+            log.info("retrying on another worker or node", node=node, code=retry.error.code)
+            continue
+        gw.breaker.success(node)
+        return response
 
 
-class Relay:
-    """Waits for one request's replies and writes them to the client."""
+class Attempt:
+    """One request id: reserve, enqueue, relay the replies."""
 
-    def __init__(self, request, gw: Gateway, request_id: str, node: str, key, model_id: str, replies) -> None:
+    def __init__(self, request: web.Request, gw: Gateway, key: KeyRecord, model: Model, node: str, job: dict) -> None:
         self.request = request
         self.gw = gw
-        self.request_id = request_id
-        self.node = node
         self.key = key
-        self.model_id = model_id
-        self.replies: asyncio.Queue = replies
+        self.model = model
+        self.node = node
+        self.request_id = "chatcmpl-" + secrets.token_hex(12)
+        now = time.time()
+        self.job = {**job, "id": self.request_id, "node": node, "created": int(now), "enqueued_ms": int(now * 1000)}
         self.worker_id: str | None = None
         self.response: web.StreamResponse | None = None
+        self.replies: asyncio.Queue | None = None
 
     async def run(self) -> web.StreamResponse:
+        gw, s = self.gw, self.gw.settings
+        deadline_ms = int((time.time() + s.queue_timeout_s + s.request_timeout_s) * 1000)
+        reservation = await gw.credits.reserve(self.key.account_id, self.request_id, self.model.base_cost_micro,
+                                               deadline_ms, self.key.id)
+        if not reservation.ok:
+            raise insufficient_quota(
+                f"Insufficient credits: a request to '{self.model.id}' holds {self.model.base_cost_micro / 1e6:g} "
+                f"credits and the account has {(reservation.balance_micro - reservation.held_micro) / 1e6:g} "
+                f"available. Top up to continue.")
+        self.replies = gw.hub.register(self.request_id)
+        try:
+            try:
+                await gw.queue.enqueue(keys.node_queue(self.node), "chat", self.request_id, self.job,
+                                       expires_ms=int((s.queue_timeout_s + 5) * 1000), max_depth=s.max_queue_depth)
+            except QueueFull:
+                await self._refund_unstarted("queue_full")
+                raise unavailable(f"Node {self.node} is at capacity ({s.max_queue_depth} requests waiting); "
+                                  "try again shortly.", retry_after=2) from None
+            except RedisError:
+                await self._refund_unstarted("queue_unavailable")
+                raise unavailable("The request queue is unavailable; try again shortly.") from None
+            return await self._relay_guarded()
+        finally:
+            gw.hub.unregister(self.request_id)
+
+    async def _refund_unstarted(self, code: str) -> None:
+        await self.gw.refund_unstarted(self.key, self.request_id, self.model.id, self.node, code)
+
+    async def _relay_guarded(self) -> web.StreamResponse:
         try:
             return await self._relay()
         except asyncio.CancelledError:
-            # The client went away (aiohttp cancels the handler): stop the work.
-            self.gw.spawn(self.gw.cancel_request(self.key, self.request_id, self.model_id, self.node))
+            # The client went away (aiohttp cancels the handler): stop the work, bill what was produced.
+            self.gw.spawn(self.gw.cancel_request(self.key, self.request_id, self.model.id, self.node))
             raise
-        except (ConnectionResetError, ConnectionError):
-            self.gw.spawn(self.gw.cancel_request(self.key, self.request_id, self.model_id, self.node))
+        except ConnectionError:
+            self.gw.spawn(self.gw.cancel_request(self.key, self.request_id, self.model.id, self.node))
             return self.response or web.Response(status=499)
 
-    async def _next(self):
+    async def _next(self) -> bytes:
         """The next batch of frames; fails the request if its worker or Redis is lost."""
         waited = 0.0
         while True:
@@ -154,7 +201,7 @@ class Relay:
                 await self._watch(waited)
                 continue
             if item is LOST:
-                await self.gw.fail_lost(self.key, self.request_id, self.model_id, self.node, "reply_channel_lost")
+                await self.gw.fail_lost(self.key, self.request_id, self.model.id, self.node, "reply_channel_lost")
                 raise unavailable("The gateway lost its connection to Redis while waiting for the answer; "
                                   "the request was not billed.")
             return item
@@ -164,14 +211,22 @@ class Relay:
             if waited < self.gw.settings.queue_timeout_s:
                 return
             if await self.gw.queue.withdraw(keys.node_queue(self.node), self.request_id):
-                await self.gw.refund_unstarted(self.key, self.request_id, self.model_id, self.node, "queue_timeout")
+                await self._refund_unstarted("queue_timeout")
                 raise unavailable(f"No worker on node {self.node} took the request within "
                                   f"{self.gw.settings.queue_timeout_s:g}s; it was not billed.", retry_after=2)
             return  # a worker claimed it just now; its STARTED frame is on the way
         if not await self.gw.worker_alive(self.worker_id):
-            await self.gw.fail_lost(self.key, self.request_id, self.model_id, self.node, "worker_lost")
-            raise ApiError(502, "The worker serving this request stopped; the request was not billed.",
-                           "api_error", "worker_lost")
+            await self.gw.fail_lost(self.key, self.request_id, self.model.id, self.node, "worker_lost")
+            error = ApiError(502, "The worker serving this request stopped; the request was not billed.",
+                             "api_error", "worker_lost")
+            if self.response is None:
+                raise Retryable(error, node_failed=False)
+            raise error
+
+    async def _start_sse(self) -> web.StreamResponse:
+        self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": self.request_id})
+        await self.response.prepare(self.request)
+        return self.response
 
     async def _relay(self) -> web.StreamResponse:
         while True:
@@ -180,36 +235,33 @@ class Relay:
             except ApiError as exc:
                 if self.response is None:
                     raise
-                await self._write_error(exc.json())
+                await self._end_with_error(exc.json())
                 return self.response
             for kind, payload in relay.iter_frames(frames):
                 if kind == relay.CHUNK:
-                    if self.response is None:
-                        self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS,
-                                                                                 "X-Request-Id": self.request_id})
-                        await self.response.prepare(self.request)
-                    await self.response.write(b"data: " + payload + b"\n\n")
+                    response = self.response or await self._start_sse()
+                    await response.write(b"data: " + payload + b"\n\n")
                 elif kind == relay.STARTED:
                     self.worker_id = payload.decode()
                 elif kind == relay.DONE:
-                    if self.response is None:  # an empty stream: still a valid SSE answer
-                        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-                        await self.response.prepare(self.request)
-                    await self.response.write(b"data: [DONE]\n\n")
-                    await self.response.write_eof()
-                    return self.response
+                    response = self.response or await self._start_sse()  # an empty stream is still valid SSE
+                    await response.write(b"data: [DONE]\n\n")
+                    await response.write_eof()
+                    return response
                 elif kind == relay.RESULT:
                     return web.Response(body=payload, content_type="application/json",
                                         headers={"X-Request-Id": self.request_id})
                 elif kind == relay.ERROR:
                     info = orjson.loads(payload)
                     if self.response is None:
-                        err = ApiError.from_body(info["status"], info, info.get("retry_after"))
-                        raise err
-                    await self._write_error(orjson.dumps({"error": info["error"]}))
+                        error = ApiError.from_body(info["status"], info, info.get("retry_after"))
+                        if error.status in FAILOVER_STATUSES and error.code not in ("internal_error",):
+                            raise Retryable(error, node_failed=error.code != "worker_shutdown")
+                        raise error
+                    await self._end_with_error(orjson.dumps({"error": info["error"]}))
                     return self.response
 
-    async def _write_error(self, body: bytes) -> None:
+    async def _end_with_error(self, body: bytes) -> None:
         # Mid-stream failure: an error event makes the openai SDK raise; never a silent truncation.
         await self.response.write(b"data: " + body + b"\n\n")
         await self.response.write_eof()

@@ -10,15 +10,16 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.auth import KeyCache
+from gateway.breaker import NodeBreaker
 from gateway.hub import ReplyHub
 from shared import keys
 from shared.accounts import Accounts, KeyRecord
 from shared.catalog import Catalog, Model
 from shared.credits import Credits
-from shared.errors import unavailable
 from shared.nodes import live_worker_counts
 from shared.queue import NodeQueue
 from shared.redis_client import make_redis
+from shared.scripts import Scripts
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -31,11 +32,14 @@ class Gateway:
         self.settings = settings
         self.catalog = catalog
         self.gateway_id = uuid.uuid4().hex[:12]
-        self.redis = make_redis(settings.redis_url)
+        # A short socket timeout: with Redis gone, clients get a 503 within about a second, never a hang.
+        self.redis = make_redis(settings.redis_url, socket_timeout=1.0)
         self.pubsub_redis = make_redis(settings.redis_url, max_connections=2, socket_timeout=None, retries=0)
-        self.credits = Credits(self.redis)
+        scripts = Scripts(self.redis)
+        self.credits = Credits(self.redis, scripts)
         self.accounts = Accounts(self.redis, self.credits)
-        self.queue = NodeQueue(self.redis)
+        self.queue = NodeQueue(self.redis, scripts)
+        self.breaker = NodeBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         self.keys = KeyCache(self.accounts)
         self.hub = ReplyHub(self.pubsub_redis, self.gateway_id, self.keys.revoke)
         self.live_workers: dict[str, int] = {}
@@ -74,16 +78,19 @@ class Gateway:
             await asyncio.sleep(LIVENESS_REFRESH_S)
             await self._refresh_liveness()
 
-    async def pick_node(self, model: Model) -> str:
-        """The first of the model's nodes with a live worker (snapshot refreshed every second)."""
+    async def pick_node(self, model: Model, exclude: list[str] = ()) -> str | None:
+        """The model's first node (catalog order is priority) with a live worker and a closed circuit.
+
+        The breaker only reorders: when every live node's circuit is open, the
+        first live one gets the request anyway, as the probe. None: no live worker.
+        """
         for attempt in range(2):
-            for node in model.nodes:
-                if self.live_workers.get(node):
-                    return node
+            live = [n for n in model.nodes if self.live_workers.get(n) and n not in exclude]
+            if live:
+                return next((n for n in live if self.breaker.allows(n)), live[0])
             if attempt == 0:
                 await self._refresh_liveness()  # the snapshot may predate a worker that just started
-        raise unavailable(f"No worker is serving model '{model.id}' right now (nodes: {', '.join(model.nodes)}).",
-                          retry_after=2)
+        return None
 
     async def worker_alive(self, worker_id: str) -> bool:
         try:

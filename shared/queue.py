@@ -2,7 +2,8 @@
 
 Jobs are arq jobs (arq's format, orjson-serialized) so arq's worker runs them.
 arq's own ``enqueue_job`` costs two round trips (WATCH, then MULTI); request
-ids are unique, so one MULTI/EXEC is enough here. Workers claim jobs with
+ids are unique, so one script (``shared/lua/enqueue.lua``) is enough here, and
+it also bounds the queue's depth. Workers claim jobs with
 BZPOPMIN (see ``worker/node_worker.py``), which removes them from the queue:
 a queued job is a job nobody has started.
 """
@@ -16,6 +17,8 @@ from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from shared.scripts import Scripts
+
 
 def serialize(data: dict) -> bytes:
     return orjson.dumps(data)
@@ -25,17 +28,24 @@ def deserialize(data: bytes) -> dict:
     return orjson.loads(data)
 
 
-class NodeQueue:
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+class QueueFull(Exception):
+    pass
 
-    async def enqueue(self, queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> None:
+
+class NodeQueue:
+    def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.scripts = scripts or Scripts(redis)
+
+    async def enqueue(self, queue: str, function: str, job_id: str, payload: dict, expires_ms: int,
+                      max_depth: int = 0) -> None:
+        """Queue a job; raises ``QueueFull`` when ``max_depth`` jobs already wait."""
         now_ms = int(time.time() * 1000)
         job = serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.psetex(job_key_prefix + job_id, expires_ms, job)
-            pipe.zadd(queue, {job_id: now_ms})
-            await pipe.execute()
+        queued = await self.scripts.enqueue(keys=[job_key_prefix + job_id, queue],
+                                            args=[job, expires_ms, now_ms, job_id, max_depth])
+        if not queued:
+            raise QueueFull(queue)
 
     async def withdraw(self, queue: str, job_id: str) -> bool:
         """Remove a job nobody claimed yet; False means a worker already has it."""

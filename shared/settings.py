@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     hold_grace_s: float = 120.0  # a hold past its deadline by this much is reconciled
     worker_lease_s: float = 5.0  # a worker silent this long is dead; its streams are failed
     worker_concurrency: int = 1000
+    max_queue_depth: int = 10_000  # per node; beyond it requests get 503 at once (bounded memory)
+    breaker_threshold: int = 5  # consecutive upstream failures that open a node's circuit
+    breaker_cooldown_s: float = 10.0
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 

@@ -1,0 +1,9 @@
+-- enqueue: put an arq job on a bounded node queue, in one round trip.
+-- KEYS: job key (arq:job:<id>), queue zset
+-- ARGV: serialized job, expiry (ms), score (enqueue time ms), job id, max queue depth (0 = unbounded)
+-- Returns 1 when queued, 0 when the queue is full (backpressure: the caller answers 503).
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
