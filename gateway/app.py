@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import time
 
 import structlog
 from aiohttp import web
@@ -14,6 +15,7 @@ from gateway import admin, billing, chat, health, models
 from gateway.state import Gateway
 from shared.catalog import get_catalog
 from shared.errors import ApiError, unavailable
+from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger()
@@ -24,6 +26,21 @@ def _error_response(err: ApiError) -> web.Response:
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
     return web.Response(status=err.status, body=err.json(), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def http_metrics(request: web.Request, handler):
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 499  # the client left before an answer
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        HTTP_REQUESTS.labels(route, str(status)).inc()
+        HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
 
 
 @web.middleware
@@ -56,7 +73,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if not settings.admin_token:
         settings.admin_token = "adm_" + secrets.token_urlsafe(24)
         log.warning("APIINONE_ADMIN_TOKEN unset; generated one for this process", admin_token=settings.admin_token)
-    app = web.Application(middlewares=[openai_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[http_metrics, openai_errors], client_max_size=settings.max_body_bytes)
     app["gateway"] = Gateway(settings, get_catalog())
 
     async def lifecycle(app: web.Application):

@@ -27,6 +27,7 @@ from shared import keys, relay
 from shared.accounts import KeyRecord
 from shared.catalog import Model
 from shared.errors import ApiError, bad_request, insufficient_quota, not_found, unavailable
+from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS
 from shared.protocol import ChatCompletionRequest, parse_chat_request
 from shared.queue import QueueFull
 
@@ -118,9 +119,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 f"No worker is serving model '{model.id}' right now (nodes: {', '.join(model.nodes)}).",
                 retry_after=2)
         try:
-            response = await Attempt(request, gw, key, model, node, job).run()
+            with GATEWAY_INFLIGHT.track_inprogress():
+                response = await Attempt(request, gw, key, model, node, job).run()
         except Retryable as retry:
             last_error = retry.error
+            FAILOVERS.labels(retry.error.code or "unknown").inc()
             if retry.node_failed:
                 gw.breaker.failure(node)
                 failed_nodes.append(node)
@@ -155,6 +158,7 @@ class Attempt:
         deadline_ms = int((time.time() + s.queue_timeout_s + s.request_timeout_s) * 1000)
         reservation = await gw.credits.reserve(self.key.account_id, self.request_id, self.model.base_cost_micro,
                                                deadline_ms, self.key.id)
+        RESERVATIONS.labels("held" if reservation.ok else "insufficient").inc()
         if not reservation.ok:
             raise insufficient_quota(
                 f"Insufficient credits: a request to '{self.model.id}' holds {self.model.base_cost_micro / 1e6:g} "
@@ -208,13 +212,19 @@ class Attempt:
 
     async def _watch(self, waited: float) -> None:
         if self.worker_id is None:
-            if waited < self.gw.settings.queue_timeout_s:
+            timeout = self.gw.settings.queue_timeout_s
+            if waited < timeout:
                 return
             if await self.gw.queue.withdraw(keys.node_queue(self.node), self.request_id):
                 await self._refund_unstarted("queue_timeout")
                 raise unavailable(f"No worker on node {self.node} took the request within "
-                                  f"{self.gw.settings.queue_timeout_s:g}s; it was not billed.", retry_after=2)
-            return  # a worker claimed it just now; its STARTED frame is on the way
+                                  f"{timeout:g}s; it was not billed.", retry_after=2)
+            if waited < timeout + self.gw.settings.worker_lease_s + WATCH_S:
+                return  # a worker claimed it just now; its STARTED frame is on the way
+            # Claimed but never started (the job expired, or its worker died at once).
+            await self.gw.fail_lost(self.key, self.request_id, self.model.id, self.node, "job_lost")
+            raise Retryable(ApiError(503, "The request was lost between queue and worker; it was not billed.",
+                                     "service_unavailable", "job_lost", retry_after=1), node_failed=False)
         if not await self.gw.worker_alive(self.worker_id):
             await self.gw.fail_lost(self.key, self.request_id, self.model.id, self.node, "worker_lost")
             error = ApiError(502, "The worker serving this request stopped; the request was not billed.",

@@ -38,6 +38,13 @@ def _logging(role: str) -> None:
     configure_logging(s.log_format, s.log_level, role)
 
 
+def _serve_metrics(args) -> None:
+    from shared.metrics import serve_metrics
+
+    s = _settings()
+    serve_metrics(args.metrics_port if args.metrics_port is not None else s.metrics_port, s.metrics_host)
+
+
 def cmd_run(args) -> None:
     from shared.launcher import run
 
@@ -55,6 +62,7 @@ def cmd_worker(args) -> None:
     from worker.node_worker import serve
 
     _logging("worker")
+    _serve_metrics(args)
     _run_async(serve(args.node, args.concurrency or _settings().worker_concurrency))
 
 
@@ -62,6 +70,7 @@ def cmd_billing(args) -> None:
     from worker.billing import serve
 
     _logging("billing")
+    _serve_metrics(args)
     _run_async(serve())
 
 
@@ -135,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="a worker pool pinned to one backend node")
     w.add_argument("--node", required=True)
     w.add_argument("--concurrency", type=int, default=None, help="concurrent jobs (default APIINONE_WORKER_CONCURRENCY)")
+    w.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
     w.set_defaults(func=cmd_worker)
-    sub.add_parser("billing-worker", help="settlement and hold reconciliation").set_defaults(func=cmd_billing)
+    b = sub.add_parser("billing-worker", help="settlement and hold reconciliation")
+    b.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
+    b.set_defaults(func=cmd_billing)
     s = sub.add_parser("simulator", help="the Gemini-protocol simulator")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)

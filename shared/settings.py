@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 
+    # Metrics: workers and the billing worker serve /metrics here (0: off); the gateway on its own port.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
     # Logging
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"

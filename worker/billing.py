@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.catalog import Catalog, get_catalog
 from shared.credits import Credits
+from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS
 from shared.queue import deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
@@ -26,6 +27,7 @@ from worker.claiming import BlockingPopWorker
 log = structlog.get_logger()
 
 BILLABLE = ("succeeded", "cancelled")
+SETTLE_TRIES = 8
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
                 "queue_ms", "created", "batch_id")
@@ -42,9 +44,24 @@ async def settle(ctx: dict, settlement: dict) -> int:
     worker: BillingWorker = ctx["worker"]
     charge = charge_for(worker.catalog, settlement)
     row = {f: settlement.get(f, "") for f in USAGE_FIELDS}
-    result = await worker.credits.settle(settlement["account_id"], settlement["request_id"], charge, row)
+    for attempt in range(SETTLE_TRIES):
+        try:
+            result = await worker.credits.settle(settlement["account_id"], settlement["request_id"], charge, row)
+            break
+        except RedisError as exc:
+            # The job was popped off the queue, so arq cannot retry it: retry here (settle is idempotent).
+            SETTLE_FAILURES.inc()
+            log.warning("settle failed, retrying", request_id=settlement["request_id"], error=str(exc))
+            await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+    else:
+        log.error("settle gave up; the hold will be reconciled", request_id=settlement["request_id"])
+        return 0
     if not result.applied:
+        SETTLEMENTS.labels("replay").inc()
         log.info("settlement replay ignored", request_id=settlement["request_id"])
+    else:
+        SETTLEMENTS.labels("applied").inc()
+        CREDITS_CHARGED.labels(settlement["model"]).inc(result.charged_micro)
     return result.charged_micro
 
 
@@ -79,6 +96,7 @@ class BillingWorker(BlockingPopWorker):
             try:
                 fixed = await self.credits.reconcile_expired_holds(grace_ms)
                 if fixed:
+                    RECONCILED_HOLDS.inc(fixed)
                     log.warning("reconciled expired holds", count=fixed)
             except RedisError as exc:
                 log.warning("reconcile failed", error=str(exc))

@@ -17,6 +17,7 @@ import structlog
 
 from shared import relay
 from shared.catalog import Model
+from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS
 from worker.chunks import ChunkBuilder
 from worker.provider import Adapter, Delta, ProviderError
 from worker.publisher import ReplyPublisher
@@ -57,6 +58,8 @@ async def run_chat(ctx: dict, job: dict) -> str:
     builder = ChunkBuilder(rid, model.id, job["created"])
     stream = job["stream"]
     started = time.monotonic()
+    queue_ms = max(0, int(time.time() * 1000) - job["enqueued_ms"])
+    QUEUE_WAIT.labels(job["node"]).observe(queue_ms / 1000)
     ttft_ms: int | None = None
     status, error = "succeeded", None
     try:
@@ -97,6 +100,17 @@ async def run_chat(ctx: dict, job: dict) -> str:
         publisher.send(relay.error_frame(error.status, error.body(), error.retry_after))
     await publisher.drain()
 
+    elapsed = time.monotonic() - started
+    JOBS.labels(job["node"], model.id, status).inc()
+    JOB_DURATION.labels(job["node"], model.id).observe(elapsed)
+    if ttft_ms is not None:
+        TTFT.labels(job["node"], model.id).observe(ttft_ms / 1000)
+    if error is not None:
+        UPSTREAM_ERRORS.labels(job["node"], error.code).inc()
+    if billable:
+        TOKENS.labels(job["node"], model.id, "prompt").inc(usage.prompt_tokens)
+        TOKENS.labels(job["node"], model.id, "completion").inc(usage.completion_tokens)
+        TOKENS.labels(job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
     u = usage
     await worker.hand_to_billing({
         "request_id": rid,
@@ -112,9 +126,9 @@ async def run_chat(ctx: dict, job: dict) -> str:
         "completion_tokens": u.completion_tokens if billable else 0,
         "reasoning_tokens": u.reasoning_tokens if billable else 0,
         "cached_tokens": u.cached_tokens if billable else 0,
-        "latency_ms": int((time.monotonic() - started) * 1000),
+        "latency_ms": int(elapsed * 1000),
         "ttft_ms": ttft_ms if ttft_ms is not None else "",
-        "queue_ms": max(0, int(time.time() * 1000) - job["enqueued_ms"] - int((time.monotonic() - started) * 1000)),
+        "queue_ms": queue_ms,
         "created": job["created"],
         "batch_id": job.get("batch_id", ""),
         "publishes": publisher.published,

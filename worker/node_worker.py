@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
+from shared.metrics import WORKER_INFLIGHT
 from shared.queue import NodeQueue, deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
@@ -97,6 +98,7 @@ class NodeWorker(BlockingPopWorker):
     async def _heartbeat(self) -> None:
         info_key, lease_ms = keys.worker_info(self.worker_id), int(self.settings.worker_lease_s * 1000)
         while True:
+            WORKER_INFLIGHT.labels(self.node).set(self.inflight())
             try:
                 now_ms = int(time.time() * 1000)
                 async with self.pool.pipeline(transaction=False) as pipe:

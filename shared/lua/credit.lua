@@ -10,7 +10,7 @@ if existing then
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'amount', ARGV[2], 'reason', ARGV[3], 'ref', ARGV[1],
-           'balance', tostring(balance))
+           'balance', string.format('%d', balance))  -- not tostring(): 1e14 -> "1e+14"
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 if ARGV[5] == '1' then
   redis.call('XADD', KEYS[3], '*', 'order', ARGV[4])

@@ -5,6 +5,9 @@
 -- ARGV: request id, charge (micro, >= 0), ledger reason ('' = no entry when charge is 0),
 --       then field/value pairs of the usage row
 -- Returns {1, balance, charged} or {0, 0, 0} when there was no hold.
+-- Integers are written with '%d': Lua 5.1's tostring() gives "-0" for a zero
+-- charge and "1.2345678901235e+14" for amounts of 1e14 and more.
+local function int(n) return string.format('%d', n) end
 local hold = redis.call('HGET', KEYS[2], ARGV[1])
 if not hold then return {0, 0, 0} end
 local amount = tonumber(string.match(hold, '^(%d+)'))
@@ -21,14 +24,14 @@ end
 if charge > 0 or ARGV[3] ~= '' then
   local reason = ARGV[3]
   if reason == '' then reason = 'charge' end
-  redis.call('XADD', KEYS[4], '*', 'amount', tostring(-charge), 'reason', reason,
-             'ref', ARGV[1], 'balance', tostring(balance))
+  redis.call('XADD', KEYS[4], '*', 'amount', int(-charge), 'reason', reason,
+             'ref', ARGV[1], 'balance', int(balance))
 end
 local row = {}
 for i = 4, #ARGV do row[#row + 1] = ARGV[i] end
 row[#row + 1] = 'charged_micro'
-row[#row + 1] = tostring(charge)
+row[#row + 1] = int(charge)
 row[#row + 1] = 'hold_micro'
-row[#row + 1] = tostring(amount)
+row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
 return {1, balance, charge}
