@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.catalog import get_catalog
+from shared.catalog import load_catalog
 from shared.settings import Settings
 
 SIMULATOR_KEY = "simulator-local-key"
@@ -93,7 +93,7 @@ class Stack:
     worker_concurrency: int | None = None
     quiet: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # extra settings for every child (APIINONE_...)
     gateway_ports: list[int] = field(default_factory=list)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -117,7 +117,7 @@ class Stack:
         self.env["REDIS_URL"] = s.redis_url
         if not s.gemini_api_key:
             self.start_simulator(s.simulator_port)
-        for node in get_catalog().nodes:
+        for node in load_catalog(self.env.get("APIINONE_CATALOG")).nodes:
             for i in range(self.workers_per_node):
                 self.start_worker(node, i)
         self._spawn("billing", apiinone_command() + ["billing-worker"])
@@ -138,6 +138,9 @@ class Stack:
         self.env["GEMINI_BASE_URL"] = f"http://127.0.0.1:{port}"
         self.env["GEMINI_API_KEY"] = SIMULATOR_KEY
         wait_tcp(port, 15, proc)
+
+    def pid_of(self, name: str) -> int:
+        return self.procs[name].pid
 
     def start_worker(self, node: str, index: int) -> subprocess.Popen:
         args = apiinone_command() + ["worker", "--node", node]
