@@ -122,9 +122,9 @@ class Stack:
                 self.start_worker(node, i)
         self._spawn("billing", apiinone_command() + ["billing-worker"])
         for i in range(self.gateways):
-            self.start_gateway(i, s.port + i)
-        for port in self.gateway_ports:
-            wait_http(f"http://{s.host}:{port}/readyz", 30)
+            self.start_gateway(i, s.port if i == 0 else free_port())
+        for i, port in enumerate(self.gateway_ports):
+            wait_http(f"http://{s.host}:{port}/readyz", 30, self.procs[f"gateway:{i}"])
 
     def start_valkey(self, port: int, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
