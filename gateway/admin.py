@@ -18,15 +18,27 @@ from shared.nodes import node_status
 from shared.protocol import WireModel, validation_error
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+Credits = Annotated[int | float, Field(gt=0)]
+
+
 class NewAccount(WireModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     credits: Annotated[int | float, Field(ge=0)] = 0
+    # defaults for the account's new keys
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
 
 
 class NewKey(WireModel):
     name: Annotated[str, Field(max_length=200)] = "default"
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+    credit_limit: Credits | None = None  # total credits this key may spend
+    daily_credit_limit: Credits | None = None  # per UTC day
+    expires_at: PositiveInt | None = None  # unix seconds
 
 
 class NewTopup(WireModel):
@@ -64,7 +76,8 @@ def _admin(request: web.Request):
 async def create_account(request: web.Request) -> web.Response:
     body = await _body(request, NewAccount)
     gw = request.app["gateway"]
-    account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"))
+    account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"), rpm=body.rpm or 0,
+                                               tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
     return web.json_response(account, status=201)
 
 
@@ -87,7 +100,12 @@ async def create_key(request: web.Request) -> web.Response:
     body = await _body(request, NewKey)
     gw = request.app["gateway"]
     try:
-        key = await gw.accounts.create_key(request.match_info["account_id"], body.name, body.rpm, body.tpm)
+        key = await gw.accounts.create_key(
+            request.match_info["account_id"], body.name, expires_at=body.expires_at or 0, rpm=body.rpm, tpm=body.tpm,
+            max_concurrent=body.max_concurrent,
+            credit_limit_micro=_micro(body.credit_limit, "credit_limit") if body.credit_limit else None,
+            daily_credit_limit_micro=(_micro(body.daily_credit_limit, "daily_credit_limit")
+                                      if body.daily_credit_limit else None))
     except AccountNotFound:
         raise not_found(f"No account {request.match_info['account_id']!r}.") from None
     return web.json_response(key, status=201)

@@ -68,6 +68,31 @@ async def openai_errors(request: web.Request, handler):
         return _error_response(ApiError(500, "Internal server error.", "server_error", "internal_error"))
 
 
+def _reset(ms: int) -> str:
+    """OpenAI's reset format: 20ms, 1.5s, 6m0s."""
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, seconds = divmod(ms / 1000, 60)
+    return f"{int(minutes)}m{seconds:.0f}s" if minutes else f"{seconds:.3g}s"
+
+
+async def ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI's x-ratelimit-* headers on every answer to a key that has limits."""
+    reservation = request.get("reservation")
+    key = request.get("key")
+    if reservation is None or key is None:
+        return
+    h, lim = response.headers, key.limits
+    if lim.rpm:
+        h["x-ratelimit-limit-requests"] = str(lim.rpm)
+        h["x-ratelimit-remaining-requests"] = str(max(0, reservation.rpm_remaining))
+        h["x-ratelimit-reset-requests"] = _reset(reservation.rpm_reset_ms)
+    if lim.tpm:
+        h["x-ratelimit-limit-tokens"] = str(lim.tpm)
+        h["x-ratelimit-remaining-tokens"] = str(max(0, reservation.tpm_remaining))
+        h["x-ratelimit-reset-tokens"] = _reset(reservation.tpm_reset_ms)
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or get_settings()
     if not settings.admin_token:
@@ -82,6 +107,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         await app["gateway"].stop()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(ratelimit_headers)
     r = app.router
     r.add_post("/api/v1/chat/completions", chat.chat_completions)
     r.add_get("/api/v1/models", models.list_models)

@@ -37,14 +37,18 @@ class KeyCache:
         digest = hash_key(token)
         now = time.monotonic()
         entry = self._entries.get(digest)
-        if entry is not None and entry[1] > now:
+        if entry is not None and entry[1] > now and not entry[0].expired(time.time()):
+            request["key"] = entry[0]
             return entry[0]
         record = await self.accounts.lookup_key_hash(digest)
         if record is None:
             raise unauthorized(f"Incorrect API key provided: {token[:8]}****. Keys are created by the operator.")
+        if record.expired(time.time()):
+            raise unauthorized("This API key has expired.")
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[digest] = (record, now + TTL_S)
+        request["key"] = record
         return record
 
     def revoke(self, digest: str | None) -> None:

@@ -26,7 +26,9 @@ from gateway.state import Gateway
 from shared import keys, relay
 from shared.accounts import KeyRecord
 from shared.catalog import Model
-from shared.errors import ApiError, bad_request, insufficient_quota, not_found, unavailable
+from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, TOO_MANY_INFLIGHT, TPM_LIMITED,
+                            Reservation)
+from shared.errors import ApiError, bad_request, insufficient_quota, not_found, rate_limited, unavailable
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS
 from shared.protocol import ChatCompletionRequest, parse_chat_request
 from shared.queue import QueueFull
@@ -36,6 +38,7 @@ log = structlog.get_logger()
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 WATCH_S = 2.0  # how often a silent request checks that its worker is still alive
+OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
 FAILOVER_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -109,6 +112,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
+    estimated_tokens = estimate_prompt_tokens(req) + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
     failed_nodes: list[str] = []
     worker_retry_left = True
     last_error: ApiError | None = None
@@ -120,7 +124,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 retry_after=2)
         try:
             with GATEWAY_INFLIGHT.track_inprogress():
-                response = await Attempt(request, gw, key, model, node, job).run()
+                response = await Attempt(request, gw, key, model, node, job, estimated_tokens).run()
         except Retryable as retry:
             last_error = retry.error
             FAILOVERS.labels(retry.error.code or "unknown").inc()
@@ -140,8 +144,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 class Attempt:
     """One request id: reserve, enqueue, relay the replies."""
 
-    def __init__(self, request: web.Request, gw: Gateway, key: KeyRecord, model: Model, node: str, job: dict) -> None:
+    def __init__(self, request: web.Request, gw: Gateway, key: KeyRecord, model: Model, node: str, job: dict,
+                 estimated_tokens: int) -> None:
         self.request = request
+        self.estimated_tokens = estimated_tokens
         self.gw = gw
         self.key = key
         self.model = model
@@ -157,13 +163,11 @@ class Attempt:
         gw, s = self.gw, self.gw.settings
         deadline_ms = int((time.time() + s.queue_timeout_s + s.request_timeout_s) * 1000)
         reservation = await gw.credits.reserve(self.key.account_id, self.request_id, self.model.base_cost_micro,
-                                               deadline_ms, self.key.id)
-        RESERVATIONS.labels("held" if reservation.ok else "insufficient").inc()
+                                               deadline_ms, self.key.id, self.key.limits, self.estimated_tokens)
+        self.request["reservation"] = reservation  # rate-limit headers (gateway/app.py)
+        RESERVATIONS.labels(str(reservation.status)).inc()
         if not reservation.ok:
-            raise insufficient_quota(
-                f"Insufficient credits: a request to '{self.model.id}' holds {self.model.base_cost_micro / 1e6:g} "
-                f"credits and the account has {(reservation.balance_micro - reservation.held_micro) / 1e6:g} "
-                f"available. Top up to continue.")
+            raise self._refusal(reservation)
         self.replies = gw.hub.register(self.request_id)
         try:
             try:
@@ -179,6 +183,26 @@ class Attempt:
             return await self._relay_guarded()
         finally:
             gw.hub.unregister(self.request_id)
+
+    def _refusal(self, r: Reservation) -> ApiError:
+        limits, retry = self.key.limits, r.retry_after_ms / 1000
+        if r.status == RPM_LIMITED:
+            return rate_limited(f"Rate limit reached for requests per minute: limit {limits.rpm}. "
+                                f"Please try again in {retry:.1f}s.", retry, "requests")
+        if r.status == TPM_LIMITED:
+            return rate_limited(f"Rate limit reached for tokens per minute: limit {limits.tpm}, requested about "
+                                f"{min(self.estimated_tokens, limits.tpm)}. Please try again in {retry:.1f}s.",
+                                retry, "tokens")
+        if r.status == TOO_MANY_INFLIGHT:
+            return rate_limited(f"Too many concurrent requests for this key: limit {limits.max_concurrent}.",
+                                retry, "requests")
+        if r.status == KEY_BUDGET:
+            return insufficient_quota("This API key has reached its credit limit; the account's other keys are "
+                                      "not affected.")
+        assert r.status == INSUFFICIENT, r.status
+        return insufficient_quota(
+            f"Insufficient credits: a request to '{self.model.id}' holds {self.model.base_cost_micro / 1e6:g} "
+            f"credits and the account has {(r.balance_micro - r.held_micro) / 1e6:g} available. Top up to continue.")
 
     async def _refund_unstarted(self, code: str) -> None:
         await self.gw.refund_unstarted(self.key, self.request_id, self.model.id, self.node, code)

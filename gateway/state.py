@@ -109,7 +109,7 @@ class Gateway:
         row = {"request_id": request_id, "model": model, "node": node, "key_id": key.id, "status": status,
                "error_code": code, "created": int(time.time())}
         try:
-            await self.credits.settle(key.account_id, request_id, 0, row)
+            await self.credits.settle(key.account_id, request_id, 0, row, key_id=key.id, actual_tokens=0)
         except RedisError as exc:  # the reconciler releases the hold later
             log.warning("refund deferred to reconciliation", request_id=request_id, error=str(exc))
 

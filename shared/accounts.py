@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.credits import AccountNotFound, Credits
+from shared.credits import AccountNotFound, Credits, KeyLimits
 from shared.keys import AccountKeys
 
 KEY_PREFIX = "aio_"
@@ -19,6 +19,15 @@ KEY_PREFIX = "aio_"
 
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "credit_limit_micro", "daily_credit_limit_micro")
+ACCOUNT_DEFAULT_FIELDS = ("rpm", "tpm", "max_concurrent")  # an account's defaults for its new keys
+
+
+def _int(raw: dict[bytes, bytes], field: str) -> int:
+    value = raw.get(field.encode(), b"")
+    return int(value) if value else 0
 
 
 @dataclass(frozen=True)
@@ -29,24 +38,34 @@ class KeyRecord:
     account_id: str
     name: str
     prefix: str
-    rpm: int | None
-    tpm: int | None
+    limits: KeyLimits
+    created: int = 0
+    expires_at: int = 0  # unix seconds; 0 = never
 
     @classmethod
     def from_redis(cls, raw: dict[bytes, bytes]) -> KeyRecord:
-        rpm, tpm = raw.get(b"rpm", b""), raw.get(b"tpm", b"")
         return cls(
             id=raw[b"id"].decode(),
             account_id=raw[b"account_id"].decode(),
             name=raw.get(b"name", b"").decode(),
             prefix=raw.get(b"prefix", b"").decode(),
-            rpm=int(rpm) if rpm else None,
-            tpm=int(tpm) if tpm else None,
+            limits=KeyLimits(**{f: _int(raw, f) for f in LIMIT_FIELDS}),
+            created=_int(raw, "created"),
+            expires_at=_int(raw, "expires_at"),
         )
 
+    def expired(self, now: float) -> bool:
+        return bool(self.expires_at) and now >= self.expires_at
+
     def public(self) -> dict:
+        """The key as listings show it: its prefix, never the key."""
+        lim = self.limits
         return {"id": self.id, "object": "api_key", "account_id": self.account_id, "name": self.name,
-                "prefix": self.prefix, "rpm": self.rpm, "tpm": self.tpm}
+                "prefix": self.prefix + "...", "created": self.created, "expires_at": self.expires_at or None,
+                "rpm": lim.rpm or None, "tpm": lim.tpm or None, "max_concurrent": lim.max_concurrent or None,
+                "credit_limit": lim.credit_limit_micro / 1_000_000 if lim.credit_limit_micro else None,
+                "daily_credit_limit": (lim.daily_credit_limit_micro / 1_000_000
+                                       if lim.daily_credit_limit_micro else None)}
 
 
 class Accounts:
@@ -54,11 +73,14 @@ class Accounts:
         self.redis = redis
         self.credits = credits or Credits(redis)
 
-    async def create_account(self, name: str, credits_micro: int = 0) -> dict:
+    async def create_account(self, name: str, credits_micro: int = 0, rpm: int = 0, tpm: int = 0,
+                             max_concurrent: int = 0) -> dict:
+        """A new account; ``rpm``/``tpm``/``max_concurrent`` are the defaults its new keys get."""
         account_id = "acct_" + uuid.uuid4().hex[:16]
         k = AccountKeys(account_id)
         await self.redis.hset(k.account, mapping={"id": account_id, "name": name, "balance": 0, "held": 0,
-                                                  "created": int(time.time())})
+                                                  "created": int(time.time()), "rpm": rpm, "tpm": tpm,
+                                                  "max_concurrent": max_concurrent})
         await self.redis.sadd(keys.ACCOUNTS, account_id)
         if credits_micro:
             await self.credits.credit(account_id, credits_micro, reference=f"initial:{account_id}", reason="initial",
@@ -82,21 +104,27 @@ class Accounts:
             "held_micro": held,
             "available_micro": balance - held,
             "created": int(info.get("created", 0)),
+            "key_defaults": {f: int(info.get(f) or 0) or None for f in ACCOUNT_DEFAULT_FIELDS},
             "keys": key_ids,
         }
 
     async def account_exists(self, account_id: str) -> bool:
         return bool(await self.redis.exists(AccountKeys(account_id).account))
 
-    async def create_key(self, account_id: str, name: str, rpm: int | None = None, tpm: int | None = None) -> dict:
-        if not await self.account_exists(account_id):
+    async def create_key(self, account_id: str, name: str, expires_at: int = 0, **limits: int | None) -> dict:
+        """A new key; limits not given (None) come from the account's defaults, else 0 (none)."""
+        defaults = await self.redis.hmget(AccountKeys(account_id).account, "id", *ACCOUNT_DEFAULT_FIELDS)
+        if defaults[0] is None:
             raise AccountNotFound(account_id)
+        inherited = {f: int(v or 0) for f, v in zip(ACCOUNT_DEFAULT_FIELDS, defaults[1:])}
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + uuid.uuid4().hex[:16]
         digest = hash_key(api_key)
         record = {"id": key_id, "account_id": account_id, "name": name, "prefix": api_key[:10],
-                  "rpm": "" if rpm is None else rpm, "tpm": "" if tpm is None else tpm,
-                  "created": int(time.time())}
+                  "created": int(time.time()), "expires_at": expires_at}
+        for field in LIMIT_FIELDS:
+            given = limits.get(field)
+            record[field] = given if given is not None else inherited.get(field, 0)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.api_key(digest), mapping=record)
             pipe.set(keys.api_key_id(key_id), digest)

@@ -106,7 +106,11 @@ async def _admin(args) -> object:
             ids = sorted(m.decode() for m in await redis.smembers(keys.ACCOUNTS))
             return [await accounts.get_account(a) for a in ids]
         if what == ("keys", "create"):
-            return await accounts.create_key(args.account_id, args.name, args.rpm, args.tpm)
+            return await accounts.create_key(
+                args.account_id, args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent,
+                credit_limit_micro=credits_to_micro(Decimal(args.credit_limit)) if args.credit_limit else None,
+                daily_credit_limit_micro=(credits_to_micro(Decimal(args.daily_credit_limit))
+                                          if args.daily_credit_limit else None))
         if what == ("keys", "list"):
             return await accounts.list_keys(args.account_id)
         if what == ("keys", "revoke"):
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--name", default="default")
     kc.add_argument("--rpm", type=int)
     kc.add_argument("--tpm", type=int)
+    kc.add_argument("--max-concurrent", type=int)
+    kc.add_argument("--credit-limit", help="credits this key may spend in total")
+    kc.add_argument("--daily-credit-limit", help="credits this key may spend per UTC day")
     k.add_parser("list").add_argument("account_id")
     k.add_parser("revoke").add_argument("key_id")
     t = nouns.add_parser("topup")

@@ -26,11 +26,40 @@ class AccountNotFound(Exception):
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """What one key may do; 0 means no limit."""
+
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrent: int = 0
+    credit_limit_micro: int = 0
+    daily_credit_limit_micro: int = 0
+
+
+NO_LIMITS = KeyLimits()
+
+# reserve.lua's status codes
+HELD, REPLAY, NO_ACCOUNT, INSUFFICIENT, RPM_LIMITED, TPM_LIMITED, TOO_MANY_INFLIGHT, KEY_BUDGET = 1, 0, -1, -2, -3, -4, -5, -6
+
+
+@dataclass(frozen=True)
 class Reservation:
-    ok: bool
+    status: int
     balance_micro: int
     held_micro: int
-    missing_account: bool = False
+    rpm_remaining: int = 0
+    rpm_reset_ms: int = 0
+    tpm_remaining: int = 0
+    tpm_reset_ms: int = 0
+    retry_after_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status >= 0
+
+    @property
+    def missing_account(self) -> bool:
+        return self.status == NO_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -50,25 +79,39 @@ class Credits:
         self.scripts = scripts or Scripts(redis)
 
     # --- the request path -------------------------------------------------
-    async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str) -> Reservation:
+    async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
+                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0) -> Reservation:
+        """Admit a request (key rate limits and credit limits) and hold ``amount_micro``, atomically."""
         k = AccountKeys(account_id)
-        status, balance, held = await self.scripts.reserve(
-            keys=[k.account, k.holds, k.deadlines], args=[request_id, amount_micro, deadline_ms, key_id]
+        reply = await self.scripts.reserve(
+            keys=[k.account, k.holds, k.deadlines, k.key_state(key_id)],
+            args=[request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm, estimated_tokens,
+                  limits.max_concurrent, limits.credit_limit_micro, limits.daily_credit_limit_micro],
         )
-        return Reservation(ok=status >= 0, balance_micro=int(balance), held_micro=int(held), missing_account=status == -1)
+        return Reservation(*(int(v) for v in reply))
 
     async def settle(
-        self, account_id: str, request_id: str, charge_micro: int, usage_row: dict[str, object], ledger_reason: str = ""
+        self, account_id: str, request_id: str, charge_micro: int, usage_row: dict[str, object],
+        ledger_reason: str = "", key_id: str | None = None, actual_tokens: int | None = None,
     ) -> Settlement:
-        """Charge ``charge_micro`` (0 = full refund) and release the hold, once."""
+        """Charge ``charge_micro`` (0 = full refund) and release the hold, once.
+
+        ``key_id`` defaults to the usage row's; ``actual_tokens`` corrects the key's
+        tokens-per-minute bucket from the admission estimate.
+        """
         if charge_micro < 0:
             raise ValueError("a charge is never negative")
         k = AccountKeys(account_id)
-        args: list[object] = [request_id, charge_micro, ledger_reason]
+        key_id = key_id or str(usage_row.get("key_id") or "") or await self._hold_key_id(k, request_id)
+        args: list[object] = [request_id, charge_micro, ledger_reason, "" if actual_tokens is None else actual_tokens]
         for field, value in usage_row.items():
             args += [field, "" if value is None else str(value)]
-        applied, balance, charged = await self.scripts.settle(keys=k.money(), args=args)
+        applied, balance, charged = await self.scripts.settle(keys=k.money(key_id), args=args)
         return Settlement(applied=bool(applied), balance_micro=int(balance), charged_micro=int(charged))
+
+    async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:
+        hold = await self.redis.hget(k.holds, request_id)
+        return hold.decode().split(":")[1] if hold and hold.count(b":") >= 1 else ""
 
     # --- credits in -------------------------------------------------------
     async def credit(
@@ -125,11 +168,21 @@ class Credits:
 
     # --- integrity --------------------------------------------------------
     async def audit_account(self, account_id: str) -> dict:
-        """Compare the balance with the sum of the ledger; report the difference."""
+        """Compare the balance with the sum of the ledger; report the difference.
+
+        Balance, holds and the newest ledger id are read in one MULTI, so money
+        that moves while the audit runs is not reported as a difference; the
+        ledger is append-only, so summing it up to that id reads the same snapshot.
+        """
         k = AccountKeys(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.account, "balance", "held")
+            pipe.hvals(k.holds)
+            pipe.xrevrange(k.ledger, count=1)
+            raw, holds, newest = await pipe.execute()
         total, last = 0, "-"
-        while True:
-            rows = await self.redis.xrange(k.ledger, min=last, max="+", count=1000)
+        while newest:
+            rows = await self.redis.xrange(k.ledger, min=last, max=newest[0][0], count=1000)
             if last != "-":
                 rows = rows[1:]
             if not rows:
@@ -137,8 +190,6 @@ class Credits:
             for rid, fields in rows:
                 total += int(fields[b"amount"])
             last = rows[-1][0].decode()
-        raw = await self.redis.hmget(k.account, "balance", "held")
-        holds = await self.redis.hvals(k.holds)
         balance, held = int(raw[0] or 0), int(raw[1] or 0)
         held_sum = sum(int(h.split(b":")[0]) for h in holds)
         return {

@@ -55,9 +55,9 @@ def not_found(message: str, code: str = "not_found", param: str | None = None) -
     return ApiError(404, message, "invalid_request_error", code, param)
 
 
-def rate_limited(message: str, retry_after: float, code: str = "rate_limit_exceeded") -> ApiError:
-    return ApiError(429, message, "rate_limit_error" if code == "rate_limit_exceeded" else "requests", code,
-                    retry_after=retry_after)
+def rate_limited(message: str, retry_after: float, kind: str = "requests") -> ApiError:
+    """OpenAI's shape: type "requests" or "tokens", code rate_limit_exceeded, and Retry-After."""
+    return ApiError(429, message, kind, "rate_limit_exceeded", retry_after=retry_after)
 
 
 def unavailable(message: str, retry_after: float | None = 1.0) -> ApiError:

@@ -10,9 +10,10 @@ PREFIX = "aio:"
 class AccountKeys:
     """The keys of one account; all share the hash tag ``{acct:<id>}``."""
 
-    __slots__ = ("account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys")
+    __slots__ = ("account_id", "account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys")
 
     def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
         tag = f"{PREFIX}{{acct:{account_id}}}:"
         self.account = tag + "account"  # hash: id, name, balance, held, created_at
         self.holds = tag + "holds"  # hash: request id -> "amount:key_id"
@@ -23,9 +24,13 @@ class AccountKeys:
         self.order_refs = tag + "order_refs"  # hash: top-up reference -> order id
         self.keys = tag + "keys"  # set of key ids
 
-    def money(self) -> list[str]:
-        """KEYS for the money scripts, in the order the .lua files expect."""
-        return [self.account, self.holds, self.deadlines, self.ledger, self.usage]
+    def key_state(self, key_id: str) -> str:
+        """hash: one key's rate-limit buckets, requests in flight, and spend (total and per day)."""
+        return f"{PREFIX}{{acct:{self.account_id}}}:key:{key_id}"
+
+    def money(self, key_id: str) -> list[str]:
+        """KEYS for settle.lua, in the order it expects."""
+        return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id)]
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids

@@ -46,7 +46,9 @@ async def settle(ctx: dict, settlement: dict) -> int:
     row = {f: settlement.get(f, "") for f in USAGE_FIELDS}
     for attempt in range(SETTLE_TRIES):
         try:
-            result = await worker.credits.settle(settlement["account_id"], settlement["request_id"], charge, row)
+            result = await worker.credits.settle(
+                settlement["account_id"], settlement["request_id"], charge, row, key_id=settlement["key_id"],
+                actual_tokens=int(settlement["prompt_tokens"]) + int(settlement["completion_tokens"]))
             break
         except RedisError as exc:
             # The job was popped off the queue, so arq cannot retry it: retry here (settle is idempotent).
