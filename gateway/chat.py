@@ -26,7 +26,7 @@ from gateway.state import Gateway
 from shared import keys, relay
 from shared.accounts import KeyRecord
 from shared.catalog import Model
-from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, TOO_MANY_INFLIGHT, TPM_LIMITED,
+from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, STATUS_NAMES, TOO_MANY_INFLIGHT, TPM_LIMITED,
                             Reservation)
 from shared.errors import ApiError, bad_request, insufficient_quota, not_found, rate_limited, unavailable
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS
@@ -108,6 +108,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_request(req, model)
     job = {
         "account_id": key.account_id, "key_id": key.id, "model": model.id, "reply_to": gw.hub.channel,
+        "trace_id": request["request_id"],
         "stream": wants_stream(req.stream, request.headers.get("Accept", ""), gw.settings.stream_default),
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
         "body": req.model_dump(exclude_none=True, by_alias=True),
@@ -165,7 +166,7 @@ class Attempt:
         reservation = await gw.credits.reserve(self.key.account_id, self.request_id, self.model.base_cost_micro,
                                                deadline_ms, self.key.id, self.key.limits, self.estimated_tokens)
         self.request["reservation"] = reservation  # rate-limit headers (gateway/app.py)
-        RESERVATIONS.labels(str(reservation.status)).inc()
+        RESERVATIONS.labels(STATUS_NAMES[reservation.status]).inc()
         if not reservation.ok:
             raise self._refusal(reservation)
         self.replies = gw.hub.register(self.request_id)
@@ -258,7 +259,7 @@ class Attempt:
             raise error
 
     async def _start_sse(self) -> web.StreamResponse:
-        self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": self.request_id})
+        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await self.response.prepare(self.request)
         return self.response
 
@@ -283,8 +284,7 @@ class Attempt:
                     await response.write_eof()
                     return response
                 elif kind == relay.RESULT:
-                    return web.Response(body=payload, content_type="application/json",
-                                        headers={"X-Request-Id": self.request_id})
+                    return web.Response(body=payload, content_type="application/json")
                 elif kind == relay.ERROR:
                     info = orjson.loads(payload)
                     if self.response is None:

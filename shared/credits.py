@@ -40,6 +40,9 @@ NO_LIMITS = KeyLimits()
 
 # reserve.lua's status codes
 HELD, REPLAY, NO_ACCOUNT, INSUFFICIENT, RPM_LIMITED, TPM_LIMITED, TOO_MANY_INFLIGHT, KEY_BUDGET = 1, 0, -1, -2, -3, -4, -5, -6
+STATUS_NAMES = {HELD: "held", REPLAY: "replay", NO_ACCOUNT: "no_account", INSUFFICIENT: "insufficient",
+                RPM_LIMITED: "rpm_limited", TPM_LIMITED: "tpm_limited", TOO_MANY_INFLIGHT: "concurrency_limited",
+                KEY_BUDGET: "key_credit_limit"}
 
 
 @dataclass(frozen=True)

@@ -91,15 +91,23 @@ class Stack:
     workers_per_node: int = 1
     gateways: int = 1
     worker_concurrency: int | None = None
-    quiet: bool = False
+    quiet: bool = False  # children log to <data_dir>/logs/<role>.log instead of the terminal
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # extra settings for every child (APIINONE_...)
     gateway_ports: list[int] = field(default_factory=list)
 
+    def log_path(self, name: str) -> Path:
+        return self.settings.data_dir.resolve() / "logs" / (name.replace(":", "-") + ".log")
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        out = subprocess.DEVNULL if self.quiet else None
+        out = None
+        if self.quiet:
+            self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
+            out = self.log_path(name).open("ab")
         proc = subprocess.Popen(args, env={**os.environ, **self.env, **(env or {})}, stdout=out, stderr=out,
                                 start_new_session=True)
+        if out is not None:
+            out.close()
         self.procs[name] = proc
         return proc
 

@@ -52,6 +52,7 @@ async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retrie
 async def run_chat(ctx: dict, job: dict) -> str:
     worker: NodeWorker = ctx["worker"]
     rid = job["id"]
+    structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
     model = worker.catalog.models[job["model"]]
     publisher = ReplyPublisher(worker.pool, job["reply_to"], rid)
     publisher.send(relay.frame(relay.STARTED, worker.worker_id.encode()))
@@ -111,6 +112,9 @@ async def run_chat(ctx: dict, job: dict) -> str:
         TOKENS.labels(job["node"], model.id, "prompt").inc(usage.prompt_tokens)
         TOKENS.labels(job["node"], model.id, "completion").inc(usage.completion_tokens)
         TOKENS.labels(job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
+    log.info("job", status=status, node=job["node"], model=model.id, ms=int(elapsed * 1000), ttft_ms=ttft_ms,
+             queue_ms=queue_ms, error=error.code if error else None,
+             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0)
     u = usage
     await worker.hand_to_billing({
         "request_id": rid,

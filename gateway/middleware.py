@@ -1,0 +1,106 @@
+"""Gateway middleware: request ids and access logs, metrics, OpenAI error shape, response headers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from shared.errors import ApiError, unavailable
+from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
+
+log = structlog.get_logger()
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
+
+
+def _error_response(err: ApiError) -> web.Response:
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(err.retry_after)))
+    return web.Response(status=err.status, body=err.json(), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def observe(request: web.Request, handler):
+    """One request id (the client's X-Request-Id if sane) on every log line, metrics, one access line."""
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if REQUEST_ID.fullmatch(offered) else "req_" + secrets.token_hex(12)
+    request["request_id"] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 499  # the client left before an answer
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        HTTP_REQUESTS.labels(route, str(status)).inc()
+        HTTP_DURATION.labels(route).observe(elapsed)
+        if route not in QUIET_ROUTES:
+            key = request.get("key")
+            log.info("request", method=request.method, route=route, status=status, ms=round(elapsed * 1000, 2),
+                     key_id=key.id if key else None)
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure leaves in OpenAI's error shape, with the status the SDKs map."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return _error_response(err)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error_response(ApiError(413, f"Request body too large: {exc.text}", "invalid_request_error",
+                                        "request_too_large"))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error_response(ApiError(exc.status, exc.reason, "invalid_request_error",
+                                            "not_found" if exc.status == 404 else None))
+        raise
+    except RedisError as exc:
+        log.warning("redis unavailable", error=str(exc), path=request.path)
+        return _error_response(unavailable("The gateway's data store is unavailable; try again shortly."))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        return _error_response(ApiError(500, "Internal server error.", "server_error", "internal_error"))
+
+
+def _reset(ms: int) -> str:
+    """OpenAI's reset format: 20ms, 1.5s, 6m0s."""
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, seconds = divmod(ms / 1000, 60)
+    return f"{int(minutes)}m{seconds:.0f}s" if minutes else f"{seconds:.3g}s"
+
+
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """X-Request-Id on every answer; OpenAI's x-ratelimit-* on every answer to a key with limits."""
+    h = response.headers
+    if "request_id" in request:
+        h["X-Request-Id"] = request["request_id"]
+    reservation = request.get("reservation")
+    key = request.get("key")
+    if reservation is None or key is None:
+        return
+    lim = key.limits
+    if lim.rpm:
+        h["x-ratelimit-limit-requests"] = str(lim.rpm)
+        h["x-ratelimit-remaining-requests"] = str(max(0, reservation.rpm_remaining))
+        h["x-ratelimit-reset-requests"] = _reset(reservation.rpm_reset_ms)
+    if lim.tpm:
+        h["x-ratelimit-limit-tokens"] = str(lim.tpm)
+        h["x-ratelimit-remaining-tokens"] = str(max(0, reservation.tpm_remaining))
+        h["x-ratelimit-reset-tokens"] = _reset(reservation.tpm_reset_ms)
