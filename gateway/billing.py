@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from aiohttp import web
 
@@ -11,6 +13,7 @@ from shared.keys import AccountKeys
 INT_FIELDS = {"prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
               "queue_ms", "created", "charged_micro", "hold_micro", "stream", "amount", "balance"}
 MAX_LIMIT = 100
+STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # a row id: <ms>-<seq>
 
 
 def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
@@ -34,7 +37,15 @@ def _page_params(request: web.Request) -> tuple[int, str | None]:
     limit = _int_param(request, "limit", 20)
     if not 1 <= limit <= MAX_LIMIT:
         raise bad_request(f"'limit' must be between 1 and {MAX_LIMIT}.", param="limit")
-    return limit, request.query.get("after")
+    after = request.query.get("after")
+    if after is not None:
+        # Redis rejects a malformed stream id (and "(0-0"): that is the client's 400, not our 503.
+        m = STREAM_ID.fullmatch(after)
+        ms, seq = (int(m[1]), int(m[2])) if m else (0, 0)
+        if (ms, seq) == (0, 0) or ms >= 2**64 or seq >= 2**64:
+            raise bad_request("Invalid value for 'after': expected the id of a row from a previous page.",
+                              param="after")
+    return limit, after
 
 
 async def credits(request: web.Request) -> web.Response:
