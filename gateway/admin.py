@@ -19,12 +19,13 @@ from shared.protocol import WireModel, validation_error
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
-Credits = Annotated[int | float, Field(gt=0)]
+MAX_CREDITS = 1_000_000_000  # per call; keeps every balance far inside Redis's 64-bit integers
+Credits = Annotated[int | float, Field(gt=0, le=MAX_CREDITS)]
 
 
 class NewAccount(WireModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    credits: Annotated[int | float, Field(ge=0)] = 0
+    credits: Annotated[int | float, Field(ge=0, le=MAX_CREDITS)] = 0
     # defaults for the account's new keys
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
@@ -42,7 +43,7 @@ class NewKey(WireModel):
 
 
 class NewTopup(WireModel):
-    credits: Annotated[int | float, Field(gt=0)]
+    credits: Credits
     reference: Annotated[str, Field(min_length=1, max_length=200)]
 
 

@@ -134,8 +134,32 @@ async def _admin(args) -> object:
         await redis.aclose()
 
 
+def _credits_arg(text: str, *, allow_zero: bool) -> str:
+    """argparse type: a decimal credit amount, positive (or zero when allowed), whole micro-credits."""
+    from decimal import Decimal, InvalidOperation
+
+    from shared.money import credits_to_micro
+
+    try:
+        micro = credits_to_micro(Decimal(text))
+    except (InvalidOperation, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of credits (at most 6 decimals)") from None
+    if micro < 0 or (micro == 0 and not allow_zero) or micro > 10**15:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range")
+    return text
+
+
 def cmd_admin(args) -> None:
-    result = asyncio.run(_admin(args))
+    from redis.exceptions import RedisError
+
+    from shared.credits import AccountNotFound
+
+    try:
+        result = asyncio.run(_admin(args))
+    except AccountNotFound as exc:
+        sys.exit(f"error: no account {exc}")
+    except RedisError as exc:
+        sys.exit(f"error: Redis at REDIS_URL is unavailable: {exc}")
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -164,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc = nouns.add_parser("accounts").add_subparsers(dest="verb", required=True)
     c = acc.add_parser("create")
     c.add_argument("--name", required=True)
-    c.add_argument("--credits", default="0")
+    c.add_argument("--credits", default="0", type=lambda t: _credits_arg(t, allow_zero=True))
     acc.add_parser("show").add_argument("account_id")
     acc.add_parser("list")
     k = nouns.add_parser("keys").add_subparsers(dest="verb", required=True)
@@ -174,13 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--rpm", type=int)
     kc.add_argument("--tpm", type=int)
     kc.add_argument("--max-concurrent", type=int)
-    kc.add_argument("--credit-limit", help="credits this key may spend in total")
-    kc.add_argument("--daily-credit-limit", help="credits this key may spend per UTC day")
+    kc.add_argument("--credit-limit", help="credits this key may spend in total",
+                    type=lambda t: _credits_arg(t, allow_zero=False))
+    kc.add_argument("--daily-credit-limit", help="credits this key may spend per UTC day",
+                    type=lambda t: _credits_arg(t, allow_zero=False))
     k.add_parser("list").add_argument("account_id")
     k.add_parser("revoke").add_argument("key_id")
     t = nouns.add_parser("topup")
     t.add_argument("account_id")
-    t.add_argument("--credits", required=True)
+    t.add_argument("--credits", required=True, type=lambda t: _credits_arg(t, allow_zero=False))
     t.add_argument("--reference", required=True)
     nouns.add_parser("nodes")
     nouns.add_parser("audit")

@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="APIINONE_", extra="ignore")
+    # An empty variable means "unset" (compose and k8s templates often leave them empty).
+    model_config = SettingsConfigDict(env_prefix="APIINONE_", extra="ignore", env_ignore_empty=True)
 
     # HTTP ingress
     host: str = "127.0.0.1"
@@ -47,7 +48,9 @@ class Settings(BaseSettings):
     queue_timeout_s: float = 10.0  # how long a request may wait for a worker before 503
     request_timeout_s: float = 600.0  # hard ceiling for one request, upstream included
     hold_grace_s: float = 120.0  # a hold past its deadline by this much is reconciled
+    reconcile_interval_s: float = 30.0  # how often the billing worker looks for such holds
     worker_lease_s: float = 5.0  # a worker silent this long is dead; its streams are failed
+    worker_drain_s: float = 30.0  # on SIGTERM a worker finishes in-flight streams this long, then fails the rest
     worker_concurrency: int = 1000
     max_queue_depth: int = 10_000  # per node; beyond it requests get 503 at once (bounded memory)
     breaker_threshold: int = 5  # consecutive upstream failures that open a node's circuit
@@ -55,7 +58,8 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 
-    # Metrics: workers and the billing worker serve /metrics here (0: off); the gateway on its own port.
+    # Metrics: workers and the billing worker serve /metrics on this port (0: off). The gateway serves
+    # /metrics on its HTTP port: keep that path off public ingress (deploy/ blocks it at the proxy).
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
 

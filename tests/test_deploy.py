@@ -50,15 +50,7 @@ TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service"}
 ROLES = {"gateway", "worker", "billing-worker", "simulator"}
 
 
-def _worker_drain_s() -> float:
-    import inspect
-
-    from worker.node_worker import NodeWorker
-
-    return inspect.signature(NodeWorker.__init__).parameters["drain_s"].default
-
-
-WORKER_DRAIN_S = _worker_drain_s()  # how long SIGTERM lets in-flight streams finish
+WORKER_DRAIN_S = Settings.model_fields["worker_drain_s"].default  # how long SIGTERM lets in-flight streams finish
 
 
 # --- the code's side -------------------------------------------------------------------------

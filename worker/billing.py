@@ -30,7 +30,7 @@ BILLABLE = ("succeeded", "cancelled")
 SETTLE_TRIES = 8
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-                "queue_ms", "created", "batch_id")
+                "queue_ms", "created", "batch_id", "trace_id")
 
 
 def charge_for(catalog: Catalog, settlement: dict) -> int:
@@ -68,11 +68,9 @@ async def settle(ctx: dict, settlement: dict) -> int:
 
 
 class BillingWorker(BlockingPopWorker):
-    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None,
-                 reconcile_every_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
         self.settings = settings or get_settings()
         self.catalog = catalog or get_catalog()
-        self.reconcile_every_s = reconcile_every_s
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
         self.credits = Credits(pool)
         super().__init__(
@@ -102,7 +100,7 @@ class BillingWorker(BlockingPopWorker):
                     log.warning("reconciled expired holds", count=fixed)
             except RedisError as exc:
                 log.warning("reconcile failed", error=str(exc))
-            await asyncio.sleep(self.reconcile_every_s)
+            await asyncio.sleep(self.settings.reconcile_interval_s)
 
 
 async def serve() -> None:

@@ -65,18 +65,22 @@ async def run_chat(ctx: dict, job: dict) -> str:
     status, error = "succeeded", None
     try:
         deltas = stream_with_retries(worker.adapter(job["node"]), job["body"], model, worker.settings.upstream_retries)
-        async for delta in deltas:
-            chunks = builder.add(delta)
-            if chunks and ttft_ms is None:
-                ttft_ms = int((time.monotonic() - started) * 1000)
-            if stream:
-                for chunk in chunks:
-                    publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
+        async with asyncio.timeout(worker.settings.request_timeout_s):
+            async for delta in deltas:
+                chunks = builder.add(delta)
+                if chunks and ttft_ms is None:
+                    ttft_ms = int((time.monotonic() - started) * 1000)
+                if stream:
+                    for chunk in chunks:
+                        publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
         if builder.finish_reason is None:
             raise ProviderError(502, "The upstream stream ended before the answer was complete.",
                                 "upstream_stream_broken")
     except ProviderError as exc:
         status, error = "failed", exc
+    except TimeoutError:
+        status, error = "failed", ProviderError(
+            504, f"The request did not finish within {worker.settings.request_timeout_s:g}s.", "request_timeout")
     except asyncio.CancelledError:
         if worker.cancel_reasons.pop(rid, None) == "client":
             status = "cancelled"
@@ -135,6 +139,7 @@ async def run_chat(ctx: dict, job: dict) -> str:
         "queue_ms": queue_ms,
         "created": job["created"],
         "batch_id": job.get("batch_id", ""),
+        "trace_id": job.get("trace_id", ""),
         "publishes": publisher.published,
     })
     return status

@@ -46,8 +46,8 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
 
 
 class NodeWorker(BlockingPopWorker):
-    def __init__(self, node: str, concurrency: int, settings: Settings | None = None, catalog: Catalog | None = None,
-                 drain_s: float = 30.0) -> None:
+    def __init__(self, node: str, concurrency: int, settings: Settings | None = None,
+                 catalog: Catalog | None = None) -> None:
         self.settings = settings or get_settings()
         self.catalog = catalog or get_catalog()
         if node not in self.catalog.nodes:
@@ -59,7 +59,8 @@ class NodeWorker(BlockingPopWorker):
         self.started_at = int(time.time())
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
         super().__init__(
-            functions=[func(run_chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s)],
+            # The job enforces request_timeout_s itself (a clean 504); arq's timeout is only a backstop.
+            functions=[func(run_chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s + 30)],
             queue_name=keys.node_queue(node),
             redis_pool=pool,
             claim_queues=[keys.node_queue(node), keys.node_batch_queue(node)],
@@ -68,7 +69,7 @@ class NodeWorker(BlockingPopWorker):
             keep_result=0,
             max_tries=1,
             retry_jobs=False,
-            job_completion_wait=int(drain_s),
+            job_completion_wait=max(1, int(self.settings.worker_drain_s)),
             job_deserializer=deserialize,
             ctx={},
         )
