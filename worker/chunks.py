@@ -17,6 +17,7 @@ class ChunkBuilder:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: list[dict] = []
+        self._calls: dict[int, dict] = {}  # by tool call index
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self._sent_role = False
@@ -46,9 +47,19 @@ class ChunkBuilder:
             self.content.append(d.content)
             out.append(self._chunk({"content": d.content}))
         for call in d.tool_calls:
-            entry = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-            self.tool_calls.append(entry)
-            out.append(self._chunk({"tool_calls": [{"index": call.index, **entry}]}))
+            # OpenAI's delta form: id, type and name once (arguments ""), then the arguments.
+            # A delta without an id continues the call at its index (upstreams that stream fragments).
+            if call.id:
+                entry = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+                self._calls[call.index] = entry
+                self.tool_calls.append(entry)
+                out.append(self._chunk({"tool_calls": [{"index": call.index, **entry,
+                                                        "function": {"name": call.name, "arguments": ""}}]}))
+            entry = self._calls.get(call.index)
+            if call.arguments and entry is not None:
+                entry["function"]["arguments"] += call.arguments
+                out.append(self._chunk({"tool_calls": [{"index": call.index,
+                                                        "function": {"arguments": call.arguments}}]}))
         if out:
             self.produced_output = True
         if d.finish_reason:

@@ -1,14 +1,15 @@
 """GeminiAdapter: OpenAI chat requests to Gemini's native REST API and back.
 
 Request direction (``to_gemini``) and response direction (``GeminiStreamReader``)
-live here and nowhere else. The upstream call always streams
+live here and nowhere else; ``docs/gemini-mapping.md`` tables every mapping and
+names the test of each row. The upstream call always streams
 (``streamGenerateContent?alt=sse``), even for non-stream clients, so that a
 request cancelled half-way still knows how many tokens were produced.
 """
 
 from __future__ import annotations
 
-import base64
+import re
 import secrets
 from typing import AsyncIterator
 
@@ -17,12 +18,30 @@ import orjson
 
 from shared.catalog import Model
 from worker.provider import Delta, ProviderError, ToolCallDelta, Usage
+from worker.schema import to_gemini_schema
+
+
+class RequestError(ProviderError):
+    """A 400 the client caused, naming the ``param`` like OpenAI's validation errors do."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(400, message, code, error_type="invalid_request_error")
+        self.param = param
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"]["param"] = self.param
+        return body
+
 
 # --- thought signatures ride inside the tool call id -----------------------------
 # Gemini 3 rejects a follow-up turn whose functionCall lost its thoughtSignature.
 # OpenAI clients echo tool call ids verbatim, so the id carries the signature:
 # stateless, nothing stored server-side, survives any number of turns.
 SIGNATURE_MARK = "_ts_"
+# Google's documented value for function calls that have no signature of their own
+# (histories from another model, or ids a client rewrote): accepted, never a 400.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def tool_call_id(signature: str | None) -> str:
@@ -34,27 +53,62 @@ def tool_call_id(signature: str | None) -> str:
 
 def signature_from_id(call_id: str) -> str | None:
     _, mark, encoded = call_id.partition(SIGNATURE_MARK)
-    if not mark:
+    if not mark or not encoded:
         return None
     padded = encoded + "=" * (-len(encoded) % 4)
     return padded.replace("-", "+").replace("_", "/")
 
 
+# --- thinking: reasoning_effort -> thinkingLevel / thinkingBudget, from the catalog -----------
+# The catalog's `thinking` says how a model takes its thinking control:
+#   "level"                 Gemini 3 Flash: thinkingLevel MINIMAL/LOW/MEDIUM/HIGH
+#   "level:low,high"        a model that accepts only these levels (Gemini 3 Pro)
+#   "budget"                Gemini 2.5 Flash: thinkingBudget 0..24576 (0 turns thinking off)
+#   "budget:128-32768"      a model with another budget range (Gemini 2.5 Pro)
+#   "none"                  no thinkingConfig at all
+EFFORTS = ("minimal", "low", "medium", "high")
+BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192}
+DEFAULT_BUDGET_RANGE = (0, 24576)
+
+
+def _level(effort: str, spec: str) -> str:
+    allowed = [lvl.strip().lower() for lvl in spec.split(",") if lvl.strip()] if spec else list(EFFORTS)
+    allowed = [lvl for lvl in EFFORTS if lvl in allowed] or list(EFFORTS)
+    if effort == "none":  # Gemini 3 cannot turn thinking off: think as little as the model allows
+        return allowed[0].upper()
+    if effort in allowed:
+        return effort.upper()
+    want = EFFORTS.index(effort)
+    # The nearest level the model takes; between two, the higher one (never think less than asked).
+    return min(allowed, key=lambda lvl: (abs(EFFORTS.index(lvl) - want), -EFFORTS.index(lvl))).upper()
+
+
+def _budget(effort: str, spec: str) -> int:
+    lo, hi = DEFAULT_BUDGET_RANGE
+    if spec:
+        a, _, b = spec.partition("-")
+        lo, hi = int(a), int(b or a)
+    if effort == "none":
+        return lo
+    if effort == "high":
+        return hi
+    return max(lo, min(hi, BUDGETS[effort]))
+
+
+def thinking_config(body: dict, model: Model) -> dict | None:
+    kind, _, spec = model.thinking.partition(":")
+    if kind not in ("level", "budget"):
+        return None
+    effort = body.get("reasoning_effort") or "high"
+    config: dict = {"includeThoughts": bool(body.get("include_thoughts", True))}
+    if kind == "level":
+        config["thinkingLevel"] = _level(effort, spec)
+    else:
+        config["thinkingBudget"] = _budget(effort, spec)
+    return config
+
+
 # --- request: OpenAI -> Gemini ---------------------------------------------------
-LEVELS = {"none": "MINIMAL", "minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
-BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
-FINISH_REASONS = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": "content_filter",
-    "RECITATION": "content_filter",
-    "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter",
-    "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
-}
-
-
 def _text_of(content: str | list | None) -> str:
     if content is None:
         return ""
@@ -63,20 +117,26 @@ def _text_of(content: str | list | None) -> str:
     return "".join(p.get("text", "") for p in content if p.get("type") == "text")
 
 
-def _user_parts(content: str | list) -> list[dict]:
+_DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*);base64,", re.I)
+
+
+def _user_parts(content: str | list, model: Model, where: str) -> list[dict]:
     if isinstance(content, str):
-        return [{"text": content}]
+        return [{"text": content}] if content else []
     parts = []
     for p in content:
         if p["type"] == "text":
-            parts.append({"text": p["text"]})
+            if p["text"]:
+                parts.append({"text": p["text"]})
         elif p["type"] == "image_url":
+            if "image" not in model.input_types:
+                raise RequestError(f"Model '{model.id}' does not accept image input.", where, "unsupported_content")
             url = p["image_url"]["url"]
-            if not url.startswith("data:") or ";base64," not in url:
-                raise ProviderError(400, "Only base64 data URIs are supported for image_url.", "invalid_image_url",
-                                    error_type="invalid_request_error")
-            header, data = url[5:].split(";base64,", 1)
-            parts.append({"inlineData": {"mimeType": header or "image/png", "data": data}})
+            m = _DATA_URI.match(url)
+            if not m:
+                raise RequestError("image_url must be a base64 data URI (data:image/png;base64,...); "
+                                   "remote URLs are not fetched.", where, "invalid_image_url")
+            parts.append({"inlineData": {"mimeType": (m.group(1) or "image/png").lower(), "data": url[m.end():]}})
     return parts
 
 
@@ -89,10 +149,11 @@ def _tool_response(content: str | list) -> dict:
     return value if isinstance(value, dict) else {"result": value}
 
 
-def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+def _contents(messages: list[dict], model: Model) -> tuple[list[dict], list[dict]]:
     system: list[dict] = []
     contents: list[dict] = []
     call_names: dict[str, str] = {}
+    needs_signatures = model.thinking.startswith("level")  # Gemini 3 enforces them
 
     def append(role: str, parts: list[dict]) -> None:
         if not parts:
@@ -102,25 +163,30 @@ def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
         else:
             contents.append({"role": role, "parts": parts})
 
-    for m in messages:
+    for i, m in enumerate(messages):
         role = m["role"]
         if role in ("system", "developer"):
-            system.append({"text": _text_of(m["content"])})
+            text = _text_of(m["content"])
+            if text:
+                system.append({"text": text})
         elif role == "user":
-            append("user", _user_parts(m["content"]))
+            append("user", _user_parts(m["content"], model, f"messages[{i}].content"))
         elif role == "assistant":
             parts: list[dict] = []
             text = _text_of(m.get("content"))
             if text:
                 parts.append({"text": text})
-            for call in m.get("tool_calls") or []:
+            for j, call in enumerate(m.get("tool_calls") or []):
                 fn = call["function"]
                 call_names[call["id"]] = fn["name"]
                 try:
                     args = orjson.loads(fn["arguments"] or "{}")
                 except orjson.JSONDecodeError:
-                    raise ProviderError(400, f"tool call {call['id']!r} has arguments that are not JSON.",
-                                        "invalid_tool_arguments", error_type="invalid_request_error") from None
+                    raise RequestError(f"tool call {call['id']!r} has arguments that are not JSON.",
+                                       f"messages[{i}].tool_calls[{j}].function.arguments") from None
+                if not isinstance(args, dict):
+                    raise RequestError(f"tool call {call['id']!r} has arguments that are not a JSON object.",
+                                       f"messages[{i}].tool_calls[{j}].function.arguments")
                 part: dict = {"functionCall": {"name": fn["name"], "args": args}}
                 signature = signature_from_id(call["id"])
                 if signature:
@@ -130,21 +196,36 @@ def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
         elif role == "tool":
             name = call_names.get(m["tool_call_id"])
             if name is None:
-                raise ProviderError(400, f"tool message refers to unknown tool_call_id {m['tool_call_id']!r}.",
-                                    "invalid_tool_call_id", error_type="invalid_request_error")
+                raise RequestError(f"tool message refers to unknown tool_call_id {m['tool_call_id']!r}; it must "
+                                   "answer a tool call of an earlier assistant message.",
+                                   f"messages[{i}].tool_call_id", "invalid_tool_call_id")
             append("user", [{"functionResponse": {"name": name, "response": _tool_response(m["content"])}}])
+    if needs_signatures:
+        for c in contents:
+            calls = [p for p in c["parts"] if "functionCall" in p]
+            if c["role"] == "model" and calls and "thoughtSignature" not in calls[0]:
+                calls[0]["thoughtSignature"] = SKIP_SIGNATURE
+    if not contents and system:  # OpenAI accepts a conversation of system messages alone
+        contents, system = [{"role": "user", "parts": system}], []
     return system, contents
 
 
 def _generation_config(body: dict, model: Model) -> dict:
     config: dict = {}
-    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
+    for src, dst in (("temperature", "temperature"), ("top_p", "topP"),
                      ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
         if body.get(src) is not None:
             config[dst] = body[src]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens:
-        config["maxOutputTokens"] = max_tokens
+    if body.get("seed") is not None:
+        config["seed"] = body["seed"] % 2**31  # Gemini's seed is an int32; OpenAI's any integer
+    for param in ("max_completion_tokens", "max_tokens"):
+        value = body.get(param)
+        if value is not None:
+            if value > model.max_output_tokens:
+                raise RequestError(f"{param} is too large: {value}. This model supports at most "
+                                   f"{model.max_output_tokens} completion tokens.", param)
+            config["maxOutputTokens"] = value
+            break
     stop = body.get("stop")
     if stop:
         config["stopSequences"] = [stop] if isinstance(stop, str) else stop
@@ -155,21 +236,17 @@ def _generation_config(body: dict, model: Model) -> dict:
         config["responseMimeType"] = "application/json"
         schema = fmt["json_schema"].get("schema")
         if schema:
-            config["responseJsonSchema"] = schema
-    effort = body.get("reasoning_effort") or "high"
-    thinking: dict = {"includeThoughts": bool(body.get("include_thoughts", True))}
-    if model.thinking == "level":
-        thinking["thinkingLevel"] = LEVELS[effort]
-    elif model.thinking == "budget":
-        thinking["thinkingBudget"] = BUDGETS[effort]
-    if model.thinking != "none":
+            config["responseJsonSchema"] = to_gemini_schema(schema)
+    thinking = thinking_config(body, model)
+    if thinking is not None:
         config["thinkingConfig"] = thinking
     return config
 
 
 def _tools(body: dict) -> dict:
     out: dict = {}
-    tools = body.get("tools")
+    tools = body.get("tools") or []
+    names = [t["function"]["name"] for t in tools]
     if tools:
         decls = []
         for t in tools:
@@ -178,21 +255,29 @@ def _tools(body: dict) -> dict:
             if fn.get("description"):
                 decl["description"] = fn["description"]
             if fn.get("parameters"):
-                decl["parametersJsonSchema"] = fn["parameters"]
+                decl["parametersJsonSchema"] = to_gemini_schema(fn["parameters"])
             decls.append(decl)
         out["tools"] = [{"functionDeclarations": decls}]
     choice = body.get("tool_choice")
-    if choice is not None:
-        if isinstance(choice, dict):
-            cfg = {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
-        else:
-            cfg = {"mode": {"none": "NONE", "auto": "AUTO", "required": "ANY"}[choice]}
-        out["toolConfig"] = {"functionCallingConfig": cfg}
+    if choice is None:
+        return out
+    if not tools:
+        if choice in ("none", "auto"):
+            return out
+        raise RequestError("'tool_choice' is only allowed when 'tools' are specified.", "tool_choice")
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        if name not in names:
+            raise RequestError(f"tool_choice names function {name!r}, which is not in 'tools'.", "tool_choice")
+        cfg = {"mode": "ANY", "allowedFunctionNames": [name]}
+    else:
+        cfg = {"mode": {"none": "NONE", "auto": "AUTO", "required": "ANY"}[choice]}
+    out["toolConfig"] = {"functionCallingConfig": cfg}
     return out
 
 
 def to_gemini(body: dict, model: Model) -> dict:
-    system, contents = _contents(body["messages"])
+    system, contents = _contents(body["messages"], model)
     request: dict = {"contents": contents, "generationConfig": _generation_config(body, model)}
     if system:
         request["systemInstruction"] = {"parts": system}
@@ -200,20 +285,61 @@ def to_gemini(body: dict, model: Model) -> dict:
     return request
 
 
-# --- response: Gemini -> deltas ------------------------------------------------------
-class GeminiStreamReader:
-    """Turns each GenerateContentResponse event into one Delta."""
+def worst_case_prompt_tokens(request: dict) -> int:
+    """An upper bound of the prompt's tokens without asking anyone: one per character, 258 per image."""
+    total = 0
+    for content in [request.get("systemInstruction") or {"parts": []}, *request["contents"]]:
+        for part in content["parts"]:
+            if "inlineData" in part:
+                total += 258
+            elif "text" in part:
+                total += len(part["text"])
+            else:
+                total += len(orjson.dumps(part))
+    for tool in request.get("tools") or []:
+        total += len(orjson.dumps(tool))
+    return total
 
-    def __init__(self) -> None:
+
+# --- response: Gemini -> deltas ------------------------------------------------------
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    # MALFORMED_FUNCTION_CALL, OTHER, LANGUAGE, UNEXPECTED_TOOL_CALL, ...: "stop"
+}
+
+
+class GeminiStreamReader:
+    """Turns each GenerateContentResponse event into one Delta.
+
+    ``max_calls``: 1 when the client sent ``parallel_tool_calls: false`` (Gemini has no
+    such switch, so later calls of the turn are dropped; the history the client sends
+    back then holds exactly the calls it saw, and the first one keeps its signature).
+    """
+
+    def __init__(self, max_calls: int | None = None) -> None:
         self.tool_calls = 0
+        self.max_calls = max_calls
 
     def delta(self, event: dict) -> Delta:
+        if "error" in event:  # Google can end a stream with an error event
+            err = event["error"] if isinstance(event["error"], dict) else {}
+            raise map_error(int(err.get("code") or 500), orjson.dumps(event), {})
         delta = Delta()
         candidates = event.get("candidates") or []
         if candidates:
             candidate = candidates[0]
             for part in (candidate.get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
+                    if self.max_calls is not None and self.tool_calls >= self.max_calls:
+                        continue
                     call = part["functionCall"]
                     delta.tool_calls.append(ToolCallDelta(
                         index=self.tool_calls,
@@ -229,12 +355,13 @@ class GeminiStreamReader:
                         delta.content += part["text"]
             reason = candidate.get("finishReason")
             if reason:
-                delta.finish_reason = "tool_calls" if self.tool_calls else FINISH_REASONS.get(reason, "stop")
+                mapped = FINISH_REASONS.get(reason, "stop")
+                delta.finish_reason = "tool_calls" if self.tool_calls and mapped == "stop" else mapped
         meta = event.get("usageMetadata")
         if meta:
             thoughts = meta.get("thoughtsTokenCount") or 0
             delta.usage = Usage(
-                prompt_tokens=meta.get("promptTokenCount") or 0,
+                prompt_tokens=(meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
                 completion_tokens=(meta.get("candidatesTokenCount") or 0) + thoughts,
                 reasoning_tokens=thoughts,
                 cached_tokens=meta.get("cachedContentTokenCount") or 0,
@@ -246,37 +373,63 @@ class GeminiStreamReader:
 
 
 # --- errors: Google's status -> what the client sees ----------------------------------------
+def _seconds(value: object) -> float | None:
+    try:
+        return float(str(value).strip().rstrip("s"))
+    except ValueError:
+        return None
+
+
 def map_error(status: int, body: bytes, headers: dict) -> ProviderError:
+    """Google's error (HTTP status + ``{"error": {code, message, status, details}}``) -> ProviderError.
+
+    The client's own mistakes keep their 400; what only the operator can fix (credentials,
+    project, model name) becomes a 502 so that the gateway may fail over to another node.
+    """
     try:
         err = orjson.loads(body).get("error", {})
+        if not isinstance(err, dict):
+            err = {}
     except (orjson.JSONDecodeError, AttributeError):
         err = {}
     message = err.get("message") or f"upstream answered HTTP {status}"
-    retry_after = None
+    google_status = err.get("status") or ""
+    retry_after, reasons = None, set()
     for detail in err.get("details") or []:
-        if str(detail.get("@type", "")).endswith("RetryInfo"):
-            delay = str(detail.get("retryDelay", "")).rstrip("s")
-            try:
-                retry_after = float(delay)
-            except ValueError:
-                pass
+        kind = str(detail.get("@type", ""))
+        if kind.endswith("RetryInfo"):
+            retry_after = _seconds(detail.get("retryDelay", ""))
+        elif kind.endswith("ErrorInfo"):
+            reasons.add(detail.get("reason"))
+    header = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+    if retry_after is None and header is not None:
+        retry_after = _seconds(header)
+    if status == 401 or reasons & {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "CREDENTIALS_MISSING"}:
+        return ProviderError(502, "The upstream provider refused this node's credentials.", "upstream_auth_error")
+    if status == 400 and google_status == "FAILED_PRECONDITION":
+        return ProviderError(502, "The upstream provider cannot serve this node's project: " + message,
+                             "upstream_precondition_failed")
     if status == 400:
+        if "token count" in message and "exceeds" in message:
+            return RequestError(message, "messages", "context_length_exceeded")
         return ProviderError(400, message, "invalid_request_error", error_type="invalid_request_error")
     if status == 429:
         return ProviderError(429, "The upstream provider is rate limiting this node: " + message,
                              "upstream_rate_limited", retryable=True, retry_after=retry_after or 1.0,
                              error_type="rate_limit_error")
-    if status in (401, 403):
-        return ProviderError(502, "The upstream provider refused this node's credentials.", "upstream_auth_error")
+    if status == 403:
+        return ProviderError(502, "The upstream provider denied this node permission: " + message,
+                             "upstream_permission_denied")
     if status == 404:
         return ProviderError(502, "The upstream provider does not know this model: " + message, "upstream_not_found")
     if status == 503:
         return ProviderError(503, "The upstream provider is unavailable: " + message, "upstream_unavailable",
                              retryable=True, retry_after=retry_after or 1.0)
     if status == 504:
-        return ProviderError(504, "The upstream provider timed out: " + message, "upstream_timeout", retryable=True)
+        return ProviderError(504, "The upstream provider timed out: " + message, "upstream_timeout", retryable=True,
+                             retry_after=retry_after)
     return ProviderError(502, f"The upstream provider failed (HTTP {status}): " + message, "upstream_error",
-                         retryable=status >= 500)
+                         retryable=status >= 500, retry_after=retry_after)
 
 
 class GeminiAdapter:
@@ -292,13 +445,35 @@ class GeminiAdapter:
     async def close(self) -> None:
         await self.session.close()
 
+    def _headers(self) -> dict:
+        return {"x-goog-api-key": self.api_key, "content-type": "application/json"}
+
+    async def count_tokens(self, request: dict, model: Model) -> int:
+        """Gemini's exact prompt count for a translated request (``countTokens``; free, no quota)."""
+        url = f"{self.base_url}/v1beta/models/{model.upstream_model}:countTokens"
+        inner = {"model": f"models/{model.upstream_model}", **request}
+        async with self.session.post(url, data=orjson.dumps({"generateContentRequest": inner}),
+                                     headers=self._headers()) as resp:
+            if resp.status != 200:
+                raise map_error(resp.status, await resp.read(), dict(resp.headers))
+            return int(orjson.loads(await resp.read()).get("totalTokens") or 0)
+
+    async def check_context(self, request: dict, model: Model) -> None:
+        """Count exactly only when the cheap upper bound says the prompt might not fit."""
+        if worst_case_prompt_tokens(request) <= model.context_window:
+            return
+        tokens = await self.count_tokens(request, model)
+        if tokens > model.context_window:
+            raise RequestError(f"This model's maximum context length is {model.context_window} tokens. However, "
+                               f"your messages resulted in {tokens} tokens.", "messages", "context_length_exceeded")
+
     async def stream(self, body: dict, model: Model) -> AsyncIterator[Delta]:
         url = f"{self.base_url}/v1beta/models/{model.upstream_model}:streamGenerateContent?alt=sse"
-        payload = orjson.dumps(to_gemini(body, model))
-        headers = {"x-goog-api-key": self.api_key, "content-type": "application/json"}
-        reader = GeminiStreamReader()
+        request = to_gemini(body, model)
+        reader = GeminiStreamReader(max_calls=1 if body.get("parallel_tool_calls") is False else None)
         try:
-            async with self.session.post(url, data=payload, headers=headers) as resp:
+            await self.check_context(request, model)
+            async with self.session.post(url, data=orjson.dumps(request), headers=self._headers()) as resp:
                 if resp.status != 200:
                     raise map_error(resp.status, await resp.read(), dict(resp.headers))
                 async for line in resp.content:

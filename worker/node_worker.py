@@ -27,6 +27,7 @@ from shared.settings import Settings, get_settings
 from worker.chat_job import run_chat
 from worker.claiming import BlockingPopWorker
 from worker.gemini import GeminiAdapter
+from worker.openai_compat import OpenAICompatAdapter
 from worker.provider import Adapter
 
 log = structlog.get_logger()
@@ -42,6 +43,9 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
         return GeminiAdapter(base_url or settings.gemini_base_url, api_key or settings.gemini_api_key or "",
                              connect_timeout=settings.upstream_connect_timeout_s,
                              read_timeout=settings.request_timeout_s)
+    if provider.adapter == "openai":
+        return OpenAICompatAdapter(base_url or "", api_key, connect_timeout=settings.upstream_connect_timeout_s,
+                                   read_timeout=settings.request_timeout_s)
     raise ValueError(f"node {node!r}: unknown adapter {provider.adapter!r}")
 
 
