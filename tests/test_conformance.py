@@ -505,12 +505,13 @@ async def test_thinking_kinds_from_the_catalog(edge_client, model, effort, token
 
 
 async def test_context_window_counted_exactly_when_close(edge_client):
-    # 700 one-character parts: the gateway's chars/4 estimate (175) passes, Gemini's count (700) does not.
-    parts = [{"type": "text", "text": "x"}] * 700
+    # 700 one-character parts: the gateway's chars/4 estimate (175) passes, the worker's bound (700) is
+    # over the window, and Gemini's exact count (700: one token per part here) decides.
+    parts = [{"type": "text", "text": "é"}] * 700
     with pytest.raises(openai.BadRequestError) as info:
         await edge_client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}])
     assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "messages"
-    # 2000 characters in one part: over the worst-case bound, so counted, and it fits (500 tokens).
+    # 2000 ASCII characters: bound 1000 > 600, so counted exactly, and it fits (500 tokens).
     r = await edge_client.chat.completions.create(model="tiny", messages=say("y" * 2000))
     assert r.usage.prompt_tokens == 500
 

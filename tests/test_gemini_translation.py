@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from shared.catalog import load_catalog
 from worker.chunks import ChunkBuilder
 from worker.gemini import (SKIP_SIGNATURE, GeminiStreamReader, RequestError, map_error, signature_from_id,
-                           to_gemini, tool_call_id, worst_case_prompt_tokens)
+                           to_gemini, tool_call_id, prompt_token_bound)
 from worker.openai_compat import OpenAIStreamReader, completion_as_chunk, to_openai
 from worker.openai_compat import map_error as openai_map_error
 from worker.provider import Delta, ProviderError, ToolCallDelta
@@ -321,11 +321,11 @@ def test_broken_tool_history_is_400(messages, param):
     assert info.value.body()["error"]["param"] == param
 
 
-def test_worst_case_prompt_bound():
+def test_prompt_token_bound():
     request = to_gemini({"messages": [{"role": "system", "content": "abcd"}, {"role": "user", "content": [
-        {"type": "text", "text": "x" * 10},
+        {"type": "text", "text": "x" * 10}, {"type": "text", "text": "日本語"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, VISION)
-    assert worst_case_prompt_tokens(request) == 4 + 10 + 258
+    assert prompt_token_bound(request) == 2 + 5 + 3 + 258
 
 
 # --- response: Gemini events -> deltas -> chunks ----------------------------------------------

@@ -285,19 +285,26 @@ def to_gemini(body: dict, model: Model) -> dict:
     return request
 
 
-def worst_case_prompt_tokens(request: dict) -> int:
-    """An upper bound of the prompt's tokens without asking anyone: one per character, 258 per image."""
+def _text_bound(text: str) -> int:
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return (ascii_chars + 1) // 2 + (len(text) - ascii_chars)
+
+
+def prompt_token_bound(request: dict) -> int:
+    """A generous bound of the prompt's tokens, without asking anyone: ASCII text at most one
+    token per 2 characters (English runs ~4), other text one per character, 258 per image.
+    Only a prompt whose bound exceeds the context window is counted exactly (countTokens)."""
     total = 0
     for content in [request.get("systemInstruction") or {"parts": []}, *request["contents"]]:
         for part in content["parts"]:
             if "inlineData" in part:
                 total += 258
             elif "text" in part:
-                total += len(part["text"])
+                total += max(1, _text_bound(part["text"]))
             else:
-                total += len(orjson.dumps(part))
+                total += _text_bound(orjson.dumps(part).decode())
     for tool in request.get("tools") or []:
-        total += len(orjson.dumps(tool))
+        total += _text_bound(orjson.dumps(tool).decode())
     return total
 
 
@@ -459,8 +466,8 @@ class GeminiAdapter:
             return int(orjson.loads(await resp.read()).get("totalTokens") or 0)
 
     async def check_context(self, request: dict, model: Model) -> None:
-        """Count exactly only when the cheap upper bound says the prompt might not fit."""
-        if worst_case_prompt_tokens(request) <= model.context_window:
+        """Count exactly only when the cheap bound says the prompt might not fit."""
+        if prompt_token_bound(request) <= model.context_window:
             return
         tokens = await self.count_tokens(request, model)
         if tokens > model.context_window:
