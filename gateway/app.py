@@ -9,7 +9,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from gateway import admin, billing, chat, health, models
+from gateway import admin, billing, chat, health, models, openapi
 from gateway.middleware import observe, openai_errors, response_headers
 from gateway.state import Gateway
 from shared.catalog import get_catalog
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics)
+    r.add_get("/openapi.json", openapi.openapi_json)
     return app
 
 

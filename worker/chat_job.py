@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import orjson
 import structlog
+from redis.exceptions import RedisError
 
 from shared import relay
 from shared.catalog import Model
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
+LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its error passed on at once
 
 
 async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int) -> AsyncIterator[Delta]:
@@ -42,11 +44,22 @@ async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retrie
             return
         except ProviderError as exc:
             pause = max(0.2 * 2**attempt, exc.retry_after or 0.0)
-            if produced or not exc.retryable or attempt >= retries or spent + pause > RETRY_BUDGET_S:
-                raise
+            if (produced or not exc.retryable or attempt >= retries or spent + pause > RETRY_BUDGET_S
+                    or (exc.retry_after or 0) > LONGEST_IN_PLACE_WAIT_S):
+                raise  # the gateway may fail over to another node; else the client gets Retry-After
             log.info("upstream retry", code=exc.code, attempt=attempt + 1, pause_s=pause)
             await asyncio.sleep(pause)
             attempt, spent = attempt + 1, spent + pause
+
+
+async def store_result(worker: NodeWorker, job: dict, final: bytes) -> None:
+    for attempt in range(5):
+        try:
+            await worker.pool.set(job["result_key"], final, ex=int(job.get("result_ttl_s") or 86400))
+            return
+        except RedisError as exc:
+            log.warning("batch result not stored, retrying", request_id=job["id"], error=str(exc))
+            await asyncio.sleep(0.2 * 2**attempt)
 
 
 async def run_chat(ctx: dict, job: dict) -> str:
@@ -94,15 +107,21 @@ async def run_chat(ctx: dict, job: dict) -> str:
     usage = builder.usage
     billable = status in ("succeeded", "cancelled") and usage is not None
     charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+    final = None
     if status == "succeeded":
         if stream:
             if job.get("include_usage"):
                 publisher.send(relay.frame(relay.CHUNK, orjson.dumps(builder.usage_chunk(charge))))
             publisher.send(relay.frame(relay.DONE))
         else:
-            publisher.send(relay.frame(relay.RESULT, orjson.dumps(builder.completion(charge))))
+            final = relay.frame(relay.RESULT, orjson.dumps(builder.completion(charge)))
     elif error is not None:
-        publisher.send(relay.error_frame(error.status, error.body(), error.retry_after))
+        final = relay.error_frame(error.status, error.body(), error.retry_after)
+    if final is not None and job.get("result_key"):
+        # Batch lines: the answer outlives a lost reply (worker/batch.py), stored before it is billed.
+        await store_result(worker, job, final)
+    if final is not None:
+        publisher.send(final)
     await publisher.drain()
 
     elapsed = time.monotonic() - started
