@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway import admin, billing, chat, health, models, openapi
-from gateway.middleware import observe, openai_errors, response_headers
+from gateway.middleware import cors, observe, openai_errors, response_headers
 from gateway.state import Gateway
 from shared.catalog import get_catalog
 from shared.settings import Settings, get_settings
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if not settings.admin_token:
         settings.admin_token = "adm_" + secrets.token_urlsafe(24)
         log.warning("APIINONE_ADMIN_TOKEN unset; generated one for this process", admin_token=settings.admin_token)
-    app = web.Application(middlewares=[observe, openai_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[observe, cors(settings.cors_origins), openai_errors], client_max_size=settings.max_body_bytes)
     app["gateway"] = Gateway(settings, get_catalog())
 
     async def lifecycle(app: web.Application):

@@ -69,7 +69,10 @@ def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
     return chars // 4
 
 
-def check_request(req: ChatCompletionRequest, model: Model) -> None:
+def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -> None:
+    if len(req.messages) > max_messages:
+        raise bad_request(f"Too many messages: at most {max_messages} per request.", param="messages",
+                          code="too_many_messages")
     if req.n not in (None, 1):
         raise bad_request("Only n=1 is supported.", param="n", code="unsupported_value")
     if "image" not in model.input_types:
@@ -105,7 +108,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if model is None:
         raise not_found(f"The model '{req.model}' does not exist. GET /api/v1/models lists the models.",
                         code="model_not_found", param="model")
-    check_request(req, model)
+    check_request(req, model, gw.settings.max_messages)
     job = {
         "account_id": key.account_id, "key_id": key.id, "model": model.id, "reply_to": gw.hub.channel,
         "trace_id": request["request_id"],

@@ -53,6 +53,35 @@ async def observe(request: web.Request, handler):
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+CORS_EXPOSED = "X-Request-Id, Retry-After, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, " \
+               "x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, " \
+               "x-ratelimit-reset-tokens"
+
+
+def cors(origins: str):
+    """Off unless APIINONE_CORS_ORIGINS lists origins (or "*"): browsers may then call the API."""
+    allowed = {o.strip() for o in origins.split(",") if o.strip()}
+
+    @web.middleware
+    async def cors_middleware(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        if not allowed or origin is None or not ("*" in allowed or origin in allowed):
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
+                "Access-Control-Max-Age": "600"})
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+        response.headers["Vary"] = "Origin"
+        return response
+
+    return cors_middleware
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler):
     """Every failure leaves in OpenAI's error shape, with the status the SDKs map."""

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     stream_default: bool = False  # True: an absent `stream` means SSE unless the client asks for JSON
     max_body_bytes: int = 10 * 1024 * 1024
     max_messages: int = 2048
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; "*" for any; "" off
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
@@ -57,6 +58,17 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = 10.0
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # retries before the first token on 429/5xx
+
+    # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch.py)
+    batch_max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused with 413
+    batch_max_lines: int = 50_000  # requests per batch; more fails the batch in validation
+    batch_max_line_bytes: int = 1024 * 1024  # one request line; longer fails the batch in validation
+    batch_file_retention_s: float = 30 * 86400  # files and finished batches are deleted after this
+    batch_window_s: float = 86400  # what completion_window "24h" means (tests shrink it)
+    batch_inflight_per_batch: int = 32  # lines of one batch queued or running at once
+    batch_inflight_total: int = 128  # lines of all batches, per batch worker process
+    batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
+    batch_callback_timeout_s: float = 5.0
 
     # Metrics: workers and the billing worker serve /metrics on this port (0: off). The gateway serves
     # /metrics on its HTTP port: keep that path off public ingress (deploy/ blocks it at the proxy).

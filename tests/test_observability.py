@@ -52,3 +52,42 @@ def test_metrics_count_requests_and_tokens(stack, funded):
     assert 'apiinone_http_requests_total{route="/api/v1/chat/completions",status="200"}' in text
     assert "apiinone_http_request_duration_seconds_bucket" in text
     assert 'apiinone_reservations_total{result="held"}' in text
+
+
+def test_cors_is_off_by_default(stack):
+    r = httpx.options(stack.base_url + URL, headers={"Origin": "https://evil.example",
+                                                     "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_cors_when_configured():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.middleware import cors
+
+    async def hello(request):
+        return web.json_response({"ok": True})
+
+    async def run():
+        app = web.Application(middlewares=[cors("https://app.example")])
+        app.router.add_post("/x", hello)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            pre = await client.options("/x", headers={"Origin": "https://app.example",
+                                                      "Access-Control-Request-Method": "POST"})
+            assert pre.status == 204 and pre.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+            ok = await client.post("/x", headers={"Origin": "https://app.example"})
+            assert "x-ratelimit-remaining-requests" in ok.headers["Access-Control-Expose-Headers"]
+            other = await client.post("/x", headers={"Origin": "https://other.example"})
+            assert "Access-Control-Allow-Origin" not in other.headers
+
+    import asyncio
+
+    asyncio.run(run())
+
+
+def test_too_many_messages_is_400(stack, funded):
+    body = {"model": "gemini", "messages": [{"role": "user", "content": "hi"}] * 2049}
+    r = httpx.post(stack.base_url + URL, json=body, headers={"Authorization": f"Bearer {funded[1]}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
