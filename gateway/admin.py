@@ -7,7 +7,7 @@ from typing import Annotated
 
 import orjson
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from gateway.auth import check_admin
 from shared import keys
@@ -15,7 +15,7 @@ from shared.credits import AccountNotFound
 from shared.errors import bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
-from shared.protocol import WireModel, validation_error
+from shared.protocol import WireModel, parse_body
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -53,12 +53,7 @@ async def _body(request: web.Request, model: type[WireModel]):
         raw = await request.json(loads=orjson.loads)
     except ValueError:
         raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    if not isinstance(raw, dict):
-        raise bad_request("The request body must be a JSON object.")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_body(model, raw)
 
 
 def _micro(credits: int | float, param: str) -> int:

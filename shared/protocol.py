@@ -7,7 +7,7 @@ built as plain dicts in ``worker/chunks.py`` (orjson, no model overhead).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,6 +16,9 @@ from shared.errors import ApiError, bad_request
 
 class WireModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+W = TypeVar("W", bound=WireModel)
 
 
 # --- message content -------------------------------------------------------
@@ -208,10 +211,15 @@ def validation_error(exc: ValidationError) -> ApiError:
     )
 
 
-def parse_chat_request(body: object) -> ChatCompletionRequest:
+def parse_body(model: type[W], body: object) -> W:
+    """Validate a decoded JSON body against a wire model; errors as OpenAI reports them."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     try:
-        return ChatCompletionRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def parse_chat_request(body: object) -> ChatCompletionRequest:
+    return parse_body(ChatCompletionRequest, body)
