@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     breaker_threshold: int = 5  # consecutive upstream failures that open a node's circuit
     breaker_cooldown_s: float = 10.0
     upstream_connect_timeout_s: float = 5.0
+    upstream_idle_timeout_s: float = 120.0  # an upstream stream silent this long is failed (and refunded)
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 
     # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch.py)

@@ -66,6 +66,7 @@ def routed():
             "APIINONE_RECONCILE_INTERVAL_S": "0.5",
             "APIINONE_BREAKER_THRESHOLD": "2",
             "APIINONE_BREAKER_COOLDOWN_S": "30",
+            "APIINONE_UPSTREAM_IDLE_TIMEOUT_S": "1",
         }
         st = Stack(make_settings(Path(tmp) / "data"), worker_concurrency=2, quiet=True, env=env)
         try:
@@ -138,6 +139,18 @@ async def test_backpressure_full_queue_and_queue_timeout_are_503_and_free(routed
         rows = await wait_settled(http, key, 4)
     assert routed_admin.get_account(account["id"])["held_micro"] == 0
     assert sorted(r["status"] for r in rows) == ["rejected", "rejected", "succeeded", "succeeded"]
+
+
+async def test_silent_upstream_hits_the_idle_timeout_and_is_refunded(routed, routed_admin):
+    _, key = routed_admin.account_with_key(100)
+    h = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=routed.base_url, timeout=30) as http:
+        async with http.stream("POST", URL, headers=h, json={**chat("output_tokens=40 delay_ms=1500"),
+                                                              "stream": True}) as r:
+            body = "".join([line async for line in r.aiter_lines()])
+        assert '"upstream_idle_timeout"' in body and "[DONE]" not in body
+        rows = await wait_settled(http, key, 1)
+    assert rows[0]["status"] == "failed" and rows[0]["charged_micro"] == 0
 
 
 async def test_orphaned_hold_is_reconciled(routed, routed_admin):

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from shared.catalog import Model
-from worker.provider import Delta, ProviderError, ToolCallDelta, Usage
+from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, transport_error
 from worker.schema import to_gemini_schema
 
 
@@ -486,8 +486,5 @@ class GeminiAdapter:
                 async for line in resp.content:
                     if line.startswith(b"data:"):
                         yield reader.delta(orjson.loads(line[5:]))
-        except aiohttp.ClientPayloadError as exc:
-            raise ProviderError(502, f"The upstream stream broke: {exc}", "upstream_stream_broken") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ProviderError(502, f"Could not reach the upstream provider: {exc.__class__.__name__}",
-                                "upstream_unreachable", retryable=True) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None

@@ -42,10 +42,10 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
     if provider.adapter == "gemini":
         return GeminiAdapter(base_url or settings.gemini_base_url, api_key or settings.gemini_api_key or "",
                              connect_timeout=settings.upstream_connect_timeout_s,
-                             read_timeout=settings.request_timeout_s)
+                             read_timeout=settings.upstream_idle_timeout_s)
     if provider.adapter == "openai":
         return OpenAICompatAdapter(base_url or "", api_key, connect_timeout=settings.upstream_connect_timeout_s,
-                                   read_timeout=settings.request_timeout_s)
+                                   read_timeout=settings.upstream_idle_timeout_s)
     raise ValueError(f"node {node!r}: unknown adapter {provider.adapter!r}")
 
 

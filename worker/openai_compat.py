@@ -28,7 +28,7 @@ import orjson
 
 from shared.catalog import Model
 from worker.gemini import RequestError
-from worker.provider import Delta, ProviderError, ToolCallDelta, Usage
+from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, transport_error
 
 # Fields of OpenAI's chat completion request forwarded as they are.
 FORWARDED = ("messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
@@ -223,8 +223,5 @@ class OpenAICompatAdapter:
             # The finish reason goes out last, once usage (sent after it by OpenAI) is known.
             if reader.finish_reason:
                 yield Delta(finish_reason=reader.finish_reason)
-        except aiohttp.ClientPayloadError as exc:
-            raise ProviderError(502, f"The upstream stream broke: {exc}", "upstream_stream_broken") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ProviderError(502, f"Could not reach the upstream provider: {exc.__class__.__name__}",
-                                "upstream_unreachable", retryable=True) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None

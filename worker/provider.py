@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
+import aiohttp
+
 from shared.catalog import Model
 
 
@@ -53,6 +55,18 @@ class ProviderError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.error_type, "param": None, "code": self.code}}
+
+
+def transport_error(exc: BaseException) -> ProviderError:
+    """What an HTTP adapter raises when the connection, not the provider, failed."""
+    if isinstance(exc, aiohttp.ServerTimeoutError) or (isinstance(exc, TimeoutError)
+                                                        and not isinstance(exc, aiohttp.ClientError)):
+        return ProviderError(504, "The upstream provider stopped sending for longer than the idle timeout.",
+                             "upstream_idle_timeout", retryable=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ProviderError(502, f"The upstream stream broke: {exc}", "upstream_stream_broken")
+    return ProviderError(502, f"Could not reach the upstream provider: {exc.__class__.__name__}",
+                         "upstream_unreachable", retryable=True)
 
 
 class Adapter(Protocol):
