@@ -66,6 +66,19 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class SettleOrder:
+    """One request's settlement, for ``Credits.settle_many``."""
+
+    account_id: str
+    request_id: str
+    charge_micro: int
+    usage_row: dict
+    key_id: str
+    actual_tokens: int | None = None
+    ledger_reason: str = ""
+
+
+@dataclass(frozen=True)
 class Settlement:
     applied: bool  # False: the request had no hold (already settled or refunded)
     balance_micro: int
@@ -111,6 +124,18 @@ class Credits:
             args += [field, "" if value is None else str(value)]
         applied, balance, charged = await self.scripts.settle(keys=k.money(key_id), args=args)
         return Settlement(applied=bool(applied), balance_micro=int(balance), charged_micro=int(charged))
+
+    async def settle_many(self, orders: list[SettleOrder]) -> list[Settlement]:
+        """Many settlements in one round trip (a pipeline of settle.lua calls, each atomic on its own)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for o in orders:
+                args: list[object] = [o.request_id, o.charge_micro, o.ledger_reason,
+                                      "" if o.actual_tokens is None else o.actual_tokens]
+                for field, value in o.usage_row.items():
+                    args += [field, "" if value is None else str(value)]
+                await self.scripts.settle(keys=AccountKeys(o.account_id).money(o.key_id), args=args, client=pipe)
+            replies = await pipe.execute()
+        return [Settlement(applied=bool(a), balance_micro=int(b), charged_micro=int(c)) for a, b, c in replies]
 
     async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:
         hold = await self.redis.hget(k.holds, request_id)

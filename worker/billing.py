@@ -17,7 +17,10 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
-from shared.credits import Credits
+from arq.constants import job_key_prefix
+from arq.jobs import deserialize_job_raw
+
+from shared.credits import Credits, SettleOrder
 from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS
 from shared.queue import deserialize
 from shared.redis_client import make_redis
@@ -28,6 +31,7 @@ log = structlog.get_logger()
 
 BILLABLE = ("succeeded", "cancelled")
 SETTLE_TRIES = 8
+BATCH = 256  # settlements claimed and settled in one pipeline
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
                 "queue_ms", "created", "batch_id", "trace_id")
@@ -40,30 +44,18 @@ def charge_for(catalog: Catalog, settlement: dict) -> int:
     return model.cost_micro(int(settlement["prompt_tokens"]), int(settlement["completion_tokens"]))
 
 
+def settle_order(catalog: Catalog, settlement: dict) -> SettleOrder:
+    return SettleOrder(
+        account_id=settlement["account_id"], request_id=settlement["request_id"],
+        charge_micro=charge_for(catalog, settlement), usage_row={f: settlement.get(f, "") for f in USAGE_FIELDS},
+        key_id=settlement["key_id"],
+        actual_tokens=int(settlement["prompt_tokens"]) + int(settlement["completion_tokens"]))
+
+
 async def settle(ctx: dict, settlement: dict) -> int:
+    """The arq job function, for a stock arq worker; BillingWorker settles in batches instead."""
     worker: BillingWorker = ctx["worker"]
-    charge = charge_for(worker.catalog, settlement)
-    row = {f: settlement.get(f, "") for f in USAGE_FIELDS}
-    for attempt in range(SETTLE_TRIES):
-        try:
-            result = await worker.credits.settle(
-                settlement["account_id"], settlement["request_id"], charge, row, key_id=settlement["key_id"],
-                actual_tokens=int(settlement["prompt_tokens"]) + int(settlement["completion_tokens"]))
-            break
-        except RedisError as exc:
-            # The job was popped off the queue, so arq cannot retry it: retry here (settle is idempotent).
-            SETTLE_FAILURES.inc()
-            log.warning("settle failed, retrying", request_id=settlement["request_id"], error=str(exc))
-            await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
-    else:
-        log.error("settle gave up; the hold will be reconciled", request_id=settlement["request_id"])
-        return 0
-    if not result.applied:
-        SETTLEMENTS.labels("replay").inc()
-        log.info("settlement replay ignored", request_id=settlement["request_id"])
-    else:
-        SETTLEMENTS.labels("applied").inc()
-        CREDITS_CHARGED.labels(settlement["model"]).inc(result.charged_micro)
+    (result,) = await worker.credits.settle_many([settle_order(worker.catalog, settlement)])
     return result.charged_micro
 
 
@@ -89,6 +81,54 @@ class BillingWorker(BlockingPopWorker):
 
     async def background(self) -> list:
         return [self._reconcile_loop()]
+
+    async def _claim_loop(self, claimer) -> None:
+        """Claim settlements in batches: what queued up while the last batch ran goes in one pipeline.
+
+        arq's per-job bookkeeping (in-progress and retry keys, results) costs ~10 Redis commands
+        and a task per settlement; settle.lua is idempotent and needs none of it, so the jobs
+        (arq's format, on an arq queue) are read, settled and deleted three round trips a batch.
+        """
+        while self.allow_pick_jobs:
+            try:
+                popped = await claimer.bzpopmin(self.claim_queues, timeout=self.idle_timeout_s)
+                if not popped:
+                    continue
+                rest = await self.pool.zpopmin(keys.BILLING_QUEUE, BATCH - 1)
+            except RedisError as exc:
+                log.warning("billing queue unreachable, retrying", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            job_ids = [popped[1]] + [member for member, _score in rest]
+            # A shutdown must not drop a batch already taken off the queue: shielded, and listed
+            # in arq's tasks so its drain (job_completion_wait) and close() wait for it.
+            batch = asyncio.ensure_future(self.settle_batch(job_ids))
+            self.tasks["settle-batch"] = batch
+            batch.add_done_callback(lambda _task: self.tasks.pop("settle-batch", None))
+            await asyncio.shield(batch)
+
+    async def settle_batch(self, job_ids: list[bytes]) -> None:
+        job_keys = [job_key_prefix + j.decode() for j in job_ids]
+        for attempt in range(SETTLE_TRIES):
+            try:
+                payloads = await self.pool.mget(job_keys)
+                settlements = [deserialize_job_raw(p, deserializer=deserialize)[1][0] for p in payloads if p]
+                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements])
+                await self.pool.delete(*job_keys)
+                break
+            except RedisError as exc:
+                SETTLE_FAILURES.inc()
+                log.warning("settle batch failed, retrying", size=len(job_ids), error=str(exc))
+                await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+        else:
+            log.error("settle batch gave up; the holds will be reconciled", size=len(job_ids))
+            return
+        for settlement, result in zip(settlements, results):
+            if result.applied:
+                SETTLEMENTS.labels("applied").inc()
+                CREDITS_CHARGED.labels(settlement["model"]).inc(result.charged_micro)
+            else:
+                SETTLEMENTS.labels("replay").inc()
 
     async def _reconcile_loop(self) -> None:
         grace_ms = int(self.settings.hold_grace_s * 1000)
