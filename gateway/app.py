@@ -9,9 +9,10 @@ import signal
 import structlog
 from aiohttp import web
 
-from gateway import admin, billing, chat, health, models, openapi
+from gateway import admin, batches, billing, chat, files, health, models, openapi
 from gateway.middleware import cors, observe, openai_errors, response_headers
 from gateway.state import Gateway
+from shared.batch_store import BatchStore
 from shared.catalog import get_catalog
 from shared.settings import Settings, get_settings
 
@@ -37,6 +38,18 @@ def create_app(settings: Settings | None = None) -> web.Application:
     r.add_post("/api/v1/chat/completions", chat.chat_completions)
     r.add_get("/api/v1/models", models.list_models)
     r.add_get("/api/v1/models/{model_id}", models.get_model)
+    # Batch: OpenAI Files + Batches API (gateway/files.py, gateway/batches.py; run by worker/batch.py)
+    app["batch_store"] = BatchStore(app["gateway"].redis, settings)
+    r.add_post("/api/v1/files", files.upload)
+    r.add_get("/api/v1/files", files.list_files)
+    r.add_get("/api/v1/files/{file_id}", files.get_file)
+    r.add_delete("/api/v1/files/{file_id}", files.delete_file)
+    r.add_get("/api/v1/files/{file_id}/content", files.content)
+    r.add_post("/api/v1/batches", batches.create)
+    r.add_get("/api/v1/batches", batches.list_batches)
+    r.add_get("/api/v1/batches/{batch_id}", batches.retrieve)
+    r.add_post("/api/v1/batches/{batch_id}/cancel", batches.cancel)
+    r.add_get("/api/v1/webhook_secret", batches.get_webhook_secret)
     r.add_get("/billing/credits", billing.credits)
     r.add_get("/billing/usage", billing.usage)
     r.add_get("/billing/orders", billing.orders)

@@ -4,6 +4,7 @@
     apiinone gateway                     HTTP ingress
     apiinone worker --node NAME          a worker pool for one backend node
     apiinone billing-worker              settlement and hold reconciliation
+    apiinone batch-worker                OpenAI batches: validation, feeding, output files, callbacks
     apiinone simulator [--port N]        the Gemini-protocol simulator
     apiinone admin ...                   accounts, keys, top-ups, nodes, audit
 """
@@ -71,6 +72,13 @@ def cmd_billing(args) -> None:
 
     _logging("billing")
     _serve_metrics(args)
+    _run_async(serve())
+
+
+def cmd_batch(args) -> None:
+    from worker.batch import serve
+
+    _logging("batch")
     _run_async(serve())
 
 
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("billing-worker", help="settlement and hold reconciliation")
     b.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
     b.set_defaults(func=cmd_billing)
+    sub.add_parser("batch-worker", help="OpenAI batches: validation, feeding, output files, callbacks"
+                   ).set_defaults(func=cmd_batch)
     s = sub.add_parser("simulator", help="the Gemini-protocol simulator")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)

@@ -129,6 +129,7 @@ class Stack:
             for i in range(self.workers_per_node):
                 self.start_worker(node, i)
         self._spawn("billing", apiinone_command() + ["billing-worker"])
+        self._spawn("batch", apiinone_command() + ["batch-worker"])
         for i in range(self.gateways):
             self.start_gateway(i, s.port if i == 0 else free_port())
         for i, port in enumerate(self.gateway_ports):

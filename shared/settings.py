@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     batch_max_line_bytes: int = 1024 * 1024  # one request line; longer fails the batch in validation
     batch_file_retention_s: float = 30 * 86400  # files and finished batches are deleted after this
     batch_window_s: float = 86400  # what completion_window "24h" means (tests shrink it)
-    batch_inflight_per_batch: int = 32  # lines of one batch queued or running at once
+    batch_inflight_per_batch: int = 8  # lines of one batch queued or running at once (more: +7% lines/s, 3x interactive p99)
     batch_inflight_total: int = 128  # lines of all batches, per batch worker process
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0

@@ -1,0 +1,122 @@
+"""OpenAI's Files API for batches: /api/v1/files (the account's API key).
+
+Uploads are multipart (``purpose`` and ``file``, as the openai SDK sends
+them) and are stored line by line while they arrive (``shared/batch_store.py``):
+the gateway never holds a whole file, and a file over
+``APIINONE_BATCH_MAX_FILE_BYTES`` is refused with 413. Contents stream back the
+same way.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+
+from shared.batch_store import BatchStore, FileTooLarge
+from shared.errors import ApiError, bad_request, not_found
+
+PURPOSES = ("batch",)
+READ_CHUNK = 64 * 1024
+MAX_LIMIT = 10_000
+
+
+def store(request: web.Request) -> BatchStore:
+    return request.app["batch_store"]
+
+
+def list_params(request: web.Request, default: int, maximum: int) -> tuple[int, str | None]:
+    raw = request.query.get("limit")
+    try:
+        limit = int(raw) if raw is not None else default
+    except ValueError:
+        raise bad_request("Invalid value for 'limit': expected an integer.", param="limit") from None
+    if not 1 <= limit <= maximum:
+        raise bad_request(f"'limit' must be between 1 and {maximum}.", param="limit")
+    return limit, request.query.get("after") or None
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(READ_CHUNK):
+        yield chunk
+
+
+async def upload(request: web.Request) -> web.Response:
+    gw = request.app["gateway"]
+    key = await gw.keys.authenticate(request)
+    if not request.content_type.startswith("multipart/"):
+        raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
+                          code="invalid_content_type")
+    reader = await request.multipart()
+    purpose: str | None = None
+    created: dict | None = None
+    while (part := await reader.next()) is not None:
+        if part.name == "purpose":
+            purpose = (await part.text()).strip()
+            if purpose not in PURPOSES:
+                raise bad_request(f"Invalid value for 'purpose': {purpose!r}; this service accepts 'batch'.",
+                                  param="purpose", code="invalid_value")
+        elif part.name == "file" and created is None:
+            try:
+                created = await store(request).create_file(key.account_id, part.filename or "upload.jsonl",
+                                                           purpose or "batch", _chunks(part))
+            except FileTooLarge as exc:
+                raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes.", "invalid_request_error",
+                               "file_too_large", "file") from None
+        else:
+            await part.release()
+    if purpose is None:
+        if created:
+            await store(request).delete_file(key.account_id, created["id"])
+        raise bad_request("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+    if created is None:
+        raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+    return web.json_response(created)
+
+
+async def _owned(request: web.Request) -> tuple[dict, object]:
+    gw = request.app["gateway"]
+    key = await gw.keys.authenticate(request)
+    file_id = request.match_info["file_id"]
+    record = await store(request).get_file(key.account_id, file_id)
+    if record is None:
+        raise not_found(f"No such File object: {file_id}", param="id")
+    return record, key
+
+
+async def get_file(request: web.Request) -> web.Response:
+    record, _ = await _owned(request)
+    return web.json_response(BatchStore.file_object(record))
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    record, _ = await _owned(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/jsonl",
+                                           "Content-Disposition": f'attachment; filename="{record["filename"]}"'})
+    await response.prepare(request)
+    buffer: list[bytes] = []
+    async for _, line in store(request).iter_lines(record["lines_key"]):
+        buffer.append(line)
+        if len(buffer) >= 500:
+            await response.write(b"\n".join(buffer) + b"\n")
+            buffer = []
+    if buffer:
+        await response.write(b"\n".join(buffer) + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    record, key = await _owned(request)
+    await store(request).delete_file(key.account_id, record["id"])
+    return web.json_response({"id": record["id"], "object": "file", "deleted": True})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    gw = request.app["gateway"]
+    key = await gw.keys.authenticate(request)
+    limit, after = list_params(request, 10_000, MAX_LIMIT)
+    data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
+    return web.json_response({"object": "list", "data": data, "has_more": more,
+                              "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None})

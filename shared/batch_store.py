@@ -1,0 +1,420 @@
+"""Files and batches in Redis: the OpenAI Files + Batches API's storage.
+
+A file is a hash (its object) and a Redis list of lines; nothing reads a
+whole file at once: uploads are appended in slices as they arrive, and
+readers page with LRANGE. A batch is a hash (its object, its counters and the
+cursor of the next line to feed) plus, under the batch's own hash tag:
+
+    inflight   hash   line no -> "<attempt>:<worker id>"   lines fed and not yet written out
+    output     list   output file lines (OpenAI's line shape), in completion order
+    errors     list   error file lines
+    result:*   string the final reply frame of one line's request, written by the node
+                      worker before it publishes or bills (``job["result_key"]``)
+    callback   list   completion callback delivery attempts (JSON)
+
+A line is written out exactly once: ``finish_line`` appends its output line
+and removes it from ``inflight`` in one script, and does nothing when the
+line is not in flight any more. Together with the deterministic request id of
+each attempt (``batch_<id>_<line>[_a<n>]``) and the durable result this lets a
+killed batch worker resume without running or billing a line twice.
+
+Key names: ``aio:file:...`` / ``aio:{batch:ID}:...``; retention is a TTL set
+on every key of a file and of a finished batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from typing import AsyncIterator
+
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.keys import AccountKeys
+from shared.settings import Settings
+
+# --- key names ------------------------------------------------------------------------------
+P = keys.PREFIX
+ACTIVE = P + "batches:active"  # zset: batch id -> created ms, every batch not yet terminal
+WAKE = P + "batches:wake"  # list: pushed on create/cancel, so the batch worker looks at once
+CALLBACKS = P + "batches:callbacks"  # zset: batch id -> when its next callback attempt is due (ms)
+
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+PAGE = 500  # lines per LRANGE / RPUSH
+
+
+def file_key(file_id: str) -> str:
+    return f"{P}file:{file_id}"  # hash: the file object + account_id + lines_key
+
+
+def file_lines_key(file_id: str) -> str:
+    return f"{P}file:{file_id}:lines"  # list: an uploaded file's lines
+
+
+def account_files(account_id: str) -> str:
+    return f"{P}files:{account_id}"  # zset: file id -> created ms
+
+
+def account_batches(account_id: str) -> str:
+    return f"{P}batches:{account_id}"  # zset: batch id -> created ms
+
+
+class BatchKeys:
+    __slots__ = ("id", "batch", "inflight", "output", "errors", "lease", "callback", "ids")
+
+    def __init__(self, batch_id: str) -> None:
+        tag = f"{P}{{batch:{batch_id}}}:"
+        self.id = batch_id
+        self.batch = tag + "batch"
+        self.inflight = tag + "inflight"
+        self.output = tag + "output"
+        self.errors = tag + "errors"
+        self.lease = tag + "lease"
+        self.callback = tag + "callback"
+        self.ids = tag + "custom_ids"  # set, only while validating
+
+    def result(self, request_id: str) -> str:
+        return f"{P}{{batch:{self.id}}}:result:{request_id}"
+
+
+def line_request_id(batch_id: str, line_no: int, attempt: int) -> str:
+    """Deterministic per line and attempt: a resumed worker finds the same hold, job and result."""
+    return f"{batch_id}_{line_no}" + (f"_a{attempt}" if attempt else "")
+
+
+# --- scripts ----------------------------------------------------------------------------------
+# KEYS: batch, inflight, output list, errors list, result key. ARGV: line no, kind (ok|err|none), line, charge
+FINISH_LINE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] == 'ok' then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'completed', 1)
+  redis.call('HINCRBY', KEYS[1], 'output_bytes', string.len(ARGV[3]) + 1)
+elseif ARGV[2] == 'err' then
+  redis.call('RPUSH', KEYS[4], ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+  redis.call('HINCRBY', KEYS[1], 'error_bytes', string.len(ARGV[3]) + 1)
+end
+if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'charged_micro', ARGV[4]) end
+redis.call('DEL', KEYS[5])
+return 1
+"""
+
+# KEYS: batch. ARGV: new status, then allowed current statuses..., then '--', then field/value pairs
+TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+local i = 2
+local ok = false
+while ARGV[i] ~= '--' do
+  if ARGV[i] == cur then ok = true end
+  i = i + 1
+end
+if not ok then return cur end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+i = i + 1
+while i < #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 'ok'
+"""
+
+# KEYS: lease. ARGV: owner, ttl ms. Renews only our own lease.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: batch, errors list. ARGV: first line, next cursor, error lines...
+# Lines that never ran (expiry) written as errors once: only if the cursor is still where we read it.
+UNRUN = """
+if tonumber(redis.call('HGET', KEYS[1], 'cursor') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local bytes = 0
+for i = 3, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  bytes = bytes + string.len(ARGV[i]) + 1
+end
+redis.call('HINCRBY', KEYS[1], 'failed', #ARGV - 2)
+redis.call('HINCRBY', KEYS[1], 'error_bytes', bytes)
+redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
+return 1
+"""
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def _s(raw: dict[bytes, bytes], field: str, default: str = "") -> str:
+    v = raw.get(field.encode())
+    return v.decode() if v is not None else default
+
+
+def _i(raw: dict[bytes, bytes], field: str) -> int | None:
+    v = raw.get(field.encode())
+    return int(v) if v not in (None, b"") else None
+
+
+class FileTooLarge(Exception):
+    pass
+
+
+class BatchStore:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._finish = redis.register_script(FINISH_LINE)
+        self._transition = redis.register_script(TRANSITION)
+        self._renew = redis.register_script(RENEW)
+        self._unrun = redis.register_script(UNRUN)
+
+    # --- files ----------------------------------------------------------------------------
+    async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> dict:
+        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit."""
+        file_id = new_id("file-")
+        lines_key = file_lines_key(file_id)
+        limit, ttl = self.settings.batch_max_file_bytes, int(self.settings.batch_file_retention_s)
+        size, count, tail, pending = 0, 0, b"", []
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise FileTooLarge(limit)
+                parts = (tail + chunk).split(b"\n")
+                tail = parts.pop()
+                pending.extend(p[:-1] if p.endswith(b"\r") else p for p in parts)
+                if len(pending) >= PAGE:
+                    count += len(pending)
+                    await self._append(lines_key, pending, ttl)
+                    pending = []
+            if tail.strip():
+                pending.append(tail[:-1] if tail.endswith(b"\r") else tail)
+            if pending:
+                count += len(pending)
+                await self._append(lines_key, pending, ttl)
+        except BaseException:
+            await self.redis.delete(lines_key)
+            raise
+        now = int(time.time())
+        record = {"id": file_id, "object": "file", "bytes": size, "created_at": now, "filename": filename,
+                  "purpose": purpose, "status": "processed", "expires_at": now + ttl, "account_id": account_id,
+                  "lines_key": lines_key, "lines": count}
+        await self._save_file(record, ttl)
+        return self.file_object(record)
+
+    async def _append(self, key: str, lines: list[bytes], ttl: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, *lines)
+            pipe.expire(key, ttl)
+            await pipe.execute()
+
+    async def _save_file(self, record: dict, ttl: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(file_key(record["id"]), mapping={k: str(v) for k, v in record.items()})
+            pipe.expire(file_key(record["id"]), ttl)
+            pipe.zadd(account_files(record["account_id"]), {record["id"]: int(time.time() * 1000)})
+            await pipe.execute()
+
+    async def create_result_file(self, account_id: str, batch_id: str, lines_key: str, size: int, count: int,
+                                 filename: str) -> str:
+        """The object for a batch's output or error list (the list itself is already there)."""
+        file_id = new_id("file-")
+        ttl = int(self.settings.batch_file_retention_s)
+        now = int(time.time())
+        record = {"id": file_id, "object": "file", "bytes": size, "created_at": now, "filename": filename,
+                  "purpose": "batch_output", "status": "processed", "expires_at": now + ttl,
+                  "account_id": account_id, "lines_key": lines_key, "lines": count, "batch_id": batch_id}
+        await self._save_file(record, ttl)
+        await self.redis.expire(lines_key, ttl)
+        return file_id
+
+    @staticmethod
+    def file_object(record: dict) -> dict:
+        return {"id": record["id"], "object": "file", "bytes": int(record["bytes"]),
+                "created_at": int(record["created_at"]), "filename": record["filename"],
+                "purpose": record["purpose"], "status": record.get("status", "processed"),
+                "expires_at": int(record["expires_at"]) if record.get("expires_at") else None,
+                "status_details": None}
+
+    async def get_file(self, account_id: str, file_id: str) -> dict | None:
+        raw = await self.redis.hgetall(file_key(file_id))
+        if not raw:
+            return None
+        record = {k.decode(): v.decode() for k, v in raw.items()}
+        return record if record.get("account_id") == account_id else None
+
+    async def iter_lines(self, lines_key: str, start: int = 0, page: int = PAGE) -> AsyncIterator[tuple[int, bytes]]:
+        """(index, line) from ``start``, one page in memory at a time."""
+        index = start
+        while True:
+            rows = await self.redis.lrange(lines_key, index, index + page - 1)
+            for row in rows:
+                yield index, row
+                index += 1
+            if len(rows) < page:
+                return
+
+    async def delete_file(self, account_id: str, file_id: str) -> bool:
+        record = await self.get_file(account_id, file_id)
+        if record is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(file_key(file_id), record["lines_key"])
+            pipe.zrem(account_files(account_id), file_id)
+            await pipe.execute()
+        return True
+
+    async def list_ids(self, index_key: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """Newest first, from just after ``after``."""
+        start = 0
+        if after:
+            rank = await self.redis.zrevrank(index_key, after)
+            if rank is None:
+                return [], False
+            start = rank + 1
+        ids = [m.decode() for m in await self.redis.zrevrange(index_key, start, start + limit)]
+        return ids[:limit], len(ids) > limit
+
+    async def list_files(self, account_id: str, after: str | None, limit: int, purpose: str | None
+                         ) -> tuple[list[dict], bool]:
+        out: list[dict] = []
+        index = account_files(account_id)
+        while True:
+            ids, more = await self.list_ids(index, after, limit)
+            for fid in ids:
+                after = fid
+                record = await self.get_file(account_id, fid)
+                if record is None:
+                    await self.redis.zrem(index, fid)  # expired by retention
+                    continue
+                if purpose and record["purpose"] != purpose:
+                    continue
+                out.append(self.file_object(record))
+                if len(out) == limit:
+                    return out, more or fid != ids[-1]
+            if not more:
+                return out, False
+
+    # --- batches ----------------------------------------------------------------------------
+    async def create_batch(self, account_id: str, key_id: str, key_limits: dict, input_file_id: str, endpoint: str,
+                           completion_window: str, metadata: dict | None, window_s: float) -> dict:
+        batch_id = new_id("batch_")
+        now = int(time.time())
+        b = BatchKeys(batch_id)
+        record = {
+            "id": batch_id, "account_id": account_id, "key_id": key_id, "key_limits": orjson.dumps(key_limits),
+            "status": "validating", "input_file_id": input_file_id, "endpoint": endpoint,
+            "completion_window": completion_window, "created_at": now, "expires_at": int(now + window_s),
+            "metadata": orjson.dumps(metadata) if metadata is not None else "", "cursor": 0, "total": 0,
+            "completed": 0, "failed": 0, "charged_micro": 0, "callback_url": (metadata or {}).get("callback_url", ""),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(b.batch, mapping=record)
+            pipe.zadd(account_batches(account_id), {batch_id: int(time.time() * 1000)})
+            pipe.zadd(ACTIVE, {batch_id: int(time.time() * 1000)})
+            pipe.rpush(WAKE, batch_id)
+            pipe.ltrim(WAKE, -1000, -1)
+            await pipe.execute()
+        return await self.get_batch(batch_id)
+
+    async def raw_batch(self, batch_id: str) -> dict[bytes, bytes]:
+        return await self.redis.hgetall(BatchKeys(batch_id).batch)
+
+    async def get_batch(self, batch_id: str, account_id: str | None = None) -> dict | None:
+        b = BatchKeys(batch_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(b.batch)
+            pipe.lrange(b.callback, 0, -1)
+            raw, attempts = await pipe.execute()
+        if not raw or (account_id is not None and _s(raw, "account_id") != account_id):
+            return None
+        return self.batch_object(raw, attempts)
+
+    @staticmethod
+    def batch_object(raw: dict[bytes, bytes], attempts: list[bytes] = ()) -> dict:
+        errors = _s(raw, "errors")
+        metadata = _s(raw, "metadata")
+        charged = _i(raw, "charged_micro") or 0
+        obj = {
+            "id": _s(raw, "id"), "object": "batch", "endpoint": _s(raw, "endpoint"),
+            "errors": orjson.loads(errors) if errors else None,
+            "input_file_id": _s(raw, "input_file_id"), "completion_window": _s(raw, "completion_window"),
+            "status": _s(raw, "status"),
+            "output_file_id": _s(raw, "output_file_id") or None, "error_file_id": _s(raw, "error_file_id") or None,
+            "created_at": _i(raw, "created_at"),
+        }
+        for f in ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
+                  "cancelling_at", "cancelled_at"):
+            obj[f] = _i(raw, f)
+        obj["request_counts"] = {"total": _i(raw, "total") or 0, "completed": _i(raw, "completed") or 0,
+                                 "failed": _i(raw, "failed") or 0}
+        obj["metadata"] = orjson.loads(metadata) if metadata else None
+        obj["credits_charged"] = charged / 1_000_000
+        obj["credits_charged_micro"] = charged
+        url = _s(raw, "callback_url")
+        if url:
+            obj["callback"] = {"url": url, "status": _s(raw, "callback_status") or None,
+                               "event_id": _s(raw, "callback_event_id") or None,
+                               "attempts": [orjson.loads(a) for a in attempts]}
+        return obj
+
+    async def list_batches(self, account_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        out: list[dict] = []
+        index = account_batches(account_id)
+        ids, more = await self.list_ids(index, after, limit)
+        for bid in ids:
+            batch = await self.get_batch(bid, account_id)
+            if batch is None:
+                await self.redis.zrem(index, bid)
+                continue
+            out.append(batch)
+        return out, more
+
+    async def transition(self, batch_id: str, to: str, allowed: tuple[str, ...], **fields: object) -> str | None:
+        """Set ``status = to`` (and fields) only from one of ``allowed``. Returns "ok" or the current status."""
+        args: list[object] = [to, *allowed, "--"]
+        for k, v in fields.items():
+            args += [k, v if isinstance(v, (bytes, str)) else str(v)]
+        result = await self._transition(keys=[BatchKeys(batch_id).batch], args=args)
+        return result.decode() if isinstance(result, bytes) else result
+
+    async def request_cancel(self, batch_id: str) -> str | None:
+        result = await self.transition(batch_id, "cancelling", ("validating", "in_progress"),
+                                       cancelling_at=int(time.time()))
+        if result == "ok":
+            await self.redis.rpush(WAKE, batch_id)
+        return result
+
+    async def finish_line(self, b: BatchKeys, line_no: int, kind: str, line: bytes, charge_micro: int,
+                          request_id: str) -> bool:
+        return bool(await self._finish(keys=[b.batch, b.inflight, b.output, b.errors, b.result(request_id)],
+                                       args=[line_no, kind, line, charge_micro]))
+
+    async def write_unrun(self, b: BatchKeys, first: int, next_cursor: int, lines: list[bytes]) -> bool:
+        return bool(await self._unrun(keys=[b.batch, b.errors], args=[first, next_cursor, *lines]))
+
+    async def renew_lease(self, b: BatchKeys, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[b.lease], args=[owner, ttl_ms]))
+
+    async def retain(self, b: BatchKeys) -> None:
+        """A finished batch keeps its object for the retention time; its scratch keys go now."""
+        ttl = int(self.settings.batch_file_retention_s)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(b.batch, ttl)
+            pipe.expire(b.callback, ttl)
+            pipe.delete(b.inflight, b.ids, b.lease)
+            pipe.zrem(ACTIVE, b.id)
+            await pipe.execute()
+
+
+async def webhook_secret(redis: Redis, account_id: str) -> str:
+    """The account's signing secret for completion callbacks (standard-webhooks ``whsec_`` form), made once."""
+    k = AccountKeys(account_id)
+    fresh = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    await redis.hsetnx(k.account, "webhook_secret", fresh)
+    return (await redis.hget(k.account, "webhook_secret")).decode()
