@@ -5,8 +5,14 @@ request), leaves running jobs in the queue, and re-examines all of them on
 every poll. Here a worker blocks on BZPOPMIN over its queues, in priority
 order, only while it has a free slot: the pop is the claim (exactly one worker
 gets each job, in ~one round trip), a queued job is one nobody has started,
-and an idle worker sends one command per ``idle_timeout_s``. Everything after
-the claim (job decoding, timeouts, results) is arq's own ``run_job``.
+and an idle worker sends one command per ``idle_timeout_s``.
+
+After the claim, one GETDEL fetches and removes the arq job; the job function
+runs under its timeout in a task arq's signal handling drains and cancels as
+its own. arq's ``run_job`` would add two transactions per job (in-progress and
+retry keys, results) that serve its re-run-after-crash model, which streams
+must not use: a stream that published output is never run again, and lost
+jobs are handled by the gateway's lease on the worker.
 
 Jobs must not be deferred (arq's ``_defer_by``/cron): BZPOPMIN ignores scores.
 """
@@ -17,6 +23,8 @@ import asyncio
 import logging
 
 import structlog
+from arq.constants import job_key_prefix
+from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -81,7 +89,7 @@ class BlockingPopWorker(Worker):
 
     def start_claimed(self, job_id: str, score: int) -> None:
         self.job_counter += 1
-        task = self.loop.create_task(self.run_job(job_id, score))
+        task = self.loop.create_task(self.run_claimed(job_id, score))
         self.tasks[job_id] = task
 
         def done(_task: asyncio.Task, job_id: str = job_id) -> None:
@@ -89,6 +97,31 @@ class BlockingPopWorker(Worker):
             self.tasks.pop(job_id, None)
 
         task.add_done_callback(done)
+
+    async def run_claimed(self, job_id: str, score: int) -> None:
+        try:
+            raw = await self.pool.getdel(job_key_prefix + job_id)
+        except RedisError as exc:
+            log.warning("claimed job unreadable", job_id=job_id, error=str(exc))
+            return
+        if raw is None:  # expired in the queue; its owner has given up on it
+            log.warning("claimed job expired", job_id=job_id)
+            return
+        name, args, kwargs, _try, enqueue_ms = deserialize_job_raw(raw, deserializer=self.job_deserializer)
+        function = self.functions[name]
+        ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score, "enqueue_time_ms": enqueue_ms}
+        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[job_id] = task
+        try:
+            await asyncio.wait_for(task, function.timeout_s or self.job_timeout_s)
+            self.jobs_complete += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.jobs_failed += 1
+            log.exception("job failed", job_id=job_id, function=name)
+        finally:
+            self.job_tasks.pop(job_id, None)
 
     def inflight(self) -> int:
         return self.job_counter

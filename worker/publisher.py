@@ -3,6 +3,10 @@
 While one PUBLISH is in flight, new frames queue up and leave together in the
 next one: no timer, no added latency when idle, and Redis load that stops
 growing with token rate once it outpaces the round trip.
+
+The STARTED announcement rides with the first frame the job sends, and goes
+alone only if the job stays silent for ``ANNOUNCE_AFTER_S``: a short request
+costs one PUBLISH in all.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from shared import relay
 
 log = structlog.get_logger()
 
+ANNOUNCE_AFTER_S = 0.2
+
 
 class ReplyPublisher:
     def __init__(self, redis: Redis, channel: str, request_id: str) -> None:
@@ -25,11 +31,23 @@ class ReplyPublisher:
         self.request_id = request_id
         self._buffer: list[bytes] = []
         self._flushing: asyncio.Task | None = None
+        self._announcement: bytes | None = None
+        self._announce_timer: asyncio.TimerHandle | None = None
         self.published = 0  # PUBLISH commands sent, for the per-request Redis budget
 
+    def announce(self, frame: bytes) -> None:
+        """Send ``frame`` first: with the next frame, or alone after ANNOUNCE_AFTER_S."""
+        self._announcement = frame
+        self._announce_timer = asyncio.get_running_loop().call_later(ANNOUNCE_AFTER_S, self.send, b"")
+
     def send(self, frame: bytes) -> None:
-        self._buffer.append(frame)
-        if self._flushing is None:
+        if self._announcement is not None:
+            self._buffer.append(self._announcement)
+            self._announcement = None
+            self._announce_timer.cancel()
+        if frame:
+            self._buffer.append(frame)
+        if self._flushing is None and self._buffer:
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
@@ -47,5 +65,8 @@ class ReplyPublisher:
             self._flushing = None
 
     async def drain(self) -> None:
+        if self._announcement is not None:  # the job ends having said nothing: nobody is listening
+            self._announce_timer.cancel()
+            self._announcement = None
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
