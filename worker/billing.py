@@ -91,15 +91,15 @@ class BillingWorker(BlockingPopWorker):
         """
         while self.allow_pick_jobs:
             try:
-                popped = await claimer.bzpopmin(self.claim_queues, timeout=self.idle_timeout_s)
-                if not popped:
-                    continue
-                rest = await self.pool.zpopmin(keys.BILLING_QUEUE, BATCH - 1)
+                # BZMPOP: block until settlements wait, then take up to BATCH of them at once.
+                popped = await claimer.bzmpop(self.idle_timeout_s, 1, [keys.BILLING_QUEUE], min=True, count=BATCH)
             except RedisError as exc:
                 log.warning("billing queue unreachable, retrying", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
-            job_ids = [popped[1]] + [member for member, _score in rest]
+            if not popped:
+                continue
+            job_ids = [member for member, _score in popped[1]]
             # A shutdown must not drop a batch already taken off the queue: shielded, and listed
             # in arq's tasks so its drain (job_completion_wait) and close() wait for it.
             batch = asyncio.ensure_future(self.settle_batch(job_ids))
@@ -111,10 +111,11 @@ class BillingWorker(BlockingPopWorker):
         job_keys = [job_key_prefix + j.decode() for j in job_ids]
         for attempt in range(SETTLE_TRIES):
             try:
+                # MGET, not GETDEL: the jobs must outlive a failure until their settlement is applied.
                 payloads = await self.pool.mget(job_keys)
                 settlements = [deserialize_job_raw(p, deserializer=deserialize)[1][0] for p in payloads if p]
-                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements])
-                await self.pool.delete(*job_keys)
+                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements],
+                                                         then_delete=job_keys)
                 break
             except RedisError as exc:
                 SETTLE_FAILURES.inc()
