@@ -54,6 +54,8 @@ async def upload(request: web.Request) -> web.Response:
         if part.name == "purpose":
             purpose = (await part.text()).strip()
             if purpose not in PURPOSES:
+                if created:
+                    await store(request).delete_file(key.account_id, created["id"])
                 raise bad_request(f"Invalid value for 'purpose': {purpose!r}; this service accepts 'batch'.",
                                   param="purpose", code="invalid_value")
         elif part.name == "file" and created is None:

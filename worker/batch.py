@@ -425,6 +425,10 @@ class BatchRun:
                     await asyncio.gather(*self.tasks)
                 if self.stop_reason == "expired" and lines_key:
                     await self._expire_unrun(lines_key)
+        except asyncio.CancelledError:
+            for task in list(self.tasks):  # shutdown or a lost lease: lines stay in flight for the next owner
+                task.cancel()
+            raise
         finally:
             poller.cancel()
         await self._finalize()
