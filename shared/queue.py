@@ -47,6 +47,14 @@ class NodeQueue:
         if not queued:
             raise QueueFull(queue)
 
+    @staticmethod
+    def enqueue_into(pipe, queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> None:
+        """Queue a job on an unbounded queue as part of the caller's pipeline (no round trip of its own)."""
+        now_ms = int(time.time() * 1000)
+        pipe.set(job_key_prefix + job_id, serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize),
+                 px=expires_ms)
+        pipe.zadd(queue, {job_id: now_ms})
+
     async def withdraw(self, queue: str, job_id: str) -> bool:
         """Remove a job nobody claimed yet; False means a worker already has it."""
         async with self.redis.pipeline(transaction=True) as pipe:

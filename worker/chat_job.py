@@ -107,12 +107,13 @@ async def run_chat(ctx: dict, job: dict) -> str:
     usage = builder.usage
     billable = status in ("succeeded", "cancelled") and usage is not None
     charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+    frames = b""
     final = None
     if status == "succeeded":
         if stream:
             if job.get("include_usage"):
-                publisher.send(relay.frame(relay.CHUNK, orjson.dumps(builder.usage_chunk(charge))))
-            publisher.send(relay.frame(relay.DONE))
+                frames += relay.frame(relay.CHUNK, orjson.dumps(builder.usage_chunk(charge)))
+            frames += relay.frame(relay.DONE)
         else:
             final = relay.frame(relay.RESULT, orjson.dumps(builder.completion(charge)))
     elif error is not None:
@@ -121,25 +122,11 @@ async def run_chat(ctx: dict, job: dict) -> str:
         # Batch lines: the answer outlives a lost reply (worker/batch.py), stored before it is billed.
         await store_result(worker, job, final)
     if final is not None:
-        publisher.send(final)
-    await publisher.drain()
+        frames += final
 
     elapsed = time.monotonic() - started
-    JOBS.labels(job["node"], model.id, status).inc()
-    JOB_DURATION.labels(job["node"], model.id).observe(elapsed)
-    if ttft_ms is not None:
-        TTFT.labels(job["node"], model.id).observe(ttft_ms / 1000)
-    if error is not None:
-        UPSTREAM_ERRORS.labels(job["node"], error.code).inc()
-    if billable:
-        TOKENS.labels(job["node"], model.id, "prompt").inc(usage.prompt_tokens)
-        TOKENS.labels(job["node"], model.id, "completion").inc(usage.completion_tokens)
-        TOKENS.labels(job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
-    log.info("job", status=status, node=job["node"], model=model.id, ms=int(elapsed * 1000), ttft_ms=ttft_ms,
-             queue_ms=queue_ms, error=error.code if error else None,
-             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0)
     u = usage
-    await worker.hand_to_billing({
+    settlement = {
         "request_id": rid,
         "account_id": job["account_id"],
         "key_id": job["key_id"],
@@ -160,6 +147,21 @@ async def run_chat(ctx: dict, job: dict) -> str:
         "batch_id": job.get("batch_id", ""),
         "trace_id": job.get("trace_id", ""),
         "publishes": publisher.published,
-    })
+    }
+    await worker.finish(publisher, frames, settlement)
+
+    JOBS.labels(job["node"], model.id, status).inc()
+    JOB_DURATION.labels(job["node"], model.id).observe(elapsed)
+    if ttft_ms is not None:
+        TTFT.labels(job["node"], model.id).observe(ttft_ms / 1000)
+    if error is not None:
+        UPSTREAM_ERRORS.labels(job["node"], error.code).inc()
+    if billable:
+        TOKENS.labels(job["node"], model.id, "prompt").inc(usage.prompt_tokens)
+        TOKENS.labels(job["node"], model.id, "completion").inc(usage.completion_tokens)
+        TOKENS.labels(job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
+    log.info("job", status=status, node=job["node"], model=model.id, ms=int(elapsed * 1000), ttft_ms=ttft_ms,
+             queue_ms=queue_ms, error=error.code if error else None,
+             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0)
     return status
 

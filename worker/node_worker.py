@@ -29,10 +29,12 @@ from worker.claiming import BlockingPopWorker
 from worker.gemini import GeminiAdapter
 from worker.openai_compat import OpenAICompatAdapter
 from worker.provider import Adapter
+from worker.publisher import ReplyPublisher
 
 log = structlog.get_logger()
 
 HEARTBEAT_S = 1.0
+SETTLEMENT_TTL_MS = 7 * 24 * 3600 * 1000  # a settlement waits this long for a billing worker
 
 
 def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
@@ -85,12 +87,26 @@ class NodeWorker(BlockingPopWorker):
             self._adapter = build_adapter(self.catalog, node, self.settings)
         return self._adapter
 
+    async def finish(self, publisher: ReplyPublisher, frames: bytes, settlement: dict) -> None:
+        """The last frames to the gateway and the settlement to billing, in one round trip."""
+        try:
+            await publisher.close(frames, also=lambda pipe: self._queue_settlement(pipe, settlement))
+        except RedisError as exc:
+            log.warning("final publish failed; retrying the billing hand-off", error=str(exc))
+            await self.hand_to_billing(settlement)
+
+    @staticmethod
+    def _queue_settlement(pipe, settlement: dict) -> None:
+        NodeQueue.enqueue_into(pipe, keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"], settlement,
+                               SETTLEMENT_TTL_MS)
+
     async def hand_to_billing(self, settlement: dict) -> None:
-        """Queue the settlement; retried briefly so a Redis blip does not lose a charge."""
+        """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""
         for attempt in range(5):
             try:
-                await self.queue.enqueue(keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"],
-                                         settlement, expires_ms=7 * 24 * 3600 * 1000)
+                async with self.pool.pipeline(transaction=True) as pipe:
+                    self._queue_settlement(pipe, settlement)
+                    await pipe.execute()
                 return
             except RedisError as exc:
                 log.warning("billing hand-off failed", request_id=settlement["request_id"], error=str(exc))

@@ -64,9 +64,25 @@ class ReplyPublisher:
         finally:
             self._flushing = None
 
-    async def drain(self) -> None:
-        if self._announcement is not None:  # the job ends having said nothing: nobody is listening
-            self._announce_timer.cancel()
-            self._announcement = None
+    async def close(self, frames: bytes, also=None) -> None:
+        """The request's last frames and, in the same round trip, what ``also(pipe)`` queues.
+
+        Earlier frames go first (in order); raises RedisError so the caller can retry ``also``.
+        """
+        if self._announcement is not None:
+            if frames:
+                self.send(b"")  # the announcement leads
+            else:  # the job ends having said nothing (its client left): nobody is listening
+                self._announce_timer.cancel()
+                self._announcement = None
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
+        frames = b"".join(self._buffer) + frames
+        self._buffer.clear()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if frames:
+                pipe.publish(self.channel, relay.message(self.request_id, frames))
+                self.published += 1
+            if also is not None:
+                also(pipe)
+            await pipe.execute()
