@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics)
     r.add_get("/openapi.json", openapi.openapi_json)
+    from gateway import dashboard
+    dashboard.setup(app)  # /dashboard (the browser UI) and /admin/users
     return app
 
 

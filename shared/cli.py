@@ -127,6 +127,17 @@ async def _admin(args) -> object:
             order, created = await accounts.credits.credit(args.account_id, credits_to_micro(Decimal(args.credits)),
                                                            args.reference)
             return {**order, "created_now": created}
+        if args.noun == "users":  # dashboard users (shared/users.py)
+            from shared.users import UserError, Users
+
+            users = Users(redis)
+            if args.verb == "list":
+                return [u.public() for u in await users.list_users(args.account)]
+            try:
+                role = "operator" if args.operator else "user"
+                return (await users.create(args.email, args.password, args.account, role)).public()
+            except UserError as exc:
+                sys.exit(f"error: {exc}")
         if args.noun == "nodes":
             return await node_status(redis, get_catalog(), settings.worker_lease_s)
         if args.noun == "audit":
@@ -218,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("account_id")
     t.add_argument("--credits", required=True, type=lambda t: _credits_arg(t, allow_zero=False))
     t.add_argument("--reference", required=True)
+    u = nouns.add_parser("users", help="dashboard users").add_subparsers(dest="verb", required=True)
+    uc = u.add_parser("create", help="a user who signs in to /dashboard with email and password")
+    uc.add_argument("--email", required=True)
+    uc.add_argument("--password", required=True, help="at least 8 characters")
+    uc.add_argument("--account", required=True, help="the account the user belongs to")
+    uc.add_argument("--operator", action="store_true", help="operator role: sees every account and the nodes")
+    u.add_parser("list").add_argument("--account", default=None)
     nouns.add_parser("nodes")
     nouns.add_parser("audit")
     return p

@@ -72,3 +72,31 @@ def node_cancel_channel(node: str) -> str:
 
 
 REVOCATIONS = PREFIX + "revocations"  # pub/sub: revoked key hashes, to drop gateway caches
+
+
+# --- dashboard users and sessions (shared/users.py, gateway/dashboard/) ---------------
+USERS = PREFIX + "users"  # set of dashboard user ids
+
+
+def user(user_id: str) -> str:
+    return f"{PREFIX}user:{user_id}"  # hash: id, email, password_hash, role, account_id, created, last_login
+
+
+def user_email(email: str) -> str:
+    return f"{PREFIX}user_email:{email}"  # string: user id, by lower-cased email
+
+
+def account_users(account_id: str) -> str:
+    return f"{PREFIX}account_users:{account_id}"  # set of the account's user ids
+
+
+def dashboard_session(token_hash: str) -> str:
+    return f"{PREFIX}dsession:{token_hash}"  # hash with TTL: user_id, csrf, account_id, created, expires_at
+
+
+def user_sessions(user_id: str) -> str:
+    return f"{PREFIX}user_sessions:{user_id}"  # set of the user's session hashes (dropped on password change)
+
+
+def login_failures(scope: str) -> str:
+    return f"{PREFIX}login_fail:{scope}"  # counter with TTL: failed sign-ins per email or per client address

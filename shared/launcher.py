@@ -204,14 +204,45 @@ def ensure_demo_account(base_url: str, admin_token: str, data_dir: Path) -> str 
     return key_file.read_text().strip() if key_file.exists() else None
 
 
-def banner(base_url: str, admin_token: str, demo_key: str | None) -> str:
+def ensure_operator(base_url: str, admin_token: str, data_dir: Path) -> tuple[str, str] | None:
+    """With no dashboard user yet, create a first operator (on the demo account); remember the login locally."""
+    import json
+
+    def call(method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(base_url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {admin_token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    login_file = data_dir / "operator-login"
+    if not call("GET", "/admin/users")["data"]:
+        accounts = call("GET", "/admin/accounts")["data"]
+        home = next((a for a in accounts if a["name"] == "demo"), accounts[0] if accounts else None)
+        home = home or call("POST", "/admin/accounts", {"name": "operators", "credits": 0})
+        email, password = "admin@apiinone.local", secrets.token_urlsafe(12)
+        call("POST", "/admin/users", {"email": email, "password": password, "account_id": home["id"],
+                                      "role": "operator"})
+        login_file.write_text(f"{email}\n{password}\n")
+        login_file.chmod(0o600)
+    if login_file.exists():
+        email, password = login_file.read_text().split()[:2]
+        return email, password
+    return None
+
+
+def banner(base_url: str, admin_token: str, demo_key: str | None, operator: tuple[str, str] | None = None) -> str:
     key = demo_key or "<your aio_ key>"
+    login = f"{operator[0]} / {operator[1]}" if operator else "(a user you created; `apiinone admin users create`)"
     return f"""
 apiinone is running.
 
   Base URL (OpenAI-compatible): {base_url}/api/v1
   Admin token:                  {admin_token}
   Demo API key (100 credits):   {key}
+  Dashboard:                    {base_url}/dashboard
+  Dashboard operator login:     {login}
 
 Try it:
 
@@ -247,8 +278,9 @@ def run(settings: Settings) -> None:
     try:
         stack.start()
         demo_key = ensure_demo_account(stack.base_url, settings.admin_token, settings.data_dir.resolve())
+        operator = ensure_operator(stack.base_url, settings.admin_token, settings.data_dir.resolve())
         base = settings.public_base_url or stack.base_url
-        print(banner(base, settings.admin_token, demo_key), flush=True)
+        print(banner(base, settings.admin_token, demo_key, operator), flush=True)
         while True:
             for name, proc in stack.procs.items():
                 if proc.poll() is not None:

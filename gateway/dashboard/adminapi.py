@@ -1,0 +1,52 @@
+"""Admin API for dashboard users (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``).
+
+    POST /admin/users {"email", "password", "account_id", "role"?: "user"|"operator"} -> 201 user
+    GET  /admin/users[?account_id=...] -> {"object": "list", "data": [user, ...]}
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.auth import check_admin
+from shared.credits import AccountNotFound
+from shared.errors import ApiError, bad_request, not_found
+from shared.users import UserError, UserExists, Users
+
+
+def _users(request: web.Request) -> Users:
+    gw = request.app["gateway"]
+    check_admin(request, gw.settings.admin_token)
+    return Users(gw.redis)
+
+
+async def create_user(request: web.Request) -> web.Response:
+    store = _users(request)
+    try:
+        body = await request.json(loads=orjson.loads)
+    except ValueError:
+        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    for name in ("email", "password", "account_id"):
+        if not isinstance(body.get(name), str):
+            raise bad_request(f"'{name}' is required and must be a string.", param=name)
+    role = body.get("role", "user")
+    if not isinstance(role, str):
+        raise bad_request("'role' must be a string.", param="role")
+    try:
+        user = await store.create(body["email"], body["password"], body["account_id"], role)
+    except AccountNotFound:
+        raise not_found(f"No account {body['account_id']!r}.", param="account_id") from None
+    except UserExists as exc:
+        raise ApiError(409, str(exc), "invalid_request_error", "user_exists", "email") from None
+    except UserError as exc:
+        raise bad_request(str(exc)) from None
+    return web.json_response(user.public(), status=201)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    store = _users(request)
+    found = await store.list_users(request.query.get("account_id") or None)
+    return web.json_response({"object": "list", "data": [u.public() for u in found], "has_more": False})

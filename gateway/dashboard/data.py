@@ -1,0 +1,289 @@
+"""What the dashboard pages read: keys with their live state, usage with filters, daily series, ledger notes.
+
+Every scan is bounded (``budget`` rows), so one page view costs at most a few
+thousand stream entries read however large an account's history is; a page
+says when a bound cut its answer short.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.accounts import Accounts
+from shared.keys import AccountKeys
+
+USAGE_STATUSES = ("succeeded", "cancelled", "failed", "rejected", "expired")
+DAY_MS = 86_400_000
+
+
+class FilterError(ValueError):
+    """A filter value people typed that we cannot use; the message says why in plain words."""
+
+
+def _day(text: str, name: str) -> date | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise FilterError(f"The {name} date must look like 2026-11-02 (year-month-day).") from None
+
+
+def day_start_ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+@dataclass
+class UsageFilters:
+    key_id: str = ""
+    model: str = ""
+    status: str = ""
+    date_from: date | None = None
+    date_to: date | None = None
+
+    @classmethod
+    def from_query(cls, query) -> UsageFilters:
+        f = cls(key_id=query.get("key", "").strip(), model=query.get("model", "").strip(),
+                status=query.get("status", "").strip(),
+                date_from=_day(query.get("from", ""), "'from'"), date_to=_day(query.get("to", ""), "'to'"))
+        if f.status and f.status not in USAGE_STATUSES:
+            raise FilterError(f"Unknown status {f.status!r}; pick one from the list.")
+        if f.date_from and f.date_to and f.date_from > f.date_to:
+            raise FilterError("The 'from' date is after the 'to' date.")
+        return f
+
+    @property
+    def min_id(self) -> str:
+        return str(day_start_ms(self.date_from)) if self.date_from else "-"
+
+    @property
+    def max_id(self) -> str:
+        return str(day_start_ms(self.date_to) + DAY_MS - 1) if self.date_to else "+"
+
+    def matches(self, row: dict) -> bool:
+        return ((not self.key_id or row.get("key_id") == self.key_id)
+                and (not self.model or row.get("model") == self.model)
+                and (not self.status or row.get("status") == self.status))
+
+    def query(self, **extra) -> dict:
+        q = {"key": self.key_id, "model": self.model, "status": self.status,
+             "from": self.date_from.isoformat() if self.date_from else "",
+             "to": self.date_to.isoformat() if self.date_to else ""}
+        q.update(extra)
+        return {k: v for k, v in q.items() if v}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.key_id or self.model or self.status or self.date_from or self.date_to)
+
+
+def _decode(fields: dict) -> dict:
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+def _int(row: dict, name: str) -> int:
+    value = row.get(name, "")
+    return int(value) if value.lstrip("-").isdigit() else 0
+
+
+@dataclass
+class UsagePage:
+    rows: list[dict]
+    next_after: str | None  # cursor for the next (older) page, None at the end
+    truncated: bool = False  # the scan budget ran out before the page filled
+
+
+async def usage_page(redis: Redis, account_id: str, f: UsageFilters, after: str | None, limit: int = 25,
+                     budget: int = 5000) -> UsagePage:
+    """Newest first; ``after`` is the last row id of the previous page."""
+    stream = AccountKeys(account_id).usage
+    upper = f"({after}" if after else f.max_id
+    out: list[dict] = []
+    scanned, last = 0, None
+    while scanned < budget:
+        batch = await redis.xrevrange(stream, max=upper, min=f.min_id, count=min(500, budget - scanned))
+        for rid, fields in batch:
+            scanned += 1
+            last = rid.decode()
+            row = _decode(fields)
+            if f.matches(row):
+                row["id"] = last
+                out.append(row)
+                if len(out) > limit:
+                    return UsagePage(out[:limit], out[limit - 1]["id"])
+        if len(batch) < 500 or last is None:
+            return UsagePage(out, None)
+        upper = f"({last}"
+    return UsagePage(out, last, truncated=True)
+
+
+async def usage_rows(redis: Redis, account_id: str, f: UsageFilters, budget: int = 200_000):
+    """Every matching row, newest first, in batches (for the CSV export)."""
+    stream = AccountKeys(account_id).usage
+    upper, scanned = f.max_id, 0
+    while scanned < budget:
+        batch = await redis.xrevrange(stream, max=upper, min=f.min_id, count=1000)
+        rows = []
+        for rid, fields in batch:
+            row = _decode(fields)
+            if f.matches(row):
+                row["id"] = rid.decode()
+                rows.append(row)
+        scanned += len(batch)
+        if rows:
+            yield rows
+        if len(batch) < 1000:
+            return
+        upper = "(" + batch[-1][0].decode()
+
+
+@dataclass
+class DailySeries:
+    days: list[date]
+    credits_micro: list[int]
+    tokens: list[int]
+    requests: list[int]
+    truncated: bool = False
+    totals: dict = field(default_factory=dict)
+
+
+async def daily_series(redis: Redis, account_id: str, f: UsageFilters, default_days: int = 14,
+                       budget: int = 50_000) -> DailySeries:
+    """Credits charged, tokens and requests per UTC day over the filter's dates (default: the last 14 days)."""
+    last_day = f.date_to or today()
+    first_day = f.date_from or (last_day - timedelta(days=default_days - 1))
+    if (last_day - first_day).days > 92:
+        first_day = last_day - timedelta(days=92)
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    index = {d: i for i, d in enumerate(days)}
+    cr, tk, rq = [0] * len(days), [0] * len(days), [0] * len(days)
+    stream = AccountKeys(account_id).usage
+    lower, upper = str(day_start_ms(first_day)), str(day_start_ms(last_day) + DAY_MS - 1)
+    scanned, truncated = 0, False
+    while True:
+        batch = await redis.xrange(stream, min=lower, max=upper, count=1000)
+        for rid, fields in batch:
+            row = _decode(fields)
+            if not f.matches(row):
+                continue
+            d = datetime.fromtimestamp(int(rid.split(b"-")[0]) / 1000, timezone.utc).date()
+            i = index.get(d)
+            if i is None:
+                continue
+            cr[i] += _int(row, "charged_micro")
+            tk[i] += _int(row, "prompt_tokens") + _int(row, "completion_tokens")
+            rq[i] += 1
+        scanned += len(batch)
+        if len(batch) < 1000:
+            break
+        if scanned >= budget:
+            truncated = True
+            break
+        lower = "(" + batch[-1][0].decode()
+    return DailySeries(days, cr, tk, rq, truncated,
+                       {"credits_micro": sum(cr), "tokens": sum(tk), "requests": sum(rq)})
+
+
+async def key_table(redis: Redis, accounts: Accounts, account_id: str) -> list[dict]:
+    """The account's keys (never the keys themselves) with last use and spend, one extra round trip."""
+    listed = await accounts.list_keys(account_id)
+    if not listed:
+        return []
+    k = AccountKeys(account_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in listed:
+            pipe.hmget(k.key_state(key["id"]), "tk_ts", "spend", "inflight")
+        states = await pipe.execute()
+    for key, (ts, spend, inflight) in zip(listed, states):
+        key["last_used"] = float(ts) if ts else 0  # every admitted request stamps it (reserve.lua)
+        key["spend_micro"] = int(spend or 0)
+        key["inflight"] = int(inflight or 0)
+    listed.sort(key=lambda r: -r["created"])
+    return listed
+
+
+async def holds(redis: Redis, account_id: str) -> list[dict]:
+    k = AccountKeys(account_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(k.holds)
+        pipe.zrange(k.deadlines, 0, -1, withscores=True)
+        raw, deadlines = await pipe.execute()
+    due = {m.decode(): int(s) for m, s in deadlines}
+    out = []
+    for rid, value in raw.items():
+        amount, _, rest = value.decode().partition(":")
+        out.append({"request_id": rid.decode(), "amount_micro": int(amount), "key_id": rest.split(":")[0],
+                    "deadline": due.get(rid.decode(), 0) / 1000})
+    out.sort(key=lambda h: h["deadline"])
+    return out
+
+
+async def ledger_notes(redis: Redis, account_id: str, rows: list[tuple[str, dict]]) -> dict[str, str]:
+    """The operator's reason for each adjustment among ``rows`` (kept with the adjustment's reference)."""
+    refs = [f["ref"] for _, f in rows if f.get("reason") not in ("charge",) and f.get("ref")]
+    if not refs:
+        return {}
+    values = await redis.hmget(AccountKeys(account_id).order_refs, refs)
+    notes = {}
+    for ref, raw in zip(refs, values):
+        if raw:
+            notes[ref] = orjson.loads(raw).get("note", "")
+    return notes
+
+
+async def account_rows(redis: Redis, query: str = "", limit: int = 500) -> tuple[list[dict], int]:
+    """Every account (operators), newest first, optionally filtered by a piece of its name or id."""
+    ids = sorted(m.decode() for m in await redis.smembers(keys.ACCOUNTS))
+    if not ids:
+        return [], 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for a in ids:
+            k = AccountKeys(a)
+            pipe.hmget(k.account, "name", "balance", "held", "created")
+            pipe.scard(k.keys)
+            pipe.scard(keys.account_users(a))
+        raw = await pipe.execute()
+    rows = []
+    q = query.strip().lower()
+    for i, a in enumerate(ids):
+        (name, balance, held, created), nkeys, nusers = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+        name = (name or b"").decode()
+        if q and q not in name.lower() and q not in a.lower():
+            continue
+        rows.append({"id": a, "name": name, "balance_micro": int(balance or 0), "held_micro": int(held or 0),
+                     "created": int(created or 0), "keys": nkeys, "users": nusers})
+    rows.sort(key=lambda r: (-r["created"], r["id"]))
+    return rows[:limit], len(rows)
+
+
+async def recent_failures(redis: Redis, minutes: int = 15, max_accounts: int = 2000) -> dict[str, dict[str, int]]:
+    """Failed requests per node and error code over the last minutes, from the usage streams (bounded)."""
+    ids = [m.decode() for m in await redis.srandmember(keys.ACCOUNTS, max_accounts) or []]
+    since = str(int((time.time() - minutes * 60) * 1000))
+    out: dict[str, dict[str, int]] = {}
+    if not ids:
+        return out
+    async with redis.pipeline(transaction=False) as pipe:
+        for a in ids:
+            pipe.xrevrange(AccountKeys(a).usage, max="+", min=since, count=500)
+        batches = await pipe.execute()
+    for batch in batches:
+        for _rid, fields in batch:
+            row = _decode(fields)
+            if row.get("status") in ("failed", "expired"):
+                node = row.get("node") or "?"
+                code = row.get("error_code") or row.get("status")
+                out.setdefault(node, {})
+                out[node][code] = out[node].get(code, 0) + 1
+    return out

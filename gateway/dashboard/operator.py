@@ -1,0 +1,168 @@
+"""Operator pages: every account (create, top up, adjust with a reason, add users, view as), nodes, batches."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
+from gateway.dashboard.render import MAIN_ROUTER, base_url, current_session, gateway, notify, render, sessions, users
+from gateway.dashboard.views import _credit_amount, see_other
+from shared.credits import AccountNotFound
+from shared.keys import AccountKeys
+from shared.nodes import node_status
+from shared.users import ROLES, UserError
+
+MAX_REFERENCE = 200
+
+
+async def accounts_page(request: web.Request, form=None, errors: dict | None = None, status: int = 200):
+    query = request.query.get("q", "")
+    rows, total = await account_rows(gateway(request).redis, query)
+    return await render(request, "admin_accounts.html", {
+        "accounts": rows, "total": total, "q": query, "form": form or {}, "errors": errors or {},
+        "new_ref": uuid.uuid4().hex}, status=status, nav="admin_accounts")
+
+
+async def create_account(request: web.Request) -> web.Response:
+    form = await request.post()
+    errors: dict[str, str] = {}
+    name = str(form.get("name", "")).strip()
+    if not name or len(name) > 200:
+        errors["name"] = "Give the account a name (up to 200 characters)."
+    initial = _credit_amount(form, "credits", "Starting credits", errors) or 0
+    email, password = str(form.get("email", "")).strip(), str(form.get("password", ""))
+    if bool(email) != bool(password):
+        errors["email"] = "To add a first user, fill in both the email and the password (or leave both empty)."
+    if errors:
+        return await accounts_page(request, form, errors, status=400)
+    gw = gateway(request)
+    account = await gw.accounts.create_account(name, initial)
+    message = f"Account “{name}” created with {initial / 1_000_000:g} credits."
+    if email:
+        try:
+            user = await users(request).create(email, password, account["id"], "user")
+            message += f" {user.email} can sign in now."
+        except UserError as exc:
+            await notify(request, f"{message} The user was not added: {exc}", "error")
+            return see_other(f"/dashboard/admin/accounts/{account['id']}")
+    await notify(request, message)
+    return see_other(f"/dashboard/admin/accounts/{account['id']}")
+
+
+async def _account(request: web.Request) -> dict:
+    try:
+        return await gateway(request).accounts.get_account(request.match_info["account_id"])
+    except AccountNotFound:
+        raise web.HTTPNotFound(text=f"There is no account {request.match_info['account_id']!r}.") from None
+
+
+async def account_page(request: web.Request, errors: dict | None = None, form=None, status: int = 200):
+    gw = gateway(request)
+    account = await _account(request)
+    k = AccountKeys(account["id"])
+    orders, _ = await gw.credits.page(k.orders, 10, None)
+    ledger, _ = await gw.credits.page(k.ledger, 15, None)
+    notes = await ledger_notes(gw.redis, account["id"], ledger)
+    return await render(request, "admin_account.html", {
+        "account": account, "keys": await key_table(gw.redis, gw.accounts, account["id"]),
+        "members": await users(request).list_users(account["id"]),
+        "orders": [json.loads(f["order"]) for _, f in orders],
+        "ledger": [{"id": rid, "amount_micro": int(f.get("amount", 0)), "reason": f.get("reason", ""),
+                    "ref": f.get("ref", ""), "balance_micro": int(f.get("balance", 0)),
+                    "note": notes.get(f.get("ref"), "")} for rid, f in ledger],
+        "errors": errors or {}, "form": form or {}, "roles": ROLES,
+        "topup_ref": "dash-topup-" + uuid.uuid4().hex[:16], "adjust_ref": uuid.uuid4().hex,
+    }, status=status, nav="admin_accounts")
+
+
+def _reference(form, default_prefix: str) -> str:
+    ref = str(form.get("reference", "")).strip()[:MAX_REFERENCE]
+    return ref or f"{default_prefix}-{uuid.uuid4().hex[:16]}"
+
+
+async def topup(request: web.Request) -> web.Response:
+    form = await request.post()
+    account = await _account(request)
+    errors: dict[str, str] = {}
+    amount = _credit_amount(form, "credits", "The top-up", errors)
+    if amount is None and not errors:
+        errors["credits"] = "Enter how many credits to add."
+    if errors:
+        return await account_page(request, errors, form, status=400)
+    reference = _reference(form, "dash-topup")
+    order, created = await gateway(request).credits.credit(account["id"], amount, reference, reason="topup",
+                                                           note=str(form.get("note", "")).strip()[:500])
+    if created:
+        await notify(request, f"Added {amount / 1_000_000:g} credits to “{account['name']}” (order {order['id']}).")
+    else:
+        await notify(request, f"That top-up (reference {reference}) was already recorded; nothing was added twice.",
+                     "error")
+    return see_other(f"/dashboard/admin/accounts/{account['id']}")
+
+
+async def adjust(request: web.Request) -> web.Response:
+    form = await request.post()
+    account = await _account(request)
+    errors: dict[str, str] = {}
+    amount = _credit_amount(form, "amount", "The adjustment", errors, allow_negative=True)
+    reason = str(form.get("reason", "")).strip()
+    if amount is None and not errors:
+        errors["amount"] = "Enter the credits to add (e.g. 10) or remove (e.g. -10)."
+    if not reason:
+        errors["reason"] = "Say why: the reason is kept in the account's ledger."
+    elif len(reason) > 500:
+        errors["reason"] = "Keep the reason under 500 characters."
+    if amount is not None and amount < 0 and account["balance_micro"] + amount < 0:
+        errors["amount"] = (f"That would take the balance below zero (it is {account['balance_micro'] / 1e6:g} "
+                            "credits).")
+    if errors:
+        return await account_page(request, errors, form, status=400)
+    ref = "adjust-" + (str(form.get("idempotency", "")).strip()[:64] or uuid.uuid4().hex)
+    _, created = await gateway(request).credits.credit(account["id"], amount, ref, reason="adjust", note=reason)
+    if created:
+        await notify(request, f"Adjusted “{account['name']}” by {amount / 1_000_000:+g} credits: {reason}")
+    else:
+        await notify(request, "That adjustment was already recorded; nothing changed twice.", "error")
+    return see_other(f"/dashboard/admin/accounts/{account['id']}")
+
+
+async def create_user(request: web.Request) -> web.Response:
+    form = await request.post()
+    account = await _account(request)
+    role = str(form.get("role", "user"))
+    try:
+        user = await users(request).create(str(form.get("email", "")), str(form.get("password", "")), account["id"],
+                                           role)
+    except UserError as exc:
+        return await account_page(request, {"user": str(exc)}, form, status=400)
+    await notify(request, f"{user.email} ({user.role}) can now sign in to “{account['name']}”.")
+    return see_other(f"/dashboard/admin/accounts/{account['id']}")
+
+
+async def view_as(request: web.Request) -> web.Response:
+    account = await _account(request)
+    await sessions(request).set_account(current_session(request), account["id"])
+    await notify(request, f"You are now looking at “{account['name']}”. Its keys, credits and usage are below.")
+    return see_other("/dashboard")
+
+
+async def nodes_page(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    nodes = await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s)
+    failures = await recent_failures(gw.redis)
+    for n in nodes:
+        n["breaker"] = gw.breaker.state(n["id"])
+        n["failures"] = sorted(failures.get(n["id"], {}).items(), key=lambda kv: -kv[1])
+        n["failed_total"] = sum(c for _, c in n["failures"])
+    return await render(request, "admin_nodes.html", {"nodes": nodes}, nav="admin_nodes")
+
+
+async def batches_page(request: web.Request) -> web.Response:
+    # The batch API (issue 7) may or may not be part of this build: look at the gateway's own routes.
+    available = any(getattr(res, "canonical", "").startswith("/api/v1/batches")
+                    for res in request.config_dict[MAIN_ROUTER].resources())
+    return await render(request, "admin_batches.html", {"available": available, "base_url": base_url(request)},
+                        nav="admin_batches")

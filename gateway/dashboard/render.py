@@ -1,0 +1,240 @@
+"""The dashboard's middleware (sign-in, CSRF, roles, HTML errors, headers), page rendering and filters."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from urllib.parse import quote
+
+import aiohttp_jinja2
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
+                                       tokens_match)
+from shared.keys import AccountKeys
+from shared.users import User, Users
+
+log = structlog.get_logger()
+
+USERS = web.AppKey("dashboard_users", Users)
+SESSIONS = web.AppKey("dashboard_sessions", Sessions)
+MAIN_ROUTER = web.AppKey("dashboard_main_router", web.UrlDispatcher)
+
+PUBLIC = ("/dashboard/login", "/dashboard/static/")
+NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_./?=&%:+-]*)?")
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+# --- filters -------------------------------------------------------------------------
+def credits(micro: int | str | None, places: int = 6) -> str:
+    """Micro-credits as credits: exact (up to 6 decimals, at least 2), thousands separated."""
+    if micro in (None, ""):
+        return "—"
+    value = Decimal(int(micro)) / 1_000_000
+    text = f"{value:,.{6}f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    frac = (frac + "00")[:max(2, min(len(frac), places))]
+    return f"{whole}.{frac}"
+
+
+def usd(micro: int | str | None) -> str:
+    if micro in (None, ""):
+        return "—"
+    dollars = Decimal(int(micro)) / 100_000_000
+    return f"${dollars:,.4f}".rstrip("0").rstrip(".") if dollars else "$0"
+
+
+def signed_credits(micro: int | str) -> str:
+    micro = int(micro)
+    return ("+" if micro > 0 else "−" if micro < 0 else "") + credits(abs(micro))
+
+
+def when(ts: int | float | str | None) -> str:
+    """Unix seconds as a UTC time; '—' when unknown."""
+    if ts in (None, "", 0, "0"):
+        return "—"
+    return datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def when_id(stream_id: str) -> str:
+    """A stream row id (<ms>-<seq>) as a UTC time with seconds."""
+    ms = int(stream_id.split("-")[0])
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(ts: int | float | str | None) -> str:
+    if ts in (None, "", 0, "0"):
+        return "never"
+    delta = time.time() - float(ts)
+    if delta < 60:
+        return "just now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if delta >= size:
+            n = int(delta // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
+def number(n: int | str | None) -> str:
+    if n in (None, ""):
+        return "—"
+    return f"{int(n):,}"
+
+
+FILTERS = {"credits": credits, "usd": usd, "signed_credits": signed_credits, "when": when, "when_id": when_id,
+           "ago": ago, "number": number}
+
+
+# --- request context -------------------------------------------------------------------
+def gateway(request: web.Request):
+    return request.config_dict["gateway"]
+
+
+def users(request: web.Request) -> Users:
+    return request.config_dict[USERS]
+
+
+def sessions(request: web.Request) -> Sessions:
+    return request.config_dict[SESSIONS]
+
+
+def current_user(request: web.Request) -> User:
+    return request["user"]
+
+
+def current_session(request: web.Request) -> Session:
+    return request["session"]
+
+
+def account_id(request: web.Request) -> str:
+    """The account the pages show: the user's own; for an operator, the one they chose to view."""
+    return request["account_id"]
+
+
+def base_url(request: web.Request) -> str:
+    configured = gateway(request).settings.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{'https' if is_https(request) else 'http'}://{request.host}"
+
+
+def safe_next(target: str | None) -> str:
+    if target and NEXT_PATH.fullmatch(target) and "//" not in target and ".." not in target:
+        return target
+    return "/dashboard"
+
+
+async def render(request: web.Request, template: str, context: dict | None = None, status: int = 200,
+                 nav: str = "") -> web.Response:
+    ctx = dict(context or {})
+    user: User | None = request.get("user")
+    session: Session | None = request.get("session")
+    ctx.setdefault("nav", nav)
+    ctx["user"] = user
+    ctx["csrf"] = session.csrf if session else ctx.get("csrf", "")
+    if user is not None:
+        gw = gateway(request)
+        raw = await gw.redis.hget(AccountKeys(account_id(request)).account, "name")
+        ctx["account_name"] = raw.decode() if raw else "(account removed)"
+        ctx["account_id"] = account_id(request)
+        ctx["viewing_other"] = account_id(request) != user.account_id
+        if session is not None and "flash" not in ctx:
+            ctx["flash"] = await sessions(request).pop_flash(session)
+    return aiohttp_jinja2.render_template(template, request, ctx, status=status)
+
+
+async def error_page(request: web.Request, status: int, title: str, message: str,
+                     headers: dict | None = None) -> web.Response:
+    try:
+        resp = await render(request, "error.html", {"status": status, "title": title, "message": message},
+                            status=status)
+    except RedisError:
+        resp = web.Response(status=status, text=f"{title}\n\n{message}\n", content_type="text/plain")
+    resp.headers.update(headers or {})
+    return resp
+
+
+def redirect(location: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(location)
+
+
+async def notify(request: web.Request, message: str, kind: str = "ok") -> None:
+    await sessions(request).flash(current_session(request), message, kind)
+
+
+# --- the middleware ---------------------------------------------------------------------
+def _headers(response: web.StreamResponse, static: bool) -> None:
+    if response.prepared:  # a streamed answer (the CSV export) set its own before sending them
+        return
+    h = response.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Referrer-Policy", "same-origin")
+    if not static:
+        h.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    """Sign-in, roles and CSRF for every dashboard page; errors as pages, never JSON."""
+    path = request.path
+    static = path.startswith("/dashboard/static/")
+    public = static or path == "/dashboard/login"
+    try:
+        response = await _guarded(request, handler, public)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            _headers(exc, static)
+            raise
+        response = await error_page(request, exc.status, exc.reason, exc.text if exc.text != exc.reason else
+                                    "Something about this request wasn't right.")
+    except RedisError as exc:
+        log.warning("dashboard: redis unavailable", error=str(exc), path=path)
+        response = await error_page(request, 503, "The data store is unavailable",
+                                    "The dashboard cannot reach its data store right now. Try again in a moment.",
+                                    {"Retry-After": "2"})
+    except Exception:  # noqa: BLE001 - a page, not a stack trace
+        log.exception("dashboard: unhandled error", path=path)
+        response = await error_page(request, 500, "Something went wrong",
+                                    "The dashboard hit an unexpected error. It has been logged; try again.")
+    _headers(response, static)
+    return response
+
+
+async def _guarded(request: web.Request, handler, public: bool):
+    if public:
+        return await handler(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    session = await sessions(request).load(cookie)
+    user = await users(request).get(session.user_id) if session else None
+    if user is None:
+        if request.method == "GET":
+            target = "/dashboard/login?next=" + quote(request.path_qs, safe="/")
+        else:
+            target = "/dashboard/login"
+        if cookie:
+            target += ("&" if "?" in target else "?") + "expired=1"
+        response = web.HTTPSeeOther(target)
+        if cookie:
+            clear_cookie(response, SESSION_COOKIE)
+        raise response
+    request["session"] = session
+    request["user"] = user
+    request["account_id"] = (session.account_id or user.account_id) if user.is_operator else user.account_id
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        form = await request.post()
+        if not (tokens_match(session.csrf, form.get("csrf_token")) and same_origin(request)):
+            log.warning("dashboard: csrf check failed", path=request.path, user_id=user.id)
+            return await error_page(request, 403, "This form has expired",
+                                    "The form was missing its security token or came from another site, so "
+                                    "nothing was changed. Go back, reload the page and try again.")
+    if request.path.startswith("/dashboard/admin/") and not user.is_operator:
+        return await error_page(request, 403, "Operators only",
+                                "This page is for the service's operators. Your account's pages are in the menu.")
+    return await handler(request)

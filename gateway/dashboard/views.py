@@ -1,0 +1,414 @@
+"""The pages every signed-in user has: overview, API keys, credits, usage, orders, models, playground, account."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway.billing import STREAM_ID
+from gateway.dashboard.chart import daily_chart
+from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
+                                    ledger_notes, usage_rows)
+from gateway.dashboard.data import usage_page as scan_usage
+from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
+                                      notify, render, safe_next, sessions, users)
+from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
+                                       same_origin, set_cookie, tokens_match)
+from shared import keys
+from shared.credits import AccountNotFound
+from shared.keys import AccountKeys
+from shared.money import credits_to_micro
+from shared.users import MAX_PASSWORD, UserError, normalize_email
+
+LOGIN_PATH = "/dashboard/login"
+PAGE = 25
+
+
+def see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _cursor(request: web.Request) -> str | None:
+    after = request.query.get("after") or None
+    if after is not None and not STREAM_ID.fullmatch(after):
+        return None
+    return after
+
+
+# --- sign-in -------------------------------------------------------------------------------
+async def _login_page(request: web.Request, error: str = "", email: str = "", status: int = 200,
+                      headers: dict | None = None) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    notice = ""
+    if request.query.get("expired"):
+        notice = "Your session has ended. Sign in again to continue."
+    elif request.query.get("signed_out"):
+        notice = "You have signed out."
+    resp = await render(request, "login.html", {"csrf": token, "error": error, "email": email, "notice": notice,
+                                                "next": safe_next(request.query.get("next"))}, status=status)
+    # The sign-in form's CSRF token: the same random value in a cookie and in the form (double submit).
+    set_cookie(request, resp, LOGIN_CSRF_COOKIE, token, max_age=3600, path=LOGIN_PATH)
+    resp.headers.update(headers or {})
+    return resp
+
+
+async def login_form(request: web.Request) -> web.Response:
+    session = await sessions(request).load(request.cookies.get(SESSION_COOKIE))
+    if session and await users(request).get(session.user_id):
+        return see_other(safe_next(request.query.get("next")))
+    return await _login_page(request)
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    if not (tokens_match(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf_token")) and same_origin(request)):
+        return await error_page(request, 403, "This sign-in form has expired",
+                                "Reload the sign-in page and try again. (The form's security token was missing "
+                                "or did not match.)")
+    email = normalize_email(str(form.get("email", "")))[:320]
+    password = str(form.get("password", ""))[:MAX_PASSWORD]
+    client = client_address(request)
+    store = sessions(request)
+    wait = await store.login_retry_after(email, client)
+    if wait:
+        minutes = max(1, -(-wait // 60))
+        return await _login_page(request, f"Too many failed sign-in attempts. Wait {minutes} minute"
+                                 f"{'s' if minutes != 1 else ''} and try again.", email, status=429,
+                                 headers={"Retry-After": str(wait)})
+    user = await users(request).authenticate(email, password) if email and password else None
+    if user is None:
+        await store.login_failed(email, client)
+        return await _login_page(request, "That email and password don't match. Check both and try again.",
+                                 email, status=401)
+    await store.login_succeeded(email)
+    token, _ = await store.create(user.id, user.account_id)
+    resp = see_other(safe_next(str(form.get("next", ""))))
+    set_cookie(request, resp, SESSION_COOKIE, token, max_age=store.max_age_s)
+    clear_cookie(resp, LOGIN_CSRF_COOKIE, path=LOGIN_PATH)
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    await sessions(request).drop(current_session(request))
+    resp = see_other(LOGIN_PATH + "?signed_out=1")
+    clear_cookie(resp, SESSION_COOKIE)
+    return resp
+
+
+# --- overview --------------------------------------------------------------------------------
+async def _balance(request: web.Request) -> dict:
+    try:
+        return await gateway(request).credits.balance(account_id(request))
+    except AccountNotFound:
+        raise web.HTTPNotFound(text="This account no longer exists. Ask an operator about it.") from None
+
+
+async def overview(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    acct = account_id(request)
+    balance = await _balance(request)
+    series = await daily_series(gw.redis, acct, UsageFilters(), default_days=14, budget=20_000)
+    recent = await scan_usage(gw.redis, acct, UsageFilters(), None, limit=5, budget=500)
+    key_count = await gw.redis.scard(AccountKeys(acct).keys)
+    names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
+    return await render(request, "overview.html", {
+        "balance": balance, "series": series, "chart": daily_chart(series), "recent": recent.rows,
+        "key_count": key_count, "key_names": names, "base_url": base_url(request),
+    }, nav="overview")
+
+
+# --- API keys ----------------------------------------------------------------------------------
+def _positive_int(form, name: str, label: str, errors: dict, upper: int = 10**9) -> int | None:
+    raw = str(form.get(name, "")).strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= upper:
+        errors[name] = f"{label} must be a whole number from 1 to {upper:,}."
+        return None
+    return int(raw)
+
+
+def _credit_amount(form, name: str, label: str, errors: dict, allow_negative: bool = False) -> int | None:
+    raw = str(form.get(name, "")).strip().replace(",", "")
+    if not raw:
+        return None
+    try:
+        micro = credits_to_micro(Decimal(raw))
+    except (InvalidOperation, ValueError):
+        errors[name] = f"{label} must be a number of credits, like 25 or 2.5 (at most 6 decimals)."
+        return None
+    if micro == 0 or (micro < 0 and not allow_negative) or abs(micro) > 10**15:
+        errors[name] = (f"{label} must not be zero." if micro == 0 else
+                        f"{label} must be more than zero." if micro < 0 else f"{label} is too large.")
+        return None
+    return micro
+
+
+async def _keys_context(request: web.Request) -> dict:
+    gw = gateway(request)
+    return {"keys": await key_table(gw.redis, gw.accounts, account_id(request)), "base_url": base_url(request),
+            "now": time.time()}
+
+
+async def keys_page(request: web.Request) -> web.Response:
+    return await render(request, "keys.html", {**await _keys_context(request), "form": {}, "errors": {}}, nav="keys")
+
+
+async def create_key(request: web.Request) -> web.Response:
+    form = await request.post()
+    errors: dict[str, str] = {}
+    name = str(form.get("name", "")).strip()
+    if not name:
+        errors["name"] = "Give the key a name, so you can tell it apart later (e.g. “production”)."
+    elif len(name) > 100:
+        errors["name"] = "The name must be at most 100 characters."
+    rpm = _positive_int(form, "rpm", "Requests per minute", errors)
+    tpm = _positive_int(form, "tpm", "Tokens per minute", errors)
+    conc = _positive_int(form, "max_concurrent", "Concurrent requests", errors, upper=100_000)
+    limit = _credit_amount(form, "credit_limit", "The total credit limit", errors)
+    daily = _credit_amount(form, "daily_credit_limit", "The daily credit limit", errors)
+    days = _positive_int(form, "expires_days", "Expiry", errors, upper=3650)
+    if errors:
+        return await render(request, "keys.html", {**await _keys_context(request), "form": form, "errors": errors},
+                            status=400, nav="keys")
+    gw = gateway(request)
+    try:
+        created = await gw.accounts.create_key(
+            account_id(request), name, expires_at=int(time.time()) + days * 86400 if days else 0, rpm=rpm, tpm=tpm,
+            max_concurrent=conc, credit_limit_micro=limit, daily_credit_limit_micro=daily)
+    except AccountNotFound:
+        raise web.HTTPNotFound(text="This account no longer exists.") from None
+    # Shown once, in this answer only: the key is stored hashed and never displayed again.
+    return await render(request, "keys.html", {**await _keys_context(request), "form": {}, "errors": {},
+                                               "new_key": created}, status=201, nav="keys")
+
+
+async def _own_key(request: web.Request, key_id: str) -> dict | None:
+    gw = gateway(request)
+    digest = await gw.redis.get(keys.api_key_id(key_id))
+    if not digest:
+        return None
+    record = await gw.accounts.lookup_key_hash(digest.decode())
+    if record is None or record.account_id != account_id(request):
+        return None
+    return record.public()
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    key = await _own_key(request, key_id)
+    if key is None:
+        await notify(request, "That key was not found: it may have been revoked already.", "error")
+        return see_other("/dashboard/keys")
+    await gateway(request).accounts.revoke_key(key_id)
+    await notify(request, f"Key “{key['name']}” ({key['prefix']}) is revoked: the API refuses it from now on.")
+    return see_other("/dashboard/keys")
+
+
+# --- credits, orders --------------------------------------------------------------------------
+async def credits_page(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    acct = account_id(request)
+    balance = await _balance(request)
+    after = _cursor(request)
+    rows, more = await gw.credits.page(AccountKeys(acct).ledger, PAGE, after)
+    notes = await ledger_notes(gw.redis, acct, rows)
+    entries = [{"id": rid, "time": rid, "amount_micro": int(f.get("amount", 0)), "reason": f.get("reason", ""),
+                "ref": f.get("ref", ""), "balance_micro": int(f.get("balance", 0)), "note": notes.get(f.get("ref"), "")}
+               for rid, f in rows]
+    return await render(request, "credits.html", {
+        "balance": balance, "holds": await holds(gw.redis, acct), "entries": entries, "after": after,
+        "next": rows[-1][0] if more and rows else None}, nav="credits")
+
+
+async def orders_page(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    after = _cursor(request)
+    rows, more = await gw.credits.page(AccountKeys(account_id(request)).orders, PAGE, after)
+    orders = [{**json.loads(f["order"]), "row_id": rid} for rid, f in rows]
+    return await render(request, "orders.html", {
+        "orders": orders, "balance": await _balance(request), "after": after,
+        "next": rows[-1][0] if more and rows else None}, nav="orders")
+
+
+# --- usage -----------------------------------------------------------------------------------
+async def _usage_filters(request: web.Request) -> tuple[UsageFilters, str]:
+    try:
+        return UsageFilters.from_query(request.query), ""
+    except FilterError as exc:
+        return UsageFilters(), str(exc)
+
+
+async def usage_view(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    acct = account_id(request)
+    f, error = await _usage_filters(request)
+    after = _cursor(request)
+    page = await scan_usage(gw.redis, acct, f, after, limit=PAGE)
+    series = await daily_series(gw.redis, acct, f)
+    key_list = await gw.accounts.list_keys(acct)
+    names = {k["id"]: k["name"] for k in key_list}
+    return await render(request, "usage.html", {
+        "f": f, "error": error, "rows": page.rows, "truncated": page.truncated, "after": after,
+        "next_url": "?" + urlencode(f.query(after=page.next_after)) if page.next_after else None,
+        "first_url": "?" + urlencode(f.query()), "csv_url": "/dashboard/usage.csv?" + urlencode(f.query()),
+        "series": series, "chart": daily_chart(series), "keys": key_list, "key_names": names,
+        "models": sorted(gw.catalog.models), "statuses": USAGE_STATUSES,
+        "days": list(zip(series.days, series.credits_micro, series.tokens, series.requests)),
+    }, nav="usage")
+
+
+def _cell(value: str) -> str:
+    """A text cell a spreadsheet will not run as a formula."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+CSV_FIELDS = ("time_utc", "request_id", "key_id", "key_name", "model", "node", "status", "error_code",
+              "finish_reason", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+              "credits_charged", "latency_ms", "ttft_ms", "queue_ms")
+
+
+async def usage_csv(request: web.Request) -> web.StreamResponse:
+    gw = gateway(request)
+    acct = account_id(request)
+    try:
+        f = UsageFilters.from_query(request.query)
+    except FilterError as exc:
+        return await error_page(request, 400, "Those filters can't be used", str(exc))
+    names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'attachment; filename="usage-{acct}-{stamp}.csv"'})
+    await resp.prepare(request)
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(CSV_FIELDS)
+    async for rows in usage_rows(gw.redis, acct, f):
+        for row in rows:
+            ms = int(row["id"].split("-")[0])
+            out.writerow([
+                datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
+                row.get("request_id", ""), row.get("key_id", ""), _cell(names.get(row.get("key_id", ""), "")),
+                row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
+                row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
+                row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
+                str(Decimal(int(row.get("charged_micro") or 0)) / 1_000_000), row.get("latency_ms", ""),
+                row.get("ttft_ms", ""), row.get("queue_ms", "")])
+        await resp.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
+    await resp.write(buf.getvalue().encode())
+    await resp.write_eof()
+    return resp
+
+
+# --- models, playground ---------------------------------------------------------------------------
+def _examples(base: str, model_id: str) -> dict[str, str]:
+    body = {"model": model_id, "messages": [{"role": "user", "content": "Explain quantum computing in simple terms."}],
+            "stream": False, "include_thoughts": True}
+    curl = (f"curl -X POST {base}/api/v1/chat/completions \\\n"
+            f"  -H \"Authorization: Bearer $APIINONE_API_KEY\" \\\n"
+            f"  -H \"Content-Type: application/json\" \\\n"
+            f"  --data-raw '{json.dumps(body, indent=2)}'")
+    python = f'''import os
+from openai import OpenAI
+
+client = OpenAI(base_url="{base}/api/v1", api_key=os.environ["APIINONE_API_KEY"])
+
+response = client.chat.completions.create(
+    model="{model_id}",
+    messages=[{{"role": "user", "content": "Explain quantum computing in simple terms."}}],
+    reasoning_effort="high",
+    extra_body={{"include_thoughts": True}},
+)
+message = response.choices[0].message
+print("Thinking:", message.model_extra.get("reasoning_content"))
+print("Answer:", message.content)
+print("Credits charged:", response.usage.model_extra["credits_charged"])'''
+    node = f'''import OpenAI from "openai";
+
+const client = new OpenAI({{
+  baseURL: "{base}/api/v1",
+  apiKey: process.env.APIINONE_API_KEY,
+}});
+
+const stream = await client.chat.completions.create({{
+  model: "{model_id}",
+  messages: [{{ role: "user", content: "Explain quantum computing in simple terms." }}],
+  stream: true,
+  stream_options: {{ include_usage: true }},
+}});
+for await (const chunk of stream) {{
+  const delta = chunk.choices[0]?.delta ?? {{}};
+  if (delta.reasoning_content) process.stderr.write(delta.reasoning_content);
+  if (delta.content) process.stdout.write(delta.content);
+  if (chunk.usage) console.log("\\ncredits charged:", chunk.usage.credits_charged);
+}}'''
+    return {"curl": curl, "python": python, "node": node}
+
+
+async def models_page(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    base = base_url(request)
+    models = []
+    for m in gw.catalog.models.values():
+        info = m.public()
+        provider = gw.catalog.providers.get(m.provider)
+        models.append({**info, "provider_name": provider.display_name if provider else m.provider,
+                       "base_cost_micro": m.base_cost_micro, "input_price_micro": m.input_price_micro,
+                       "output_price_micro": m.output_price_micro,
+                       "node_status": [{"id": n, "workers": gw.live_workers.get(n, 0)} for n in m.nodes],
+                       "examples": _examples(base, m.id)})
+    return await render(request, "models.html", {"models": models, "base_url": base}, nav="models")
+
+
+async def playground(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    return await render(request, "playground.html", {
+        "models": [m.public() for m in gw.catalog.models.values()], "base_url": base_url(request)},
+        nav="playground")
+
+
+# --- the user's own account -----------------------------------------------------------------------
+async def account_page(request: web.Request, errors: dict | None = None, status: int = 200) -> web.Response:
+    user = current_user(request)
+    gw = gateway(request)
+    own = await gw.accounts.get_account(user.account_id) if await gw.accounts.account_exists(user.account_id) else None
+    return await render(request, "account.html", {"own_account": own, "errors": errors or {},
+                                                  "expires_at": current_session(request).expires_at},
+                        status=status, nav="account")
+
+
+async def change_password(request: web.Request) -> web.Response:
+    form = await request.post()
+    user = current_user(request)
+    store = users(request)
+    errors = {}
+    if await store.authenticate(user.email, str(form.get("current", ""))) is None:
+        errors["current"] = "That is not your current password."
+    elif form.get("new") != form.get("confirm"):
+        errors["confirm"] = "The two new passwords are not the same."
+    else:
+        try:
+            await store.set_password(user.id, str(form.get("new", "")))
+        except UserError as exc:
+            errors["new"] = str(exc)
+    if errors:
+        return await account_page(request, errors, status=400)
+    await sessions(request).drop_all(user.id, keep=current_session(request))
+    await notify(request, "Your password is changed. Other signed-in browsers were signed out.")
+    return see_other("/dashboard/account")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return await error_page(request, 404, "Page not found",
+                            "There is no dashboard page at this address. Use the menu to find your way.")

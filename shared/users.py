@@ -1,0 +1,159 @@
+"""Dashboard users: an email and an argon2 password hash, a role, and the account they belong to.
+
+Users sign in to the dashboard only; API keys never do, and users never call
+the API with their password. Roles: ``user`` sees and manages its own account
+(keys, credits, usage, orders); ``operator`` sees every account and the nodes.
+Created by the admin API (``POST /admin/users``), the CLI (``apiinone admin
+users create``), an operator in the dashboard, or `make run` (first operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.credits import AccountNotFound
+from shared.keys import AccountKeys
+
+ROLES = ("user", "operator")
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 512  # argon2 hashes anything, but a megabyte "password" is only a way to burn CPU
+
+_hasher = PasswordHasher()  # argon2id, the library's (RFC 9106 low-memory) defaults
+# Verified when the email is unknown, so a wrong email costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+class UserError(ValueError):
+    """A request about users that cannot be done; the message is meant for people."""
+
+
+class UserExists(UserError):
+    pass
+
+
+def normalize_email(email: str) -> str:
+    return (email or "").strip().lower()
+
+
+def check_email(email: str) -> str:
+    email = normalize_email(email)
+    if not EMAIL.fullmatch(email):
+        raise UserError("That doesn't look like an email address.")
+    return email
+
+
+def check_password(password: str) -> str:
+    if len(password or "") < MIN_PASSWORD:
+        raise UserError(f"The password must be at least {MIN_PASSWORD} characters long.")
+    if len(password) > MAX_PASSWORD:
+        raise UserError(f"The password must be at most {MAX_PASSWORD} characters long.")
+    return password
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(stored_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    role: str
+    account_id: str
+    created: int
+    last_login: int = 0
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+    @classmethod
+    def from_redis(cls, raw: dict[bytes, bytes]) -> User:
+        get = lambda f: raw.get(f.encode(), b"").decode()  # noqa: E731
+        return cls(id=get("id"), email=get("email"), role=get("role") or "user", account_id=get("account_id"),
+                   created=int(get("created") or 0), last_login=int(get("last_login") or 0))
+
+    def public(self) -> dict:
+        return {"id": self.id, "object": "user", "email": self.email, "role": self.role,
+                "account_id": self.account_id, "created": self.created, "last_login": self.last_login or None}
+
+
+class Users:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def create(self, email: str, password: str, account_id: str, role: str = "user") -> User:
+        email = check_email(email)
+        check_password(password)
+        if role not in ROLES:
+            raise UserError(f"The role must be one of: {', '.join(ROLES)}.")
+        if not await self.redis.exists(AccountKeys(account_id).account):
+            raise AccountNotFound(account_id)
+        digest = await asyncio.to_thread(hash_password, password)
+        user_id = "user_" + uuid.uuid4().hex[:16]
+        # Claim the email first (SET NX): two creations racing for one email cannot both win.
+        if not await self.redis.set(keys.user_email(email), user_id, nx=True):
+            raise UserExists(f"There is already a user with the email {email}.")
+        record = {"id": user_id, "email": email, "password_hash": digest, "role": role, "account_id": account_id,
+                  "created": int(time.time()), "last_login": 0}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.user(user_id), mapping=record)
+            pipe.sadd(keys.USERS, user_id)
+            pipe.sadd(keys.account_users(account_id), user_id)
+            await pipe.execute()
+        return User.from_redis({k.encode(): str(v).encode() for k, v in record.items()})
+
+    async def get(self, user_id: str) -> User | None:
+        raw = await self.redis.hgetall(keys.user(user_id))
+        return User.from_redis(raw) if raw else None
+
+    async def by_email(self, email: str) -> User | None:
+        user_id = await self.redis.get(keys.user_email(normalize_email(email)))
+        return await self.get(user_id.decode()) if user_id else None
+
+    async def authenticate(self, email: str, password: str) -> User | None:
+        """The user whose email and password these are, or None (same work either way)."""
+        email = normalize_email(email)
+        user_id = await self.redis.get(keys.user_email(email)) if email else None
+        stored = await self.redis.hget(keys.user(user_id.decode()), "password_hash") if user_id else None
+        password = (password or "")[:MAX_PASSWORD]
+        ok = await asyncio.to_thread(verify_password, stored.decode() if stored else _DUMMY_HASH, password)
+        if not (ok and stored):
+            return None
+        await self.redis.hset(keys.user(user_id.decode()), "last_login", int(time.time()))
+        return await self.get(user_id.decode())
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        check_password(password)
+        digest = await asyncio.to_thread(hash_password, password)
+        await self.redis.hset(keys.user(user_id), "password_hash", digest)
+
+    async def list_users(self, account_id: str | None = None) -> list[User]:
+        ids = await self.redis.smembers(keys.account_users(account_id) if account_id else keys.USERS)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid in ids:
+                pipe.hgetall(keys.user(uid.decode()))
+            rows = await pipe.execute()
+        return sorted((User.from_redis(r) for r in rows if r), key=lambda u: (u.created, u.email))
+
+    async def count(self) -> int:
+        return await self.redis.scard(keys.USERS)
