@@ -31,7 +31,7 @@ from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, STATUS_NAMES,
 from shared.errors import ApiError, bad_request, insufficient_quota, not_found, rate_limited, unavailable
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS
 from shared.protocol import ChatCompletionRequest, parse_chat_request
-from shared.queue import QueueFull
+from shared.keys import AccountKeys
 
 log = structlog.get_logger()
 
@@ -166,24 +166,28 @@ class Attempt:
     async def run(self) -> web.StreamResponse:
         gw, s = self.gw, self.gw.settings
         deadline_ms = int((time.time() + s.queue_timeout_s + s.request_timeout_s) * 1000)
-        reservation = await gw.credits.reserve(self.key.account_id, self.request_id, self.model.base_cost_micro,
-                                               deadline_ms, self.key.id, self.key.limits, self.estimated_tokens)
-        self.request["reservation"] = reservation  # rate-limit headers (gateway/app.py)
-        RESERVATIONS.labels(STATUS_NAMES[reservation.status]).inc()
-        if not reservation.ok:
-            raise self._refusal(reservation)
-        self.replies = gw.hub.register(self.request_id)
+        # Reserve and enqueue in one round trip: the job is queued only if the hold was taken.
+        reserve = gw.credits.reserve_call(self.key.account_id, self.request_id, self.model.base_cost_micro,
+                                          deadline_ms, self.key.id, self.key.limits, self.estimated_tokens)
+        enqueue = gw.queue.enqueue_call(keys.node_queue(self.node), "chat", self.request_id, self.job,
+                                        int((s.queue_timeout_s + 5) * 1000), s.max_queue_depth,
+                                        held_in=AccountKeys(self.key.account_id).holds)
+        self.replies = gw.hub.register(self.request_id)  # before the job exists: no reply can be missed
         try:
             try:
-                await gw.queue.enqueue(keys.node_queue(self.node), "chat", self.request_id, self.job,
-                                       expires_ms=int((s.queue_timeout_s + 5) * 1000), max_depth=s.max_queue_depth)
-            except QueueFull:
-                await self._refund_unstarted("queue_full")
-                raise unavailable(f"Node {self.node} is at capacity ({s.max_queue_depth} requests waiting); "
-                                  "try again shortly.", retry_after=2) from None
+                reply, queued = await gw.scripts.pipelined(gw.redis, [reserve, enqueue])
             except RedisError:
                 await self._refund_unstarted("queue_unavailable")
                 raise unavailable("The request queue is unavailable; try again shortly.") from None
+            reservation = Reservation.from_reply(reply)
+            self.request["reservation"] = reservation  # rate-limit headers (gateway/middleware.py)
+            RESERVATIONS.labels(STATUS_NAMES[reservation.status]).inc()
+            if not reservation.ok:
+                raise self._refusal(reservation)
+            if queued == 0:
+                await self._refund_unstarted("queue_full")
+                raise unavailable(f"Node {self.node} is at capacity ({s.max_queue_depth} requests waiting); "
+                                  "try again shortly.", retry_after=2)
             return await self._relay_guarded()
         finally:
             gw.hub.unregister(self.request_id)

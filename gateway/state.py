@@ -35,10 +35,10 @@ class Gateway:
         # A short socket timeout: with Redis gone, clients get a 503 within about a second, never a hang.
         self.redis = make_redis(settings.redis_url, socket_timeout=1.0)
         self.pubsub_redis = make_redis(settings.redis_url, max_connections=2, socket_timeout=None, retries=0)
-        scripts = Scripts(self.redis)
-        self.credits = Credits(self.redis, scripts)
+        self.scripts = Scripts(self.redis)
+        self.credits = Credits(self.redis, self.scripts)
         self.accounts = Accounts(self.redis, self.credits)
-        self.queue = NodeQueue(self.redis, scripts)
+        self.queue = NodeQueue(self.redis, self.scripts)
         self.breaker = NodeBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         self.keys = KeyCache(self.accounts)
         self.hub = ReplyHub(self.pubsub_redis, self.gateway_id, self.keys.revoke)

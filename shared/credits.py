@@ -56,6 +56,10 @@ class Reservation:
     tpm_reset_ms: int = 0
     retry_after_ms: int = 0
 
+    @classmethod
+    def from_reply(cls, reply: list) -> Reservation:
+        return cls(*(int(v) for v in reply))
+
     @property
     def ok(self) -> bool:
         return self.status >= 0
@@ -98,13 +102,18 @@ class Credits:
     async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
                       limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0) -> Reservation:
         """Admit a request (key rate limits and credit limits) and hold ``amount_micro``, atomically."""
+        script, keys_, args = self.reserve_call(account_id, request_id, amount_micro, deadline_ms, key_id, limits,
+                                                estimated_tokens)
+        return Reservation.from_reply(await script(keys=keys_, args=args))
+
+    def reserve_call(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
+                     limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0):
+        """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``)."""
         k = AccountKeys(account_id)
-        reply = await self.scripts.reserve(
-            keys=[k.account, k.holds, k.deadlines, k.key_state(key_id)],
-            args=[request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm, estimated_tokens,
-                  limits.max_concurrent, limits.credit_limit_micro, limits.daily_credit_limit_micro],
-        )
-        return Reservation(*(int(v) for v in reply))
+        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id)],
+                                 [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,
+                                  estimated_tokens, limits.max_concurrent, limits.credit_limit_micro,
+                                  limits.daily_credit_limit_micro])
 
     async def settle(
         self, account_id: str, request_id: str, charge_micro: int, usage_row: dict[str, object],

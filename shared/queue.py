@@ -40,12 +40,18 @@ class NodeQueue:
     async def enqueue(self, queue: str, function: str, job_id: str, payload: dict, expires_ms: int,
                       max_depth: int = 0) -> None:
         """Queue a job; raises ``QueueFull`` when ``max_depth`` jobs already wait."""
+        script, keys_, args = self.enqueue_call(queue, function, job_id, payload, expires_ms, max_depth)
+        if not await script(keys=keys_, args=args):
+            raise QueueFull(queue)
+
+    def enqueue_call(self, queue: str, function: str, job_id: str, payload: dict, expires_ms: int,
+                     max_depth: int = 0, held_in: str | None = None):
+        """``enqueue`` as a script call for ``Scripts.pipelined``; with ``held_in`` (an account's holds
+        hash) the job is queued only if the request holds credits there (result -1 otherwise)."""
         now_ms = int(time.time() * 1000)
         job = serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize)
-        queued = await self.scripts.enqueue(keys=[job_key_prefix + job_id, queue],
-                                            args=[job, expires_ms, now_ms, job_id, max_depth])
-        if not queued:
-            raise QueueFull(queue)
+        keys_ = [job_key_prefix + job_id, queue] + ([held_in] if held_in else [])
+        return self.scripts.call("enqueue", keys_, [job, expires_ms, now_ms, job_id, max_depth, job_id])
 
     @staticmethod
     def enqueue_into(pipe, queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> None:

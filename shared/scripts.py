@@ -10,6 +10,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -21,6 +22,32 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {
             path.stem: redis.register_script(path.read_text()) for path in sorted(LUA_DIR.glob("*.lua"))
         }
+
+    def call(self, name: str, keys: list, args: list) -> tuple[AsyncScript, list, list]:
+        """One script invocation, to pass to ``pipelined``."""
+        return self._scripts[name], keys, args
+
+    async def pipelined(self, redis: Redis, calls: list[tuple[AsyncScript, list, list]]) -> list:
+        """Several scripts in one round trip: plain EVALSHAs in a pipeline, in order.
+
+        Unlike redis-py's scripts in a pipeline, no SCRIPT EXISTS precedes every execution; a
+        NOSCRIPT (Redis restarted) loads them and runs the pipeline again, so every script run
+        this way must be idempotent.
+        """
+        for attempt in range(2):
+            async with redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                for script, _, _ in calls:
+                    await redis.script_load(script.script)
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise AssertionError("unreachable")
 
     def __getattr__(self, name: str) -> AsyncScript:
         try:

@@ -1,7 +1,11 @@
 -- enqueue: put an arq job on a bounded node queue, in one round trip.
--- KEYS: job key (arq:job:<id>), queue zset
--- ARGV: serialized job, expiry (ms), score (enqueue time ms), job id, max queue depth (0 = unbounded)
--- Returns 1 when queued, 0 when the queue is full (backpressure: the caller answers 503).
+-- KEYS: job key (arq:job:<id>), queue zset, [holds hash of the paying account]
+-- ARGV: serialized job, expiry (ms), score (enqueue time ms), job id, max queue depth (0 = unbounded),
+--       [request id whose hold must exist]
+-- Returns 1 when queued, 0 when the queue is full (backpressure: the caller answers 503),
+-- -1 when the request holds no credits (reserve.lua, run just before in the same pipeline, refused it).
+-- With the third key this script spans two hash slots: the queue path needs one Redis primary.
+if KEYS[3] and redis.call('HEXISTS', KEYS[3], ARGV[6]) == 0 then return -1 end
 local limit = tonumber(ARGV[5])
 if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
