@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all bench clean
+.PHONY: install browser run test test-all bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -16,14 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium for the dashboard's browser tests (tests/test_dashboard.py); no browser download.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not install Debian chromium; the dashboard browser tests will be skipped"
+
 run: install
 	$(VENV)/bin/apiinone run
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q
 
 # The slow soak/chaos variants as well.
-test-all: install
+test-all: install browser
 	$(VENV)/bin/pytest -q -m ''
 
 bench: install
