@@ -9,67 +9,31 @@ POSTs a signed event there (see ``worker/batch.py``); the signing secret is
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import orjson
 from aiohttp import web
 
 from gateway.files import list_params, store
 from shared.batch_store import TERMINAL, webhook_secret
 from shared.errors import ApiError, bad_request, not_found
-
-ENDPOINTS = ("/v1/chat/completions",)
-WINDOWS = ("24h",)
+from shared.protocol import BatchCreateRequest, parse_body
 
 
 def _json(obj: dict, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def _metadata(value: object) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) > 16:
-        raise bad_request("Invalid value for 'metadata': expected an object of at most 16 string pairs.",
-                          param="metadata", code="invalid_value")
-    for k, v in value.items():
-        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
-            raise bad_request(f"Invalid value for 'metadata.{k}': keys are at most 64 characters and values "
-                              "strings of at most 512.", param=f"metadata.{k}", code="invalid_value")
-    url = value.get("callback_url")
-    if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise bad_request("Invalid value for 'metadata.callback_url': expected an http(s) URL.",
-                              param="metadata.callback_url", code="invalid_value")
-    return value
-
-
 async def create(request: web.Request) -> web.Response:
     gw = request.app["gateway"]
     key = await gw.keys.authenticate(request)
     try:
-        body = orjson.loads(await request.read())
+        raw = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    for name in ("input_file_id", "endpoint", "completion_window"):
-        if name not in body:
-            raise bad_request(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
-        if not isinstance(body[name], str):
-            raise bad_request(f"Invalid value for '{name}': expected a string.", param=name, code="invalid_value")
-    if body["endpoint"] not in ENDPOINTS:
-        raise bad_request(f"Invalid value for 'endpoint': {body['endpoint']!r}; supported: "
-                          f"{', '.join(ENDPOINTS)}.", param="endpoint", code="invalid_value")
-    if body["completion_window"] not in WINDOWS:
-        raise bad_request("Invalid value for 'completion_window': only '24h' is supported.",
-                          param="completion_window", code="invalid_value")
-    metadata = _metadata(body.get("metadata"))
+    body = parse_body(BatchCreateRequest, raw)
     s = store(request)
-    record = await s.get_file(key.account_id, body["input_file_id"])
+    record = await s.get_file(key.account_id, body.input_file_id)
     if record is None:
-        raise not_found(f"No such File object: {body['input_file_id']}", param="input_file_id")
+        raise not_found(f"No such File object: {body.input_file_id}", param="input_file_id")
     if record["purpose"] != "batch":
         raise bad_request(f"File {record['id']} has purpose {record['purpose']!r}; a batch needs purpose 'batch'.",
                           param="input_file_id", code="invalid_value")
@@ -77,7 +41,7 @@ async def create(request: web.Request) -> web.Response:
     batch = await s.create_batch(
         key.account_id, key.id, {"credit_limit_micro": lim.credit_limit_micro,
                                  "daily_credit_limit_micro": lim.daily_credit_limit_micro},
-        record["id"], body["endpoint"], body["completion_window"], metadata, gw.settings.batch_window_s)
+        record["id"], body.endpoint, body.completion_window, body.metadata, gw.settings.batch_window_s)
     return _json(batch)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
@@ -47,26 +48,10 @@ async def upload(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
                           code="invalid_content_type")
-    reader = await request.multipart()
-    purpose: str | None = None
-    created: dict | None = None
-    while (part := await reader.next()) is not None:
-        if part.name == "purpose":
-            purpose = (await part.text()).strip()
-            if purpose not in PURPOSES:
-                if created:
-                    await store(request).delete_file(key.account_id, created["id"])
-                raise bad_request(f"Invalid value for 'purpose': {purpose!r}; this service accepts 'batch'.",
-                                  param="purpose", code="invalid_value")
-        elif part.name == "file" and created is None:
-            try:
-                created = await store(request).create_file(key.account_id, part.filename or "upload.jsonl",
-                                                           purpose or "batch", _chunks(part))
-            except FileTooLarge as exc:
-                raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes.", "invalid_request_error",
-                               "file_too_large", "file") from None
-        else:
-            await part.release()
+    try:
+        purpose, created = await _read_upload(request, key)
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's words for a malformed multipart body
+        raise bad_request(f"Malformed multipart/form-data body: {exc}", code="invalid_multipart") from None
     if purpose is None:
         if created:
             await store(request).delete_file(key.account_id, created["id"])
@@ -74,6 +59,34 @@ async def upload(request: web.Request) -> web.Response:
     if created is None:
         raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     return web.json_response(created)
+
+
+async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | None]:
+    """The upload's purpose and stored file; a malformed body (ValueError) leaves no file behind."""
+    purpose: str | None = None
+    created: dict | None = None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+                if purpose not in PURPOSES:
+                    raise bad_request(f"Invalid value for 'purpose': {purpose!r}; this service accepts 'batch'.",
+                                      param="purpose", code="invalid_value")
+            elif part.name == "file" and created is None:
+                try:
+                    created = await store(request).create_file(key.account_id, part.filename or "upload.jsonl",
+                                                               purpose or "batch", _chunks(part))
+                except FileTooLarge as exc:
+                    raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes.",
+                                   "invalid_request_error", "file_too_large", "file") from None
+            else:
+                await part.release()
+    except (ValueError, HttpProcessingError, ApiError):
+        if created:
+            await store(request).delete_file(key.account_id, created["id"])
+        raise
+    return purpose, created
 
 
 async def _owned(request: web.Request) -> tuple[dict, object]:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from aiohttp import web
 
 from gateway.admin import NewAccount, NewKey, NewTopup
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import BatchCreateRequest, ChatCompletionRequest
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 OBJECT = {"type": "object"}
@@ -58,7 +58,7 @@ PAGE = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100}), _que
 @lru_cache(maxsize=1)
 def document() -> dict:
     schemas: dict = {}
-    for model in (ChatCompletionRequest, NewAccount, NewKey, NewTopup):
+    for model in (ChatCompletionRequest, BatchCreateRequest, NewAccount, NewKey, NewTopup):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -73,6 +73,26 @@ def document() -> dict:
         "/api/v1/models": {"get": _op("List models", _responses())},
         "/api/v1/models/{model_id}": {"get": _op("Retrieve a model", _responses(errors=(401, 404)),
                                                  params=[_path_param("model_id")])},
+        "/api/v1/files": {
+            "post": {**_op("Upload a JSONL batch input file", _responses(errors=(400, 401, 413))),
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                         "type": "object", "required": ["file", "purpose"], "properties": {
+                             "file": {"type": "string", "format": "binary"},
+                             "purpose": {"type": "string", "enum": ["batch"]}}}}}}},
+            "get": _op("List files", _responses(), params=PAGE)},
+        "/api/v1/files/{file_id}": {
+            "get": _op("Retrieve a file", _responses(errors=(401, 404)), params=[_path_param("file_id")]),
+            "delete": _op("Delete a file", _responses(errors=(401, 404)), params=[_path_param("file_id")])},
+        "/api/v1/files/{file_id}/content": {"get": _op("A file's content", _responses(errors=(401, 404)),
+                                                       params=[_path_param("file_id")])},
+        "/api/v1/batches": {
+            "post": _op("Create a batch", _responses(errors=(400, 401, 404)), body="BatchCreateRequest"),
+            "get": _op("List batches", _responses(), params=PAGE)},
+        "/api/v1/batches/{batch_id}": {"get": _op("Retrieve a batch", _responses(errors=(401, 404)),
+                                                  params=[_path_param("batch_id")])},
+        "/api/v1/batches/{batch_id}/cancel": {"post": _op("Cancel a batch", _responses(errors=(400, 401, 404)),
+                                                          params=[_path_param("batch_id")])},
+        "/api/v1/webhook_secret": {"get": _op("The account's secret for signed batch callbacks", _responses())},
         "/billing/credits": {"get": _op("The account's balance, holds and available credits", _responses())},
         "/billing/usage": {"get": _op("Usage rows, newest first", _responses(), params=PAGE + [
             _query("since", {"type": "integer"}), _query("model", {"type": "string"}),

@@ -8,8 +8,9 @@ built as plain dicts in ``worker/chunks.py`` (orjson, no model overhead).
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar, Union
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import ApiError, bad_request
 
@@ -167,6 +168,28 @@ class ChatCompletionRequest(WireModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+
+
+# --- batches ---------------------------------------------------------------------------
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class BatchCreateRequest(WireModel):
+    input_file_id: str
+    endpoint: Literal["/v1/chat/completions"]
+    completion_window: Literal["24h"]
+    # At most 16 pairs; `callback_url` (http or https) gets a signed event on a terminal status.
+    metadata: Annotated[dict[Annotated[str, Field(max_length=64)], MetadataValue], Field(max_length=16)] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _callback_url(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        url = (value or {}).get("callback_url")
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("metadata.callback_url must be an http(s) URL")
+        return value
 
 
 # --- validation errors as OpenAI reports them --------------------------------------

@@ -36,7 +36,7 @@ def test_no_server_errors(case, stack, fuzz_key):
     token = stack.settings.admin_token if case.path.startswith("/admin") else fuzz_key[1]
     response = case.call(base_url=stack.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code < 500 or response.status_code in (502, 503, 504), (
-        case.method, case.path, response.status_code, response.text[:300])
+        case.method, case.path, response.status_code, response.text[:300], repr(case.body)[:500], case.media_type)
     if response.status_code >= 500:  # only upstream trouble a generated prompt may provoke
         assert response.json()["error"]["type"] in ("api_error", "service_unavailable")
 
