@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field
 
+from gateway.state import GATEWAY
 from gateway.auth import check_admin
 from shared import keys
 from shared.credits import AccountNotFound
@@ -48,7 +49,7 @@ class NewTopup(WireModel):
 
 
 async def _body(request: web.Request, model: type[WireModel]):
-    check_admin(request, request.app["gateway"].settings.admin_token)
+    check_admin(request, request.app[GATEWAY].settings.admin_token)
     try:
         raw = await request.json(loads=orjson.loads)
     except ValueError:
@@ -64,14 +65,14 @@ def _micro(credits: int | float, param: str) -> int:
 
 
 def _admin(request: web.Request):
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     check_admin(request, gw.settings.admin_token)
     return gw
 
 
 async def create_account(request: web.Request) -> web.Response:
     body = await _body(request, NewAccount)
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"), rpm=body.rpm or 0,
                                                tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
     return web.json_response(account, status=201)
@@ -94,7 +95,7 @@ async def get_account(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     body = await _body(request, NewKey)
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     try:
         key = await gw.accounts.create_key(
             request.match_info["account_id"], body.name, expires_at=body.expires_at or 0, rpm=body.rpm, tpm=body.tpm,
@@ -123,7 +124,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 async def create_topup(request: web.Request) -> web.Response:
     body = await _body(request, NewTopup)
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     try:
         order, created = await gw.credits.credit(request.match_info["account_id"], _micro(body.credits, "credits"),
                                                  body.reference)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway import admin, batches, billing, chat, files, health, models, openapi
 from gateway.middleware import cors, observe, openai_errors, response_headers
-from gateway.state import Gateway
+from gateway.state import GATEWAY, Gateway
 from shared.batch_store import BatchStore
 from shared.catalog import get_catalog
 from shared.settings import Settings, get_settings
@@ -25,12 +25,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
         settings.admin_token = "adm_" + secrets.token_urlsafe(24)
         log.warning("APIINONE_ADMIN_TOKEN unset; generated one for this process", admin_token=settings.admin_token)
     app = web.Application(middlewares=[observe, cors(settings.cors_origins), openai_errors], client_max_size=settings.max_body_bytes)
-    app["gateway"] = Gateway(settings, get_catalog())
+    app[GATEWAY] = Gateway(settings, get_catalog())
 
     async def lifecycle(app: web.Application):
-        await app["gateway"].start()
+        await app[GATEWAY].start()
         yield
-        await app["gateway"].stop()
+        await app[GATEWAY].stop()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(response_headers)
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     r.add_get("/api/v1/models", models.list_models)
     r.add_get("/api/v1/models/{model_id}", models.get_model)
     # Batch: OpenAI Files + Batches API (gateway/files.py, gateway/batches.py; run by worker/batch.py)
-    app["batch_store"] = BatchStore(app["gateway"].redis, settings)
+    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings)
     r.add_post("/api/v1/files", files.upload)
     r.add_get("/api/v1/files", files.list_files)
     r.add_get("/api/v1/files/{file_id}", files.get_file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.state import GATEWAY
 from gateway.files import list_params, store
 from shared.batch_store import TERMINAL, webhook_secret
 from shared.errors import ApiError, bad_request, not_found
@@ -23,7 +24,7 @@ def _json(obj: dict, status: int = 200) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     try:
         raw = orjson.loads(await request.read())
@@ -46,7 +47,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def _owned(request: web.Request) -> dict:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     batch_id = request.match_info["batch_id"]
     batch = await store(request).get_batch(batch_id, key.account_id)
@@ -75,7 +76,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     limit, after = list_params(request, 20, 100)
     data, more = await store(request).list_batches(key.account_id, after, limit)
@@ -85,7 +86,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 async def get_webhook_secret(request: web.Request) -> web.Response:
     """The secret that signs this account's batch completion callbacks (standard-webhooks scheme)."""
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     return _json({"object": "webhook_secret", "account_id": key.account_id,
                   "secret": await webhook_secret(gw.redis, key.account_id),

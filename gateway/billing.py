@@ -7,6 +7,7 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.state import GATEWAY
 from shared.errors import bad_request
 from shared.keys import AccountKeys
 
@@ -49,13 +50,13 @@ def _page_params(request: web.Request) -> tuple[int, str | None]:
 
 
 async def credits(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     return web.json_response(await gw.credits.balance(key.account_id), dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def usage(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     limit, after = _page_params(request)
     since = _int_param(request, "since", None)
@@ -80,7 +81,7 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def ledger(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     limit, after = _page_params(request)
     rows, more = await gw.credits.page(AccountKeys(key.account_id).ledger, limit, after)
@@ -89,7 +90,7 @@ async def ledger(request: web.Request) -> web.Response:
 
 
 async def orders(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     limit, after = _page_params(request)
     rows, more = await gw.credits.page(AccountKeys(key.account_id).orders, limit, after)

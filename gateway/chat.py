@@ -22,7 +22,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.hub import LOST
-from gateway.state import Gateway
+from gateway.state import GATEWAY, Gateway
 from shared import keys, relay
 from shared.accounts import KeyRecord
 from shared.catalog import Model
@@ -97,7 +97,7 @@ class Retryable(Exception):
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    gw: Gateway = request.app["gateway"]
+    gw: Gateway = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     try:
         body = orjson.loads(await request.read())

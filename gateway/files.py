@@ -14,6 +14,7 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.state import GATEWAY
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
 
@@ -22,8 +23,11 @@ READ_CHUNK = 64 * 1024
 MAX_LIMIT = 10_000
 
 
+BATCH_STORE = web.AppKey("batch_store", BatchStore)
+
+
 def store(request: web.Request) -> BatchStore:
-    return request.app["batch_store"]
+    return request.app[BATCH_STORE]
 
 
 def list_params(request: web.Request, default: int, maximum: int) -> tuple[int, str | None]:
@@ -43,7 +47,7 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def upload(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
@@ -90,7 +94,7 @@ async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | No
 
 
 async def _owned(request: web.Request) -> tuple[dict, object]:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     file_id = request.match_info["file_id"]
     record = await store(request).get_file(key.account_id, file_id)
@@ -128,7 +132,7 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
     limit, after = list_params(request, 10_000, MAX_LIMIT)
     data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))

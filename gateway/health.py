@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from gateway.state import GATEWAY
 from shared.nodes import live_worker_counts
 
 
@@ -14,7 +15,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     reasons = []
     try:
         await gw.redis.ping()

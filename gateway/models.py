@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.state import GATEWAY
 from shared.errors import not_found
 
 
 async def list_models(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     await gw.keys.authenticate(request)
     return web.json_response({"object": "list", "data": [m.public() for m in gw.catalog.models.values()]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     await gw.keys.authenticate(request)
     model = gw.catalog.models.get(request.match_info["model_id"])
     if model is None:

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import structlog
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.auth import KeyCache
@@ -122,3 +123,6 @@ class Gateway:
                 await self.redis.publish(keys.node_cancel_channel(node), request_id)
         except RedisError as exc:
             log.warning("cancel not delivered", request_id=request_id, error=str(exc))
+
+
+GATEWAY = web.AppKey("gateway", Gateway)  # request.app[GATEWAY]: this process's Gateway

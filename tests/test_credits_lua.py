@@ -419,6 +419,10 @@ async def test_every_key_a_money_script_touches_shares_the_account_hash_tag(cred
     real = credits.scripts
 
     class Spy:
+        def call(self, name, keys, args):  # a script call to run later (Scripts.pipelined or direct)
+            calls.append((name, list(keys)))
+            return real.call(name, keys, args)
+
         def __getattr__(self, name):
             script = getattr(real, name)
 

@@ -16,6 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from gateway.state import GATEWAY
 from gateway.dashboard import adminapi, operator, views
 from gateway.dashboard.render import FILTERS, MAIN_ROUTER, SESSIONS, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
@@ -27,7 +28,7 @@ DASHBOARD_APP = web.AppKey("dashboard_app", web.Application)
 
 def setup(app: web.Application) -> web.Application:
     """Mount the dashboard on the gateway app (and the admin API's /admin/users)."""
-    gw = app["gateway"]  # created by create_app before the dashboard is mounted
+    gw = app[GATEWAY]  # created by create_app before the dashboard is mounted
     settings = gw.settings
     sub = web.Application(middlewares=[guard])
     env = aiohttp_jinja2.setup(sub, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,

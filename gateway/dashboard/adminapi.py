@@ -9,6 +9,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.state import GATEWAY
 from gateway.auth import check_admin
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
@@ -16,7 +17,7 @@ from shared.users import UserError, UserExists, Users
 
 
 def _users(request: web.Request) -> Users:
-    gw = request.app["gateway"]
+    gw = request.app[GATEWAY]
     check_admin(request, gw.settings.admin_token)
     return Users(gw.redis)
 

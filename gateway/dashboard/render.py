@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.state import GATEWAY
 from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
                                        tokens_match)
 from shared.keys import AccountKeys
@@ -92,7 +93,7 @@ FILTERS = {"credits": credits, "usd": usd, "signed_credits": signed_credits, "wh
 
 # --- request context -------------------------------------------------------------------
 def gateway(request: web.Request):
-    return request.config_dict["gateway"]
+    return request.config_dict[GATEWAY]
 
 
 def users(request: web.Request) -> Users:
