@@ -14,6 +14,12 @@ retry keys, results) that serve its re-run-after-crash model, which streams
 must not use: a stream that published output is never run again, and lost
 jobs are handled by the gateway's lease on the worker.
 
+Priority: ``claim_queues`` are in priority order, and a worker pops a lower
+queue (batch) only while it runs nothing from the first one (interactive): a
+batch line never takes a worker's CPU from a conversation already running
+there. While first-queue jobs run, the pop waits on the first queue alone, for
+``PRIORITY_RECHECK_S`` at a time.
+
 Jobs must not be deferred (arq's ``_defer_by``/cron): BZPOPMIN ignores scores.
 """
 
@@ -34,8 +40,12 @@ log = structlog.get_logger()
 logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs two lines per job
 
 
+PRIORITY_RECHECK_S = 0.05
+
+
 class BlockingPopWorker(Worker):
     idle_timeout_s = 1.0
+    first_queue_running = 0  # jobs from claim_queues[0] in flight
 
     def __init__(self, *args, claim_queues: list[str], redis_url: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -67,8 +77,11 @@ class BlockingPopWorker(Worker):
                 await asyncio.sleep(0.1)
                 continue
             await self.sem.acquire()
+            queues, timeout = self.claim_queues, self.idle_timeout_s
+            if self.first_queue_running and len(queues) > 1:
+                queues, timeout = queues[:1], PRIORITY_RECHECK_S
             try:
-                popped = await claimer.bzpopmin(self.claim_queues, timeout=self.idle_timeout_s)
+                popped = await claimer.bzpopmin(queues, timeout=timeout)
             except RedisError as exc:
                 self.sem.release()
                 log.warning("queue unreachable, retrying", error=str(exc))
@@ -85,15 +98,17 @@ class BlockingPopWorker(Worker):
                 await self.pool.zadd(queue, {job_id_b: score})
                 self.sem.release()
                 continue
-            self.start_claimed(job_id_b.decode(), int(score))
+            self.start_claimed(job_id_b.decode(), int(score), first_queue=queue.decode() == self.claim_queues[0])
 
-    def start_claimed(self, job_id: str, score: int) -> None:
+    def start_claimed(self, job_id: str, score: int, first_queue: bool = True) -> None:
         self.job_counter += 1
+        self.first_queue_running += first_queue
         task = self.loop.create_task(self.run_claimed(job_id, score))
         self.tasks[job_id] = task
 
         def done(_task: asyncio.Task, job_id: str = job_id) -> None:
             self._release_sem_dec_counter_on_complete()
+            self.first_queue_running -= first_queue
             self.tasks.pop(job_id, None)
 
         task.add_done_callback(done)
