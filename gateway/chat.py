@@ -158,7 +158,7 @@ class Attempt:
         self.node = node
         self.request_id = "chatcmpl-" + secrets.token_hex(12)
         now = time.time()
-        self.job = {**job, "id": self.request_id, "node": node, "created": int(now), "enqueued_ms": int(now * 1000)}
+        self.job = {**job, "id": self.request_id, "node": node, "created": int(now), "enqueued_ms": round(now * 1000, 3)}
         self.worker_id: str | None = None
         self.response: web.StreamResponse | None = None
         self.replies: asyncio.Queue | None = None

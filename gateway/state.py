@@ -48,6 +48,10 @@ class Gateway:
         self._refresher: asyncio.Task | None = None
 
     async def start(self) -> None:
+        try:
+            await self.scripts.load_all(self.redis)
+        except RedisError as exc:  # loaded on first use instead
+            log.warning("could not preload scripts", error=str(exc))
         self.hub.start()
         await self._refresh_liveness()
         self._refresher = asyncio.create_task(self._liveness_loop())

@@ -17,7 +17,17 @@ import json
 import sys
 
 
+def _raise_file_limit() -> None:
+    """Thousands of concurrent streams need thousands of sockets: lift the soft limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _run_async(coro) -> None:
+    _raise_file_limit()
     try:
         import uvloop
 
@@ -85,6 +95,7 @@ def cmd_batch(args) -> None:
 def cmd_simulator(args) -> None:
     from worker.simulator.app import serve
 
+    _raise_file_limit()
     serve(args.host, args.port or _settings().simulator_port)
 
 

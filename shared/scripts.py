@@ -23,6 +23,11 @@ class Scripts:
             path.stem: redis.register_script(path.read_text()) for path in sorted(LUA_DIR.glob("*.lua"))
         }
 
+    async def load_all(self, redis: Redis) -> None:
+        """SCRIPT LOAD every script: a cold process's first burst of requests then finds them cached."""
+        for script in self._scripts.values():
+            await redis.script_load(script.script)
+
     def call(self, name: str, keys: list, args: list) -> tuple[AsyncScript, list, list]:
         """One script invocation, to pass to ``pipelined``."""
         return self._scripts[name], keys, args

@@ -72,7 +72,7 @@ async def run_chat(ctx: dict, job: dict) -> str:
     builder = ChunkBuilder(rid, model.id, job["created"])
     stream = job["stream"]
     started = time.monotonic()
-    queue_ms = max(0, int(time.time() * 1000) - job["enqueued_ms"])
+    queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
     QUEUE_WAIT.labels(job["node"]).observe(queue_ms / 1000)
     ttft_ms: int | None = None
     status, error = "succeeded", None
@@ -142,7 +142,7 @@ async def run_chat(ctx: dict, job: dict) -> str:
         "cached_tokens": u.cached_tokens if billable else 0,
         "latency_ms": int(elapsed * 1000),
         "ttft_ms": ttft_ms if ttft_ms is not None else "",
-        "queue_ms": queue_ms,
+        "queue_ms": int(queue_ms),
         "created": job["created"],
         "batch_id": job.get("batch_id", ""),
         "trace_id": job.get("trace_id", ""),

@@ -137,19 +137,26 @@ class NodeWorker(BlockingPopWorker):
 
     async def _listen_for_cancels(self) -> None:
         """Gateways publish the ids of requests whose clients disconnected."""
-        while True:
-            try:
-                pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(keys.node_cancel_channel(self.node))
-                async for message in pubsub.listen():
-                    request_id = message["data"].decode()
-                    task = self.job_tasks.get(request_id)
-                    if task is not None and not task.done():
-                        self.cancel_reasons[request_id] = "client"
-                        task.cancel()
-            except RedisError as exc:
-                log.warning("cancel listener lost Redis, reconnecting", error=str(exc))
-                await asyncio.sleep(0.5)
+        # Its own connection without a read timeout: an idle subscription is silent by design.
+        listener = make_redis(self.settings.redis_url, max_connections=1, socket_timeout=None)
+        try:
+            while True:
+                pubsub = listener.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(keys.node_cancel_channel(self.node))
+                    async for message in pubsub.listen():
+                        request_id = message["data"].decode()
+                        task = self.job_tasks.get(request_id)
+                        if task is not None and not task.done():
+                            self.cancel_reasons[request_id] = "client"
+                            task.cancel()
+                except RedisError as exc:
+                    log.warning("cancel listener lost Redis, reconnecting", error=str(exc))
+                    await asyncio.sleep(0.5)
+                finally:
+                    await pubsub.aclose()
+        finally:
+            await listener.aclose()
 
     async def deregister(self) -> None:
         try:
