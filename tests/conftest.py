@@ -41,6 +41,10 @@ def stack():
         try:
             st.start()
             yield st
+            # Whatever the suite did to this stack, every account's ledger still agrees with its balance.
+            audit = httpx.get(st.base_url + "/admin/audit", timeout=30,
+                              headers={"Authorization": f"Bearer {st.settings.admin_token}"}).json()
+            assert audit["ok"], [row for row in audit["data"] if not row["ok"]]
         finally:
             st.stop()
 
