@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 
@@ -84,15 +85,20 @@ class Gateway:
             await self._refresh_liveness()
 
     async def pick_node(self, model: Model, exclude: list[str] = ()) -> str | None:
-        """The model's first node (catalog order is priority) with a live worker and a closed circuit.
+        """A node for the model: among routes with a live worker and a closed circuit, the best
+        priority, and within it a weighted random choice.
 
         The breaker only reorders: when every live node's circuit is open, the
         first live one gets the request anyway, as the probe. None: no live worker.
         """
         for attempt in range(2):
-            live = [n for n in model.nodes if self.live_workers.get(n) and n not in exclude]
+            live = [r for r in model.routes if self.live_workers.get(r.node) and r.node not in exclude]
             if live:
-                return next((n for n in live if self.breaker.allows(n)), live[0])
+                usable = [r for r in live if self.breaker.allows(r.node)] or live[:1]
+                best = [r for r in usable if r.priority == usable[0].priority]
+                if len(best) == 1:
+                    return best[0].node
+                return random.choices(best, weights=[r.weight for r in best])[0].node
             if attempt == 0:
                 await self._refresh_liveness()  # the snapshot may predate a worker that just started
         return None

@@ -30,11 +30,20 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Route:
+    """A node a model is served on: lower priority first; equal priorities share traffic by weight."""
+
+    node: str
+    priority: int = 0
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class Model:
     id: str
     display_name: str
     provider: str
-    nodes: tuple[str, ...]
+    routes: tuple[Route, ...]
     upstream_model: str
     thinking: str  # "level" (Gemini 3) | "budget" (Gemini 2.5) | "none"
     endpoint: str
@@ -48,6 +57,10 @@ class Model:
     capabilities: tuple[str, ...]
     created: int = 1_764_000_000
     extra: dict = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(r.node for r in self.routes)
 
     def cost_micro(self, prompt_tokens: int, completion_tokens: int) -> int:
         return token_cost_micro(prompt_tokens, completion_tokens, self.input_price_micro, self.output_price_micro)
@@ -87,6 +100,17 @@ class Catalog:
         return self.providers[self.nodes[node].provider]
 
 
+def _routes(model_id: str, m: dict) -> tuple[Route, ...]:
+    """``nodes = ["a", "b"]`` (priority by order) or ``routes = [{node, priority, weight}, ...]``."""
+    if "routes" in m:
+        routes = [Route(r["node"], int(r.get("priority", 0)), int(r.get("weight", 1))) for r in m["routes"]]
+    else:
+        routes = [Route(node, priority) for priority, node in enumerate(m["nodes"])]
+    if not routes or any(r.weight < 1 for r in routes):
+        raise ValueError(f"model {model_id!r} needs at least one route, each with weight >= 1")
+    return tuple(sorted(routes, key=lambda r: r.priority))
+
+
 def parse_catalog(data: dict) -> Catalog:
     providers = {
         pid: Provider(
@@ -102,14 +126,15 @@ def parse_catalog(data: dict) -> Catalog:
     nodes = {nid: Node(id=nid, provider=n["provider"]) for nid, n in data.get("nodes", {}).items()}
     models = {}
     for mid, m in data.get("models", {}).items():
-        for node in m["nodes"]:
-            if node not in nodes:
-                raise ValueError(f"model {mid!r} routes to unknown node {node!r}")
+        routes = _routes(mid, m)
+        for route in routes:
+            if route.node not in nodes:
+                raise ValueError(f"model {mid!r} routes to unknown node {route.node!r}")
         models[mid] = Model(
             id=mid,
             display_name=m.get("display_name", mid),
             provider=m["provider"],
-            nodes=tuple(m["nodes"]),
+            routes=routes,
             upstream_model=m["upstream_model"],
             thinking=m.get("thinking", "none"),
             endpoint=m.get("endpoint", "/api/v1/chat/completions"),
