@@ -455,3 +455,25 @@ def test_admin_users_api(stack, admin):
     assert httpx.post(stack.base_url + "/admin/users", json=body).status_code == 401
     listed = admin.http.get("/admin/users", params={"account_id": account["id"]}).json()["data"]
     assert [u["email"] for u in listed] == [email]
+
+
+def test_operator_sees_every_accounts_batches(stack, admin, context_factory, shots):
+    from openai import OpenAI
+
+    account, key = admin.account_with_key(50)
+    client = OpenAI(base_url=stack.base_url + "/api/v1", api_key=key, max_retries=0)
+    line = ('{"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gemini", '
+            '"messages": [{"role": "user", "content": "hi"}]}}\n')
+    upload = client.files.create(file=("in.jsonl", line.encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", 20, "the batch to complete")
+
+    operator = make_user(admin, admin.account(1)["id"], role="operator")
+    page = context_factory().new_page()
+    sign_in(page, stack.base_url, operator)
+    page.goto(stack.base_url + "/dashboard/admin/batches?status=completed")
+    row = page.get_by_test_id(f"batch-{batch.id}")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("completed")
+    expect(row).to_contain_text(account["name"])
+    page.screenshot(path=shots / "operator-batches.png", full_page=True)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.state import GATEWAY
 from gateway.dashboard import adminapi, operator, views
-from gateway.dashboard.render import FILTERS, MAIN_ROUTER, SESSIONS, USERS, guard
+from gateway.dashboard.render import FILTERS, SESSIONS, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from shared.users import Users
 
@@ -35,7 +35,6 @@ def setup(app: web.Application) -> web.Application:
                                trim_blocks=True, lstrip_blocks=True)
     env.filters.update(FILTERS)
     sub[USERS] = Users(gw.redis)
-    sub[MAIN_ROUTER] = app.router
     sub[SESSIONS] = Sessions(gw.redis, idle_s=getattr(settings, "dashboard_session_idle_s", None) or IDLE_S,
                              max_age_s=getattr(settings, "dashboard_session_max_age_s", None) or MAX_AGE_S)
     r = sub.router

@@ -8,7 +8,8 @@ import uuid
 from aiohttp import web
 
 from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
-from gateway.dashboard.render import MAIN_ROUTER, base_url, current_session, gateway, notify, render, sessions, users
+from gateway.dashboard.render import base_url, current_session, gateway, notify, render, sessions, users
+from gateway.files import BATCH_STORE
 from gateway.dashboard.views import _credit_amount, see_other
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
@@ -160,9 +161,23 @@ async def nodes_page(request: web.Request) -> web.Response:
     return await render(request, "admin_nodes.html", {"nodes": nodes}, nav="admin_nodes")
 
 
+BATCHES_PER_ACCOUNT = 20
+BATCHES_SHOWN = 100
+
+
 async def batches_page(request: web.Request) -> web.Response:
-    # The batch API (issue 7) may or may not be part of this build: look at the gateway's own routes.
-    available = any(getattr(res, "canonical", "").startswith("/api/v1/batches")
-                    for res in request.config_dict[MAIN_ROUTER].resources())
-    return await render(request, "admin_batches.html", {"available": available, "base_url": base_url(request)},
-                        nav="admin_batches")
+    """Every account's recent batches, newest first, with their progress and cost."""
+    gw = gateway(request)
+    store = request.config_dict[BATCH_STORE]
+    rows, _total = await account_rows(gw.redis)
+    names = {row["id"]: row["name"] for row in rows}
+    batches: list[dict] = []
+    for account_id, name in names.items():
+        rows, _more = await store.list_batches(account_id, None, BATCHES_PER_ACCOUNT)
+        batches += [{**b, "account_id": account_id, "account_name": name} for b in rows]
+    batches.sort(key=lambda b: b.get("created_at") or 0, reverse=True)
+    status = request.query.get("status", "")
+    if status:
+        batches = [b for b in batches if b["status"] == status]
+    return await render(request, "admin_batches.html", {"batches": batches[:BATCHES_SHOWN], "status": status,
+                                                         "base_url": base_url(request)}, nav="admin_batches")

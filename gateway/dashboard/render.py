@@ -23,7 +23,6 @@ log = structlog.get_logger()
 
 USERS = web.AppKey("dashboard_users", Users)
 SESSIONS = web.AppKey("dashboard_sessions", Sessions)
-MAIN_ROUTER = web.AppKey("dashboard_main_router", web.UrlDispatcher)
 
 PUBLIC = ("/dashboard/login", "/dashboard/static/")
 NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_./?=&%:+-]*)?")
