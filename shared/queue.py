@@ -62,12 +62,11 @@ class NodeQueue:
         pipe.zadd(queue, {job_id: now_ms})
 
     async def withdraw(self, queue: str, job_id: str) -> bool:
-        """Remove a job nobody claimed yet; False means a worker already has it."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(queue, job_id)
-            pipe.delete(job_key_prefix + job_id)
-            removed, _ = await pipe.execute()
-        return bool(removed)
+        """Remove a job nobody claimed yet; False means a worker already has it.
+
+        Atomic: a job popped but not yet read by its worker keeps its payload.
+        """
+        return bool(await self.scripts.withdraw(keys=[queue, job_key_prefix + job_id], args=[job_id]))
 
     async def depth(self, queue: str) -> int:
         return await self.redis.zcard(queue)
