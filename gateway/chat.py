@@ -279,28 +279,36 @@ class Attempt:
                     raise
                 await self._end_with_error(exc.json())
                 return self.response
+            events: list[bytes] = []  # the SSE events of one message leave in one write
             for kind, payload in relay.iter_frames(frames):
                 if kind == relay.CHUNK:
-                    response = self.response or await self._start_sse()
-                    await response.write(b"data: " + payload + b"\n\n")
+                    events.append(b"data: " + payload + b"\n\n")
                 elif kind == relay.STARTED:
                     self.worker_id = payload.decode()
-                elif kind == relay.DONE:
-                    response = self.response or await self._start_sse()  # an empty stream is still valid SSE
-                    await response.write(b"data: [DONE]\n\n")
-                    await response.write_eof()
-                    return response
+                elif kind == relay.DONE:  # an empty stream is still valid SSE
+                    events.append(b"data: [DONE]\n\n")
+                    await self._write_events(events)
+                    await self.response.write_eof()
+                    return self.response
                 elif kind == relay.RESULT:
                     return web.Response(body=payload, content_type="application/json")
                 elif kind == relay.ERROR:
                     info = orjson.loads(payload)
-                    if self.response is None:
+                    if self.response is None and not events:
                         error = ApiError.from_body(info["status"], info, info.get("retry_after"))
                         if error.status in FAILOVER_STATUSES and error.code not in ("internal_error",):
                             raise Retryable(error, node_failed=error.code != "worker_shutdown")
                         raise error
+                    await self._write_events(events)
                     await self._end_with_error(orjson.dumps({"error": info["error"]}))
                     return self.response
+            if events:
+                await self._write_events(events)
+
+    async def _write_events(self, events: list[bytes]) -> None:
+        response = self.response or await self._start_sse()
+        if events:
+            await response.write(b"".join(events))
 
     async def _end_with_error(self, body: bytes) -> None:
         # Mid-stream failure: an error event makes the openai SDK raise; never a silent truncation.
