@@ -195,7 +195,7 @@ async def _stream(request: web.Request, plan: Plan, d: Directives, sse: bool) ->
         await _break_connection(request)
         return resp
     if not sse:
-        await resp.write(b"]" if emitted else b"[]")
+        await resp.write(b"\n]" if emitted else b"[]")  # Google ends the array on its own line
     await resp.write_eof()
     return resp
 
