@@ -10,6 +10,7 @@ The test suite and the benchmark start their stacks with the same class.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -183,17 +184,19 @@ class Stack:
         self.procs.clear()
 
 
+def admin_call(base_url: str, admin_token: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One admin API call, with nothing but the standard library (the launcher runs before any client)."""
+    req = urllib.request.Request(base_url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
 def ensure_demo_account(base_url: str, admin_token: str, data_dir: Path) -> str | None:
     """On an empty store, create a demo account (100 credits) and key; remember the key locally."""
-    import json
-
     def call(method: str, path: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(base_url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {admin_token}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
+        return admin_call(base_url, admin_token, method, path, body)
 
     key_file = data_dir / "demo-key"
     if not call("GET", "/admin/accounts")["data"]:
@@ -206,15 +209,8 @@ def ensure_demo_account(base_url: str, admin_token: str, data_dir: Path) -> str 
 
 def ensure_operator(base_url: str, admin_token: str, data_dir: Path) -> tuple[str, str] | None:
     """With no dashboard user yet, create a first operator (on the demo account); remember the login locally."""
-    import json
-
     def call(method: str, path: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(base_url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {admin_token}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
+        return admin_call(base_url, admin_token, method, path, body)
 
     login_file = data_dir / "operator-login"
     if not call("GET", "/admin/users")["data"]:
