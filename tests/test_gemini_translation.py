@@ -457,7 +457,7 @@ BAD_KEY = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_
 ])
 def test_google_errors_map_to_openai(status, gstatus, details, message, expected):
     err = map_error(status, _google(status, gstatus, message, details), {})
-    assert (err.status, err.code, err.error_type, err.retryable, err.retry_after) == expected
+    assert (err.status, err.code, err.type, err.retryable, err.retry_after) == expected
 
 
 def test_unparseable_error_body_and_retry_after_header():

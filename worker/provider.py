@@ -13,6 +13,7 @@ from typing import AsyncIterator, Protocol
 import aiohttp
 
 from shared.catalog import Model
+from shared.errors import ApiError
 
 
 @dataclass
@@ -40,21 +41,13 @@ class Delta:
     usage: Usage | None = None  # running totals; the last one is final
 
 
-class ProviderError(Exception):
-    """An upstream failure, already mapped to what the client sees."""
+class ProviderError(ApiError):
+    """An upstream failure, already mapped to the status, type and code the client sees."""
 
     def __init__(self, status: int, message: str, code: str, *, retryable: bool = False,
                  retry_after: float | None = None, error_type: str = "api_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.error_type = error_type
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.error_type, "param": None, "code": self.code}}
+        super().__init__(status, message, error_type, code, retry_after=retry_after)
+        self.retryable = retryable  # worth another attempt while nothing has been produced
 
 
 def transport_error(exc: BaseException) -> ProviderError:
