@@ -1,0 +1,1 @@
+"""`make bench`: overhead, throughput and CPU of apiinone against the direct upstream, LiteLLM and Portkey."""
