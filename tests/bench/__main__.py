@@ -34,7 +34,7 @@ import orjson
 from shared.launcher import SIMULATOR_KEY, Stack, free_port, valkey_binary
 from shared.settings import Settings
 from tests.bench import peers as peers_mod
-from tests.bench import report
+from tests.bench import report, scale
 from tests.bench.cpu import CpuMeter, Group
 from tests.bench.loadgen import probe, run_load, summarize
 from tests.bench.scenarios import MODES, PROMPT, Target, concurrencies, direct_target, openai_target
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retry-budget-s", type=float, default=420.0,
                    help="no re-measurement once the run has lasted this long (default 420 s)")
     p.add_argument("--bench-dir", default=str(REPO / "var" / "bench"), help="peer installs and run data")
+    p.add_argument("--no-scale", action="store_true", help="skip the scale scenarios (pickup, 2,000 streams, batch)")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="measure nothing: write the markdown beside JSON again from it (e.g. after editing "
                         "tests/bench/findings.md)")
@@ -347,11 +348,15 @@ async def amain(args: argparse.Namespace) -> int:
             redis_stats.close()
         stack.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.no_scale:
+        meta["scale"] = await scale.run_all(args.quick, say)
     meta["elapsed_s"] = round(time.time() - started, 1)
 
     doc = report.build(meta, results)
     print(report.table(doc))
     print(report.ratios_text(doc))
+    if meta.get("scale"):
+        print(report.scale_markdown(meta["scale"]))
     if not args.no_write:
         out = Path(args.out) if args.out else (bench_dir / "quick" if args.quick else REPO / "docs" / "benchmarks")
         out.parent.mkdir(parents=True, exist_ok=True)

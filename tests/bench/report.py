@@ -289,6 +289,9 @@ def markdown(doc: dict) -> str:
     if FINDINGS.exists():
         parts.append("\n" + FINDINGS.read_text().strip() + "\n")
 
+    if meta.get("scale"):
+        parts.append(scale_markdown(meta["scale"]))
+
     parts.append("\n## Method and caveats\n\n")
     parts.append(
         "- Every target gets the same load generator (`tests/bench/loadgen.py`: aiohttp client, keep-alive, uvloop), "
@@ -307,6 +310,39 @@ def markdown(doc: dict) -> str:
         "ours included (the product's defaults, as `make run` starts it).\n"
         "- The JSON beside this file has every figure, per-process CPU, Redis command counts and error reasons.\n")
     return "".join(parts)
+
+
+def scale_markdown(sc: dict) -> str:
+    """Issue 6 items 1-2 and issue 7's batch run, from tests/bench/scale.py."""
+    out = ["\n## Scale: worker pools and batches\n\n"]
+    p = sc.get("pickup")
+    if p:
+        out.append(
+            f"- **Queue pickup** (enqueue to job start, from the worker's own job lines; target p50 <= 2 ms, "
+            f"p99 <= 10 ms): idle p50 {p['pickup_idle_ms']['p50']:.2f} ms / p99 {p['pickup_idle_ms']['p99']:.2f} ms; "
+            f"at {p['pickup_loaded_ms']['rate']} req/s p50 {p['pickup_loaded_ms']['p50']:.2f} ms / "
+            f"p99 {p['pickup_loaded_ms']['p99']:.2f} ms.\n"
+            f"- **Idle Redis traffic** (target <= 50 commands/s per worker process): "
+            f"{p['idle_redis_commands_per_s']} commands/s for the whole idle stack (gateway, one worker, billing, "
+            f"batch worker): {', '.join(f'{k} {v}' for k, v in p['idle_commands'].items())}.\n")
+    s = sc.get("long_streams")
+    if s:
+        out.append(
+            f"- **{s['streams']:,} concurrent streams** ({s['chunks_each']} chunks, {s['delay_ms']} ms apart) through "
+            f"one gateway and one worker: {s['completed']:,} completed, {s['errors']} errors, {s['wall_s']} s; "
+            f"peak RSS gateway {s['rss_mb_gateway_peak']:.0f} MiB, worker {s['rss_mb_worker_peak']:.0f} MiB "
+            f"(target < 300); Redis commands per stream {s['redis_commands_per_stream_besides_publish']} besides "
+            f"{s['publishes_per_stream']} coalesced PUBLISHes for {s['chunks_each']} chunks (commands inside Lua "
+            f"scripts counted).\n")
+    b = sc.get("batch")
+    if b:
+        alone, during = b["interactive_ms_alone"], b["interactive_ms_during_batch"]
+        out.append(
+            f"- **Batch of {b['lines']:,} lines:** {b['status']}, {b['completed']:,} completed, {b['failed']} failed, "
+            f"{b['lines_per_s']} lines/s, batch worker peak RSS {b['batch_worker_peak_rss_kb'] / 1024:.0f} MiB; "
+            f"interactive (sequential) p50/p99 {alone['p50']:.1f}/{alone['p99']:.1f} ms alone and "
+            f"{during['p50']:.1f}/{during['p99']:.1f} ms while the batch runs (target: p99 within +20%).\n")
+    return "".join(out)
 
 
 def observations(doc: dict) -> list[str]:

@@ -175,6 +175,33 @@ async def long_streams(streams: int = 2000, chunks: int = 50, delay_ms: int = 20
     }
 
 
+async def batch(lines: int = 50_000) -> dict:
+    """A `lines`-line batch on its own stack (tests/bench/batch_scale.py): lines/s, peak RSS, interactive p99."""
+    from tests.bench import batch_scale
+
+    with tempfile.TemporaryDirectory(prefix="apiinone-batch-") as tmp:
+        stack = _stack(tmp)
+        stack.start()
+        try:
+            return await batch_scale.run(stack, lines)
+        finally:
+            stack.stop()
+
+
+async def run_all(quick: bool = False, say=print) -> dict:
+    """Every scale scenario, as `make bench` runs them (smaller with --quick)."""
+    out = {}
+    say("scale: queue pickup and idle Redis traffic")
+    out["pickup"] = await pickup_and_idle(100 if quick else 300, 5 if quick else 10)
+    streams = 300 if quick else 2000
+    say(f"scale: {streams} concurrent long streams through one gateway and one worker")
+    out["long_streams"] = await long_streams(streams)
+    lines = 2000 if quick else 50_000
+    say(f"scale: a {lines}-line batch")
+    out["batch"] = await batch(lines)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=2000)
