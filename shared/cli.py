@@ -89,6 +89,7 @@ def cmd_batch(args) -> None:
     from worker.batch import serve
 
     _logging("batch")
+    _serve_metrics(args)
     _run_async(serve())
 
 
@@ -221,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("billing-worker", help="settlement and hold reconciliation")
     b.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
     b.set_defaults(func=cmd_billing)
-    sub.add_parser("batch-worker", help="OpenAI batches: validation, feeding, output files, callbacks"
-                   ).set_defaults(func=cmd_batch)
+    bw = sub.add_parser("batch-worker", help="OpenAI batches: validation, feeding, output files, callbacks")
+    bw.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
+    bw.set_defaults(func=cmd_batch)
     s = sub.add_parser("simulator", help="the Gemini-protocol simulator")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)

@@ -47,7 +47,7 @@ CONVENTIONAL_VARS = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULT
                      "PIP_DISABLE_PIP_VERSION_CHECK", "TZ"}
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service"}
-ROLES = {"gateway", "worker", "billing-worker", "simulator"}
+ROLES = {"gateway", "worker", "billing-worker", "batch-worker", "simulator"}
 
 
 WORKER_DRAIN_S = Settings.model_fields["worker_drain_s"].default  # how long SIGTERM lets in-flight streams finish
@@ -277,7 +277,7 @@ def test_compose_commands_env_and_ports(env, gateway_routes, monkeypatch):
             assert exposed == {settings.port}
             url = urlsplit(svc["healthcheck"]["test"][-1].split("'")[1])
             assert url.port == settings.port and ("GET", url.path) in gateway_routes
-        elif args.command in ("worker", "billing-worker"):
+        elif args.command in ("worker", "billing-worker", "batch-worker"):
             assert args.metrics_port and exposed == {args.metrics_port}
             assert settings.metrics_host == "0.0.0.0", f"{name}: metrics must bind 0.0.0.0 in a container"
             assert duration_s(svc["stop_grace_period"]) > WORKER_DRAIN_S
@@ -285,7 +285,7 @@ def test_compose_commands_env_and_ports(env, gateway_routes, monkeypatch):
             assert svc.get("profiles") == ["demo"]
             assert args.host == "0.0.0.0" and exposed == {args.port}
 
-        if args.command in ("gateway", "worker", "billing-worker"):
+        if args.command in ("gateway", "worker", "billing-worker", "batch-worker"):
             redis = urlsplit(settings.redis_url)
             assert redis.hostname in services and services[redis.hostname]["image"].startswith("valkey/valkey")
             assert svc["depends_on"][redis.hostname]["condition"] == "service_healthy"
@@ -446,7 +446,7 @@ def test_k8s_manifests_are_namespace_agnostic():
 
 def test_k8s_commands_env_ports_and_probes(gateway_routes, monkeypatch):
     roles = deployments_by_role()
-    assert set(roles) == {"gateway", "worker", "billing-worker"}
+    assert set(roles) == {"gateway", "worker", "billing-worker", "batch-worker"}
     for d in by_kind("Deployment").values():
         name = d["metadata"]["name"]
         template = d["spec"]["template"]
