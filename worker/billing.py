@@ -32,6 +32,7 @@ log = structlog.get_logger()
 BILLABLE = ("succeeded", "cancelled")
 SETTLE_TRIES = 8
 BATCH = 256  # settlements claimed and settled in one pipeline
+LINGER_S = 0.01
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
                 "queue_ms", "created", "batch_id", "trace_id")
@@ -106,6 +107,11 @@ class BillingWorker(BlockingPopWorker):
             self.tasks["settle-batch"] = batch
             batch.add_done_callback(lambda _task: self.tasks.pop("settle-batch", None))
             await asyncio.shield(batch)
+            if len(job_ids) < BATCH:
+                # Linger a moment after a small batch so the next one is bigger: under load this
+                # trades a few ms of settlement delay for far fewer round trips per settlement;
+                # at rest the next settlement still wakes BZMPOP at once.
+                await asyncio.sleep(LINGER_S)
 
     async def settle_batch(self, job_ids: list[bytes]) -> None:
         job_keys = [job_key_prefix + j.decode() for j in job_ids]

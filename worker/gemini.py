@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from shared.catalog import Model
-from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, transport_error
+from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, sse_data, transport_error
 from worker.schema import to_gemini_schema
 
 
@@ -483,8 +483,7 @@ class GeminiAdapter:
             async with self.session.post(url, data=orjson.dumps(request), headers=self._headers()) as resp:
                 if resp.status != 200:
                     raise map_error(resp.status, await resp.read(), dict(resp.headers))
-                async for line in resp.content:
-                    if line.startswith(b"data:"):
-                        yield reader.delta(orjson.loads(line[5:]))
+                async for data in sse_data(resp.content):
+                    yield reader.delta(orjson.loads(data))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None

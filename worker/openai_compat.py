@@ -28,7 +28,7 @@ import orjson
 
 from shared.catalog import Model
 from worker.gemini import RequestError
-from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, transport_error
+from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, sse_data, transport_error
 
 # Fields of OpenAI's chat completion request forwarded as they are.
 FORWARDED = ("messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",
@@ -213,10 +213,7 @@ class OpenAICompatAdapter:
                 if resp.content_type == "application/json":  # an upstream that ignores "stream"
                     yield reader.delta(completion_as_chunk(orjson.loads(await resp.read())))
                 else:
-                    async for line in resp.content:
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
+                    async for data in sse_data(resp.content):
                         if data == b"[DONE]":
                             break
                         yield reader.delta(orjson.loads(data))

@@ -50,6 +50,23 @@ class ProviderError(ApiError):
         self.retryable = retryable  # worth another attempt while nothing has been produced
 
 
+async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The payload of every ``data:`` line of an SSE body, as the bytes arrive.
+
+    Reads whatever the socket has (one await per network read, not per line) and
+    splits lines itself; a partial line waits for the next read.
+    """
+    pending = b""
+    async for data in content.iter_any():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
+
+
 def transport_error(exc: BaseException) -> ProviderError:
     """What an HTTP adapter raises when the connection, not the provider, failed."""
     if isinstance(exc, aiohttp.ServerTimeoutError) or (isinstance(exc, TimeoutError)
