@@ -108,8 +108,9 @@ async def pickup_and_idle(requests: int = 300, idle_s: float = 10.0) -> dict:
 async def _queue_waits(stack: Stack, at_least: int) -> list[float]:
     deadline = time.monotonic() + 10
     while True:
-        lines = [json.loads(line) for line in stack.log_path("worker:node62:0").read_text().splitlines()
-                 if '"event": "job"' in line]
+        records = [json.loads(line) for line in stack.log_path("worker:node62:0").read_text().splitlines()
+                   if line.startswith("{")]
+        lines = [r for r in records if r.get("event") == "job"]
         if len(lines) >= at_least or time.monotonic() > deadline:
             return [float(j["queue_ms"]) for j in lines]
         await asyncio.sleep(0.2)
