@@ -24,7 +24,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if not settings.admin_token:
         settings.admin_token = "adm_" + secrets.token_urlsafe(24)
         log.warning("APIINONE_ADMIN_TOKEN unset; generated one for this process", admin_token=settings.admin_token)
-    app = web.Application(middlewares=[observe, cors(settings.cors_origins), openai_errors], client_max_size=settings.max_body_bytes)
+    middlewares = [m for m in (observe, cors(settings.cors_origins), openai_errors) if m is not None]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[GATEWAY] = Gateway(settings, get_catalog())
 
     async def lifecycle(app: web.Application):

@@ -230,9 +230,15 @@ class Attempt:
         """The next batch of frames; fails the request if its worker or Redis is lost."""
         waited = 0.0
         while True:
-            try:
-                item = await asyncio.wait_for(self.replies.get(), WATCH_S)
-            except asyncio.TimeoutError:
+            if not self.replies.empty():  # the common case under load: no timer, no await
+                item = self.replies.get_nowait()
+            else:
+                try:
+                    async with asyncio.timeout(WATCH_S):  # no extra task, unlike wait_for
+                        item = await self.replies.get()
+                except TimeoutError:
+                    item = None
+            if item is None:
                 waited += WATCH_S
                 await self._watch(waited)
                 continue

@@ -59,13 +59,15 @@ CORS_EXPOSED = "X-Request-Id, Retry-After, x-ratelimit-limit-requests, x-ratelim
 
 
 def cors(origins: str):
-    """Off unless APIINONE_CORS_ORIGINS lists origins (or "*"): browsers may then call the API."""
+    """Off (no middleware at all) unless APIINONE_CORS_ORIGINS lists origins (or "*")."""
     allowed = {o.strip() for o in origins.split(",") if o.strip()}
+    if not allowed:
+        return None
 
     @web.middleware
     async def cors_middleware(request: web.Request, handler):
         origin = request.headers.get("Origin")
-        if not allowed or origin is None or not ("*" in allowed or origin in allowed):
+        if origin is None or not ("*" in allowed or origin in allowed):
             return await handler(request)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response = web.Response(status=204, headers={
