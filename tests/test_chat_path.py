@@ -186,3 +186,18 @@ async def test_usage_rows_are_written(stack, client, funded):
     async with httpx.AsyncClient(base_url=stack.base_url) as http:
         rows = await wait_settled(http, funded[1], 1)
     assert rows[0]["status"] == "succeeded" and rows[0]["charged_micro"] > 0 and rows[0]["model"] == "gemini"
+
+
+async def test_a_left_non_stream_request_runs_to_its_end_and_is_billed_once(stack, funded):
+    """One answer is one upstream call, generated (and billed by the provider) whole: a client that
+    leaves does not interrupt it, and is billed for it exactly once."""
+    key = funded[1]
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/api/v1/chat/completions", headers=auth(key), json={
+                "model": "gemini", "stream": False,
+                "messages": [{"role": "user", "content": "hi [[sim output_tokens=40 thinking_tokens=8 delay_ms=150]]"}]})
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        rows = await wait_settled(http, key, 1, timeout=5)
+    assert len(rows) == 1 and rows[0]["status"] == "cancelled"
+    assert rows[0]["completion_tokens"] == 48 and rows[0]["charged_micro"] > 0

@@ -32,13 +32,14 @@ RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
 LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its error passed on at once
 
 
-async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int) -> AsyncIterator[Delta]:
+async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int,
+                             incremental: bool = True) -> AsyncIterator[Delta]:
     """Retry 429/5xx while nothing has been produced; never after output began."""
     attempt, spent = 0, 0.0
     while True:
         produced = False
         try:
-            async for delta in adapter.stream(body, model):
+            async for delta in adapter.stream(body, model, incremental):
                 produced = produced or bool(delta.content or delta.reasoning or delta.tool_calls)
                 yield delta
             return
@@ -77,7 +78,12 @@ async def run_chat(ctx: dict, job: dict) -> str:
     ttft_ms: int | None = None
     status, error = "succeeded", None
     try:
-        deltas = stream_with_retries(worker.adapter(job["node"]), job["body"], model, worker.settings.upstream_retries)
+        if not stream:
+            # One answer, one upstream call: a client that leaves meanwhile does not interrupt it
+            # (the provider generates and bills the whole answer anyway); it is billed when it ends.
+            worker.finish_on_cancel.add(rid)
+        deltas = stream_with_retries(worker.adapter(job["node"]), job["body"], model, worker.settings.upstream_retries,
+                                     incremental=stream)
         async with asyncio.timeout(worker.settings.request_timeout_s):
             async for delta in deltas:
                 chunks = builder.add(delta)
@@ -104,6 +110,9 @@ async def run_chat(ctx: dict, job: dict) -> str:
         log.exception("chat job crashed", request_id=rid)
         status, error = "failed", ProviderError(500, f"Internal error: {exc.__class__.__name__}", "internal_error")
 
+    worker.finish_on_cancel.discard(rid)
+    if worker.cancel_reasons.pop(rid, None) == "client" and status == "succeeded":
+        status = "cancelled"  # the client left a non-stream request that still ran to its end
     usage = builder.usage
     billable = status in ("succeeded", "cancelled") and usage is not None
     charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0

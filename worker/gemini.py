@@ -448,6 +448,9 @@ class GeminiAdapter:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
+        # A one-answer call is silent until the whole answer is ready: no idle timeout there
+        # (the job's request timeout still bounds it).
+        self.one_answer_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=None)
 
     async def close(self) -> None:
         await self.session.close()
@@ -474,15 +477,23 @@ class GeminiAdapter:
             raise RequestError(f"This model's maximum context length is {model.context_window} tokens. However, "
                                f"your messages resulted in {tokens} tokens.", "messages", "context_length_exceeded")
 
-    async def stream(self, body: dict, model: Model) -> AsyncIterator[Delta]:
-        url = f"{self.base_url}/v1beta/models/{model.upstream_model}:streamGenerateContent?alt=sse"
+    async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
+        """Stream (streamGenerateContent, SSE) or, for a client that wants one answer, one generateContent
+        call: a single response is the same GenerateContentResponse shape, read as one delta."""
+        method = "streamGenerateContent?alt=sse" if incremental else "generateContent"
+        url = f"{self.base_url}/v1beta/models/{model.upstream_model}:{method}"
         request = to_gemini(body, model)
         reader = GeminiStreamReader(max_calls=1 if body.get("parallel_tool_calls") is False else None)
         try:
             await self.check_context(request, model)
-            async with self.session.post(url, data=orjson.dumps(request), headers=self._headers()) as resp:
+            timeout = self.session.timeout if incremental else self.one_answer_timeout
+            async with self.session.post(url, data=orjson.dumps(request), headers=self._headers(),
+                                         timeout=timeout) as resp:
                 if resp.status != 200:
                     raise map_error(resp.status, await resp.read(), dict(resp.headers))
+                if not incremental:
+                    yield reader.delta(orjson.loads(await resp.read()))
+                    return
                 async for data in sse_data(resp.content):
                     yield reader.delta(orjson.loads(data))
         except (aiohttp.ClientError, TimeoutError) as exc:

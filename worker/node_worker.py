@@ -61,6 +61,7 @@ class NodeWorker(BlockingPopWorker):
         self.node = node
         self.worker_id = f"{node}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cancel_reasons: dict[str, str] = {}
+        self.finish_on_cancel: set[str] = set()  # jobs a client cancel marks but does not interrupt
         self._adapter: Adapter | None = None
         self.started_at = int(time.time())
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
@@ -149,7 +150,8 @@ class NodeWorker(BlockingPopWorker):
                         task = self.job_tasks.get(request_id)
                         if task is not None and not task.done():
                             self.cancel_reasons[request_id] = "client"
-                            task.cancel()
+                            if request_id not in self.finish_on_cancel:
+                                task.cancel()
                 except RedisError as exc:
                     log.warning("cancel listener lost Redis, reconnecting", error=str(exc))
                     await asyncio.sleep(0.5)

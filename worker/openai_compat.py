@@ -201,7 +201,7 @@ class OpenAICompatAdapter:
     async def close(self) -> None:
         await self.session.close()
 
-    async def stream(self, body: dict, model: Model) -> AsyncIterator[Delta]:
+    async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
         payload = orjson.dumps(to_openai(body, model, self.gemini_dialect))
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json",
                    "Accept": "text/event-stream"}
