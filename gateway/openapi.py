@@ -12,6 +12,7 @@ from functools import lru_cache
 from aiohttp import web
 
 from gateway.admin import NewAccount, NewKey, NewTopup
+from gateway.dashboard.adminapi import NewUser
 from shared.protocol import BatchCreateRequest, ChatCompletionRequest
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -58,7 +59,7 @@ PAGE = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100}), _que
 @lru_cache(maxsize=1)
 def document() -> dict:
     schemas: dict = {}
-    for model in (ChatCompletionRequest, BatchCreateRequest, NewAccount, NewKey, NewTopup):
+    for model in (ChatCompletionRequest, BatchCreateRequest, NewAccount, NewKey, NewTopup, NewUser):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -116,6 +117,11 @@ def document() -> dict:
         "/admin/keys/{key_id}": {"delete": _op("Revoke a key on every gateway at once",
                                                _responses(errors=admin_errors), security="adminToken",
                                                params=[_path_param("key_id")])},
+        "/admin/users": {
+            "post": _op("Create a dashboard user", _responses(201, errors=(400, 401, 404, 409)), security="adminToken",
+                        body="NewUser"),
+            "get": _op("List dashboard users", _responses(errors=(401,)), security="adminToken",
+                       params=[_query("account_id", {"type": "string"})])},
         "/admin/nodes": {"get": _op("Nodes: workers, capacity, in-flight, queue depth", _responses(errors=(401,)),
                                     security="adminToken")},
         "/admin/audit": {"get": _op("Check balance == sum(ledger) for every account", _responses(errors=(401,)),

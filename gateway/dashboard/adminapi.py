@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import orjson
 from aiohttp import web
+from pydantic import Field
 
 from gateway.state import GATEWAY
 from gateway.auth import check_admin
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
+from shared.protocol import WireModel, parse_body
 from shared.users import UserError, UserExists, Users
 
 
@@ -22,24 +26,24 @@ def _users(request: web.Request) -> Users:
     return Users(gw.redis)
 
 
+class NewUser(WireModel):
+    email: Annotated[str, Field(min_length=3, max_length=254)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    account_id: str
+    role: Literal["user", "operator"] = "user"
+
+
 async def create_user(request: web.Request) -> web.Response:
     store = _users(request)
     try:
-        body = await request.json(loads=orjson.loads)
+        raw = await request.json(loads=orjson.loads)
     except ValueError:
         raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    for name in ("email", "password", "account_id"):
-        if not isinstance(body.get(name), str):
-            raise bad_request(f"'{name}' is required and must be a string.", param=name)
-    role = body.get("role", "user")
-    if not isinstance(role, str):
-        raise bad_request("'role' must be a string.", param="role")
+    body = parse_body(NewUser, raw)
     try:
-        user = await store.create(body["email"], body["password"], body["account_id"], role)
+        user = await store.create(body.email, body.password, body.account_id, body.role)
     except AccountNotFound:
-        raise not_found(f"No account {body['account_id']!r}.", param="account_id") from None
+        raise not_found(f"No account {body.account_id!r}.", param="account_id") from None
     except UserExists as exc:
         raise ApiError(409, str(exc), "invalid_request_error", "user_exists", "email") from None
     except UserError as exc:
