@@ -69,7 +69,8 @@ def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
     return chars // 4
 
 
-def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -> None:
+def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -> int:
+    """Refuse what the model cannot take; returns the prompt's estimated tokens."""
     if len(req.messages) > max_messages:
         raise bad_request(f"Too many messages: at most {max_messages} per request.", param="messages",
                           code="too_many_messages")
@@ -85,6 +86,7 @@ def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -
         raise bad_request(
             f"This model's maximum context length is {model.context_window} tokens; your messages come to about "
             f"{estimate} tokens.", param="messages", code="context_length_exceeded")
+    return estimate
 
 
 class Retryable(Exception):
@@ -108,7 +110,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if model is None:
         raise not_found(f"The model '{req.model}' does not exist. GET /api/v1/models lists the models.",
                         code="model_not_found", param="model")
-    check_request(req, model, gw.settings.max_messages)
+    prompt_estimate = check_request(req, model, gw.settings.max_messages)
     job = {
         "account_id": key.account_id, "key_id": key.id, "model": model.id, "reply_to": gw.hub.channel,
         "trace_id": request["request_id"],
@@ -116,7 +118,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
-    estimated_tokens = estimate_prompt_tokens(req) + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
+    estimated_tokens = prompt_estimate + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
     failed_nodes: list[str] = []
     worker_retry_left = True
     last_error: ApiError | None = None

@@ -155,7 +155,6 @@ async def run_chat(ctx: dict, job: dict) -> str:
         "created": job["created"],
         "batch_id": job.get("batch_id", ""),
         "trace_id": job.get("trace_id", ""),
-        "publishes": publisher.published,
     }
     await worker.finish(publisher, frames, settlement)
 

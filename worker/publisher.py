@@ -33,7 +33,6 @@ class ReplyPublisher:
         self._flushing: asyncio.Task | None = None
         self._announcement: bytes | None = None
         self._announce_timer: asyncio.TimerHandle | None = None
-        self.published = 0  # PUBLISH commands sent, for the per-request Redis budget
 
     def announce(self, frame: bytes) -> None:
         """Send ``frame`` first: with the next frame, or alone after ANNOUNCE_AFTER_S."""
@@ -56,7 +55,6 @@ class ReplyPublisher:
                 frames = b"".join(self._buffer)
                 self._buffer.clear()
                 await self.redis.publish(self.channel, relay.message(self.request_id, frames))
-                self.published += 1
         except RedisError as exc:
             # The gateway notices the silence through the worker's lease and fails the request.
             log.warning("reply publish failed", request_id=self.request_id, error=str(exc))
@@ -82,7 +80,6 @@ class ReplyPublisher:
         async with self.redis.pipeline(transaction=False) as pipe:
             if frames:
                 pipe.publish(self.channel, relay.message(self.request_id, frames))
-                self.published += 1
             if also is not None:
                 also(pipe)
             await pipe.execute()
