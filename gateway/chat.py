@@ -177,7 +177,7 @@ class Attempt:
         self.replies = gw.hub.register(self.request_id)  # before the job exists: no reply can be missed
         try:
             try:
-                reply, queued = await gw.scripts.pipelined(gw.redis, [reserve, enqueue])
+                reply, queued = await gw.scripts.pipelined([reserve, enqueue])
             except RedisError:
                 await self._refund_unstarted("queue_unavailable")
                 raise unavailable("The request queue is unavailable; try again shortly.") from None

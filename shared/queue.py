@@ -54,12 +54,11 @@ class NodeQueue:
         return self.scripts.call("enqueue", keys_, [job, expires_ms, now_ms, job_id, max_depth, job_id])
 
     @staticmethod
-    def enqueue_into(pipe, queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> None:
-        """Queue a job on an unbounded queue as part of the caller's pipeline (no round trip of its own)."""
+    def enqueue_commands(queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> list[tuple]:
+        """Queue a job on an unbounded queue: the commands, to send with others in one round trip."""
         now_ms = int(time.time() * 1000)
-        pipe.set(job_key_prefix + job_id, serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize),
-                 px=expires_ms)
-        pipe.zadd(queue, {job_id: now_ms})
+        job = serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize)
+        return [("SET", job_key_prefix + job_id, job, "PX", expires_ms), ("ZADD", queue, now_ms, job_id)]
 
     async def withdraw(self, queue: str, job_id: str) -> bool:
         """Remove a job nobody claimed yet; False means a worker already has it.

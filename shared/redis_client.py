@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+import asyncio
+
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -19,6 +22,75 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 R = TypeVar("R", bound=Redis)
+
+
+class _LeanSend:
+    """A socket write without redis-py's ``asyncio.wait_for`` around it.
+
+    redis-py wraps every command's write in ``wait_for(..., socket_timeout)``, which on
+    Python 3.11 runs the write in a task of its own: a task per Redis command. The write
+    itself never waits unless the socket's buffer is full, so the timeout guards only the
+    drain here, with ``asyncio.timeout`` (no task). Failure handling is redis-py's own:
+    any error or cancellation mid-write closes the connection.
+    """
+
+    async def send_packed_command(self, command, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()
+        elif check_health:
+            await self.check_health()
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            self._writer.writelines(command)
+            async with asyncio.timeout(self.socket_timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
+
+
+class LeanConnection(_LeanSend, Connection):
+    pass
+
+
+class LeanUnixConnection(_LeanSend, UnixDomainSocketConnection):
+    pass
+
+
+_LEAN = {Connection: LeanConnection, UnixDomainSocketConnection: LeanUnixConnection}
+
+
+class LeanConnectionPool(ConnectionPool):
+    """redis-py's pool, without a socket probe on every checkout.
+
+    Stock ``get_connection`` takes a lock and reads the socket (non-blocking) before every
+    command, to find connections returned with unread replies. Ours never are: redis-py
+    closes a connection whenever a read or write is interrupted. A connection the server
+    closed while idle fails on use and the client's retry reconnects, as it would anyway.
+    """
+
+    async def get_connection(self, command_name=None, *keys, **options):
+        connection = self.get_available_connection()
+        if not connection.is_connected:
+            try:
+                await connection.connect()
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+    async def release(self, connection) -> None:
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
 
 
 def make_redis(url: str, *, cls: type[R] = Redis, max_connections: int = 512,
@@ -38,7 +110,11 @@ def make_redis(url: str, *, cls: type[R] = Redis, max_connections: int = 512,
     )
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(url, cls, options)
-    return cls(connection_pool=ConnectionPool.from_url(url, **options))
+    if url.startswith("unix://"):
+        options.pop("socket_keepalive")
+    pool = LeanConnectionPool.from_url(url, **options)
+    pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)  # TLS keeps redis-py's
+    return cls(connection_pool=pool)
 
 
 def _sentinel_client(url: str, cls: type[R], options: dict) -> R:

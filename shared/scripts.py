@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from shared.coalesce import Coalescer
+
 LUA_DIR = Path(__file__).with_name("lua")
 
 
@@ -19,6 +21,8 @@ class Scripts:
     """All scripts registered on one client; attribute access by file stem."""
 
     def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.coalescer = Coalescer(redis)
         self._scripts: dict[str, AsyncScript] = {
             path.stem: redis.register_script(path.read_text()) for path in sorted(LUA_DIR.glob("*.lua"))
         }
@@ -32,21 +36,20 @@ class Scripts:
         """One script invocation, to pass to ``pipelined``."""
         return self._scripts[name], keys, args
 
-    async def pipelined(self, redis: Redis, calls: list[tuple[AsyncScript, list, list]]) -> list:
-        """Several scripts in one round trip: plain EVALSHAs in a pipeline, in order.
+    async def pipelined(self, calls: list[tuple[AsyncScript, list, list]]) -> list:
+        """Several scripts in one round trip: plain EVALSHAs, in order, in the pipeline that
+        concurrent requests share (``shared/coalesce.py``).
 
         Unlike redis-py's scripts in a pipeline, no SCRIPT EXISTS precedes every execution; a
-        NOSCRIPT (Redis restarted) loads them and runs the pipeline again, so every script run
+        NOSCRIPT (Redis restarted) loads them and runs the calls again, so every script run
         this way must be idempotent.
         """
         for attempt in range(2):
-            async with redis.pipeline(transaction=False) as pipe:
-                for script, keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self.coalescer.execute(
+                [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls])
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 for script, _, _ in calls:
-                    await redis.script_load(script.script)
+                    await self.redis.script_load(script.script)
                 continue
             for result in results:
                 if isinstance(result, Exception):

@@ -7,9 +7,9 @@ order, only while it has a free slot: the pop is the claim (exactly one worker
 gets each job, in ~one round trip), a queued job is one nobody has started,
 and an idle worker sends one command per ``idle_timeout_s``.
 
-After the claim, one GETDEL fetches and removes the arq job; the job function
-runs under its timeout in a task arq's signal handling drains and cancels as
-its own. arq's ``run_job`` would add two transactions per job (in-progress and
+After the claim, one GETDEL (in the pipeline the worker's jobs share) fetches
+and removes the arq job; the job function runs under its timeout in a task
+arq's signal handling drains and cancels as its own. arq's ``run_job`` would add two transactions per job (in-progress and
 retry keys, results) that serve its re-run-after-crash model, which streams
 must not use: a stream that published output is never run again, and lost
 jobs are handled by the gateway's lease on the worker.
@@ -34,6 +34,7 @@ from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from shared.coalesce import Coalescer
 from shared.redis_client import make_redis
 
 log = structlog.get_logger()
@@ -52,6 +53,7 @@ class BlockingPopWorker(Worker):
         self.claim_queues = claim_queues
         self.redis_url = redis_url
         self.sem = asyncio.BoundedSemaphore(self.max_jobs)
+        self.coalescer = Coalescer(self.pool)  # every job's Redis commands share one pipeline at a time
 
     async def background(self) -> list:
         """Coroutines to run beside the claim loop (heartbeats, listeners)."""
@@ -115,7 +117,9 @@ class BlockingPopWorker(Worker):
 
     async def run_claimed(self, job_id: str, score: int) -> None:
         try:
-            raw = await self.pool.getdel(job_key_prefix + job_id)
+            (raw,) = await self.coalescer.execute([("GETDEL", job_key_prefix + job_id)])
+            if isinstance(raw, Exception):
+                raise raw
         except RedisError as exc:
             log.warning("claimed job unreadable", job_id=job_id, error=str(exc))
             return
@@ -125,10 +129,12 @@ class BlockingPopWorker(Worker):
         name, args, kwargs, _try, enqueue_ms = deserialize_job_raw(raw, deserializer=self.job_deserializer)
         function = self.functions[name]
         ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score, "enqueue_time_ms": enqueue_ms}
-        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
-        self.job_tasks[job_id] = task
+        # The job runs in this task (no second task and wait_for per job): cancelling it, as
+        # arq's shutdown and the cancel listener do, cancels the job.
+        self.job_tasks[job_id] = asyncio.current_task()
         try:
-            await asyncio.wait_for(task, function.timeout_s or self.job_timeout_s)
+            async with asyncio.timeout(function.timeout_s or self.job_timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
             self.jobs_complete += 1
         except asyncio.CancelledError:
             raise

@@ -91,22 +91,23 @@ class NodeWorker(BlockingPopWorker):
     async def finish(self, publisher: ReplyPublisher, frames: bytes, settlement: dict) -> None:
         """The last frames to the gateway and the settlement to billing, in one round trip."""
         try:
-            await publisher.close(frames, also=lambda pipe: self._queue_settlement(pipe, settlement))
+            await publisher.close(frames, also=self._settlement_commands(settlement))
         except RedisError as exc:
             log.warning("final publish failed; retrying the billing hand-off", error=str(exc))
             await self.hand_to_billing(settlement)
 
     @staticmethod
-    def _queue_settlement(pipe, settlement: dict) -> None:
-        NodeQueue.enqueue_into(pipe, keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"], settlement,
-                               SETTLEMENT_TTL_MS)
+    def _settlement_commands(settlement: dict) -> list[tuple]:
+        return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"],
+                                          settlement, SETTLEMENT_TTL_MS)
 
     async def hand_to_billing(self, settlement: dict) -> None:
         """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""
         for attempt in range(5):
             try:
                 async with self.pool.pipeline(transaction=True) as pipe:
-                    self._queue_settlement(pipe, settlement)
+                    for command in self._settlement_commands(settlement):
+                        pipe.execute_command(*command)
                     await pipe.execute()
                 return
             except RedisError as exc:

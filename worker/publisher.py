@@ -6,7 +6,8 @@ growing with token rate once it outpaces the round trip.
 
 The STARTED announcement rides with the first frame the job sends, and goes
 alone only if the job stays silent for ``ANNOUNCE_AFTER_S``: a short request
-costs one PUBLISH in all.
+costs one PUBLISH in all. PUBLISHes share the worker's pipeline with the other
+jobs' commands (``shared/coalesce.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import relay
+from shared.coalesce import Coalescer, Command
 
 log = structlog.get_logger()
 
@@ -25,8 +26,8 @@ ANNOUNCE_AFTER_S = 0.2
 
 
 class ReplyPublisher:
-    def __init__(self, redis: Redis, channel: str, request_id: str) -> None:
-        self.redis = redis
+    def __init__(self, coalescer: Coalescer, channel: str, request_id: str) -> None:
+        self.coalescer = coalescer
         self.channel = channel
         self.request_id = request_id
         self._buffer: list[bytes] = []
@@ -54,7 +55,10 @@ class ReplyPublisher:
             while self._buffer:
                 frames = b"".join(self._buffer)
                 self._buffer.clear()
-                await self.redis.publish(self.channel, relay.message(self.request_id, frames))
+                (reply,) = await self.coalescer.execute([("PUBLISH", self.channel, relay.message(self.request_id,
+                                                                                                frames))])
+                if isinstance(reply, Exception):
+                    raise reply
         except RedisError as exc:
             # The gateway notices the silence through the worker's lease and fails the request.
             log.warning("reply publish failed", request_id=self.request_id, error=str(exc))
@@ -62,8 +66,8 @@ class ReplyPublisher:
         finally:
             self._flushing = None
 
-    async def close(self, frames: bytes, also=None) -> None:
-        """The request's last frames and, in the same round trip, what ``also(pipe)`` queues.
+    async def close(self, frames: bytes, also: list[Command] = ()) -> None:
+        """The request's last frames and, in the same round trip, the commands ``also``.
 
         Earlier frames go first (in order); raises RedisError so the caller can retry ``also``.
         """
@@ -77,9 +81,7 @@ class ReplyPublisher:
             await asyncio.shield(self._flushing)
         frames = b"".join(self._buffer) + frames
         self._buffer.clear()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if frames:
-                pipe.publish(self.channel, relay.message(self.request_id, frames))
-            if also is not None:
-                also(pipe)
-            await pipe.execute()
+        commands = [("PUBLISH", self.channel, relay.message(self.request_id, frames))] if frames else []
+        for reply in await self.coalescer.execute(commands + list(also)):
+            if isinstance(reply, Exception):
+                raise reply
