@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -20,7 +22,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from shared.launcher import Stack, free_port
+from shared.launcher import Stack, free_port, valkey_binary, wait_tcp
 from shared.settings import Settings
 
 
@@ -30,6 +32,27 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         data_dir=data_dir, redis_url=None, gemini_api_key=None, admin_token="adm_test_" + uuid.uuid4().hex,
         **overrides,
     )
+
+
+@pytest.fixture(scope="module")
+def valkey_port():
+    """A throwaway Valkey (no persistence) on a free loopback port, stopped by PID."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_tcp(port, 15, proc)
+        yield port
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ differ from the real server's. Money is integer micro-credits throughout.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import time
 
 import fakeredis
@@ -20,32 +17,10 @@ import redis.asyncio as aioredis
 from shared.accounts import Accounts
 from shared.credits import AccountNotFound, Credits
 from shared.keys import AccountKeys
-from shared.launcher import free_port, valkey_binary, wait_tcp
 
 M = 1_000_000  # micro-credits per credit
 HOLD = 5 * M  # the base cost of model "gemini"
 GRACE_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def valkey_port():
-    """A throwaway Valkey (no persistence) on a free loopback port, stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_tcp(port, 15, proc)
-        yield port
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture(params=["fakeredis", "valkey"])
