@@ -27,6 +27,7 @@ from aiohttp import web
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
+from shared.batch_store import BatchKeys
 from shared.launcher import apiinone_command
 from tests.bench.batch_scale import interactive_latencies, peak_rss_kb
 
@@ -232,6 +233,29 @@ async def test_a_line_the_account_cannot_cover_fails_and_the_batch_goes_on(stack
     assert next(a for a in admin.audit()["data"] if a["account_id"] == account["id"])["ok"]
 
 
+async def test_lines_slower_than_the_probe_interval_run_and_bill_once(stack, rich):
+    """A line whose upstream call outlasts the batch worker's silence probe (2 s) is running, not lost."""
+    _, key = rich
+    client = sdk(stack, key)
+    n = 3  # 2 chunks 3.5 s apart: each answer takes ~3.5 s, like a Gemini answer with thinking
+    batch = await submit(client, [request_line(i, "[[sim output_tokens=16 thinking_tokens=0 delay_ms=3500]]")
+                                  for i in range(n)])
+    done = await wait_batch(client, batch.id, timeout=40)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (n, 0)
+    out = await output_lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"req-{i}" for i in range(n)]
+    # First attempts only: no line was given up on and run again.
+    assert sorted(o["response"]["request_id"] for o in out) == [f"{batch.id}_{i}" for i in range(n)]
+    await settled(stack, key)
+    await asyncio.sleep(4.0)  # a duplicate run started by a wrong retry would settle by now
+    rows = await batch_usage(stack, key, batch.id)
+    assert [r for r in rows if r["status"] != "succeeded"] == [], "a running line was refunded as lost"
+    assert sorted(r["request_id"] for r in rows) == [f"{batch.id}_{i}" for i in range(n)]
+    assert_billed_once(rows, out, await client.batches.retrieve(batch.id))
+    assert (await credits(stack, key))["held_micro"] == 0
+
+
 async def test_cancel_stops_feeding_and_finalizes_what_ran(stack, rich):
     _, key = rich
     client = sdk(stack, key)
@@ -310,6 +334,41 @@ async def test_resume_after_sigkill_runs_and_bills_every_line_once(stack, admin,
     assert before["balance_micro"] - after["balance_micro"] == done.model_extra["credits_charged_micro"]
     assert after["held_micro"] == 0
     assert next(a for a in admin.audit()["data"] if a["account_id"] == account["id"])["ok"]
+
+
+async def test_resume_waits_for_lines_still_running_on_a_node_worker(stack, rich):
+    """SIGKILL the batch worker while its lines run upstream: the next one waits for them, runs nothing twice."""
+    _, key = rich
+    client = sdk(stack, key)
+    n = 2  # both in flight at once; ~6 s each, longer than the restart
+    batch = await submit(client, [request_line(i, "[[sim output_tokens=16 thinking_tokens=0 delay_ms=6000]]")
+                                  for i in range(n)])
+    await wait_batch(client, batch.id, until=("in_progress",))
+    redis = Redis.from_url(stack.settings.redis_url)
+    b = BatchKeys(batch.id)
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # each line's node worker announced it (STARTED, after 0.2 s) and the batch worker noted it
+            inflight = await redis.hgetall(b.inflight)
+            if len(inflight) == n and all(v.startswith(b"0:") and len(v) > 2 for v in inflight.values()):
+                break
+            assert time.monotonic() < deadline, inflight
+            await asyncio.sleep(0.05)
+        os.kill(stack.pid_of("batch"), signal.SIGKILL)
+        stack.procs["batch"].wait()
+        await redis.delete(b.lease)  # as if it had lapsed (5 s)
+        stack._spawn("batch", apiinone_command() + ["batch-worker"])
+        done = await wait_batch(client, batch.id, timeout=30)
+    finally:
+        await redis.aclose()
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (n, 0)
+    out = await output_lines(client, done.output_file_id)
+    assert sorted(o["response"]["request_id"] for o in out) == [f"{batch.id}_{i}" for i in range(n)]
+    await settled(stack, key)
+    rows = await batch_usage(stack, key, batch.id)
+    assert [r for r in rows if r["status"] != "succeeded"] == [], "a running line was refunded as lost"
+    assert_billed_once(rows, out, done)
 
 
 async def test_completion_callback_is_signed_and_retried(stack, rich):

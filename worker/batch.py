@@ -23,11 +23,14 @@ Exactly once, across a SIGKILL of this process: a line is recorded in flight
 deterministic (``<batch id>_<line>[_a<attempt>]``); the node worker stores the
 line's final reply under a result key before it publishes or bills it; and
 the output line is appended by a script that also removes the line from the
-in-flight record, once. A resumed worker probes each line still in flight:
-job still queued or running -> wait for it; result stored -> write it; never
-enqueued -> enqueue (reserving only if no hold exists); started but gone ->
-refund that attempt and run a new one. So no line is run to completion
-twice, and no line is billed twice.
+in-flight record, once. A line's node worker announces it with a STARTED
+frame (its worker id) once it has run 0.2 s; the node worker took the job off
+the queue by then, so that id, kept in the in-flight record, is what says the
+line is running. A resumed worker probes each line still in flight: job still
+queued, or started on a live worker -> wait for it; result stored -> write it;
+started on a dead worker -> refund that attempt and run a new one; never
+enqueued -> enqueue (reserving only if no hold exists). So no line is run to
+completion twice, and no line is billed twice.
 
 On a terminal status a batch with ``metadata.callback_url`` gets a POST of a
 JSON event signed like standard-webhooks (``webhook-id``, ``webhook-timestamp``,
@@ -413,10 +416,10 @@ class BatchRun:
             if self.status != "finalizing":
                 for line_no_b, value in (await w.redis.hgetall(b.inflight)).items():  # resume what was in flight
                     line_no = int(line_no_b)
-                    attempt = int(value.split(b":")[0] or 0)
+                    attempt, _, started = value.decode().partition(":")
                     line = await w.redis.lindex(lines_key, line_no) if lines_key else None
                     await self._acquire()
-                    self._spawn_line(line_no, line or b"", attempt, resumed=True)
+                    self._spawn_line(line_no, line or b"", int(attempt or 0), resumed=True, started=started or None)
                 if lines_key and self.stop_reason is None:
                     await self._feed(lines_key)
                 if self.stop_reason is not None:
@@ -470,12 +473,12 @@ class BatchRun:
             self.cursor = index + 1
             self._spawn_line(index, line, 0, resumed=False)
 
-    def _spawn_line(self, line_no: int, line: bytes, attempt: int, resumed: bool) -> None:
-        task = asyncio.create_task(self._line(line_no, line, attempt, resumed))
+    def _spawn_line(self, line_no: int, line: bytes, attempt: int, resumed: bool, started: str | None = None) -> None:
+        task = asyncio.create_task(self._line(line_no, line, attempt, resumed, started))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _line(self, line_no: int, line: bytes, attempt: int, resumed: bool) -> None:
+    async def _line(self, line_no: int, line: bytes, attempt: int, resumed: bool, started: str | None) -> None:
         try:
             try:
                 obj = orjson.loads(line)
@@ -490,9 +493,9 @@ class BatchRun:
                 return
             while True:
                 rid = line_request_id(self.b.id, line_no, attempt)
-                outcome = await self._attempt(line_no, rid, req, model, resumed)
+                outcome = await self._attempt(line_no, attempt, rid, req, model, resumed, started)
                 if outcome.kind == "retry" and attempt + 1 < MAX_ATTEMPTS and self.stop_reason is None:
-                    attempt, resumed = attempt + 1, False
+                    attempt, resumed, started = attempt + 1, False, None
                     await self.w.redis.hset(self.b.inflight, str(line_no), f"{attempt}:")
                     continue
                 if outcome.kind == "retry":
@@ -526,10 +529,11 @@ class BatchRun:
         await self.w.store.finish_line(self.b, line_no, "ok" if o.kind == "ok" else "err", out, charge, rid)
 
     # --- one attempt of one line ------------------------------------------------------------------
-    async def _attempt(self, line_no: int, rid: str, req: ChatCompletionRequest, model: Model,
-                       resumed: bool) -> Outcome:
+    async def _attempt(self, line_no: int, attempt: int, rid: str, req: ChatCompletionRequest, model: Model,
+                       resumed: bool, started: str | None) -> Outcome:
         w = self.w
-        state = {"rid": rid, "started": None, "queue": w.hub.register(rid), "model": model, "node": None}
+        state = {"rid": rid, "started": started, "queue": w.hub.register(rid), "model": model, "node": None,
+                 "line": line_no, "attempt": attempt, "recorded": started}
         self.lines[line_no] = state
         try:
             dispatch, reserve = True, True
@@ -539,9 +543,11 @@ class BatchRun:
                     dispatch = False
                 elif probe == "result":
                     return self._outcome(frame)
-                elif probe == "lost":
-                    await self._refund(rid, model, "failed", "worker_lost")
-                    return Outcome("retry")
+                elif started:  # a node worker took it off the queue and announced it
+                    lost = await self._lost(rid, state)
+                    if lost is not None:
+                        return lost
+                    dispatch = False  # still running there: wait for its result
                 else:  # never enqueued: reserve unless the hold is already there
                     reserve = probe == "unsent"
             if dispatch:
@@ -646,14 +652,15 @@ class BatchRun:
                 probe, frame = await self._probe(rid)
                 if probe == "result":
                     return self._outcome(frame)
-                if probe == "live":
-                    if state["started"] and not await self._worker_alive(state["started"]):
-                        probe, frame = await self._probe(rid)
-                        if probe == "result":
-                            return self._outcome(frame)
-                        await self._refund(rid, model, "failed", "worker_lost")
-                        return Outcome("retry")
-                    if time.monotonic() - silent_since > QUEUE_ALLOWANCE_S + w.settings.request_timeout_s:
+                if probe == "live" or state["started"]:  # queued, or running on the worker that announced it
+                    if state["started"]:
+                        lost = await self._lost(rid, state)
+                        if lost is not None:
+                            return lost
+                    # A running job ends within the request timeout (arq's backstop is 30 s later).
+                    budget = w.settings.request_timeout_s + 60 if state["started"] else \
+                        QUEUE_ALLOWANCE_S + w.settings.request_timeout_s
+                    if time.monotonic() - silent_since > budget:
                         await self._refund(rid, model, "failed", "job_lost")
                         return Outcome("retry")
                     continue
@@ -666,6 +673,8 @@ class BatchRun:
                     silent_since = time.monotonic()
                 elif kind in (relay.RESULT, relay.ERROR):
                     return self._outcome(kind + payload)
+            if state["started"] and state["recorded"] != state["started"]:
+                await self._record_started(state)
 
     def _outcome(self, frame: bytes) -> Outcome:
         kind, payload = frame[:1], frame[1:].rstrip(b"\n")
@@ -678,21 +687,41 @@ class BatchRun:
         return Outcome("err", status=int(info.get("status") or 500), error={"error": error})
 
     async def _probe(self, rid: str) -> tuple[str, bytes | None]:
-        """live | result | lost (started, gone, no answer) | unsent (no hold) | held (hold, never enqueued)."""
+        """live (queued) | result | held (hold, not queued) | unsent (no hold).
+
+        A node worker removes the job key when it claims the job (worker/claiming.py), so a
+        running line probes as ``held``: only its STARTED frame (``state["started"]``) tells it apart
+        from a job that lapsed or was never enqueued.
+        """
         w = self.w
         async with w.redis.pipeline(transaction=False) as pipe:
             pipe.exists("arq:job:" + rid)
-            pipe.exists("arq:retry:" + rid)
             pipe.hexists(AccountKeys(self.account_id).holds, rid)
-            job, started, held = await pipe.execute()
+            job, held = await pipe.execute()
         if job:
             return "live", None
-        frame = await w.redis.get(self.b.result(rid))  # after the job key: a job deletes its key after storing this
+        frame = await w.redis.get(self.b.result(rid))  # after the job key: the result outlives the claimed job
         if frame:
             return "result", frame
-        if started:
-            return "lost", None
         return ("held" if held else "unsent"), None
+
+    async def _lost(self, rid: str, state: dict) -> Outcome | None:
+        """A started line whose worker died without an answer: refunded, to be run again. None: still running."""
+        if await self._worker_alive(state["started"]):
+            return None
+        probe, frame = await self._probe(rid)  # it may have answered just before it died
+        if probe == "result":
+            return self._outcome(frame)
+        await self._refund(rid, state["model"], "failed", "worker_lost")
+        return Outcome("retry")
+
+    async def _record_started(self, state: dict) -> None:
+        """Keep the worker running the line in its in-flight record: a resumed batch worker waits for it."""
+        try:
+            await self.w.redis.hset(self.b.inflight, str(state["line"]), f"{state['attempt']}:{state['started']}")
+            state["recorded"] = state["started"]
+        except RedisError as exc:
+            log.warning("could not record a started batch line", request_id=state["rid"], error=str(exc))
 
     async def _worker_alive(self, worker_id: str) -> bool:
         try:
