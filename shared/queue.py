@@ -4,7 +4,7 @@ Jobs are arq jobs (arq's format, orjson-serialized) so arq's worker runs them.
 arq's own ``enqueue_job`` costs two round trips (WATCH, then MULTI); request
 ids are unique, so one script (``shared/lua/enqueue.lua``) is enough here, and
 it also bounds the queue's depth. Workers claim jobs with
-BZPOPMIN (see ``worker/node_worker.py``), which removes them from the queue:
+BZMPOP (see ``worker/claiming.py``), which removes them from the queue:
 a queued job is a job nobody has started.
 """
 

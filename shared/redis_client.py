@@ -97,7 +97,7 @@ def make_redis(url: str, *, cls: type[R] = Redis, max_connections: int = 512,
                socket_timeout: float | None = 5.0, retries: int = 1) -> R:
     """A pooled asyncio client. Commands fail fast (no hang) when Redis is down.
 
-    ``socket_timeout=None`` is for connections that block on purpose (BZPOPMIN, pub/sub);
+    ``socket_timeout=None`` is for connections that block on purpose (BZMPOP, pub/sub);
     ``retries=0`` for a pub/sub connection whose owner must notice every reconnect.
     """
     options = dict(

@@ -1,11 +1,12 @@
-"""BlockingPopWorker: arq's worker with its polling loop replaced by BZPOPMIN.
+"""BlockingPopWorker: arq's worker with its polling loop replaced by a blocking pop (BZMPOP).
 
 arq polls its queue every ``poll_delay`` (0.5 s: ~250 ms added to every
 request), leaves running jobs in the queue, and re-examines all of them on
-every poll. Here a worker blocks on BZPOPMIN over its queues, in priority
-order, only while it has a free slot: the pop is the claim (exactly one worker
-gets each job, in ~one round trip), a queued job is one nobody has started,
-and an idle worker sends one command per ``idle_timeout_s``.
+every poll. Here a worker blocks on BZMPOP over its queues, in priority
+order, only while it has a free slot, and takes as many waiting jobs as it has
+free slots: the pop is the claim (exactly one worker gets each job, in ~one
+round trip), a queued job is one nobody has started, and an idle worker sends
+one command per ``idle_timeout_s``.
 
 After the claim, one GETDEL (in the pipeline the worker's jobs share) fetches
 and removes the arq job; the job function runs under its timeout in a task
@@ -20,7 +21,7 @@ batch line never takes a worker's CPU from a conversation already running
 there. While first-queue jobs run, the pop waits on the first queue alone, for
 ``PRIORITY_RECHECK_S`` at a time.
 
-Jobs must not be deferred (arq's ``_defer_by``/cron): BZPOPMIN ignores scores.
+Jobs must not be deferred (arq's ``_defer_by``/cron): the pop ignores scores.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs two lines per job
 
 
 PRIORITY_RECHECK_S = 0.05
+CLAIM_AT_ONCE = 16  # most jobs one pop may claim (no more than the worker's free slots)
 
 
 class BlockingPopWorker(Worker):
@@ -79,28 +81,41 @@ class BlockingPopWorker(Worker):
                 await asyncio.sleep(0.1)
                 continue
             await self.sem.acquire()
+            slots = 1
+            while slots < CLAIM_AT_ONCE and not self.sem.locked():  # free slots: claim that many at once
+                await self.sem.acquire()
+                slots += 1
             queues, timeout = self.claim_queues, self.idle_timeout_s
             if self.first_queue_running and len(queues) > 1:
                 queues, timeout = queues[:1], PRIORITY_RECHECK_S
             try:
-                popped = await claimer.bzpopmin(queues, timeout=timeout)
+                # BZMPOP: block until a job waits, then take up to `slots` of the jobs waiting in
+                # the first non-empty queue: under load one round trip claims several jobs.
+                popped = await claimer.bzmpop(timeout, len(queues), queues, min=True, count=slots)
             except RedisError as exc:
-                self.sem.release()
+                self._release(slots)
                 log.warning("queue unreachable, retrying", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
             except BaseException:
-                self.sem.release()
+                self._release(slots)
                 raise
             if not popped:
-                self.sem.release()
+                self._release(slots)
                 continue
-            queue, job_id_b, score = popped
-            if not self.allow_pick_jobs:  # a drain began while we were blocked: give it back
-                await self.pool.zadd(queue, {job_id_b: score})
-                self.sem.release()
+            queue, jobs = popped[0], popped[1]
+            self._release(slots - len(jobs))
+            if not self.allow_pick_jobs:  # a drain began while we were blocked: give them back
+                await self.pool.zadd(queue, {job_id_b: float(score) for job_id_b, score in jobs})
+                self._release(len(jobs))
                 continue
-            self.start_claimed(job_id_b.decode(), int(score), first_queue=queue.decode() == self.claim_queues[0])
+            first_queue = queue.decode() == self.claim_queues[0]
+            for job_id_b, score in jobs:
+                self.start_claimed(job_id_b.decode(), int(float(score)), first_queue=first_queue)
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self.sem.release()
 
     def start_claimed(self, job_id: str, score: int, first_queue: bool = True) -> None:
         self.job_counter += 1
