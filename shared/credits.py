@@ -134,23 +134,16 @@ class Credits:
         applied, balance, charged = await self.scripts.settle(keys=k.money(key_id), args=args)
         return Settlement(applied=bool(applied), balance_micro=int(balance), charged_micro=int(charged))
 
-    async def settle_many(self, orders: list[SettleOrder], then_delete: list[str] = ()) -> list[Settlement]:
-        """Many settlements in one round trip (a pipeline of settle.lua calls, each atomic on its own).
-
-        ``then_delete``: keys dropped in the same round trip, after the settlements (their jobs).
-        """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for o in orders:
-                args: list[object] = [o.request_id, o.charge_micro, o.ledger_reason,
-                                      "" if o.actual_tokens is None else o.actual_tokens]
-                for field, value in o.usage_row.items():
-                    args += [field, "" if value is None else str(value)]
-                await self.scripts.settle(keys=AccountKeys(o.account_id).money(o.key_id), args=args, client=pipe)
-            if then_delete:
-                pipe.delete(*then_delete)
-            replies = await pipe.execute()
-        if then_delete:
-            replies = replies[:-1]
+    async def settle_many(self, orders: list[SettleOrder]) -> list[Settlement]:
+        """Many settlements in one round trip (settle.lua calls, each atomic on its own)."""
+        calls = []
+        for o in orders:
+            args: list[object] = [o.request_id, o.charge_micro, o.ledger_reason,
+                                  "" if o.actual_tokens is None else o.actual_tokens]
+            for field, value in o.usage_row.items():
+                args += [field, "" if value is None else str(value)]
+            calls.append(self.scripts.call("settle", AccountKeys(o.account_id).money(o.key_id), args))
+        replies = await self.scripts.pipelined(calls)
         return [Settlement(applied=bool(a), balance_micro=int(b), charged_micro=int(c)) for a, b, c in replies]
 
     async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:

@@ -3,9 +3,11 @@
 Jobs are arq jobs (arq's format, orjson-serialized) so arq's worker runs them.
 arq's own ``enqueue_job`` costs two round trips (WATCH, then MULTI); request
 ids are unique, so one script (``shared/lua/enqueue.lua``) is enough here, and
-it also bounds the queue's depth. Workers claim jobs with
-BZMPOP (see ``worker/claiming.py``), which removes them from the queue:
-a queued job is a job nobody has started.
+it also bounds the queue's depth. A queue's members are the serialized jobs
+themselves: workers claim jobs with BZMPOP (see ``worker/claiming.py``), which
+removes them from the queue and hands over the job in the same round trip; a
+queued job is a job nobody has started. Each job also says when it lapses
+(``expires_at_ms``): a worker drops a job whose owner has given up on it.
 """
 
 from __future__ import annotations
@@ -49,23 +51,24 @@ class NodeQueue:
         """``enqueue`` as a script call for ``Scripts.pipelined``; with ``held_in`` (an account's holds
         hash) the job is queued only if the request holds credits there (result -1 otherwise)."""
         now_ms = int(time.time() * 1000)
-        job = serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize)
+        job = serialize_job(function, ({**payload, "expires_at_ms": now_ms + expires_ms},), {}, None, now_ms,
+                            serializer=serialize)
         keys_ = [job_key_prefix + job_id, queue] + ([held_in] if held_in else [])
         return self.scripts.call("enqueue", keys_, [job, expires_ms, now_ms, job_id, max_depth, job_id])
 
     @staticmethod
-    def enqueue_commands(queue: str, function: str, job_id: str, payload: dict, expires_ms: int) -> list[tuple]:
-        """Queue a job on an unbounded queue: the commands, to send with others in one round trip."""
+    def enqueue_commands(queue: str, function: str, payload: dict) -> list[tuple]:
+        """Queue a job on an unbounded queue whose jobs are never withdrawn (billing): the
+        command, to send with others in one round trip."""
         now_ms = int(time.time() * 1000)
-        job = serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize)
-        return [("SET", job_key_prefix + job_id, job, "PX", expires_ms), ("ZADD", queue, now_ms, job_id)]
+        return [("ZADD", queue, now_ms, serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize))]
 
     async def withdraw(self, queue: str, job_id: str) -> bool:
         """Remove a job nobody claimed yet; False means a worker already has it.
 
         Atomic: a job popped but not yet read by its worker keeps its payload.
         """
-        return bool(await self.scripts.withdraw(keys=[queue, job_key_prefix + job_id], args=[job_id]))
+        return bool(await self.scripts.withdraw(keys=[queue, job_key_prefix + job_id], args=[]))
 
     async def depth(self, queue: str) -> int:
         return await self.redis.zcard(queue)

@@ -538,8 +538,8 @@ class BatchRun:
         try:
             dispatch, reserve = True, True
             if resumed:
-                probe, frame = await self._probe(rid)
-                if probe == "live":
+                probe, frame = await self._probe(rid, model)
+                if probe in ("live", "claimed"):  # queued, or just popped: _wait tells which way it goes
                     dispatch = False
                 elif probe == "result":
                     return self._outcome(frame)
@@ -649,10 +649,17 @@ class BatchRun:
             if frames == "expire":
                 return self._expired_outcome()
             if frames is LOST:  # silent (or replies lost): look at the durable state
-                probe, frame = await self._probe(rid)
+                probe, frame = await self._probe(rid, model)
                 if probe == "result":
                     return self._outcome(frame)
-                if probe == "live" or state["started"]:  # queued, or running on the worker that announced it
+                if probe == "claimed" and not state["started"]:
+                    # A node worker popped it and announces it within ANNOUNCE_AFTER_S, unless it died.
+                    seen = state.setdefault("claimed_seen", time.monotonic())
+                    if time.monotonic() - seen <= w.settings.worker_lease_s + WATCH_S:
+                        continue
+                    await self._refund(rid, model, "failed", "job_lost")
+                    return Outcome("retry")
+                if probe in ("live", "claimed") or state["started"]:  # queued, or running where announced
                     if state["started"]:
                         lost = await self._lost(rid, state)
                         if lost is not None:
@@ -686,20 +693,26 @@ class BatchRun:
             return Outcome("retry")  # the node worker refunded that attempt itself
         return Outcome("err", status=int(info.get("status") or 500), error={"error": error})
 
-    async def _probe(self, rid: str) -> tuple[str, bytes | None]:
-        """live (queued) | result | held (hold, not queued) | unsent (no hold).
+    async def _probe(self, rid: str, model: Model) -> tuple[str, bytes | None]:
+        """live (queued) | claimed (popped, not yet announced) | result | held (hold, not queued) | unsent (no hold).
 
-        A node worker removes the job key when it claims the job (worker/claiming.py), so a
-        running line probes as ``held``: only its STARTED frame (``state["started"]``) tells it apart
-        from a job that lapsed or was never enqueued.
+        The job key holds the job's bytes, which are its member on the node's batch queue
+        (shared/queue.py); a node worker pops the member and deletes the key with the job's
+        first publish (worker/claiming.py). A running line therefore probes as ``held``: only
+        its STARTED frame (``state["started"]``) tells it apart from a job that lapsed or was
+        never enqueued.
         """
         w = self.w
         async with w.redis.pipeline(transaction=False) as pipe:
-            pipe.exists("arq:job:" + rid)
+            pipe.get("arq:job:" + rid)
             pipe.hexists(AccountKeys(self.account_id).holds, rid)
             job, held = await pipe.execute()
         if job:
-            return "live", None
+            async with w.redis.pipeline(transaction=False) as pipe:
+                for node in model.nodes:
+                    pipe.zscore(keys.node_batch_queue(node), job)
+                scores = await pipe.execute()
+            return ("live" if any(score is not None for score in scores) else "claimed"), None
         frame = await w.redis.get(self.b.result(rid))  # after the job key: the result outlives the claimed job
         if frame:
             return "result", frame
@@ -709,7 +722,7 @@ class BatchRun:
         """A started line whose worker died without an answer: refunded, to be run again. None: still running."""
         if await self._worker_alive(state["started"]):
             return None
-        probe, frame = await self._probe(rid)  # it may have answered just before it died
+        probe, frame = await self._probe(rid, state["model"])  # it may have answered just before it died
         if probe == "result":
             return self._outcome(frame)
         await self._refund(rid, state["model"], "failed", "worker_lost")

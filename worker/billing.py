@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
-from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw
 
 from shared.credits import Credits, SettleOrder
@@ -87,8 +86,9 @@ class BillingWorker(BlockingPopWorker):
         """Claim settlements in batches: what queued up while the last batch ran goes in one pipeline.
 
         arq's per-job bookkeeping (in-progress and retry keys, results) costs ~10 Redis commands
-        and a task per settlement; settle.lua is idempotent and needs none of it, so the jobs
-        (arq's format, on an arq queue) are read, settled and deleted three round trips a batch.
+        and a task per settlement; settle.lua is idempotent and needs none of it. The queue's
+        members are the jobs themselves (arq's format): two round trips a batch, the pop and
+        the settlements.
         """
         while self.allow_pick_jobs:
             try:
@@ -100,35 +100,36 @@ class BillingWorker(BlockingPopWorker):
                 continue
             if not popped:
                 continue
-            job_ids = [member for member, _score in popped[1]]
+            jobs = [member for member, _score in popped[1]]
             # A shutdown must not drop a batch already taken off the queue: shielded, and listed
             # in arq's tasks so its drain (job_completion_wait) and close() wait for it.
-            batch = asyncio.ensure_future(self.settle_batch(job_ids))
+            batch = asyncio.ensure_future(self.settle_batch(jobs))
             self.tasks["settle-batch"] = batch
             batch.add_done_callback(lambda _task: self.tasks.pop("settle-batch", None))
             await asyncio.shield(batch)
-            if len(job_ids) < BATCH:
+            if len(jobs) < BATCH:
                 # Linger a moment after a small batch so the next one is bigger: under load this
                 # trades a few ms of settlement delay for far fewer round trips per settlement;
                 # at rest the next settlement still wakes BZMPOP at once.
                 await asyncio.sleep(LINGER_S)
 
-    async def settle_batch(self, job_ids: list[bytes]) -> None:
-        job_keys = [job_key_prefix + j.decode() for j in job_ids]
+    async def settle_batch(self, jobs: list[bytes]) -> None:
+        settlements = []
+        for raw in jobs:
+            try:
+                settlements.append(deserialize_job_raw(raw, deserializer=deserialize)[1][0])
+            except Exception:  # noqa: BLE001 - one unreadable job must not hold up the others
+                log.exception("unreadable settlement dropped; its hold will be reconciled", job=raw[:200])
         for attempt in range(SETTLE_TRIES):
             try:
-                # MGET, not GETDEL: the jobs must outlive a failure until their settlement is applied.
-                payloads = await self.pool.mget(job_keys)
-                settlements = [deserialize_job_raw(p, deserializer=deserialize)[1][0] for p in payloads if p]
-                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements],
-                                                         then_delete=job_keys)
+                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements])
                 break
             except RedisError as exc:
                 SETTLE_FAILURES.inc()
-                log.warning("settle batch failed, retrying", size=len(job_ids), error=str(exc))
+                log.warning("settle batch failed, retrying", size=len(jobs), error=str(exc))
                 await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
         else:
-            log.error("settle batch gave up; the holds will be reconciled", size=len(job_ids))
+            log.error("settle batch gave up; the holds will be reconciled", size=len(jobs))
             return
         for settlement, result in zip(settlements, results):
             if result.applied:

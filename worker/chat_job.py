@@ -68,7 +68,7 @@ async def run_chat(ctx: dict, job: dict) -> str:
     rid = job["id"]
     structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
     model = worker.catalog.models[job["model"]]
-    publisher = ReplyPublisher(worker.coalescer, job["reply_to"], rid)
+    publisher = ReplyPublisher(worker.coalescer, job["reply_to"], rid, first=ctx.get("claimed", ()))
     publisher.announce(relay.frame(relay.STARTED, worker.worker_id.encode()))
     builder = ChunkBuilder(rid, model.id, job["created"])
     stream = job["stream"]

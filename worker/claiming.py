@@ -8,11 +8,13 @@ free slots: the pop is the claim (exactly one worker gets each job, in ~one
 round trip), a queued job is one nobody has started, and an idle worker sends
 one command per ``idle_timeout_s``.
 
-After the claim, one GETDEL (in the pipeline the worker's jobs share) fetches
-and removes the arq job; the job function runs under its timeout in a task
-arq's signal handling drains and cancels as its own. arq's ``run_job`` would add two transactions per job (in-progress and
-retry keys, results) that serve its re-run-after-crash model, which streams
-must not use: a stream that published output is never run again, and lost
+Queue members are the serialized jobs (``shared/queue.py``), so the pop hands
+over the job too; the job's key (its bytes by id, for withdrawing it while it
+waits) is deleted with the job's first write (``ctx["claimed"]``). The job
+function runs under its timeout in a task arq's signal handling drains and
+cancels as its own. arq's ``run_job`` would add two transactions per job
+(in-progress and retry keys, results) that serve its re-run-after-crash model,
+which streams must not use: a stream that published output is never run again, and lost
 jobs are handled by the gateway's lease on the worker.
 
 Priority: ``claim_queues`` are in priority order, and a worker pops a lower
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import structlog
 from arq.constants import job_key_prefix
@@ -106,21 +109,29 @@ class BlockingPopWorker(Worker):
             queue, jobs = popped[0], popped[1]
             self._release(slots - len(jobs))
             if not self.allow_pick_jobs:  # a drain began while we were blocked: give them back
-                await self.pool.zadd(queue, {job_id_b: float(score) for job_id_b, score in jobs})
+                await self.pool.zadd(queue, {job: float(score) for job, score in jobs})
                 self._release(len(jobs))
                 continue
             first_queue = queue.decode() == self.claim_queues[0]
-            for job_id_b, score in jobs:
-                self.start_claimed(job_id_b.decode(), int(float(score)), first_queue=first_queue)
+            for job, score in jobs:
+                self.start_claimed(job, int(float(score)), first_queue=first_queue)
 
     def _release(self, slots: int) -> None:
         for _ in range(slots):
             self.sem.release()
 
-    def start_claimed(self, job_id: str, score: int, first_queue: bool = True) -> None:
+    def start_claimed(self, raw: bytes, score: int, first_queue: bool = True) -> None:
+        """Run one popped job (its serialized arq job: queue members are the jobs themselves)."""
+        try:
+            name, args, kwargs, _try, enqueue_ms = deserialize_job_raw(raw, deserializer=self.job_deserializer)
+            job_id = args[0]["id"]
+        except Exception:  # noqa: BLE001 - one bad job must not stop the claim loop
+            log.exception("unreadable job dropped", job=raw[:200])
+            self.sem.release()
+            return
         self.job_counter += 1
         self.first_queue_running += first_queue
-        task = self.loop.create_task(self.run_claimed(job_id, score))
+        task = self.loop.create_task(self.run_claimed(job_id, name, args, kwargs, enqueue_ms, score))
         self.tasks[job_id] = task
 
         def done(_task: asyncio.Task, job_id: str = job_id) -> None:
@@ -130,20 +141,16 @@ class BlockingPopWorker(Worker):
 
         task.add_done_callback(done)
 
-    async def run_claimed(self, job_id: str, score: int) -> None:
-        try:
-            (raw,) = await self.coalescer.execute([("GETDEL", job_key_prefix + job_id)])
-            if isinstance(raw, Exception):
-                raise raw
-        except RedisError as exc:
-            log.warning("claimed job unreadable", job_id=job_id, error=str(exc))
-            return
-        if raw is None:  # expired in the queue; its owner has given up on it
+    async def run_claimed(self, job_id: str, name: str, args: tuple, kwargs: dict, enqueue_ms: int,
+                          score: int) -> None:
+        expires_at_ms = args[0].get("expires_at_ms")
+        if expires_at_ms and time.time() * 1000 > expires_at_ms:  # its owner has given up on it
             log.warning("claimed job expired", job_id=job_id)
             return
-        name, args, kwargs, _try, enqueue_ms = deserialize_job_raw(raw, deserializer=self.job_deserializer)
         function = self.functions[name]
-        ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score, "enqueue_time_ms": enqueue_ms}
+        # The job key (the job's bytes, found by id while queued) goes with the job's first write.
+        ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score, "enqueue_time_ms": enqueue_ms,
+               "claimed": [("DEL", job_key_prefix + job_id)]}
         # The job runs in this task (no second task and wait_for per job): cancelling it, as
         # arq's shutdown and the cancel listener do, cancels the job.
         self.job_tasks[job_id] = asyncio.current_task()

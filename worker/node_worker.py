@@ -34,7 +34,6 @@ from worker.publisher import ReplyPublisher
 log = structlog.get_logger()
 
 HEARTBEAT_S = 1.0
-SETTLEMENT_TTL_MS = 7 * 24 * 3600 * 1000  # a settlement waits this long for a billing worker
 
 
 def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
@@ -98,8 +97,7 @@ class NodeWorker(BlockingPopWorker):
 
     @staticmethod
     def _settlement_commands(settlement: dict) -> list[tuple]:
-        return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", "settle:" + settlement["request_id"],
-                                          settlement, SETTLEMENT_TTL_MS)
+        return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement)
 
     async def hand_to_billing(self, settlement: dict) -> None:
         """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""

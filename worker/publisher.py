@@ -26,8 +26,9 @@ ANNOUNCE_AFTER_S = 0.2
 
 
 class ReplyPublisher:
-    def __init__(self, coalescer: Coalescer, channel: str, request_id: str) -> None:
+    def __init__(self, coalescer: Coalescer, channel: str, request_id: str, first: list[Command] = ()) -> None:
         self.coalescer = coalescer
+        self._first = list(first)  # commands to send with the first PUBLISH (e.g. the claimed job's key DEL)
         self.channel = channel
         self.request_id = request_id
         self._buffer: list[bytes] = []
@@ -55,10 +56,11 @@ class ReplyPublisher:
             while self._buffer:
                 frames = b"".join(self._buffer)
                 self._buffer.clear()
-                (reply,) = await self.coalescer.execute([("PUBLISH", self.channel, relay.message(self.request_id,
-                                                                                                frames))])
-                if isinstance(reply, Exception):
-                    raise reply
+                commands, self._first = self._first, []
+                commands.append(("PUBLISH", self.channel, relay.message(self.request_id, frames)))
+                for reply in await self.coalescer.execute(commands):
+                    if isinstance(reply, Exception):
+                        raise reply
         except RedisError as exc:
             # The gateway notices the silence through the worker's lease and fails the request.
             log.warning("reply publish failed", request_id=self.request_id, error=str(exc))
@@ -81,7 +83,9 @@ class ReplyPublisher:
             await asyncio.shield(self._flushing)
         frames = b"".join(self._buffer) + frames
         self._buffer.clear()
-        commands = [("PUBLISH", self.channel, relay.message(self.request_id, frames))] if frames else []
+        commands, self._first = self._first, []
+        if frames:
+            commands.append(("PUBLISH", self.channel, relay.message(self.request_id, frames)))
         for reply in await self.coalescer.execute(commands + list(also)):
             if isinstance(reply, Exception):
                 raise reply

@@ -1,4 +1,7 @@
 -- enqueue: put an arq job on a bounded node queue, in one round trip.
+-- The queue's member is the serialized job itself, so the worker's pop hands it the job
+-- (no second round trip to fetch it); the job key holds the same bytes, so the job can be
+-- found by its id (withdraw.lua, the batch worker's probe) while it waits.
 -- KEYS: job key (arq:job:<id>), queue zset, [holds hash of the paying account]
 -- ARGV: serialized job, expiry (ms), score (enqueue time ms), job id, max queue depth (0 = unbounded),
 --       [request id whose hold must exist]
@@ -9,5 +12,5 @@ if KEYS[3] and redis.call('HEXISTS', KEYS[3], ARGV[6]) == 0 then return -1 end
 local limit = tonumber(ARGV[5])
 if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return 1
