@@ -29,7 +29,7 @@ from shared.catalog import Model
 from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, STATUS_NAMES, TOO_MANY_INFLIGHT, TPM_LIMITED,
                             Reservation)
 from shared.errors import ApiError, bad_request, insufficient_quota, not_found, rate_limited, unavailable
-from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS
+from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS, labelled
 from shared.protocol import ChatCompletionRequest, parse_chat_request
 from shared.keys import AccountKeys
 
@@ -183,7 +183,7 @@ class Attempt:
                 raise unavailable("The request queue is unavailable; try again shortly.") from None
             reservation = Reservation.from_reply(reply)
             self.request["reservation"] = reservation  # rate-limit headers (gateway/middleware.py)
-            RESERVATIONS.labels(STATUS_NAMES[reservation.status]).inc()
+            labelled(RESERVATIONS, STATUS_NAMES[reservation.status]).inc()
             if not reservation.ok:
                 raise self._refusal(reservation)
             if queued == 0:

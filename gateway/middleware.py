@@ -12,7 +12,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from shared.errors import ApiError, unavailable
-from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
+from shared.metrics import HTTP_DURATION, HTTP_REQUESTS, labelled
 
 log = structlog.get_logger()
 
@@ -44,8 +44,8 @@ async def observe(request: web.Request, handler):
         return response
     finally:
         elapsed = time.perf_counter() - started
-        HTTP_REQUESTS.labels(route, str(status)).inc()
-        HTTP_DURATION.labels(route).observe(elapsed)
+        labelled(HTTP_REQUESTS, route, str(status)).inc()
+        labelled(HTTP_DURATION, route).observe(elapsed)
         if route not in QUIET_ROUTES:
             key = request.get("key")
             log.info("request", method=request.method, route=route, status=status, ms=round(elapsed * 1000, 2),

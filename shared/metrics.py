@@ -6,7 +6,17 @@ their own ``--metrics-port``. Labels stay low-cardinality: no request or key ids
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+@lru_cache(maxsize=4096)
+def labelled(metric, *values: str):
+    """``metric.labels(*values)``, looked up once: the hot path updates a few metrics per request,
+    and each ``labels()`` call takes a lock and builds its key again. Label values are
+    low-cardinality, so the cache stays small."""
+    return metric.labels(*values)
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -20,7 +20,7 @@ from shared.catalog import Catalog, get_catalog
 from arq.jobs import deserialize_job_raw
 
 from shared.credits import Credits, SettleOrder
-from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS
+from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS, labelled
 from shared.queue import deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
@@ -31,7 +31,7 @@ log = structlog.get_logger()
 BILLABLE = ("succeeded", "cancelled")
 SETTLE_TRIES = 8
 BATCH = 256  # settlements claimed and settled in one pipeline
-LINGER_S = 0.01
+LINGER_S = 0.025
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
                 "queue_ms", "created", "batch_id", "trace_id")
@@ -133,10 +133,10 @@ class BillingWorker(BlockingPopWorker):
             return
         for settlement, result in zip(settlements, results):
             if result.applied:
-                SETTLEMENTS.labels("applied").inc()
-                CREDITS_CHARGED.labels(settlement["model"]).inc(result.charged_micro)
+                labelled(SETTLEMENTS, "applied").inc()
+                labelled(CREDITS_CHARGED, settlement["model"]).inc(result.charged_micro)
             else:
-                SETTLEMENTS.labels("replay").inc()
+                labelled(SETTLEMENTS, "replay").inc()
 
     async def _reconcile_loop(self) -> None:
         grace_ms = int(self.settings.hold_grace_s * 1000)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from shared import relay
 from shared.catalog import Model
-from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS
+from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
 from worker.chunks import ChunkBuilder
 from worker.provider import Adapter, Delta, ProviderError
 from worker.publisher import ReplyPublisher
@@ -74,7 +74,7 @@ async def run_chat(ctx: dict, job: dict) -> str:
     stream = job["stream"]
     started = time.monotonic()
     queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
-    QUEUE_WAIT.labels(job["node"]).observe(queue_ms / 1000)
+    labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
     ttft_ms: int | None = None
     status, error = "succeeded", None
     try:
@@ -158,16 +158,16 @@ async def run_chat(ctx: dict, job: dict) -> str:
     }
     await worker.finish(publisher, frames, settlement)
 
-    JOBS.labels(job["node"], model.id, status).inc()
-    JOB_DURATION.labels(job["node"], model.id).observe(elapsed)
+    labelled(JOBS, job["node"], model.id, status).inc()
+    labelled(JOB_DURATION, job["node"], model.id).observe(elapsed)
     if ttft_ms is not None:
-        TTFT.labels(job["node"], model.id).observe(ttft_ms / 1000)
+        labelled(TTFT, job["node"], model.id).observe(ttft_ms / 1000)
     if error is not None:
-        UPSTREAM_ERRORS.labels(job["node"], error.code).inc()
+        labelled(UPSTREAM_ERRORS, job["node"], error.code).inc()
     if billable:
-        TOKENS.labels(job["node"], model.id, "prompt").inc(usage.prompt_tokens)
-        TOKENS.labels(job["node"], model.id, "completion").inc(usage.completion_tokens)
-        TOKENS.labels(job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
+        labelled(TOKENS, job["node"], model.id, "prompt").inc(usage.prompt_tokens)
+        labelled(TOKENS, job["node"], model.id, "completion").inc(usage.completion_tokens)
+        labelled(TOKENS, job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
     log.info("job", status=status, node=job["node"], model=model.id, ms=int(elapsed * 1000), ttft_ms=ttft_ms,
              queue_ms=queue_ms, error=error.code if error else None,
              prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0)
