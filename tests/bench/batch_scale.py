@@ -5,7 +5,9 @@
 Submits one batch of ``lines`` short prompts, watches it to completion,
 streams the output file back and counts its lines, and reads the batch
 worker's peak RSS (VmHWM) from /proc. Interactive latency (sequential
-non-stream chat requests) is measured alone and again while the batch runs.
+non-stream chat requests, 400 of each so p99 is not just the maximum) is
+measured alone (half before the batch, half after it, after a warm-up) and
+again while the batch runs.
 Standalone: ``python -m tests.bench.batch_scale [LINES]`` starts its own stack.
 """
 
@@ -57,7 +59,7 @@ def _input(lines: int) -> bytes:
                     + b"\n" for i in range(lines))
 
 
-async def run(stack, lines: int = 50_000, probes: int = 60) -> dict:
+async def run(stack, lines: int = 50_000, probes: int = 400) -> dict:
     admin = {"Authorization": f"Bearer {stack.settings.admin_token}"}
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
         account = (await http.post("/admin/accounts", headers=admin,
@@ -66,7 +68,8 @@ async def run(stack, lines: int = 50_000, probes: int = 60) -> dict:
         key = (await http.post(f"/admin/accounts/{account['id']}/keys", headers=admin,
                                json={"name": "bench"})).json()["key"]
     client = AsyncOpenAI(base_url=stack.base_url + "/api/v1", api_key=key, max_retries=2, timeout=120)
-    alone = await interactive_latencies(stack.base_url, key, probes)
+    await interactive_latencies(stack.base_url, key, 50)  # warm-up: connections, caches
+    alone = await interactive_latencies(stack.base_url, key, probes // 2)
 
     t0 = time.monotonic()
     f = await client.files.create(file=("batch.jsonl", _input(lines)), purpose="batch")
@@ -78,12 +81,13 @@ async def run(stack, lines: int = 50_000, probes: int = 60) -> dict:
         if batch.status == "in_progress" and started is None:
             started = time.monotonic()
         if started is not None and len(during) < probes:
-            during += await interactive_latencies(stack.base_url, key, 10)
+            during += await interactive_latencies(stack.base_url, key, 20)
         else:
             await asyncio.sleep(0.5)
         batch = await client.batches.retrieve(batch.id)
     finished = time.monotonic()
     run_s = finished - (started or t0)
+    alone += await interactive_latencies(stack.base_url, key, probes - len(alone))  # before and after: box drift
 
     output_lines = 0
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=120) as http:
