@@ -67,9 +67,9 @@ class Settings(BaseSettings):
     batch_file_retention_s: float = 30 * 86400  # files and finished batches are deleted after this
     batch_window_s: float = 86400  # what completion_window "24h" means (tests shrink it)
     # Lines of one batch queued or running at once. Measured on 2 cores (20,000-line batches, 400
-    # sequential interactive probes alone and during): 1 kept interactive p99 within +20% in 4 runs
-    # out of 4 at ~410 lines/s; 2 ran ~510-650 lines/s but broke that bound in 2 runs out of 5
-    # once the request path got cheaper (each line then takes more of the box per second).
+    # sequential interactive probes on one connection alone and 400 during): 1 kept interactive p99
+    # below its alone value in 3 runs of 3 at ~420-460 lines/s; 2 ran ~630-660 lines/s but grew p99
+    # by +11% to +27% in 2 runs of 3 (the bound is +20%).
     batch_inflight_per_batch: int = 1
     batch_inflight_total: int = 128  # lines of all batches, per batch worker process
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)

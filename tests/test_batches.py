@@ -441,3 +441,37 @@ async def test_bounded_scale_run_with_interactive_traffic(stack, rich):
     # Interactive jobs are popped before batch lines and a batch has few lines in flight (1), yet on a 2-vCPU
     # box the batch shares the CPU with them: a loose bound on the tail (32 in flight measured 3.4x the p99).
     assert p(during, 99) < p(base, 99) * 2 + 25
+
+
+async def test_batch_lines_wait_while_a_client_keeps_sending_requests(stack, rich):
+    """A worker pops batch lines only while it runs no interactive job and waits on the interactive
+    queue alone meanwhile (worker/claiming.py): a client sending requests one after another holds
+    the batch back instead of sharing the CPU with it."""
+    _, key = rich
+    client = sdk(stack, key)
+    batch = await submit(client, [request_line(i) for i in range(5000)])
+    await wait_batch(client, batch.id, until=("in_progress",))
+    while (await client.batches.retrieve(batch.id)).request_counts.completed < 50:  # lines are flowing
+        await asyncio.sleep(0.05)
+
+    async def lines_per_s(busy: bool) -> float:
+        before = (await client.batches.retrieve(batch.id)).request_counts.completed
+        t0 = time.monotonic()
+        if busy:
+            await interactive_latencies(stack.base_url, key, 300)  # one connection, back to back
+        else:
+            await asyncio.sleep(1.0)
+        after = (await client.batches.retrieve(batch.id)).request_counts.completed
+        return (after - before) / (time.monotonic() - t0)
+
+    try:
+        idle = await lines_per_s(busy=False)
+        busy = await lines_per_s(busy=True)
+        idle_again = await lines_per_s(busy=False)
+    finally:
+        await client.batches.cancel(batch.id)
+        await wait_batch(client, batch.id, timeout=60)
+    print(f"\nbatch lines/s: {idle:.0f} alone, {busy:.0f} while a client sends requests back to back, "
+          f"{idle_again:.0f} after")
+    assert min(idle, idle_again) > 50, "the batch did not run at all"
+    assert busy < min(idle, idle_again) * 0.5, "batch lines kept starting between interactive requests"

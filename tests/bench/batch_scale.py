@@ -35,17 +35,25 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-async def interactive_latencies(base_url: str, key: str, count: int) -> list[float]:
-    """Seconds per non-stream chat request, one at a time."""
+async def interactive_latencies(base_url: str, key: str, count: int,
+                                http: httpx.AsyncClient | None = None) -> list[float]:
+    """Seconds per non-stream chat request, one at a time, on one kept-alive connection (pass ``http``
+    to keep using the same one across calls: a new connection's first request is slower)."""
     body = orjson.dumps({"model": "gemini", "messages": [{"role": "user", "content": PROMPT}], "stream": False})
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     out = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+    own = http is None
+    if own:
+        http = httpx.AsyncClient(base_url=base_url, timeout=30)
+    try:
         for _ in range(count):
             t = time.perf_counter()
             r = await http.post("/api/v1/chat/completions", content=body, headers=headers)
             out.append(time.perf_counter() - t)
             assert r.status_code == 200, r.text
+    finally:
+        if own:
+            await http.aclose()
     return out
 
 
@@ -68,8 +76,9 @@ async def run(stack, lines: int = 50_000, probes: int = 400) -> dict:
         key = (await http.post(f"/admin/accounts/{account['id']}/keys", headers=admin,
                                json={"name": "bench"})).json()["key"]
     client = AsyncOpenAI(base_url=stack.base_url + "/api/v1", api_key=key, max_retries=2, timeout=120)
-    await interactive_latencies(stack.base_url, key, 50)  # warm-up: connections, caches
-    alone = await interactive_latencies(stack.base_url, key, probes // 2)
+    probe = httpx.AsyncClient(base_url=stack.base_url, timeout=30)  # one connection for every probe
+    await interactive_latencies(stack.base_url, key, 50, probe)  # warm-up: connection, caches
+    alone = await interactive_latencies(stack.base_url, key, probes // 2, probe)
 
     t0 = time.monotonic()
     f = await client.files.create(file=("batch.jsonl", _input(lines)), purpose="batch")
@@ -81,13 +90,14 @@ async def run(stack, lines: int = 50_000, probes: int = 400) -> dict:
         if batch.status == "in_progress" and started is None:
             started = time.monotonic()
         if started is not None and len(during) < probes:
-            during += await interactive_latencies(stack.base_url, key, 20)
+            during += await interactive_latencies(stack.base_url, key, 20, probe)
         else:
             await asyncio.sleep(0.5)
         batch = await client.batches.retrieve(batch.id)
     finished = time.monotonic()
     run_s = finished - (started or t0)
-    alone += await interactive_latencies(stack.base_url, key, probes - len(alone))  # before and after: box drift
+    alone += await interactive_latencies(stack.base_url, key, probes - len(alone), probe)  # before and after
+    await probe.aclose()
 
     output_lines = 0
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=120) as http:
