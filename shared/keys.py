@@ -53,6 +53,8 @@ def node_batch_queue(node: str) -> str:
 
 
 BILLING_QUEUE = PREFIX + "queue:billing"
+# A claimed batch line's arq job key (``arq:job:<id>``) holds this and the id of the worker running it.
+JOB_RUNNING_ON = b"running-on:"
 
 
 def node_workers(node: str) -> str:

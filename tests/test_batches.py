@@ -337,8 +337,12 @@ async def test_resume_after_sigkill_runs_and_bills_every_line_once(stack, admin,
     assert next(a for a in admin.audit()["data"] if a["account_id"] == account["id"])["ok"]
 
 
-async def test_resume_waits_for_lines_still_running_on_a_node_worker(stack, rich):
-    """SIGKILL the batch worker while its lines run upstream: the next one waits for them, runs nothing twice."""
+@pytest.mark.parametrize("recorded", [True, False], ids=["started-recorded", "started-not-recorded"])
+async def test_resume_waits_for_lines_still_running_on_a_node_worker(stack, rich, recorded):
+    """SIGKILL the batch worker while its lines run upstream: the next one waits for them, runs nothing twice.
+
+    Not recorded: the batch worker died before noting which node worker announced the line (its
+    in-flight record lacks the worker id); the line's job key still names that worker."""
     _, key = rich
     client = sdk(stack, key)
     n = 2  # ~6 s each, longer than the restart; the first runs at the kill, the second is still to feed
@@ -358,6 +362,9 @@ async def test_resume_waits_for_lines_still_running_on_a_node_worker(stack, rich
             await asyncio.sleep(0.05)
         os.kill(stack.pid_of("batch"), signal.SIGKILL)
         stack.procs["batch"].wait()
+        if not recorded:
+            for field in inflight:
+                await redis.hset(b.inflight, field, "0:")
         await redis.delete(b.lease)  # as if it had lapsed (5 s)
         stack._spawn("batch", apiinone_command() + ["batch-worker"])
         done = await wait_batch(client, batch.id, timeout=45)
@@ -371,6 +378,18 @@ async def test_resume_waits_for_lines_still_running_on_a_node_worker(stack, rich
     rows = await batch_usage(stack, key, batch.id)
     assert [r for r in rows if r["status"] != "succeeded"] == [], "a running line was refunded as lost"
     assert_billed_once(rows, out, done)
+    for i in range(n):  # billed once is not enough: the upstream must not have been called twice
+        assert jobs_run(stack, f"{batch.id}_{i}") in (1, None), "a running line was started again"
+
+
+def jobs_run(stack, request_id: str) -> int | None:
+    """How many times the node workers ran a request, from their job log lines (None: logs on a terminal)."""
+    paths = [stack.log_path(name) for name in stack.procs if name.startswith("worker:")]
+    if not all(p.exists() for p in paths):
+        return None
+    return sum(1 for p in paths for line in p.read_text().splitlines()
+               if line.startswith("{") and request_id in line and orjson.loads(line).get("event") == "job"
+               and orjson.loads(line).get("completion_id") == request_id)
 
 
 async def test_completion_callback_is_signed_and_retried(stack, rich):

@@ -539,6 +539,8 @@ class BatchRun:
             dispatch, reserve = True, True
             if resumed:
                 probe, frame = await self._probe(rid, model)
+                if probe == "running":  # announced, perhaps after this worker's predecessor died
+                    state["started"] = started = frame.decode()
                 if probe in ("live", "claimed"):  # queued, or just popped: _wait tells which way it goes
                     dispatch = False
                 elif probe == "result":
@@ -652,6 +654,8 @@ class BatchRun:
                 probe, frame = await self._probe(rid, model)
                 if probe == "result":
                     return self._outcome(frame)
+                if probe == "running" and not state["started"]:  # its STARTED frame went astray
+                    state["started"] = frame.decode()
                 if probe == "claimed" and not state["started"]:
                     # A node worker popped it and announces it within ANNOUNCE_AFTER_S, unless it died.
                     seen = state.setdefault("claimed_seen", time.monotonic())
@@ -694,28 +698,30 @@ class BatchRun:
         return Outcome("err", status=int(info.get("status") or 500), error={"error": error})
 
     async def _probe(self, rid: str, model: Model) -> tuple[str, bytes | None]:
-        """live (queued) | claimed (popped, not yet announced) | result | held (hold, not queued) | unsent (no hold).
+        """result | running (on the worker whose id comes back) | live (queued) | claimed (popped, not
+        yet announced) | held (hold, not queued) | unsent (no hold).
 
         The job key holds the job's bytes, which are its member on the node's batch queue
-        (shared/queue.py); a node worker pops the member and deletes the key with the job's
-        first publish (worker/claiming.py). A running line therefore probes as ``held``: only
-        its STARTED frame (``state["started"]``) tells it apart from a job that lapsed or was
-        never enqueued.
+        (shared/queue.py); the node worker that pops it rewrites the key to ``running-on:<worker id>``
+        with the job's first publish (worker/node_worker.py), and the key lapses after the request
+        timeout. Read in one transaction, so the answer is one moment's state.
         """
         w = self.w
-        async with w.redis.pipeline(transaction=False) as pipe:
+        async with w.redis.pipeline(transaction=True) as pipe:
             pipe.get("arq:job:" + rid)
+            pipe.get(self.b.result(rid))
             pipe.hexists(AccountKeys(self.account_id).holds, rid)
-            job, held = await pipe.execute()
+            job, frame, held = await pipe.execute()
+        if frame:
+            return "result", frame
+        if job and job.startswith(keys.JOB_RUNNING_ON):
+            return "running", job[len(keys.JOB_RUNNING_ON):]
         if job:
             async with w.redis.pipeline(transaction=False) as pipe:
                 for node in model.nodes:
                     pipe.zscore(keys.node_batch_queue(node), job)
                 scores = await pipe.execute()
             return ("live" if any(score is not None for score in scores) else "claimed"), None
-        frame = await w.redis.get(self.b.result(rid))  # after the job key: the result outlives the claimed job
-        if frame:
-            return "result", frame
         return ("held" if held else "unsent"), None
 
     async def _lost(self, rid: str, state: dict) -> Outcome | None:

@@ -148,9 +148,8 @@ class BlockingPopWorker(Worker):
             log.warning("claimed job expired", job_id=job_id)
             return
         function = self.functions[name]
-        # The job key (the job's bytes, found by id while queued) goes with the job's first write.
         ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score, "enqueue_time_ms": enqueue_ms,
-               "claimed": [("DEL", job_key_prefix + job_id)]}
+               "claimed": self.claimed_commands(job_id, args[0])}
         # The job runs in this task (no second task and wait_for per job): cancelling it, as
         # arq's shutdown and the cancel listener do, cancels the job.
         self.job_tasks[job_id] = asyncio.current_task()
@@ -165,6 +164,11 @@ class BlockingPopWorker(Worker):
             log.exception("job failed", job_id=job_id, function=name)
         finally:
             self.job_tasks.pop(job_id, None)
+
+    def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
+        """What a claimed job's first write also sends: its key (the job's bytes, found by id while
+        it waited) is no longer needed."""
+        return [("DEL", job_key_prefix + job_id)]
 
     def inflight(self) -> int:
         return self.job_counter

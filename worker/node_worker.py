@@ -15,6 +15,7 @@ import uuid
 
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from arq.worker import func
 from redis.exceptions import RedisError
 
@@ -81,6 +82,15 @@ class NodeWorker(BlockingPopWorker):
         )
         self.ctx["worker"] = self
         self.queue = NodeQueue(pool)
+
+    def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
+        """A batch line's key says which worker runs it from its first write on: a batch worker that
+        restarts meanwhile (and missed the STARTED frame) waits for that worker instead of running
+        the line again (worker/batch.py ``_probe``)."""
+        if not job.get("batch_id"):
+            return super().claimed_commands(job_id, job)
+        ttl_ms = int((self.settings.request_timeout_s + 60) * 1000)
+        return [("SET", job_key_prefix + job_id, keys.JOB_RUNNING_ON + self.worker_id.encode(), "PX", ttl_ms)]
 
     def adapter(self, node: str) -> Adapter:
         if self._adapter is None:
