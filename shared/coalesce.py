@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 
 Command = tuple  # ("EVALSHA", sha, 2, key, key, arg, ...) as redis-py's execute_command takes it
 
+MAX_CALLERS = 512  # per pipeline: a burst leaves in several, so no reply waits behind a huge one
+
 
 class Coalescer:
     def __init__(self, redis: Redis) -> None:
@@ -38,7 +40,7 @@ class Coalescer:
     async def _flush(self) -> None:
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting, []
+                batch, self._waiting = self._waiting[:MAX_CALLERS], self._waiting[MAX_CALLERS:]
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for commands, _ in batch:

@@ -67,6 +67,15 @@ async def test_concurrent_callers_share_pipelines_and_each_gets_its_own_replies(
     assert sent[0] <= 3, f"300 concurrent callers took {sent[0]} pipelines"
 
 
+async def test_a_burst_leaves_in_pipelines_of_bounded_size(redis, monkeypatch):
+    monkeypatch.setattr("shared.coalesce.MAX_CALLERS", 100)
+    coalescer = Coalescer(redis)
+    sent = count_pipelines(coalescer)
+    results = await asyncio.gather(*(coalescer.execute([("INCR", "n")]) for _ in range(1000)))
+    assert sorted(r[0] for r in results) == list(range(1, 1001))
+    assert sent[0] == 10
+
+
 async def test_a_caller_alone_goes_at_once(redis):
     coalescer = Coalescer(redis)
     sent = count_pipelines(coalescer)
