@@ -10,12 +10,13 @@ one command per ``idle_timeout_s``.
 
 Queue members are the serialized jobs (``shared/queue.py``), so the pop hands
 over the job too; the job's key (its bytes by id, for withdrawing it while it
-waits) is deleted with the job's first write (``ctx["claimed"]``). The job
+waits) is deleted with the job's first write, or for a batch line rewritten to
+name the worker running it (``claimed_commands``, ``ctx["claimed"]``). The job
 function runs under its timeout in a task arq's signal handling drains and
 cancels as its own. arq's ``run_job`` would add two transactions per job
 (in-progress and retry keys, results) that serve its re-run-after-crash model,
-which streams must not use: a stream that published output is never run again, and lost
-jobs are handled by the gateway's lease on the worker.
+which streams must not use: a stream that published output is never run again,
+and lost jobs are handled by the gateway's lease on the worker.
 
 Priority: ``claim_queues`` are in priority order, and a worker pops a lower
 queue (batch) only while it runs nothing from the first one (interactive): a
