@@ -89,6 +89,15 @@ class Settlement:
     charged_micro: int
 
 
+def _settle_args(request_id: str, charge_micro: int, ledger_reason: str, actual_tokens: int | None,
+                 usage_row: dict[str, object]) -> list[object]:
+    """settle.lua's ARGV: request id, charge, ledger reason, actual tokens, then the usage row's pairs."""
+    args: list[object] = [request_id, charge_micro, ledger_reason, "" if actual_tokens is None else actual_tokens]
+    for field, value in usage_row.items():
+        args += [field, "" if value is None else str(value)]
+    return args
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -128,22 +137,16 @@ class Credits:
             raise ValueError("a charge is never negative")
         k = AccountKeys(account_id)
         key_id = key_id or str(usage_row.get("key_id") or "") or await self._hold_key_id(k, request_id)
-        args: list[object] = [request_id, charge_micro, ledger_reason, "" if actual_tokens is None else actual_tokens]
-        for field, value in usage_row.items():
-            args += [field, "" if value is None else str(value)]
+        args = _settle_args(request_id, charge_micro, ledger_reason, actual_tokens, usage_row)
         applied, balance, charged = await self.scripts.settle(keys=k.money(key_id), args=args)
         return Settlement(applied=bool(applied), balance_micro=int(balance), charged_micro=int(charged))
 
     async def settle_many(self, orders: list[SettleOrder]) -> list[Settlement]:
         """Many settlements in one round trip (settle.lua calls, each atomic on its own)."""
-        calls = []
-        for o in orders:
-            args: list[object] = [o.request_id, o.charge_micro, o.ledger_reason,
-                                  "" if o.actual_tokens is None else o.actual_tokens]
-            for field, value in o.usage_row.items():
-                args += [field, "" if value is None else str(value)]
-            calls.append(self.scripts.call("settle", AccountKeys(o.account_id).money(o.key_id), args))
-        replies = await self.scripts.pipelined(calls)
+        replies = await self.scripts.pipelined([
+            self.scripts.call("settle", AccountKeys(o.account_id).money(o.key_id),
+                              _settle_args(o.request_id, o.charge_micro, o.ledger_reason, o.actual_tokens, o.usage_row))
+            for o in orders])
         return [Settlement(applied=bool(a), balance_micro=int(b), charged_micro=int(c)) for a, b, c in replies]
 
     async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:

@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+
 @lru_cache(maxsize=4096)
 def labelled(metric, *values: str):
     """``metric.labels(*values)``, looked up once: the hot path updates a few metrics per request,

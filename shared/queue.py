@@ -64,9 +64,9 @@ class NodeQueue:
         return [("ZADD", queue, now_ms, serialize_job(function, (payload,), {}, None, now_ms, serializer=serialize))]
 
     async def withdraw(self, queue: str, job_id: str) -> bool:
-        """Remove a job nobody claimed yet; False means a worker already has it.
+        """Remove a job nobody claimed yet; False means a worker already has it (or it lapsed).
 
-        Atomic: a job popped but not yet read by its worker keeps its payload.
+        Atomic (withdraw.lua): the member the job key names is removed, or a worker popped it first.
         """
         return bool(await self.scripts.withdraw(keys=[queue, job_key_prefix + job_id], args=[]))
 

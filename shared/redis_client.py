@@ -8,10 +8,9 @@ needs no restart.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
-
-import asyncio
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection

@@ -39,7 +39,6 @@ from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from shared.coalesce import Coalescer
 from shared.redis_client import make_redis
 
 log = structlog.get_logger()
@@ -59,7 +58,6 @@ class BlockingPopWorker(Worker):
         self.claim_queues = claim_queues
         self.redis_url = redis_url
         self.sem = asyncio.BoundedSemaphore(self.max_jobs)
-        self.coalescer = Coalescer(self.pool)  # every job's Redis commands share one pipeline at a time
 
     async def background(self) -> list:
         """Coroutines to run beside the claim loop (heartbeats, listeners)."""

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
+from shared.coalesce import Coalescer
 from shared.metrics import WORKER_INFLIGHT
 from shared.queue import NodeQueue, deserialize
 from shared.redis_client import make_redis
@@ -82,6 +83,7 @@ class NodeWorker(BlockingPopWorker):
         )
         self.ctx["worker"] = self
         self.queue = NodeQueue(pool)
+        self.coalescer = Coalescer(pool)  # every job's Redis commands share one pipeline at a time
 
     def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
         """A batch line's key says which worker runs it from its first write on: a batch worker that
@@ -113,10 +115,8 @@ class NodeWorker(BlockingPopWorker):
         """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""
         for attempt in range(5):
             try:
-                async with self.pool.pipeline(transaction=True) as pipe:
-                    for command in self._settlement_commands(settlement):
-                        pipe.execute_command(*command)
-                    await pipe.execute()
+                for command in self._settlement_commands(settlement):
+                    await self.pool.execute_command(*command)
                 return
             except RedisError as exc:
                 log.warning("billing hand-off failed", request_id=settlement["request_id"], error=str(exc))
