@@ -21,14 +21,15 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.hub import LOST
 from gateway.state import GATEWAY, Gateway
 from shared import keys, relay
 from shared.accounts import KeyRecord
 from shared.catalog import Model
-from shared.credits import (INSUFFICIENT, KEY_BUDGET, RPM_LIMITED, STATUS_NAMES, TOO_MANY_INFLIGHT, TPM_LIMITED,
-                            Reservation)
-from shared.errors import ApiError, bad_request, insufficient_quota, not_found, rate_limited, unavailable
+from shared.admission import check_request, estimated_tokens, refusal
+from shared.contracts import ErrorCode, RetryKind, retry_kind
+from shared.credits import Reservation
+from shared.errors import ApiError, bad_request, not_found, unavailable
+from shared.reply_hub import LOST
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS, labelled
 from shared.protocol import ChatCompletionRequest, parse_chat_request
 from shared.keys import AccountKeys
@@ -38,8 +39,6 @@ log = structlog.get_logger()
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 WATCH_S = 2.0  # how often a silent request checks that its worker is still alive
-OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
-FAILOVER_STATUSES = {429, 500, 502, 503, 504}
 
 
 def wants_stream(explicit: bool | None, accept: str, stream_default: bool) -> bool:
@@ -56,37 +55,6 @@ def wants_stream(explicit: bool | None, accept: str, stream_default: bool) -> bo
     if "text/event-stream" in accept:
         return True
     return stream_default and "application/json" not in accept
-
-
-def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
-    chars = 0
-    for m in req.messages:
-        content = m.content
-        if isinstance(content, str):
-            chars += len(content)
-        elif content:
-            chars += sum(len(p.text) if p.type == "text" else 1032 for p in content)
-    return chars // 4
-
-
-def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -> int:
-    """Refuse what the model cannot take; returns the prompt's estimated tokens."""
-    if len(req.messages) > max_messages:
-        raise bad_request(f"Too many messages: at most {max_messages} per request.", param="messages",
-                          code="too_many_messages")
-    if req.n not in (None, 1):
-        raise bad_request("Only n=1 is supported.", param="n", code="unsupported_value")
-    if "image" not in model.input_types:
-        for i, m in enumerate(req.messages):
-            if m.role == "user" and isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
-                raise bad_request(f"Model '{model.id}' does not accept image input.",
-                                  param=f"messages[{i}].content", code="unsupported_content")
-    estimate = estimate_prompt_tokens(req)
-    if estimate > model.context_window:
-        raise bad_request(
-            f"This model's maximum context length is {model.context_window} tokens; your messages come to about "
-            f"{estimate} tokens.", param="messages", code="context_length_exceeded")
-    return estimate
 
 
 class Retryable(Exception):
@@ -118,7 +86,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
-    estimated_tokens = prompt_estimate + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
+    estimated = estimated_tokens(req, prompt_estimate)
     failed_nodes: list[str] = []
     worker_retry_left = True
     last_error: ApiError | None = None
@@ -130,7 +98,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 retry_after=2)
         try:
             with GATEWAY_INFLIGHT.track_inprogress():
-                response = await Attempt(request, gw, key, model, node, job, estimated_tokens).run()
+                response = await Attempt(request, gw, key, model, node, job, estimated).run()
         except Retryable as retry:
             last_error = retry.error
             FAILOVERS.labels(retry.error.code or "unknown").inc()
@@ -183,9 +151,9 @@ class Attempt:
                 raise unavailable("The request queue is unavailable; try again shortly.") from None
             reservation = Reservation.from_reply(reply)
             self.request["reservation"] = reservation  # rate-limit headers (gateway/middleware.py)
-            labelled(RESERVATIONS, STATUS_NAMES[reservation.status]).inc()
+            labelled(RESERVATIONS, reservation.status.label).inc()
             if not reservation.ok:
-                raise self._refusal(reservation)
+                raise refusal(reservation, self.model, self.key.limits, self.estimated_tokens)
             if queued == 0:
                 await self._refund_unstarted("queue_full")
                 raise unavailable(f"Node {self.node} is at capacity ({s.max_queue_depth} requests waiting); "
@@ -193,26 +161,6 @@ class Attempt:
             return await self._relay_guarded()
         finally:
             gw.hub.unregister(self.request_id)
-
-    def _refusal(self, r: Reservation) -> ApiError:
-        limits, retry = self.key.limits, r.retry_after_ms / 1000
-        if r.status == RPM_LIMITED:
-            return rate_limited(f"Rate limit reached for requests per minute: limit {limits.rpm}. "
-                                f"Please try again in {retry:.1f}s.", retry, "requests")
-        if r.status == TPM_LIMITED:
-            return rate_limited(f"Rate limit reached for tokens per minute: limit {limits.tpm}, requested about "
-                                f"{min(self.estimated_tokens, limits.tpm)}. Please try again in {retry:.1f}s.",
-                                retry, "tokens")
-        if r.status == TOO_MANY_INFLIGHT:
-            return rate_limited(f"Too many concurrent requests for this key: limit {limits.max_concurrent}.",
-                                retry, "requests")
-        if r.status == KEY_BUDGET:
-            return insufficient_quota("This API key has reached its credit limit; the account's other keys are "
-                                      "not affected.")
-        assert r.status == INSUFFICIENT, r.status
-        return insufficient_quota(
-            f"Insufficient credits: a request to '{self.model.id}' holds {self.model.base_cost_micro / 1e6:g} "
-            f"credits and the account has {(r.balance_micro - r.held_micro) / 1e6:g} available. Top up to continue.")
 
     async def _refund_unstarted(self, code: str) -> None:
         await self.gw.refund_unstarted(self.key, self.request_id, self.model.id, self.node, code)
@@ -304,8 +252,9 @@ class Attempt:
                     info = orjson.loads(payload)
                     if self.response is None and not events:
                         error = ApiError.from_body(info["status"], info, info.get("retry_after"))
-                        if error.status in FAILOVER_STATUSES and error.code not in ("internal_error",):
-                            raise Retryable(error, node_failed=error.code != "worker_shutdown")
+                        kind = retry_kind(error.status, error.code)
+                        if kind is not RetryKind.NONE:
+                            raise Retryable(error, node_failed=kind is RetryKind.ANOTHER_NODE)
                         raise error
                     await self._write_events(events)
                     await self._end_with_error(orjson.dumps({"error": info["error"]}))

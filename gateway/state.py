@@ -12,15 +12,15 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.auth import KeyCache
-from gateway.breaker import NodeBreaker
-from gateway.hub import ReplyHub
 from shared import keys
 from shared.accounts import Accounts, KeyRecord
+from shared.breaker import NodeBreaker
 from shared.catalog import Catalog, Model
 from shared.credits import Credits
 from shared.nodes import live_worker_counts
 from shared.queue import NodeQueue
 from shared.redis_client import make_redis
+from shared.reply_hub import ReplyHub
 from shared.scripts import Scripts
 from shared.settings import Settings
 

@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.contracts import Hold, ReserveStatus
 from shared.keys import AccountKeys
 from shared.scripts import Scripts
 
@@ -38,16 +39,9 @@ class KeyLimits:
 
 NO_LIMITS = KeyLimits()
 
-# reserve.lua's status codes
-HELD, REPLAY, NO_ACCOUNT, INSUFFICIENT, RPM_LIMITED, TPM_LIMITED, TOO_MANY_INFLIGHT, KEY_BUDGET = 1, 0, -1, -2, -3, -4, -5, -6
-STATUS_NAMES = {HELD: "held", REPLAY: "replay", NO_ACCOUNT: "no_account", INSUFFICIENT: "insufficient",
-                RPM_LIMITED: "rpm_limited", TPM_LIMITED: "tpm_limited", TOO_MANY_INFLIGHT: "concurrency_limited",
-                KEY_BUDGET: "key_credit_limit"}
-
-
 @dataclass(frozen=True)
 class Reservation:
-    status: int
+    status: ReserveStatus
     balance_micro: int
     held_micro: int
     rpm_remaining: int = 0
@@ -58,7 +52,8 @@ class Reservation:
 
     @classmethod
     def from_reply(cls, reply: list) -> Reservation:
-        return cls(*(int(v) for v in reply))
+        status, *rest = (int(v) for v in reply)
+        return cls(ReserveStatus(status), *rest)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +61,7 @@ class Reservation:
 
     @property
     def missing_account(self) -> bool:
-        return self.status == NO_ACCOUNT
+        return self.status == ReserveStatus.NO_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -151,7 +146,7 @@ class Credits:
 
     async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:
         hold = await self.redis.hget(k.holds, request_id)
-        return hold.decode().split(":")[1] if hold and hold.count(b":") >= 1 else ""
+        return Hold.parse(hold).key_id if hold else ""
 
     # --- credits in -------------------------------------------------------
     async def credit(
@@ -231,7 +226,7 @@ class Credits:
                 total += int(fields[b"amount"])
             last = rows[-1][0].decode()
         balance, held = int(raw[0] or 0), int(raw[1] or 0)
-        held_sum = sum(int(h.split(b":")[0]) for h in holds)
+        held_sum = sum(Hold.parse(h).amount_micro for h in holds)
         return {
             "account_id": account_id,
             "balance_micro": balance,

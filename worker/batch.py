@@ -56,13 +56,14 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from gateway.chat import check_request
-from gateway.hub import LOST, ReplyHub
 from shared import keys, relay
 from shared.batch_store import ACTIVE, CALLBACKS, PAGE, WAKE, BatchKeys, BatchStore, line_request_id, new_id, \
     webhook_secret
 from shared.catalog import Catalog, Model, get_catalog
-from shared.credits import INSUFFICIENT, Credits, KeyLimits
+from shared.admission import check_request
+from shared.contracts import Hold, ReserveStatus, WORKER_FAULTS
+from shared.credits import Credits, KeyLimits
+from shared.reply_hub import LOST, ReplyHub
 from shared.errors import ApiError
 from shared.keys import AccountKeys
 from shared.nodes import live_worker_counts
@@ -79,7 +80,6 @@ MAX_ATTEMPTS = 2  # a line whose node worker died or shut down is run once more 
 MAX_ERRORS = 100  # validation errors reported per batch
 QUEUE_ALLOWANCE_S = 3600.0  # how long a line may wait on the batch queue before its job lapses
 STATUS_POLL_S = 0.5
-RETRYABLE_CODES = ("worker_shutdown", "worker_lost", "job_lost")
 
 
 class Stop(Exception):
@@ -582,7 +582,7 @@ class BatchRun:
             if r.ok:
                 self.my_holds.add(rid)
                 return None
-            if r.status == INSUFFICIENT:
+            if r.status == ReserveStatus.INSUFFICIENT:
                 # Short only because of this batch's own holds? Wait for them to settle instead of failing.
                 mine = await self._my_held_micro()
                 if mine and r.balance_micro - (r.held_micro - mine) >= model.base_cost_micro:
@@ -607,7 +607,7 @@ class BatchRun:
             if hold is None:
                 self.my_holds.discard(rid)
             else:
-                total += int(hold.split(b":")[0])
+                total += Hold.parse(hold).amount_micro
         return total
 
     async def _pick_node(self, model: Model) -> str | None:
@@ -693,7 +693,7 @@ class BatchRun:
             return Outcome("ok", payload=payload)
         info = orjson.loads(payload)
         error = info.get("error") or {}
-        if error.get("code") in RETRYABLE_CODES:
+        if error.get("code") in WORKER_FAULTS:
             return Outcome("retry")  # the node worker refunded that attempt itself
         return Outcome("err", status=int(info.get("status") or 500), error={"error": error})
 

@@ -15,10 +15,11 @@ from arq.connections import ArqRedis
 from arq.worker import func
 from redis.exceptions import RedisError
 
-from shared import keys
-from shared.catalog import Catalog, get_catalog
 from arq.jobs import deserialize_job_raw
 
+from shared import keys
+from shared.catalog import Catalog, get_catalog
+from shared.contracts import BILLABLE, USAGE_FIELDS
 from shared.credits import Credits, SettleOrder
 from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS, labelled
 from shared.queue import deserialize
@@ -28,13 +29,9 @@ from worker.claiming import BlockingPopWorker
 
 log = structlog.get_logger()
 
-BILLABLE = ("succeeded", "cancelled")
 SETTLE_TRIES = 8
 BATCH = 256  # settlements claimed and settled in one pipeline
 LINGER_S = 0.025
-USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
-                "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-                "queue_ms", "created", "batch_id", "trace_id")
 
 
 def charge_for(catalog: Catalog, settlement: dict) -> int:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.accounts import Accounts
+from shared.contracts import Hold
 from shared.keys import AccountKeys
 
 USAGE_STATUSES = ("succeeded", "cancelled", "failed", "rejected", "expired")
@@ -222,8 +223,8 @@ async def holds(redis: Redis, account_id: str) -> list[dict]:
     due = {m.decode(): int(s) for m, s in deadlines}
     out = []
     for rid, value in raw.items():
-        amount, _, rest = value.decode().partition(":")
-        out.append({"request_id": rid.decode(), "amount_micro": int(amount), "key_id": rest.split(":")[0],
+        hold = Hold.parse(value)
+        out.append({"request_id": rid.decode(), "amount_micro": hold.amount_micro, "key_id": hold.key_id,
                     "deadline": due.get(rid.decode(), 0) / 1000})
     out.sort(key=lambda h: h["deadline"])
     return out

@@ -1,4 +1,4 @@
-"""ReplyHub: the gateway's one pub/sub connection.
+"""ReplyHub: a relaying process's one pub/sub connection (the gateway's, the batch worker's).
 
 Every worker reply for a request this process owns arrives on the gateway's
 own channel and is routed here to that request's queue by request id; no

@@ -1,0 +1,165 @@
+"""What crosses a process boundary, declared once.
+
+- ``ChatJob``: a front end (gateway, batch worker) -> a node worker, through the node's queue.
+- ``Settlement``: a node worker -> the billing worker, through the billing queue.
+- ``USAGE_FIELDS``: the usage row settle.lua writes (plus ``charged_micro`` and ``hold_micro``).
+- ``Hold``: a request's entry in its account's holds hash, written by reserve.lua.
+- ``RequestStatus``: how a request ended, on its settlement and usage row.
+- ``ErrorCode`` with ``retry_kind``: the codes whose value decides a retry or failover.
+- ``ReserveStatus``: reserve.lua's reply codes.
+
+Types only: TypedDicts are plain dicts at run time, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum, StrEnum
+from typing import NotRequired, TypedDict
+
+
+class RequestStatus(StrEnum):
+    SUCCEEDED = "succeeded"  # charged the token cost
+    CANCELLED = "cancelled"  # the client left: charged for what the provider produced
+    FAILED = "failed"  # our side or the provider failed: refunded in full
+    REJECTED = "rejected"  # never reached a worker (queue full or timeout, client gone): refunded
+    EXPIRED = "expired"  # the hold outlived its request and was reconciled
+
+
+BILLABLE = frozenset({RequestStatus.SUCCEEDED, RequestStatus.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    """Error codes that some process acts on (not every code a client may see)."""
+
+    WORKER_LOST = "worker_lost"  # the worker running the request stopped heartbeating
+    JOB_LOST = "job_lost"  # claimed from the queue but never started
+    WORKER_SHUTDOWN = "worker_shutdown"  # the worker drained and gave up on it (SIGTERM)
+    INTERNAL_ERROR = "internal_error"  # a bug: never retried, it would fail again
+    REQUEST_TIMEOUT = "request_timeout"
+    UPSTREAM_STREAM_BROKEN = "upstream_stream_broken"
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    QUEUE_UNAVAILABLE = "queue_unavailable"
+    REPLY_CHANNEL_LOST = "reply_channel_lost"
+    CLIENT_DISCONNECTED = "client_disconnected"
+
+
+class RetryKind(Enum):
+    NONE = "none"
+    ANOTHER_WORKER = "another_worker"  # the worker failed, the node may be fine
+    ANOTHER_NODE = "another_node"  # the node (its upstream) failed: fail over, count it against the node
+
+
+# The worker failed, not the request: the same request may run again elsewhere (nothing was billed).
+WORKER_FAULTS = frozenset({ErrorCode.WORKER_LOST, ErrorCode.JOB_LOST, ErrorCode.WORKER_SHUTDOWN})
+# Upstream statuses another node may not share.
+FAILOVER_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def retry_kind(status: int, code: str | None) -> RetryKind:
+    """What an error that ended a request before any output allows: the one rule for every front end."""
+    if code in WORKER_FAULTS:
+        return RetryKind.ANOTHER_WORKER
+    if status in FAILOVER_STATUSES and code != ErrorCode.INTERNAL_ERROR:
+        return RetryKind.ANOTHER_NODE
+    return RetryKind.NONE
+
+
+class ReserveStatus(IntEnum):
+    """reserve.lua's first reply value (shared/lua/reserve.lua)."""
+
+    HELD = 1
+    REPLAY = 0  # this request id holds credits already
+    NO_ACCOUNT = -1
+    INSUFFICIENT = -2
+    RPM_LIMITED = -3
+    TPM_LIMITED = -4
+    TOO_MANY_INFLIGHT = -5
+    KEY_BUDGET = -6
+
+    @property
+    def label(self) -> str:
+        return _RESERVE_LABELS[self]
+
+
+_RESERVE_LABELS = {
+    ReserveStatus.HELD: "held", ReserveStatus.REPLAY: "replay", ReserveStatus.NO_ACCOUNT: "no_account",
+    ReserveStatus.INSUFFICIENT: "insufficient", ReserveStatus.RPM_LIMITED: "rpm_limited",
+    ReserveStatus.TPM_LIMITED: "tpm_limited", ReserveStatus.TOO_MANY_INFLIGHT: "concurrency_limited",
+    ReserveStatus.KEY_BUDGET: "key_credit_limit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One request's hold: ``"<amount micro>:<key id>:<estimated tokens>"`` in the account's holds hash.
+
+    reserve.lua writes it and settle.lua reads it; this is the one Python reader.
+    """
+
+    amount_micro: int
+    key_id: str = ""
+    estimated_tokens: int | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Hold:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        amount, _, rest = text.partition(":")
+        key_id, _, estimate = rest.partition(":")
+        return cls(int(amount), key_id, int(estimate) if estimate else None)
+
+    def encode(self) -> str:
+        estimate = "" if self.estimated_tokens is None else str(self.estimated_tokens)
+        return f"{self.amount_micro}:{self.key_id}:{estimate}"
+
+
+class ChatJob(TypedDict):
+    """A chat request on a node queue (shared/queue.py wraps it in arq's job format)."""
+
+    id: str  # the request id: also the hold's id and the settlement's
+    account_id: str
+    key_id: str
+    model: str
+    node: str
+    reply_to: str  # the pub/sub channel of the process relaying the replies
+    trace_id: str  # the client-facing request id (X-Request-Id)
+    stream: bool
+    include_usage: bool
+    body: dict  # the validated ChatCompletionRequest, as JSON
+    created: int  # unix seconds
+    enqueued_ms: float
+    expires_at_ms: NotRequired[int]  # set by the queue: a worker drops the job after this
+    batch_id: NotRequired[str]
+    result_key: NotRequired[str]  # batch lines: where the final reply is kept, before it is billed
+    result_ttl_s: NotRequired[int]
+
+
+class Settlement(TypedDict):
+    """One request's outcome, from its node worker to the billing worker."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    model: str
+    node: str
+    status: str  # a RequestStatus
+    error_code: str
+    finish_reason: str
+    stream: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    latency_ms: int
+    ttft_ms: int | str  # "" when no token came
+    queue_ms: int
+    created: int
+    batch_id: str
+    trace_id: str
+
+
+# The usage row's fields, in order, as settle.lua stores them (it appends charged_micro and hold_micro).
+USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
+                "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
+                "queue_ms", "created", "batch_id", "trace_id")
