@@ -20,7 +20,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await gw.redis.ping()
         counts = await live_worker_counts(gw.redis, list(gw.catalog.nodes), gw.settings.worker_lease_s)
-        gw.live_workers = counts  # routing sees at least what readiness reported
+        gw.dispatch.liveness.live_workers = counts  # routing sees at least what readiness reported
         reasons += [f"node {n} has no live worker" for n, c in counts.items() if not c]
     except RedisError as exc:
         counts = {}
