@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.launcher import apiinone_command, free_port
+from apiinone.launcher import apiinone_command, free_port
 
 
 def children_of(pid: int) -> list[int]:

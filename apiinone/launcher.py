@@ -36,7 +36,7 @@ def free_port() -> int:
 
 def apiinone_command() -> list[str]:
     script = Path(sys.executable).with_name("apiinone")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "apiinone.cli"]
 
 
 def valkey_binary() -> str:
