@@ -1,6 +1,6 @@
 """The `apiinone` command: one entry point, one subcommand per role.
 
-    apiinone run                         everything (what `make run` calls)
+    apiinone run                         everything, supervised (what `make run` calls)
     apiinone gateway                     HTTP ingress
     apiinone worker --node NAME          a worker pool for one backend node
     apiinone billing-worker              settlement and hold reconciliation
@@ -59,6 +59,7 @@ def _serve_metrics(args) -> None:
 def cmd_run(args) -> None:
     from apiinone.launcher import run
 
+    _logging("supervisor")  # its own lines: children exiting, restarts, crash loops
     run(_settings())
 
 

