@@ -62,7 +62,8 @@ def start_run(data_dir: Path, port: int, stderr=subprocess.DEVNULL) -> tuple[sub
         lines.append(line)
         if "Ctrl-C stops everything" in line:
             return proc, "".join(lines)
-    proc.kill()
+    proc.send_signal(signal.SIGTERM)  # not SIGKILL: its children would outlive it
+    proc.wait(40)
     raise AssertionError("no banner within 60 s:\n" + "".join(lines))
 
 

@@ -7,6 +7,7 @@ billing worker, of the batch worker again and again) and checks what clients and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 from apiinone.launcher import free_port
 from apiinone.supervisor import ChildSpec, RestartPolicy, Supervisor
-from tests.run_helpers import child_pid, start_run, stop
+from tests.run_helpers import child_pid, children_of, start_run, stop
 
 CHAT = "/api/v1/chat/completions"
 
@@ -131,9 +132,16 @@ def run():
         try:
             yield Run(proc, port, data_dir, log)
         finally:
-            if proc.poll() is None:
-                proc.kill()  # the last test stops it with SIGTERM; this is only for a failure before
-                proc.wait()
+            if proc.poll() is None:  # the last test stops it; this is for a failure before that
+                kids = children_of(proc.pid)
+                proc.send_signal(signal.SIGTERM)  # not SIGKILL: that would orphan the children
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    for pid in [*kids, proc.pid]:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    proc.wait()
 
 
 def wait_until(predicate, timeout: float, what: str):
