@@ -17,6 +17,7 @@ from shared.errors import bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
 from shared.protocol import WireModel, parse_body
+from shared.supervision import supervisor_status
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -134,9 +135,11 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
+    """The nodes' worker pools, and (under `apiinone run`) the supervised processes with their restarts."""
     gw = _admin(request)
-    return web.json_response({"object": "list", "data": await node_status(gw.redis, gw.catalog,
-                                                                          gw.settings.worker_lease_s)})
+    return web.json_response({"object": "list",
+                              "data": await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s),
+                              "supervisors": await supervisor_status(gw.redis)})
 
 
 async def audit(request: web.Request) -> web.Response:

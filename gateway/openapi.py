@@ -122,7 +122,8 @@ def document() -> dict:
                         body="NewUser"),
             "get": _op("List dashboard users", _responses(errors=(401,)), security="adminToken",
                        params=[_query("account_id", {"type": "string"})])},
-        "/admin/nodes": {"get": _op("Nodes: workers, capacity, in-flight, queue depth", _responses(errors=(401,)),
+        "/admin/nodes": {"get": _op("Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s supervised "
+                                    "processes and their restarts", _responses(errors=(401,)),
                                     security="adminToken")},
         "/admin/audit": {"get": _op("Check balance == sum(ledger) for every account", _responses(errors=(401,)),
                                     security="adminToken")},
