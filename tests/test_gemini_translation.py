@@ -267,11 +267,10 @@ def test_kept_definition_names_are_json_pointer_escaped():
                                         ("response_format", "response_format.json_schema.schema")])
 def test_schema_nested_too_deep_to_write_is_400_with_param(slot, param):
     deep = nested(300)
-    body = {"messages": [user("x")],
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}]} if slot == "tools" else {
-        "messages": [user("x")], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": deep}}}
+    where = {"tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}],
+             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": deep}}}
     with pytest.raises(RequestError) as info:
-        to_gemini({"model": "gemini", **body}, BASE)
+        to_gemini({"model": "gemini", "messages": [user("x")], slot: where[slot]}, BASE)
     assert info.value.status == 400 and info.value.param == param and "nested" in info.value.message
 
 
