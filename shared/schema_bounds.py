@@ -28,6 +28,7 @@ MAX_SCHEMA_REFS = 1_000  # "$ref"s as sent
 MAX_INLINED_NODES = 20_000  # JSON values once every local $ref is inlined
 MAX_INLINED_DEPTH = 128  # nesting once every local $ref is inlined (room left for the request around it)
 MAX_REQUEST_INLINED_NODES = 50_000  # every schema of one request together, inlined
+MAX_NESTED_INLINES = 64  # $refs inlined within one another; past that a $ref is kept as it is
 
 _PREFIXES = ("#/$defs/", "#/definitions/")
 
@@ -142,8 +143,8 @@ class _InlinedSize:
         return nodes, below + 1
 
     def definition(self, name: str, depth: int) -> tuple[int, int]:
-        if name in self.open:
-            return 1, 1  # recursion: kept as {"$ref": ...}
+        if name in self.open or len(self.open) > MAX_NESTED_INLINES:
+            return 1, 1  # recursion, or too many inlined within one another: kept as {"$ref": ...}
         if name not in self.measured:
             self.open.add(name)
             try:

@@ -254,6 +254,9 @@ def test_schema_past_the_inline_budget_keeps_its_refs():
 def test_a_long_chain_of_kept_definitions_stays_flat():
     out = to_gemini_schema(doubling_chain(400))  # 800 levels deep if inlined; no deep recursion kept
     assert len(out["$defs"]) == 401
+    refs_to_refs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(999)}
+    out = to_gemini_schema({"$ref": "#/$defs/d0", "$defs": {**refs_to_refs, "d999": {"type": "string"}}})
+    assert out.get("$ref", "").startswith("#/$defs/d")  # inlined 64 deep, then kept
 
 
 def test_kept_definition_names_are_json_pointer_escaped():

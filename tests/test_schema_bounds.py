@@ -159,6 +159,13 @@ def test_recursion_and_unknown_refs_are_not_expanded():
     assert check_schema(mutual) < 100
 
 
+def test_a_long_chain_of_refs_to_refs_is_measured_without_deep_recursion():
+    defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(sb.MAX_SCHEMA_REFS - 1)}
+    defs[f"d{sb.MAX_SCHEMA_REFS - 1}"] = {"type": "string"}
+    assert check_schema({"$ref": "#/$defs/d0", "$defs": defs}) < 10  # past MAX_NESTED_INLINES: kept
+    parse_chat_request(chat(tools=[tool("chain", {"$ref": "#/$defs/d0", "$defs": defs})]))  # was a RecursionError
+
+
 # --- the wire validation -------------------------------------------------------------------------
 def chat(**extra) -> dict:
     return {"model": "gemini", "messages": [{"role": "user", "content": "hi"}], **extra}

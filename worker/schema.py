@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from shared.schema_bounds import MAX_INLINED_DEPTH, MAX_INLINED_NODES, SchemaTooLarge, definitions, ref_name, ref_to
+from shared.schema_bounds import (MAX_INLINED_DEPTH, MAX_INLINED_NODES, MAX_NESTED_INLINES, SchemaTooLarge, definitions,
+                                  ref_name, ref_to)
 
 MAX_SAFE = 2**53 - 1
 
@@ -39,7 +40,6 @@ _PLAIN = frozenset({
     "required", "propertyOrdering", "nullable", "minLength", "maxLength", "pattern",
     "minProperties", "maxProperties",
 })
-_MAX_INLINE_DEPTH = 64
 _KEPT_DEF_DEPTH = 3  # a kept definition sits at root -> $defs -> name
 
 
@@ -119,7 +119,7 @@ class _Translator:
                 pass  # handled with the bounds below
             # allOf is merged below; everything else ($schema, default, examples, not, ...) is dropped.
         for sub in s.get("allOf") or []:
-            part = self.schema(sub, stack, depth)
+            part = self.schema(sub, stack, depth + 1)  # merged into this level; +1 bounds nested allOfs' recursion
             if isinstance(part, dict):
                 out = _merge(out, part)
         _bounds(s, out)
@@ -132,7 +132,7 @@ class _Translator:
         siblings = {k: v for k, v in s.items() if k != "$ref"}
         if name is None or target is None:  # remote or unknown pointer: nothing Gemini could resolve
             return self.schema(siblings, stack, depth) if siblings else {}
-        if not self.inline or name in stack or len(stack) > _MAX_INLINE_DEPTH:  # recursion: keep a reference
+        if not self.inline or name in stack or len(stack) > MAX_NESTED_INLINES:  # recursion: keep a reference
             if name != "#" and name not in self.kept_defs:
                 self.kept_defs[name] = None  # a placeholder, in first-use order; translated by translate()
                 self.pending.append((name, (*stack, name)))
