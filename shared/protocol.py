@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ApiError, bad_request
-from shared.schema_bounds import MAX_INLINED_NODES, MAX_REQUEST_INLINED_NODES, SchemaTooLarge, check_schema
+from shared.schema_bounds import (MAX_INLINED_CHARS, MAX_INLINED_VALUES, MAX_REQUEST_INLINED_CHARS,
+                                  MAX_REQUEST_INLINED_VALUES, SchemaTooLarge, check_schema)
 
 
 class WireModel(BaseModel):
@@ -277,13 +278,16 @@ def _check_schemas_together(req: ChatCompletionRequest) -> None:
     schemas = [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(req.tools or [])]
     if isinstance(req.response_format, ResponseFormatJsonSchema):
         schemas.append(("response_format.json_schema.schema", req.response_format.json_schema.schema_))
-    if len(schemas) * MAX_INLINED_NODES <= MAX_REQUEST_INLINED_NODES:
+    n = len(schemas)
+    if n * MAX_INLINED_VALUES <= MAX_REQUEST_INLINED_VALUES and n * MAX_INLINED_CHARS <= MAX_REQUEST_INLINED_CHARS:
         return  # within the budget whatever their sizes: no need to measure them again
-    total = 0
+    values = chars = 0
     for param, schema in schemas:
         if schema is not None:
-            total += check_schema(schema)
-            if total > MAX_REQUEST_INLINED_NODES:
-                raise bad_request(f"The schemas of this request together would inline to more than "
-                                  f"{MAX_REQUEST_INLINED_NODES} values; '{param}' is past that.", param=param,
+            size = check_schema(schema)
+            values, chars = values + size.values, chars + size.chars
+            if values > MAX_REQUEST_INLINED_VALUES or chars > MAX_REQUEST_INLINED_CHARS:
+                raise bad_request(f"The schemas of this request together would be more than "
+                                  f"{MAX_REQUEST_INLINED_VALUES} values or {MAX_REQUEST_INLINED_CHARS} characters "
+                                  f"once their $refs are inlined; '{param}' is past that.", param=param,
                                   code="invalid_value")

@@ -20,14 +20,17 @@ levels of nesting).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_SCHEMA_DEPTH = 64  # nesting of objects/arrays as sent (orjson writes at most 255)
-MAX_SCHEMA_NODES = 20_000  # JSON values as sent (objects, arrays, strings, numbers ...)
+MAX_SCHEMA_VALUES = 20_000  # JSON values as sent (objects, arrays, strings, numbers ...)
 MAX_SCHEMA_REFS = 1_000  # "$ref"s as sent
-MAX_INLINED_NODES = 20_000  # JSON values once every local $ref is inlined
-MAX_INLINED_DEPTH = 128  # nesting once every local $ref is inlined (room left for the request around it)
-MAX_REQUEST_INLINED_NODES = 50_000  # every schema of one request together, inlined
+# Once every local $ref is inlined (what the translation costs, and what is sent upstream):
+MAX_INLINED_VALUES = 20_000
+MAX_INLINED_CHARS = 1_000_000  # characters of keys and strings: a long description referred to 1,000 times
+MAX_INLINED_DEPTH = 128  # room left below orjson's 255 for the request around the schema
+MAX_REQUEST_INLINED_VALUES = 50_000  # every schema of one request together
+MAX_REQUEST_INLINED_CHARS = 2_000_000
 MAX_NESTED_INLINES = 64  # $refs inlined within one another; past that a $ref is kept as it is
 
 _PREFIXES = ("#/$defs/", "#/definitions/")
@@ -64,8 +67,16 @@ def ref_to(name: str) -> str:
     return "#" if name == "#" else "#/$defs/" + name.replace("~", "~0").replace("/", "~1")
 
 
-def check_schema(schema: Any) -> int:
-    """Raise ``SchemaTooLarge`` past a bound; else return the schema's size inlined (JSON values)."""
+class SchemaSize(NamedTuple):
+    """A schema's size once its local ``$ref``s are inlined."""
+
+    values: int  # JSON values: objects, arrays, strings, numbers ...
+    chars: int  # characters of its keys and strings (what serializing it costs, roughly)
+    depth: int  # nesting levels of objects and arrays
+
+
+def check_schema(schema: Any) -> SchemaSize:
+    """Raise ``SchemaTooLarge`` past a bound; else return the schema's size once inlined."""
     _check_as_sent(schema)
     return _InlinedSize(schema).root()
 
@@ -77,8 +88,8 @@ def _check_as_sent(schema: Any) -> None:
     while stack:
         value, depth = stack.pop()
         nodes += 1
-        if nodes > MAX_SCHEMA_NODES:
-            raise SchemaTooLarge(f"The schema has more than {MAX_SCHEMA_NODES} values")
+        if nodes > MAX_SCHEMA_VALUES:
+            raise SchemaTooLarge(f"The schema has more than {MAX_SCHEMA_VALUES} values")
         if isinstance(value, dict):
             refs += "$ref" in value
             if refs > MAX_SCHEMA_REFS:
@@ -94,74 +105,75 @@ def _check_as_sent(schema: Any) -> None:
 
 
 class _InlinedSize:
-    """Values and depth of a schema with its local ``$ref``s inlined, as ``worker/schema.py`` does.
+    """The size of a schema with its local ``$ref``s inlined, as ``worker/schema.py`` does.
 
     A definition is measured once, the first time it is reached, and reused after:
     linear in the schema as sent, however large the inlined result. A ``$ref`` back
     to a definition being measured (recursion) counts as a ``$ref``, as the
     translation keeps it; the translation may unroll a cycle between definitions
     once more than measured here, and its own budget covers that. Python recursion
-    stays shallow: measuring stops past ``MAX_INLINED_DEPTH`` levels.
+    stays shallow: measuring stops past ``MAX_INLINED_DEPTH`` levels and
+    ``MAX_NESTED_INLINES`` definitions inlined within one another.
     """
 
     def __init__(self, schema: Any) -> None:
         self.schema = schema
         self.defs = definitions(schema)
-        self.measured: dict[str, tuple[int, int]] = {}  # name -> (values, depth) inlined
+        self.measured: dict[str, SchemaSize] = {}
         self.open: set[str] = {"#"}  # definitions being measured
 
-    def root(self) -> int:
+    def root(self) -> SchemaSize:
         body = self.schema
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k not in ("$defs", "definitions")}
-        nodes, _ = self.size(body, 1)
-        return nodes
+        return self.size(body, 1)
 
-    def size(self, value: Any, depth: int) -> tuple[int, int]:
-        """(values, depth) of ``value`` inlined, ``value`` sitting at nesting level ``depth``."""
+    def size(self, value: Any, depth: int) -> SchemaSize:
+        """The size of ``value`` inlined, ``value`` sitting at nesting level ``depth``."""
         if isinstance(value, dict):
             name = ref_name(value.get("$ref"))
             if name is not None and (name == "#" or name in self.defs):
-                nodes, below = self.definition(name, depth)
+                target = self.definition(name, depth)
                 siblings = {k: v for k, v in value.items() if k != "$ref"}
-                more, deeper = self.size(siblings, depth) if siblings else (1, 1)
-                return nodes + more - 1, max(below, deeper)  # the siblings merge into the inlined object
-            children: Any = value.values()
+                if not siblings:
+                    return target
+                more = self.size(siblings, depth)  # merged into the inlined object
+                return SchemaSize(target.values + more.values - 1, target.chars + more.chars,
+                                  max(target.depth, more.depth))
+            values, chars, children = 1, sum(len(key) for key in value), value.values()
         elif isinstance(value, list):
-            children = value
+            values, chars, children = 1, 0, value
         else:
-            return 1, 0
+            return SchemaSize(1, len(value) if isinstance(value, str) else 0, 0)
         if depth > MAX_INLINED_DEPTH:
             raise _too_deep()
-        nodes, below = 1, 0
+        below = 0
         for child in children:
-            n, d = self.size(child, depth + 1)
-            nodes += n
-            below = max(below, d)
-            if nodes > MAX_INLINED_NODES:
-                raise _too_many()
-        return nodes, below + 1
+            sub = self.size(child, depth + 1)
+            values, chars, below = values + sub.values, chars + sub.chars, max(below, sub.depth)
+            if values > MAX_INLINED_VALUES:
+                raise SchemaTooLarge(f"The schema would be more than {MAX_INLINED_VALUES} values once its $refs "
+                                     "are inlined (definitions referring to others many times over)")
+            if chars > MAX_INLINED_CHARS:
+                raise SchemaTooLarge(f"The schema's keys and strings would be more than {MAX_INLINED_CHARS} "
+                                     "characters once its $refs are inlined")
+        return SchemaSize(values, chars, below + 1)
 
-    def definition(self, name: str, depth: int) -> tuple[int, int]:
+    def definition(self, name: str, depth: int) -> SchemaSize:
         if name in self.open or len(self.open) > MAX_NESTED_INLINES:
-            return 1, 1  # recursion, or too many inlined within one another: kept as {"$ref": ...}
+            return SchemaSize(1, 0, 1)  # recursion, or too many inlined within one another: kept as a $ref
         if name not in self.measured:
             self.open.add(name)
             try:
                 self.measured[name] = self.size(self.defs[name], depth)
             finally:
                 self.open.discard(name)
-        nodes, below = self.measured[name]
-        if depth + below - 1 > MAX_INLINED_DEPTH:
+        size = self.measured[name]
+        if depth + size.depth - 1 > MAX_INLINED_DEPTH:
             raise _too_deep()
-        return nodes, below
+        return size
 
 
 def _too_deep() -> SchemaTooLarge:
     return SchemaTooLarge(f"The schema would be nested more than {MAX_INLINED_DEPTH} levels deep once its $refs "
                           "are inlined")
-
-
-def _too_many() -> SchemaTooLarge:
-    return SchemaTooLarge(f"The schema would be more than {MAX_INLINED_NODES} values once its $refs are inlined "
-                          "(definitions referring to others many times over)")

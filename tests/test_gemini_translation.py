@@ -251,6 +251,14 @@ def test_schema_past_the_inline_budget_keeps_its_refs():
     assert "$defs" not in small and "$ref" not in orjson.dumps(small).decode()
 
 
+def test_a_long_text_referred_to_many_times_is_kept_as_a_ref():
+    schema = {"$defs": {"Long": {"type": "string", "description": "x" * 100_000}}, "type": "object",
+              "properties": {f"p{i}": {"$ref": "#/$defs/Long"} for i in range(1000)}}
+    out = to_gemini_schema(schema)
+    assert out["properties"]["p999"] == {"$ref": "#/$defs/Long"} and list(out["$defs"]) == ["Long"]
+    assert len(orjson.dumps(out)) < 200_000  # not 100 MB
+
+
 def test_a_long_chain_of_kept_definitions_stays_flat():
     out = to_gemini_schema(doubling_chain(400))  # 800 levels deep if inlined; no deep recursion kept
     assert len(out["$defs"]) == 401

@@ -88,7 +88,7 @@ def wide_api_schema() -> dict:
 ], ids=["pydantic-recursive", "ai-sdk", "wide-api", "max-depth", "empty", "plain"])
 def test_schemas_real_clients_send_are_accepted(schema):
     size = check_schema(schema)
-    assert 0 < size <= sb.MAX_INLINED_NODES
+    assert 0 < size.values <= sb.MAX_INLINED_VALUES and size.depth <= sb.MAX_INLINED_DEPTH
 
 
 @pytest.mark.parametrize("n", [18, 24, 40, 400])
@@ -101,7 +101,8 @@ def test_doubling_chain_is_refused_without_inlining_it(n):
 def test_chain_that_inlines_within_the_bound_is_accepted_with_its_inlined_size():
     # 2^10 leaves, each a {"type": "string"} (2 values), plus the objects above them.
     size = check_schema(doubling_chain(10))
-    assert 2 * 2**10 < size < sb.MAX_INLINED_NODES
+    assert 2 * 2**10 < size.values < sb.MAX_INLINED_VALUES
+    assert size.depth == 2 + 2 * 10 + 1  # root -> properties -> d0 -> properties -> ... -> d10
 
 
 @pytest.mark.parametrize("levels", [sb.MAX_SCHEMA_DEPTH + 1, 300, 1000])
@@ -132,7 +133,7 @@ def test_too_deep_once_inlined_is_refused():
 
 
 def test_too_many_values_or_refs_as_sent():
-    many = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(sb.MAX_SCHEMA_NODES)}}
+    many = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(sb.MAX_SCHEMA_VALUES)}}
     with pytest.raises(SchemaTooLarge, match="values"):
         check_schema(many)
     refs = {"$defs": {"s": {"type": "string"}}, "type": "object",
@@ -150,19 +151,27 @@ def test_wide_fan_out_is_refused():
         check_schema({"$ref": "#/$defs/d0", "$defs": defs})
 
 
+def test_a_long_text_referred_to_many_times_is_refused():
+    # ~110 KB as sent, 110 MB of text once inlined: few values, many characters.
+    schema = {"$defs": {"Long": {"type": "string", "description": "x" * 100_000}}, "type": "object",
+              "properties": {f"p{i}": {"$ref": "#/$defs/Long"} for i in range(1000)}}
+    with pytest.raises(SchemaTooLarge, match="characters"):
+        check_schema(schema)
+
+
 def test_recursion_and_unknown_refs_are_not_expanded():
     mutual = {"$defs": {"A": {"type": "object", "properties": {"b": {"$ref": "#/$defs/B"}}},
                         "B": {"type": "array", "items": {"$ref": "#/$defs/A"}}},
               "type": "object", "properties": {"a": {"$ref": "#/$defs/A"}, "self": {"$ref": "#"},
                                                "remote": {"$ref": "https://example.com/s.json"},
                                                "missing": {"$ref": "#/$defs/Nope"}}}
-    assert check_schema(mutual) < 100
+    assert check_schema(mutual).values < 100
 
 
 def test_a_long_chain_of_refs_to_refs_is_measured_without_deep_recursion():
     defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(sb.MAX_SCHEMA_REFS - 1)}
     defs[f"d{sb.MAX_SCHEMA_REFS - 1}"] = {"type": "string"}
-    assert check_schema({"$ref": "#/$defs/d0", "$defs": defs}) < 10  # past MAX_NESTED_INLINES: kept
+    assert check_schema({"$ref": "#/$defs/d0", "$defs": defs}).values < 10  # past MAX_NESTED_INLINES: kept
     parse_chat_request(chat(tools=[tool("chain", {"$ref": "#/$defs/d0", "$defs": defs})]))  # was a RecursionError
 
 
@@ -191,8 +200,8 @@ def test_bad_schema_is_a_400_naming_the_param(schema):
 
 
 def test_all_schemas_of_a_request_share_one_bound():
-    one = check_schema(wide_api_schema())
-    count = sb.MAX_REQUEST_INLINED_NODES // one + 1
+    one = check_schema(wide_api_schema()).values
+    count = sb.MAX_REQUEST_INLINED_VALUES // one + 1
     parse_chat_request(chat(tools=[tool(f"t{i}", wide_api_schema()) for i in range(count - 1)]))
     err = refused(chat(tools=[tool(f"t{i}", wide_api_schema()) for i in range(count)]))
     assert err.param == f"tools[{count - 1}].function.parameters" and "together" in err.message
@@ -200,6 +209,13 @@ def test_all_schemas_of_a_request_share_one_bound():
                        response_format={"type": "json_schema",
                                         "json_schema": {"name": "x", "schema": wide_api_schema()}}))
     assert err.param == "response_format.json_schema.schema"
+
+
+def test_long_texts_of_all_schemas_of_a_request_share_one_bound():
+    texts = [tool(f"t{i}", {"type": "string", "description": "x" * 900_000}) for i in range(3)]
+    parse_chat_request(chat(tools=texts[:2]))
+    err = refused(chat(tools=texts))
+    assert err.param == "tools[2].function.parameters" and "characters" in err.message
 
 
 def test_deep_metadata_is_a_400_naming_it():

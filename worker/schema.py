@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from shared.schema_bounds import (MAX_INLINED_DEPTH, MAX_INLINED_NODES, MAX_NESTED_INLINES, SchemaTooLarge, definitions,
-                                  ref_name, ref_to)
+from shared.schema_bounds import (MAX_INLINED_CHARS, MAX_INLINED_DEPTH, MAX_INLINED_VALUES, MAX_NESTED_INLINES,
+                                  SchemaTooLarge, definitions, ref_name, ref_to)
 
 MAX_SAFE = 2**53 - 1
 
@@ -50,8 +50,8 @@ class _OverBudget(Exception):
 class _Translator:
     """One translation of one root schema; ``inline`` says whether local $refs are inlined or kept.
 
-    Inlining counts what it writes (roughly, JSON values) and how deep: past
-    ``MAX_INLINED_NODES`` or ``MAX_INLINED_DEPTH`` it gives up (``_OverBudget``)
+    Inlining counts what it writes (roughly: JSON values, characters) and how deep:
+    past ``MAX_INLINED_VALUES``, ``MAX_INLINED_CHARS`` or ``MAX_INLINED_DEPTH`` it gives up (``_OverBudget``)
     so the caller can translate again with every $ref kept, which writes about
     what was sent. The gateway refuses schemas past these bounds
     (``shared/schema_bounds.py``), so the second pass is for what slipped past it.
@@ -63,7 +63,7 @@ class _Translator:
         self.defs = definitions(root)
         self.kept_defs: dict[str, Any] = {}  # definitions that stay as $ref (recursive ones, or all)
         self.pending: list[tuple[str, tuple[str, ...]]] = []  # kept ones not translated yet
-        self.written = 0
+        self.values = self.chars = 0  # written so far
 
     def translate(self) -> Any:
         out = self.schema({k: v for k, v in self.root.items() if k not in ("$defs", "definitions")}, ("#",), 1)
@@ -81,8 +81,15 @@ class _Translator:
         return name, self.defs.get(name) if name is not None else None
 
     def _spend(self, s: dict, depth: int) -> None:
-        self.written += 1 + len(s) + sum(len(v) for v in s.values() if isinstance(v, list))
-        if depth > MAX_INLINED_DEPTH or self.written > MAX_INLINED_NODES:
+        self.values += 1 + len(s)
+        self.chars += sum(len(k) for k in s)
+        for v in s.values():
+            if isinstance(v, str):
+                self.chars += len(v)
+            elif isinstance(v, list):  # enum, required ...: copied as they are
+                self.values += len(v)
+                self.chars += sum(len(x) for x in v if isinstance(x, str))
+        if depth > MAX_INLINED_DEPTH or self.values > MAX_INLINED_VALUES or self.chars > MAX_INLINED_CHARS:
             if self.inline:
                 raise _OverBudget
             if depth > MAX_INLINED_DEPTH:  # keeping every $ref, only a schema nested this deep as sent
