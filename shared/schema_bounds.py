@@ -15,7 +15,8 @@ sent). The translation keeps its own budget too (defence in depth).
 The bounds are generous for real clients: pydantic and zod/the AI SDK emit
 ``$defs`` with tens of definitions and hundreds to a few thousand values, well
 inside them (OpenAI's own structured-output limits are 5,000 properties and 10
-levels of nesting).
+levels of nesting; Gemini refuses much smaller schemas as having "too many states
+for serving").
 """
 
 from __future__ import annotations
