@@ -11,8 +11,11 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared.errors import ApiError, bad_request
+from shared.schema_bounds import (MAX_INLINED_CHARS, MAX_INLINED_VALUES, MAX_REQUEST_INLINED_CHARS,
+                                  MAX_REQUEST_INLINED_VALUES, SchemaTooLarge, check_schema)
 
 
 class WireModel(BaseModel):
@@ -95,11 +98,26 @@ Message = Annotated[
 
 
 # --- tools and formats ----------------------------------------------------
+def bounded_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A client's JSON Schema within ``shared/schema_bounds.py``'s bounds, or a 400 naming its field."""
+    if schema is not None:
+        try:
+            check_schema(schema)
+        except SchemaTooLarge as exc:
+            raise PydanticCustomError("schema_too_large", str(exc)) from None
+    return schema
+
+
 class FunctionDefinition(WireModel):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return bounded_schema(value)
 
 
 class Tool(WireModel):
@@ -121,6 +139,11 @@ class JsonSchemaSpec(WireModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return bounded_schema(value)
 
 
 class ResponseFormatText(WireModel):
@@ -245,4 +268,26 @@ def parse_body(model: type[W], body: object) -> W:
 
 
 def parse_chat_request(body: object) -> ChatCompletionRequest:
-    return parse_body(ChatCompletionRequest, body)
+    req = parse_body(ChatCompletionRequest, body)
+    _check_schemas_together(req)
+    return req
+
+
+def _check_schemas_together(req: ChatCompletionRequest) -> None:
+    """Each schema passed its own bounds; together they must fit one request's translation budget."""
+    schemas = [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(req.tools or [])]
+    if isinstance(req.response_format, ResponseFormatJsonSchema):
+        schemas.append(("response_format.json_schema.schema", req.response_format.json_schema.schema_))
+    n = len(schemas)
+    if n * MAX_INLINED_VALUES <= MAX_REQUEST_INLINED_VALUES and n * MAX_INLINED_CHARS <= MAX_REQUEST_INLINED_CHARS:
+        return  # within the budget whatever their sizes: no need to measure them again
+    values = chars = 0
+    for param, schema in schemas:
+        if schema is not None:
+            size = check_schema(schema)
+            values, chars = values + size.values, chars + size.chars
+            if values > MAX_REQUEST_INLINED_VALUES or chars > MAX_REQUEST_INLINED_CHARS:
+                raise bad_request(f"The schemas of this request together would be more than "
+                                  f"{MAX_REQUEST_INLINED_VALUES} values or {MAX_REQUEST_INLINED_CHARS} characters "
+                                  f"once their $refs are inlined; '{param}' is past that.", param=param,
+                                  code="invalid_value")

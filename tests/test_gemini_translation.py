@@ -22,6 +22,7 @@ from worker.gemini import (SKIP_SIGNATURE, GeminiStreamReader, RequestError, map
 from worker.openai_compat import OpenAIStreamReader, completion_as_chunk, to_openai
 from worker.openai_compat import map_error as openai_map_error
 from worker.provider import Delta, ProviderError, ToolCallDelta
+from tests.test_schema_bounds import doubling_chain, nested
 from worker.schema import MAX_SAFE, to_gemini_schema
 from worker.simulator.generate import sign_call
 from worker.simulator.request import parse_generate
@@ -232,6 +233,56 @@ def test_schema_refs_defs_allof_and_recursion():
     out = to_gemini_schema(Tree.model_json_schema())
     assert out["properties"]["children"]["items"] == {"$ref": "#/$defs/Tree"}
     assert out["$defs"]["Tree"]["properties"]["children"]["items"] == {"$ref": "#/$defs/Tree"}
+
+
+# --- schemas past the bounds (the gateway refuses them first: shared/schema_bounds.py) --------------------
+def test_schema_past_the_inline_budget_keeps_its_refs():
+    bomb = doubling_chain(40)  # 2^40 leaves if inlined
+    out = to_gemini_schema(bomb)
+    assert out["properties"]["root"] == {"$ref": "#/$defs/d0"}
+    assert set(out["$defs"]) == {f"d{i}" for i in range(41)}
+    assert out["$defs"]["d0"]["properties"] == {"l": {"$ref": "#/$defs/d1"}, "r": {"$ref": "#/$defs/d1"}}
+    assert len(orjson.dumps(out)) <= len(orjson.dumps(bomb))  # about what was sent
+    tool = {"type": "function", "function": {"name": "f", "parameters": bomb}}
+    assert translate({"messages": [user("x")], "tools": [tool]})["tools"][0]["functionDeclarations"][0][
+        "parametersJsonSchema"] == out
+    # Within the budget the same shape is inlined, as before.
+    small = to_gemini_schema(doubling_chain(8))
+    assert "$defs" not in small and "$ref" not in orjson.dumps(small).decode()
+
+
+def test_a_long_text_referred_to_many_times_is_kept_as_a_ref():
+    schema = {"$defs": {"Long": {"type": "string", "description": "x" * 100_000}}, "type": "object",
+              "properties": {f"p{i}": {"$ref": "#/$defs/Long"} for i in range(1000)}}
+    out = to_gemini_schema(schema)
+    assert out["properties"]["p999"] == {"$ref": "#/$defs/Long"} and list(out["$defs"]) == ["Long"]
+    assert len(orjson.dumps(out)) < 200_000  # not 100 MB
+
+
+def test_a_long_chain_of_kept_definitions_stays_flat():
+    out = to_gemini_schema(doubling_chain(400))  # 800 levels deep if inlined; no deep recursion kept
+    assert len(out["$defs"]) == 401
+    refs_to_refs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(999)}
+    out = to_gemini_schema({"$ref": "#/$defs/d0", "$defs": {**refs_to_refs, "d999": {"type": "string"}}})
+    assert out.get("$ref", "").startswith("#/$defs/d")  # inlined 64 deep, then kept
+
+
+def test_kept_definition_names_are_json_pointer_escaped():
+    schema = {"$ref": "#/$defs/a~1b~0c",
+              "$defs": {"a/b~c": {"type": "object", "properties": {"next": {"$ref": "#/$defs/a~1b~0c"}}}}}
+    out = to_gemini_schema(schema)
+    assert out["properties"]["next"] == {"$ref": "#/$defs/a~1b~0c"} and set(out["$defs"]) == {"a/b~c"}
+
+
+@pytest.mark.parametrize("slot,param", [("tools", "tools[0].function.parameters"),
+                                        ("response_format", "response_format.json_schema.schema")])
+def test_schema_nested_too_deep_to_write_is_400_with_param(slot, param):
+    deep = nested(300)
+    where = {"tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}],
+             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": deep}}}
+    with pytest.raises(RequestError) as info:
+        to_gemini({"model": "gemini", "messages": [user("x")], slot: where[slot]}, BASE)
+    assert info.value.status == 400 and info.value.param == param and "nested" in info.value.message
 
 
 # --- request: tools --------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from google import genai
 from google.genai import errors, types
 
 from tests.simulator_helpers import run_simulator, schema_errors
+from tests.test_schema_bounds import doubling_chain
+from worker.schema import to_gemini_schema
 from worker.simulator.generate import count_text_tokens, split_units
 
 FLASH = "gemini-2.5-flash"
@@ -224,6 +226,30 @@ def test_response_schema_from_pydantic_parses(client: genai.Client) -> None:
     r = client.models.generate_content(model=FLASH, contents="order", config=cfg(
         response_mime_type="application/json", response_schema=Order))
     assert isinstance(r.parsed, Order) and all(1 <= i.qty <= 3 for i in r.parsed.items)
+
+
+WIDE_KEPT_REFS = {"$ref": "#/$defs/d0", "$defs": {
+    **{f"d{i}": {"type": "object", "required": [f"k{j}" for j in range(50)],
+                 "properties": {f"k{j}": {"$ref": f"#/$defs/d{i + 1}"} for j in range(50)}} for i in range(8)},
+    "d8": {"type": "integer"}}}
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "minItems": 10**9, "items": {"type": "integer"}},
+    {"type": "string", "minLength": 10**9},
+    WIDE_KEPT_REFS,
+], ids=["min-items", "min-length", "wide-refs"])
+def test_schema_too_complex_to_serve_is_googles_400(client: genai.Client, schema) -> None:
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(model=FLASH, contents="x", config=cfg(
+            response_mime_type="application/json", response_json_schema=schema))
+    assert info.value.code == 400 and "too many states" in info.value.message
+
+
+def test_a_chain_of_kept_refs_is_answered(client: genai.Client) -> None:
+    r = client.models.generate_content(model=FLASH, contents="x", config=cfg(
+        response_mime_type="application/json", response_json_schema=to_gemini_schema(doubling_chain(40))))
+    assert isinstance(json.loads(r.text)["root"], dict)
 
 
 def test_json_mode_without_schema(client: genai.Client) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from shared.catalog import Model
+from shared.schema_bounds import SchemaTooLarge
 from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, sse_data, transport_error
 from worker.schema import to_gemini_schema
 
@@ -236,11 +237,18 @@ def _generation_config(body: dict, model: Model) -> dict:
         config["responseMimeType"] = "application/json"
         schema = fmt["json_schema"].get("schema")
         if schema:
-            config["responseJsonSchema"] = to_gemini_schema(schema)
+            config["responseJsonSchema"] = _json_schema(schema, "response_format.json_schema.schema")
     thinking = thinking_config(body, model)
     if thinking is not None:
         config["thinkingConfig"] = thinking
     return config
+
+
+def _json_schema(schema: dict, param: str) -> dict:
+    try:
+        return to_gemini_schema(schema)
+    except SchemaTooLarge as exc:  # the gateway refuses these first; this is for what slipped past it
+        raise RequestError(f"{exc}.", param) from None
 
 
 def _tools(body: dict) -> dict:
@@ -249,13 +257,13 @@ def _tools(body: dict) -> dict:
     names = [t["function"]["name"] for t in tools]
     if tools:
         decls = []
-        for t in tools:
+        for i, t in enumerate(tools):
             fn = t["function"]
             decl = {"name": fn["name"]}
             if fn.get("description"):
                 decl["description"] = fn["description"]
             if fn.get("parameters"):
-                decl["parametersJsonSchema"] = to_gemini_schema(fn["parameters"])
+                decl["parametersJsonSchema"] = _json_schema(fn["parameters"], f"tools[{i}].function.parameters")
             decls.append(decl)
         out["tools"] = [{"functionDeclarations": decls}]
     choice = body.get("tool_choice")

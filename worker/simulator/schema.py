@@ -9,7 +9,8 @@ not checked here.
 type/object/properties/required/array/items/prefixItems/enum/const/string/integer/number/
 boolean/null/nullable/anyOf/oneOf/allOf/$ref+$defs/definitions, min/max bounds (exclusive ones
 too), minItems/maxItems, minLength/maxLength, multipleOf and a few string formats. `pattern` is
-not honoured.
+not honoured. Like Google, it refuses a schema too complex to serve (a 400 "too many states"):
+here, one whose value would take more than `MAX_GENERATED` values or characters to write.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import random
 from typing import Any
 
-from .errors import bad_value, unknown_field
+from .errors import SimError, bad_value, invalid, unknown_field
 
 # Fields of google.ai.generativelanguage.v1beta.Schema (camelCase JSON names).
 SCHEMA_FIELDS = frozenset(
@@ -128,14 +129,21 @@ WORDS = (
     "umber", "violet", "willow", "xenon", "yarrow", "zephyr",
 )
 _MAX_DEPTH = 6
+MAX_GENERATED = 20_000  # values (and string characters) one generated value may take
+TOO_MANY_STATES = "The specified schema produces a constraint that has too many states for serving."
+
+
+def too_many_states() -> SimError:
+    return invalid(TOO_MANY_STATES)
 
 
 class _Gen:
-    __slots__ = ("rng", "root")
+    __slots__ = ("rng", "root", "left")
 
     def __init__(self, rng: random.Random, root: Any):
         self.rng = rng
         self.root = root
+        self.left = MAX_GENERATED
 
     def resolve(self, ref: str) -> Any:
         if not ref.startswith("#"):
@@ -154,6 +162,9 @@ class _Gen:
         return node
 
     def value(self, schema: Any, depth: int) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise too_many_states()
         if schema is True or schema is None:
             return self.rng.choice(WORDS)
         if schema is False or not isinstance(schema, dict):
@@ -338,6 +349,9 @@ class _Gen:
             s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
         lo = int(schema.get("minLength") or 0)
         hi = schema.get("maxLength")
+        self.left -= lo
+        if self.left < 0:
+            raise too_many_states()
         while len(s) < lo:
             s += " " + rng.choice(WORDS)
         if isinstance(hi, (int, float)) and len(s) > hi:
