@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from apiinone.launcher import SIMULATOR_KEY, Stack, free_port
 from shared.settings import Settings
 from tests.conftest import Admin
-from worker.gemini import SIGNATURE_MARK
+from worker.gemini_request import SIGNATURE_MARK
 
 REAL_GEMINI_KEY = os.environ.get("GEMINI_API_KEY")  # read at import: the stack fixture unsets it
 

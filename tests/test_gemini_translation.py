@@ -17,11 +17,11 @@ from pydantic import BaseModel
 
 from shared.catalog import load_catalog
 from worker.chunks import ChunkBuilder
-from worker.gemini import (SKIP_SIGNATURE, GeminiStreamReader, RequestError, map_error, signature_from_id,
-                           to_gemini, tool_call_id, prompt_token_bound)
+from worker.gemini import GeminiStreamReader, map_error
+from worker.gemini_request import SKIP_SIGNATURE, prompt_token_bound, signature_from_id, to_gemini, tool_call_id
 from worker.openai_compat import OpenAIStreamReader, completion_as_chunk, to_openai
 from worker.openai_compat import map_error as openai_map_error
-from worker.provider import Delta, ProviderError, ToolCallDelta
+from worker.provider import Delta, ProviderError, RequestError, ToolCallDelta
 from tests.test_schema_bounds import doubling_chain, nested
 from worker.schema import MAX_SAFE, to_gemini_schema
 from worker.simulator.generate import sign_call

@@ -27,8 +27,7 @@ import aiohttp
 import orjson
 
 from shared.catalog import Model
-from worker.gemini import RequestError
-from worker.provider import Delta, ProviderError, ToolCallDelta, Usage, sse_data, transport_error
+from worker.provider import Delta, ProviderError, RequestError, ToolCallDelta, Usage, sse_data, transport_error
 
 # Fields of OpenAI's chat completion request forwarded as they are.
 FORWARDED = ("messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens",

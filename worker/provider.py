@@ -50,6 +50,19 @@ class ProviderError(ApiError):
         self.retryable = retryable  # worth another attempt while nothing has been produced
 
 
+class RequestError(ProviderError):
+    """A 400 the client caused, naming the ``param`` like OpenAI's validation errors do."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(400, message, code, error_type="invalid_request_error")
+        self.param = param
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"]["param"] = self.param
+        return body
+
+
 async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The payload of every ``data:`` line of an SSE body, as the bytes arrive.
 
