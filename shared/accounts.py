@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.credits import AccountNotFound, Credits, KeyLimits
+from shared.money import micro_to_credits
 from shared.keys import AccountKeys
 
 KEY_PREFIX = "aio_"
@@ -63,8 +64,8 @@ class KeyRecord:
         return {"id": self.id, "object": "api_key", "account_id": self.account_id, "name": self.name,
                 "prefix": self.prefix + "...", "created": self.created, "expires_at": self.expires_at or None,
                 "rpm": lim.rpm or None, "tpm": lim.tpm or None, "max_concurrent": lim.max_concurrent or None,
-                "credit_limit": lim.credit_limit_micro / 1_000_000 if lim.credit_limit_micro else None,
-                "daily_credit_limit": (lim.daily_credit_limit_micro / 1_000_000
+                "credit_limit": micro_to_credits(lim.credit_limit_micro) if lim.credit_limit_micro else None,
+                "daily_credit_limit": (micro_to_credits(lim.daily_credit_limit_micro)
                                        if lim.daily_credit_limit_micro else None)}
 
 
@@ -99,7 +100,7 @@ class Accounts:
             "id": account_id,
             "object": "account",
             "name": info.get("name", ""),
-            "balance": balance / 1_000_000,
+            "balance": micro_to_credits(balance),
             "balance_micro": balance,
             "held_micro": held,
             "available_micro": balance - held,

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.keys import AccountKeys
 from shared.settings import Settings
+from shared.money import micro_to_credits
 
 # --- key names ------------------------------------------------------------------------------
 P = keys.PREFIX
@@ -354,7 +355,7 @@ class BatchStore:
         obj["request_counts"] = {"total": _i(raw, "total") or 0, "completed": _i(raw, "completed") or 0,
                                  "failed": _i(raw, "failed") or 0}
         obj["metadata"] = orjson.loads(metadata) if metadata else None
-        obj["credits_charged"] = charged / 1_000_000
+        obj["credits_charged"] = micro_to_credits(charged)
         obj["credits_charged_micro"] = charged
         url = _s(raw, "callback_url")
         if url:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from shared.money import credits_to_micro, token_cost_micro
+from shared.money import credits_to_micro, micro_to_credits, token_cost_micro
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
 
@@ -74,11 +74,11 @@ class Model:
             "owned_by": self.provider,
             "display_name": self.display_name,
             "endpoint": self.endpoint,
-            "base_cost_credits": self.base_cost_micro / 1_000_000,
+            "base_cost_credits": micro_to_credits(self.base_cost_micro),
             "pricing": {
                 "unit": "credits per 1M tokens",
-                "input": self.input_price_micro / 1_000_000,
-                "output": self.output_price_micro / 1_000_000,
+                "input": micro_to_credits(self.input_price_micro),
+                "output": micro_to_credits(self.output_price_micro),
             },
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,

@@ -14,6 +14,7 @@ from gateway.dashboard.views import _credit_amount, see_other
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 from shared.nodes import node_status
+from shared.money import micro_to_credits
 from shared.users import ROLES, UserError
 
 MAX_REFERENCE = 200
@@ -41,7 +42,7 @@ async def create_account(request: web.Request) -> web.Response:
         return await accounts_page(request, form, errors, status=400)
     gw = gateway(request)
     account = await gw.accounts.create_account(name, initial)
-    message = f"Account “{name}” created with {initial / 1_000_000:g} credits."
+    message = f"Account “{name}” created with {micro_to_credits(initial):g} credits."
     if email:
         try:
             user = await users(request).create(email, password, account["id"], "user")
@@ -97,7 +98,7 @@ async def topup(request: web.Request) -> web.Response:
     order, created = await gateway(request).credits.credit(account["id"], amount, reference, reason="topup",
                                                            note=str(form.get("note", "")).strip()[:500])
     if created:
-        await notify(request, f"Added {amount / 1_000_000:g} credits to “{account['name']}” (order {order['id']}).")
+        await notify(request, f"Added {micro_to_credits(amount):g} credits to “{account['name']}” (order {order['id']}).")
     else:
         await notify(request, f"That top-up (reference {reference}) was already recorded; nothing was added twice.",
                      "error")
@@ -117,14 +118,14 @@ async def adjust(request: web.Request) -> web.Response:
     elif len(reason) > 500:
         errors["reason"] = "Keep the reason under 500 characters."
     if amount is not None and amount < 0 and account["balance_micro"] + amount < 0:
-        errors["amount"] = (f"That would take the balance below zero (it is {account['balance_micro'] / 1e6:g} "
+        errors["amount"] = (f"That would take the balance below zero (it is {micro_to_credits(account['balance_micro']):g} "
                             "credits).")
     if errors:
         return await account_page(request, errors, form, status=400)
     ref = "adjust-" + (str(form.get("idempotency", "")).strip()[:64] or uuid.uuid4().hex)
     _, created = await gateway(request).credits.credit(account["id"], amount, ref, reason="adjust", note=reason)
     if created:
-        await notify(request, f"Adjusted “{account['name']}” by {amount / 1_000_000:+g} credits: {reason}")
+        await notify(request, f"Adjusted “{account['name']}” by {micro_to_credits(amount):+g} credits: {reason}")
     else:
         await notify(request, "That adjustment was already recorded; nothing changed twice.", "error")
     return see_other(f"/dashboard/admin/accounts/{account['id']}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from decimal import Decimal
 from urllib.parse import quote
 
 import aiohttp_jinja2
@@ -17,6 +16,7 @@ from gateway.state import GATEWAY
 from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
                                        tokens_match)
 from shared.keys import AccountKeys
+from shared.money import micro_to_decimal
 from shared.users import User, Users
 
 log = structlog.get_logger()
@@ -35,7 +35,7 @@ def credits(micro: int | str | None, places: int = 6) -> str:
     """Micro-credits as credits: exact (up to 6 decimals, at least 2), thousands separated."""
     if micro in (None, ""):
         return "—"
-    value = Decimal(int(micro)) / 1_000_000
+    value = micro_to_decimal(micro)
     text = f"{value:,.{6}f}".rstrip("0")
     whole, _, frac = text.partition(".")
     frac = (frac + "00")[:max(2, min(len(frac), places))]
@@ -45,7 +45,7 @@ def credits(micro: int | str | None, places: int = 6) -> str:
 def usd(micro: int | str | None) -> str:
     if micro in (None, ""):
         return "—"
-    dollars = Decimal(int(micro)) / 100_000_000
+    dollars = micro_to_decimal(micro) / 100  # 1 credit = $0.01
     return f"${dollars:,.4f}".rstrip("0").rstrip(".") if dollars else "$0"
 
 

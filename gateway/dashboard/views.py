@@ -8,7 +8,6 @@ import json
 import secrets
 import time
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -25,7 +24,7 @@ from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_
 from shared import keys
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
-from shared.money import credits_to_micro
+from shared.money import credits_to_micro, micro_to_decimal
 from shared.users import MAX_PASSWORD, UserError, normalize_email
 
 LOGIN_PATH = "/dashboard/login"
@@ -141,8 +140,8 @@ def _credit_amount(form, name: str, label: str, errors: dict, allow_negative: bo
     if not raw:
         return None
     try:
-        micro = credits_to_micro(Decimal(raw))
-    except (InvalidOperation, ValueError):
+        micro = credits_to_micro(raw)
+    except ValueError:
         errors[name] = f"{label} must be a number of credits, like 25 or 2.5 (at most 6 decimals)."
         return None
     if micro == 0 or (micro < 0 and not allow_negative) or abs(micro) > 10**15:
@@ -301,7 +300,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
                 row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
                 row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
                 row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
-                str(Decimal(int(row.get("charged_micro") or 0)) / 1_000_000), row.get("latency_ms", ""),
+                str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
                 row.get("ttft_ms", ""), row.get("queue_ms", "")])
         await resp.write(buf.getvalue().encode())
         buf.seek(0)
