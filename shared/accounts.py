@@ -5,15 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import ids, keys
 from shared.credits import AccountNotFound, Credits, KeyLimits
-from shared.money import micro_to_credits
 from shared.keys import AccountKeys
+from shared.money import micro_to_credits
 
 KEY_PREFIX = "aio_"
 
@@ -77,7 +76,7 @@ class Accounts:
     async def create_account(self, name: str, credits_micro: int = 0, rpm: int = 0, tpm: int = 0,
                              max_concurrent: int = 0) -> dict:
         """A new account; ``rpm``/``tpm``/``max_concurrent`` are the defaults its new keys get."""
-        account_id = "acct_" + uuid.uuid4().hex[:16]
+        account_id = ids.ACCOUNT.new()
         k = AccountKeys(account_id)
         await self.redis.hset(k.account, mapping={"id": account_id, "name": name, "balance": 0, "held": 0,
                                                   "created": int(time.time()), "rpm": rpm, "tpm": tpm,
@@ -119,7 +118,7 @@ class Accounts:
             raise AccountNotFound(account_id)
         inherited = {f: int(v or 0) for f, v in zip(ACCOUNT_DEFAULT_FIELDS, defaults[1:])}
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = "key_" + uuid.uuid4().hex[:16]
+        key_id = ids.KEY.new()
         digest = hash_key(api_key)
         record = {"id": key_id, "account_id": account_id, "name": name, "prefix": api_key[:10],
                   "created": int(time.time()), "expires_at": expires_at}

@@ -32,10 +32,10 @@ from typing import AsyncIterator
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import ids, keys
 from shared.keys import AccountKeys
-from shared.settings import Settings
 from shared.money import micro_to_credits
+from shared.settings import Settings
 
 # --- key names ------------------------------------------------------------------------------
 P = keys.PREFIX
@@ -224,7 +224,7 @@ class BatchStore:
     async def create_result_file(self, account_id: str, batch_id: str, lines_key: str, size: int, count: int,
                                  filename: str) -> str:
         """The object for a batch's output or error list (the list itself is already there)."""
-        file_id = new_id("file-")
+        file_id = ids.FILE.new()
         ttl = int(self.settings.batch_file_retention_s)
         now = int(time.time())
         record = {"id": file_id, "object": "file", "bytes": size, "created_at": now, "filename": filename,
@@ -243,6 +243,8 @@ class BatchStore:
                 "status_details": None}
 
     async def get_file(self, account_id: str, file_id: str) -> dict | None:
+        if not ids.FILE.matches(file_id):  # e.g. "<id>:lines", the name of the file's list
+            return None
         raw = await self.redis.hgetall(file_key(file_id))
         if not raw:
             return None
@@ -304,7 +306,7 @@ class BatchStore:
     # --- batches ----------------------------------------------------------------------------
     async def create_batch(self, account_id: str, key_id: str, key_limits: dict, input_file_id: str, endpoint: str,
                            completion_window: str, metadata: dict | None, window_s: float) -> dict:
-        batch_id = new_id("batch_")
+        batch_id = ids.BATCH.new()
         now = int(time.time())
         b = BatchKeys(batch_id)
         record = {
@@ -327,6 +329,8 @@ class BatchStore:
         return await self.redis.hgetall(BatchKeys(batch_id).batch)
 
     async def get_batch(self, batch_id: str, account_id: str | None = None) -> dict | None:
+        if not ids.BATCH.matches(batch_id):
+            return None
         b = BatchKeys(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(b.batch)

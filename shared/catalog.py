@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from shared import ids
 from shared.money import credits_to_micro, micro_to_credits, token_cost_micro
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
@@ -126,6 +127,8 @@ def parse_catalog(data: dict) -> Catalog:
     nodes = {nid: Node(id=nid, provider=n["provider"]) for nid, n in data.get("nodes", {}).items()}
     models = {}
     for mid, m in data.get("models", {}).items():
+        if not ids.MODEL.matches(mid):  # the API's path parameter format: another id could never be asked for
+            raise ValueError(f"model id {mid!r}: use letters, digits and . _ : - (at most 128)")
         routes = _routes(mid, m)
         for route in routes:
             if route.node not in nodes:

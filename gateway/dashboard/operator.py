@@ -11,10 +11,11 @@ from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent
 from gateway.dashboard.render import base_url, current_session, gateway, notify, render, sessions, users
 from gateway.files import BATCH_STORE
 from gateway.dashboard.views import _credit_amount, see_other
+from shared import ids
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
-from shared.nodes import node_status
 from shared.money import micro_to_credits
+from shared.nodes import node_status
 from shared.users import ROLES, UserError
 
 MAX_REFERENCE = 200
@@ -55,10 +56,13 @@ async def create_account(request: web.Request) -> web.Response:
 
 
 async def _account(request: web.Request) -> dict:
+    account_id = request.match_info["account_id"]
     try:
-        return await gateway(request).accounts.get_account(request.match_info["account_id"])
+        if not ids.ACCOUNT.matches(account_id):  # never a Redis key name built from junk
+            raise AccountNotFound(account_id)
+        return await gateway(request).accounts.get_account(account_id)
     except AccountNotFound:
-        raise web.HTTPNotFound(text=f"There is no account {request.match_info['account_id']!r}.") from None
+        raise web.HTTPNotFound(text=f"There is no account {account_id!r}.") from None
 
 
 async def account_page(request: web.Request, errors: dict | None = None, form=None, status: int = 200):

@@ -17,6 +17,7 @@ from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_
                                        tokens_match)
 from shared.keys import AccountKeys
 from shared.money import micro_to_decimal
+from shared.redis_client import store_unavailable
 from shared.users import User, Users
 
 log = structlog.get_logger()
@@ -195,10 +196,16 @@ async def guard(request: web.Request, handler):
         response = await error_page(request, exc.status, exc.reason, exc.text if exc.text != exc.reason else
                                     "Something about this request wasn't right.")
     except RedisError as exc:
-        log.warning("dashboard: redis unavailable", error=str(exc), path=path)
-        response = await error_page(request, 503, "The data store is unavailable",
-                                    "The dashboard cannot reach its data store right now. Try again in a moment.",
-                                    {"Retry-After": "2"})
+        if not store_unavailable(exc):
+            log.error("dashboard: redis refused a command", error=str(exc), error_class=type(exc).__name__,
+                      path=path)
+            response = await error_page(request, 500, "Something went wrong",
+                                        "The dashboard hit an unexpected error. It has been logged; try again.")
+        else:
+            log.warning("dashboard: redis unavailable", error=str(exc), path=path)
+            response = await error_page(request, 503, "The data store is unavailable",
+                                        "The dashboard cannot reach its data store right now. Try again in a "
+                                        "moment.", {"Retry-After": "2"})
     except Exception:  # noqa: BLE001 - a page, not a stack trace
         log.exception("dashboard: unhandled error", path=path)
         response = await error_page(request, 500, "Something went wrong",

@@ -21,7 +21,7 @@ from gateway.dashboard.render import (account_id, base_url, current_session, cur
                                       notify, render, safe_next, sessions, users)
 from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
                                        same_origin, set_cookie, tokens_match)
-from shared import keys
+from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
@@ -191,6 +191,8 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def _own_key(request: web.Request, key_id: str) -> dict | None:
+    if not ids.KEY.matches(key_id):
+        return None
     gw = gateway(request)
     digest = await gw.redis.get(keys.api_key_id(key_id))
     if not digest:
