@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.state import GATEWAY
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
+from shared.filenames import content_disposition
 
 PURPOSES = ("batch",)
 READ_CHUNK = 64 * 1024
@@ -111,7 +112,7 @@ async def get_file(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     record, _ = await _owned(request)
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl",
-                                           "Content-Disposition": f'attachment; filename="{record["filename"]}"'})
+                                           "Content-Disposition": content_disposition(record["filename"])})
     await response.prepare(request)
     buffer: list[bytes] = []
     async for _, line in store(request).iter_lines(record["lines_key"]):

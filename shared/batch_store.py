@@ -33,6 +33,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import ids, keys
+from shared.filenames import safe_filename
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.settings import Settings
@@ -176,8 +177,12 @@ class BatchStore:
 
     # --- files ----------------------------------------------------------------------------
     async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> dict:
-        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit."""
-        file_id = new_id("file-")
+        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit.
+
+        The client's ``filename`` is stored cleaned (``shared/filenames.py``): it comes back in headers.
+        """
+        filename = safe_filename(filename)
+        file_id = ids.FILE.new()
         lines_key = file_lines_key(file_id)
         limit, ttl = self.settings.batch_max_file_bytes, int(self.settings.batch_file_retention_s)
         size, count, tail, pending = 0, 0, b"", []
