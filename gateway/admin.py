@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated
 
-import orjson
 from aiohttp import web
 from pydantic import Field
 
-from gateway.state import GATEWAY
 from gateway.auth import check_admin
-from shared import keys
+from gateway.inputs import read_body
+from gateway.state import GATEWAY
 from shared.credits import AccountNotFound
 from shared.errors import bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
-from shared.protocol import WireModel, parse_body
+from shared.protocol import WireModel
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -50,16 +48,12 @@ class NewTopup(WireModel):
 
 async def _body(request: web.Request, model: type[WireModel]):
     check_admin(request, request.app[GATEWAY].settings.admin_token)
-    try:
-        raw = await request.json(loads=orjson.loads)
-    except ValueError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    return parse_body(model, raw)
+    return await read_body(request, model)
 
 
 def _micro(credits: int | float, param: str) -> int:
     try:
-        return credits_to_micro(Decimal(str(credits)))
+        return credits_to_micro(credits)
     except ValueError as exc:
         raise bad_request(str(exc), param=param) from None
 
@@ -80,9 +74,7 @@ async def create_account(request: web.Request) -> web.Response:
 
 async def list_accounts(request: web.Request) -> web.Response:
     gw = _admin(request)
-    ids = sorted(m.decode() for m in await gw.redis.smembers(keys.ACCOUNTS))
-    return web.json_response({"object": "list", "data": [await gw.accounts.get_account(a) for a in ids],
-                              "has_more": False})
+    return web.json_response({"object": "list", "data": await gw.accounts.list_accounts(), "has_more": False})
 
 
 async def get_account(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.inputs import read_body
 from gateway.state import GATEWAY, Gateway
 from shared import keys, relay
 from shared.accounts import KeyRecord
@@ -28,10 +29,10 @@ from shared.catalog import Model
 from shared.admission import check_request, estimated_tokens, refusal
 from shared.contracts import ErrorCode, RetryKind, retry_kind
 from shared.credits import Reservation
-from shared.errors import ApiError, bad_request, not_found, unavailable
+from shared.errors import ApiError, not_found, unavailable
 from shared.reply_hub import LOST
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT, RESERVATIONS, labelled
-from shared.protocol import ChatCompletionRequest, parse_chat_request
+from shared.protocol import ChatCompletionRequest
 from shared.keys import AccountKeys
 
 log = structlog.get_logger()
@@ -69,11 +70,7 @@ class Retryable(Exception):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    req = parse_chat_request(body)
+    req = await read_body(request, ChatCompletionRequest)
     model = gw.catalog.models.get(req.model)
     if model is None:
         raise not_found(f"The model '{req.model}' does not exist. GET /api/v1/models lists the models.",

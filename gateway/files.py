@@ -14,6 +14,7 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.inputs import Paging, QueryParam
 from gateway.state import GATEWAY
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
@@ -21,7 +22,8 @@ from shared.filenames import content_disposition
 
 PURPOSES = ("batch",)
 READ_CHUNK = 64 * 1024
-MAX_LIMIT = 10_000
+PAGING = Paging(10_000, 10_000, "The id of the last file of the previous page.")
+LIST_FILTERS = (QueryParam("purpose", {"type": "string"}, "Only files with this purpose."),)
 
 
 BATCH_STORE = web.AppKey("batch_store", BatchStore)
@@ -29,17 +31,6 @@ BATCH_STORE = web.AppKey("batch_store", BatchStore)
 
 def store(request: web.Request) -> BatchStore:
     return request.app[BATCH_STORE]
-
-
-def list_params(request: web.Request, default: int, maximum: int) -> tuple[int, str | None]:
-    raw = request.query.get("limit")
-    try:
-        limit = int(raw) if raw is not None else default
-    except ValueError:
-        raise bad_request("Invalid value for 'limit': expected an integer.", param="limit") from None
-    if not 1 <= limit <= maximum:
-        raise bad_request(f"'limit' must be between 1 and {maximum}.", param="limit")
-    return limit, request.query.get("after") or None
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -135,7 +126,7 @@ async def delete_file(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     key = await gw.keys.authenticate(request)
-    limit, after = list_params(request, 10_000, MAX_LIMIT)
+    limit, after = PAGING.read(request)
     data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
     return web.json_response({"object": "list", "data": data, "has_more": more,
                               "first_id": data[0]["id"] if data else None,

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
 from aiohttp import web
 from pydantic import Field
 
-from gateway.state import GATEWAY
 from gateway.auth import check_admin
+from gateway.inputs import QueryParam, read_body
+from gateway.state import GATEWAY
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
-from shared.protocol import WireModel, parse_body
+from shared.protocol import WireModel
 from shared.users import UserError, UserExists, Users
+
+LIST_FILTERS = (QueryParam("account_id", {"type": "string"}, "Only the users of this account."),)
 
 
 def _users(request: web.Request) -> Users:
@@ -35,11 +37,7 @@ class NewUser(WireModel):
 
 async def create_user(request: web.Request) -> web.Response:
     store = _users(request)
-    try:
-        raw = await request.json(loads=orjson.loads)
-    except ValueError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    body = parse_body(NewUser, raw)
+    body = await read_body(request, NewUser)
     try:
         user = await store.create(body.email, body.password, body.account_id, body.role)
     except AccountNotFound:

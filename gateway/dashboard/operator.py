@@ -23,7 +23,7 @@ MAX_REFERENCE = 200
 
 async def accounts_page(request: web.Request, form=None, errors: dict | None = None, status: int = 200):
     query = request.query.get("q", "")
-    rows, total = await account_rows(gateway(request).redis, query)
+    rows, total = await account_rows(gateway(request).accounts, query)
     return await render(request, "admin_accounts.html", {
         "accounts": rows, "total": total, "q": query, "form": form or {}, "errors": errors or {},
         "new_ref": uuid.uuid4().hex}, status=status, nav="admin_accounts")
@@ -174,7 +174,7 @@ async def batches_page(request: web.Request) -> web.Response:
     """Every account's recent batches, newest first, with their progress and cost."""
     gw = gateway(request)
     store = request.config_dict[BATCH_STORE]
-    rows, _total = await account_rows(gw.redis)
+    rows, _total = await account_rows(gw.accounts)
     names = {row["id"]: row["name"] for row in rows}
     batches: list[dict] = []
     for account_id, name in names.items():

@@ -12,17 +12,16 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.billing import STREAM_ID
 from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
-                                    ledger_notes, usage_rows)
-from gateway.dashboard.data import usage_page as scan_usage
+                                    ledger_notes)
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
                                       notify, render, safe_next, sessions, users)
 from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
                                        same_origin, set_cookie, tokens_match)
 from shared import ids, keys
 from shared.credits import AccountNotFound
+from shared.history import is_row_id, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
 from shared.users import MAX_PASSWORD, UserError, normalize_email
@@ -37,9 +36,7 @@ def see_other(location: str) -> web.Response:
 
 def _cursor(request: web.Request) -> str | None:
     after = request.query.get("after") or None
-    if after is not None and not STREAM_ID.fullmatch(after):
-        return None
-    return after
+    return after if after is not None and is_row_id(after) else None
 
 
 # --- sign-in -------------------------------------------------------------------------------
@@ -115,7 +112,7 @@ async def overview(request: web.Request) -> web.Response:
     acct = account_id(request)
     balance = await _balance(request)
     series = await daily_series(gw.redis, acct, UsageFilters(), default_days=14, budget=20_000)
-    recent = await scan_usage(gw.redis, acct, UsageFilters(), None, limit=5, budget=500)
+    recent = await usage_page(gw.redis, acct, UsageFilters().scan(), None, limit=5, budget=500)
     key_count = await gw.redis.scard(AccountKeys(acct).keys)
     names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
     return await render(request, "overview.html", {
@@ -253,7 +250,7 @@ async def usage_view(request: web.Request) -> web.Response:
     acct = account_id(request)
     f, error = await _usage_filters(request)
     after = _cursor(request)
-    page = await scan_usage(gw.redis, acct, f, after, limit=PAGE)
+    page = await usage_page(gw.redis, acct, f.scan(), after, limit=PAGE)
     series = await daily_series(gw.redis, acct, f)
     key_list = await gw.accounts.list_keys(acct)
     names = {k["id"]: k["name"] for k in key_list}
@@ -293,7 +290,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(CSV_FIELDS)
-    async for rows in usage_rows(gw.redis, acct, f):
+    async for rows in usage_batches(gw.redis, acct, f.scan()):
         for row in rows:
             ms = int(row["id"].split("-")[0])
             out.writerow([
