@@ -12,6 +12,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.auth import request_key
 from gateway.files import store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
@@ -28,7 +29,7 @@ def _json(obj: dict, status: int = 200) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     body = await read_body(request, BatchCreateRequest)
     s = store(request)
     record = await s.get_file(key.account_id, body.input_file_id)
@@ -46,8 +47,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def _owned(request: web.Request) -> dict:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     batch_id = request.match_info["batch_id"]
     batch = await store(request).get_batch(batch_id, key.account_id)
     if batch is None:
@@ -75,8 +75,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     limit, after = PAGING.read(request)
     data, more = await store(request).list_batches(key.account_id, after, limit)
     return _json({"object": "list", "data": data, "has_more": more,
@@ -86,7 +85,7 @@ async def list_batches(request: web.Request) -> web.Response:
 async def get_webhook_secret(request: web.Request) -> web.Response:
     """The secret that signs this account's batch completion callbacks (standard-webhooks scheme)."""
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     return _json({"object": "webhook_secret", "account_id": key.account_id,
                   "secret": await webhook_secret(gw.redis, key.account_id),
                   "scheme": "HMAC-SHA256 over '{webhook-id}.{webhook-timestamp}.{body}' with the base64-decoded "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam, int_param
 from gateway.state import GATEWAY
 from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, usage_page
@@ -29,35 +30,31 @@ def _row(stream_id: str, fields: dict, obj: str) -> dict:
 
 async def credits(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
-    balance = await gw.credits.balance(key.account_id)
+    balance = await gw.credits.balance(request_key(request).account_id)
     return web.json_response(balance, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def usage(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
     limit, after = PAGING.read(request)
     rows = UsageFilter.since(int_param(request, "since", None), model=request.query.get("model") or "",
                              key_id=request.query.get("key") or "")
-    page = await usage_page(gw.redis, key.account_id, rows, after, limit, budget=None)
+    page = await usage_page(gw.redis, request_key(request).account_id, rows, after, limit, budget=None)
     return web.json_response({"object": "list", "data": [_row(r["id"], r, "billing.usage") for r in page.rows],
                               "has_more": page.next_after is not None})
 
 
 async def ledger(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
     limit, after = PAGING.read(request)
-    rows, more = await gw.credits.page(AccountKeys(key.account_id).ledger, limit, after)
+    rows, more = await gw.credits.page(AccountKeys(request_key(request).account_id).ledger, limit, after)
     return web.json_response({"object": "list", "data": [_row(i, f, "billing.ledger_entry") for i, f in rows],
                               "has_more": more})
 
 
 async def orders(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
     limit, after = PAGING.read(request)
-    rows, more = await gw.credits.page(AccountKeys(key.account_id).orders, limit, after)
+    rows, more = await gw.credits.page(AccountKeys(request_key(request).account_id).orders, limit, after)
     return web.json_response({"object": "list", "data": [orjson.loads(f["order"]) for _, f in rows],
                               "has_more": more})

@@ -14,8 +14,8 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam
-from gateway.state import GATEWAY
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
 from shared.filenames import content_disposition
@@ -39,8 +39,7 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def upload(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
                           code="invalid_content_type")
@@ -86,8 +85,7 @@ async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | No
 
 
 async def _owned(request: web.Request) -> tuple[dict, object]:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     file_id = request.match_info["file_id"]
     record = await store(request).get_file(key.account_id, file_id)
     if record is None:
@@ -124,8 +122,7 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     limit, after = PAGING.read(request)
     data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
     return web.json_response({"object": "list", "data": data, "has_more": more,

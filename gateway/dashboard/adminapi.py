@@ -1,4 +1,4 @@
-"""Admin API for dashboard users (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``).
+"""Admin API for dashboard users (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``, checked by the route table).
 
     POST /admin/users {"email", "password", "account_id", "role"?: "user"|"operator"} -> 201 user
     GET  /admin/users[?account_id=...] -> {"object": "list", "data": [user, ...]}
@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import Field
 
-from gateway.auth import check_admin
 from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
 from shared.credits import AccountNotFound
@@ -23,9 +22,7 @@ LIST_FILTERS = (QueryParam("account_id", {"type": "string"}, "Only the users of 
 
 
 def _users(request: web.Request) -> Users:
-    gw = request.app[GATEWAY]
-    check_admin(request, gw.settings.admin_token)
-    return Users(gw.redis)
+    return Users(request.app[GATEWAY].redis)
 
 
 class NewUser(WireModel):
