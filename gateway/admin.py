@@ -14,6 +14,7 @@ from shared.errors import bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
 from shared.protocol import WireModel
+from shared.supervision import supervisor_status
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -114,9 +115,11 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
+    """The nodes' worker pools, and (under `apiinone run`) the supervised processes with their restarts."""
     gw = request.app[GATEWAY]
-    return web.json_response({"object": "list", "data": await node_status(gw.redis, gw.catalog,
-                                                                          gw.settings.worker_lease_s)})
+    return web.json_response({"object": "list",
+                              "data": await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s),
+                              "supervisors": await supervisor_status(gw.redis)})
 
 
 async def audit(request: web.Request) -> web.Response:

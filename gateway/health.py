@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
 from shared.nodes import live_worker_counts
+from shared.supervision import supervisor_metrics, supervisor_status
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,7 +21,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await gw.redis.ping()
         counts = await live_worker_counts(gw.redis, list(gw.catalog.nodes), gw.settings.worker_lease_s)
-        gw.live_workers = counts  # routing sees at least what readiness reported
+        gw.dispatch.liveness.live_workers = counts  # routing sees at least what readiness reported
         reasons += [f"node {n} has no live worker" for n, c in counts.items() if not c]
     except RedisError as exc:
         counts = {}
@@ -32,4 +33,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """This process's metrics, plus the restarts `apiinone run`'s supervisor reported to Redis."""
+    try:
+        supervised = supervisor_metrics(await supervisor_status(request.app[GATEWAY].redis))
+    except RedisError:
+        supervised = b""
+    return web.Response(body=generate_latest() + supervised, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -152,7 +152,8 @@ ROUTES: tuple[Route, ...] = (
           ok=(201,), errors=(400, 401, 404, 409)),
     Route("GET", "/admin/users", adminapi.list_users, "List dashboard users", ADMIN,
           query=adminapi.LIST_FILTERS),
-    Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth", ADMIN),
+    Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s "
+          "supervised processes and their restarts", ADMIN),
     Route("GET", "/admin/audit", admin.audit, "Check balance == sum(ledger) for every account", ADMIN),
     # --- operations (no credentials) ---
     Route("GET", "/healthz", health.healthz, "The process is alive", PUBLIC, errors=()),

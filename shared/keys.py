@@ -102,3 +102,11 @@ def user_sessions(user_id: str) -> str:
 
 def login_failures(scope: str) -> str:
     return f"{PREFIX}login_fail:{scope}"  # counter with TTL: failed sign-ins per email or per client address
+
+
+# --- `apiinone run`'s supervisor (apiinone/supervisor.py, shared/supervision.py) ------------
+SUPERVISORS = PREFIX + "supervisors"  # zset: supervisor id (host:pid) -> last report ms
+
+
+def supervisor_children(supervisor_id: str) -> str:
+    return f"{PREFIX}supervisor:{supervisor_id}"  # hash with TTL: child name -> ChildReport JSON

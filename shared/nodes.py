@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog
+
+log = structlog.get_logger()
+
+LIVENESS_REFRESH_S = 1.0
 
 
 async def live_worker_counts(redis: Redis, nodes: list[str], lease_s: float) -> dict[str, int]:
@@ -18,6 +25,34 @@ async def live_worker_counts(redis: Redis, nodes: list[str], lease_s: float) -> 
             pipe.zcount(keys.node_workers(node), cutoff, "+inf")
         counts = await pipe.execute()
     return dict(zip(nodes, counts))
+
+
+class Liveness:
+    """A process's view of which nodes have live workers, refreshed every second, and of one worker."""
+
+    def __init__(self, redis: Redis, nodes: list[str], lease_s: float) -> None:
+        self.redis = redis
+        self.nodes = nodes
+        self.lease_s = lease_s
+        self.live_workers: dict[str, int] = {}
+
+    async def refresh(self) -> dict[str, int]:
+        try:
+            self.live_workers = await live_worker_counts(self.redis, self.nodes, self.lease_s)
+        except RedisError:
+            self.live_workers = {}
+        return self.live_workers
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_REFRESH_S)
+            await self.refresh()
+
+    async def worker_alive(self, worker_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(keys.worker_info(worker_id)))
+        except RedisError:
+            return True  # cannot tell; the reply channel's own failure handling covers a Redis outage
 
 
 async def node_status(redis: Redis, catalog: Catalog, lease_s: float) -> list[dict]:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from shared.launcher import Stack, free_port, valkey_binary, wait_tcp
+from apiinone.launcher import Stack, free_port, valkey_binary, wait_tcp
 from shared.settings import Settings
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from shared.keys import AccountKeys
-from shared.launcher import apiinone_command
+from apiinone.launcher import apiinone_command
 
 M = 1_000_000
 SCRATCH_DB = 15  # a database of the stack's Valkey that nothing else uses: room for a broken account

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.coalesce import Coalescer
-from shared.launcher import free_port, valkey_binary, wait_tcp
+from apiinone.launcher import free_port, valkey_binary, wait_tcp
 from shared.redis_client import make_redis
 
 

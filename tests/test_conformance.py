@@ -27,7 +27,7 @@ import pytest
 from openai import AsyncOpenAI, pydantic_function_tool
 from pydantic import BaseModel
 
-from shared.launcher import SIMULATOR_KEY, Stack, free_port
+from apiinone.launcher import SIMULATOR_KEY, Stack, free_port
 from shared.settings import Settings
 from tests.conftest import Admin
 from worker.gemini import SIGNATURE_MARK

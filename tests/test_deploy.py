@@ -1,7 +1,7 @@
 """deploy/ against the code: every manifest names only commands, settings, ports, probe paths and
 metric names that exist. Static: no Docker engine, no cluster, no server.
 
-- commands: each container's command parses with the real CLI parser (shared.cli.build_parser);
+- commands: each container's command parses with the real CLI parser (apiinone.cli.build_parser);
 - env vars: each one a manifest sets is a field (or alias) of shared.settings.Settings, a provider
   variable of the catalog, or a conventional Python/pip one, and the values validate;
 - ports and probes: gateway probes hit routes of gateway.app.create_app, metrics ports match
@@ -28,7 +28,7 @@ from pydantic import AliasChoices, ValidationError  # noqa: E402
 
 import shared.metrics as metrics  # noqa: E402
 from shared.catalog import BUNDLED_CATALOG, load_catalog  # noqa: E402
-from shared.cli import build_parser  # noqa: E402
+from apiinone.cli import build_parser  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def parse_command(argv: list[str]):
     try:
         return build_parser().parse_args([str(a) for a in argv])
     except SystemExit:
-        pytest.fail(f"`apiinone {shlex.join(map(str, argv))}` does not parse with shared.cli.build_parser")
+        pytest.fail(f"`apiinone {shlex.join(map(str, argv))}` does not parse with apiinone.cli.build_parser")
 
 
 @pytest.fixture(scope="module")
@@ -578,7 +578,7 @@ def test_dockerfile_entrypoint_user_env_and_sources():
     (cmd,) = [json.loads(rest) for op, rest in ins if op == "CMD"]
     assert entrypoint == ["apiinone"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["apiinone"] == "shared.cli:main"
+    assert scripts["apiinone"] == "apiinone.cli:main"
     assert parse_command(cmd).command == "gateway"
 
     users = [rest for op, rest in ins if op == "USER"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.launcher import Stack, free_port
+from apiinone.launcher import Stack, free_port
 from tests.conftest import Admin, make_settings, wait_settled
 from tests.pool_helpers import wait_until
 

@@ -6,9 +6,9 @@ import collections
 
 import pytest
 
-from gateway.state import Gateway
+from shared.breaker import NodeBreaker
 from shared.catalog import parse_catalog
-from shared.settings import Settings
+from shared.routing import choose_node
 
 CATALOG = {
     "providers": {"google": {"adapter": "gemini"}},
@@ -22,17 +22,22 @@ CATALOG = {
 }
 
 
+class Routing:
+    """What routing reads: the routes, a liveness snapshot, a breaker. No Redis: choose_node is pure."""
+
+    def __init__(self) -> None:
+        self.routes = parse_catalog(CATALOG).models["m"].routes
+        self.live_workers = {"a": 1, "b": 1, "c": 1}
+        self.breaker = NodeBreaker(threshold=2)
+
+
 @pytest.fixture
-def gateway():
-    # No Redis needed: routing reads the liveness snapshot, which the test sets.
-    gw = Gateway(Settings(redis_url="redis://127.0.0.1:1/0", breaker_threshold=2), parse_catalog(CATALOG))
-    gw.live_workers = {"a": 1, "b": 1, "c": 1}
-    return gw
+def gateway() -> Routing:
+    return Routing()
 
 
-async def picks(gw: Gateway, n: int = 4000, exclude=()) -> collections.Counter:
-    model = gw.catalog.models["m"]
-    return collections.Counter([await gw.pick_node(model, list(exclude)) for _ in range(n)])
+async def picks(r: Routing, n: int = 4000, exclude=()) -> collections.Counter:
+    return collections.Counter([choose_node(r.routes, r.live_workers, r.breaker.allows, exclude) for _ in range(n)])
 
 
 async def test_equal_priorities_share_by_weight(gateway):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.launcher import free_port, valkey_binary, wait_tcp
+from apiinone.launcher import free_port, valkey_binary, wait_tcp
 from shared.redis_client import make_redis
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.launcher import Stack, wait_http
+from apiinone.launcher import Stack, wait_http
 from tests.conftest import Admin, make_settings
 from tests.pool_helpers import busy_worker_pids, kill, read_sse, wait_for_busy_worker, wait_until
 

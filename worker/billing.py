@@ -101,8 +101,7 @@ class BillingWorker(BlockingPopWorker):
             # A shutdown must not drop a batch already taken off the queue: shielded, and listed
             # in arq's tasks so its drain (job_completion_wait) and close() wait for it.
             batch = asyncio.ensure_future(self.settle_batch(jobs))
-            self.tasks["settle-batch"] = batch
-            batch.add_done_callback(lambda _task: self.tasks.pop("settle-batch", None))
+            self.track("settle-batch", batch)
             await asyncio.shield(batch)
             if len(jobs) < BATCH:
                 # Linger a moment after a small batch so the next one is bigger: under load this

@@ -1,30 +1,35 @@
-"""The chat job: one request, from the node queue to its gateway and the billing queue.
+"""The chat job: one request, from the node queue to its relaying process and the billing queue.
 
 Outcomes and what they cost (ARCHITECTURE "Credits"):
   succeeded  -> charged the token cost
   cancelled  -> the client left; charged for what the provider produced
   failed     -> provider error (before or mid-stream), timeout, shutdown: refunded in full
+
+``run_chat`` takes what it needs as a ``JobRuntime`` (adapter, publisher's pipeline, settlement
+sink, cancel registry, catalog, settings) and returns a ``JobOutcome``; the settlement is built by
+the pure ``build_settlement``. The node worker (worker/node_worker.py) supplies the real runtime;
+tests supply a fake adapter and fakeredis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, AsyncIterator
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Protocol
 
 import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from shared import relay
-from shared.catalog import Model
+from shared.catalog import Catalog, Model
+from shared.coalesce import Coalescer
+from shared.contracts import BILLABLE, ChatJob, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
+from shared.settings import Settings
 from worker.chunks import ChunkBuilder
-from worker.provider import Adapter, Delta, ProviderError
+from worker.provider import Adapter, Delta, ProviderError, Usage
 from worker.publisher import ReplyPublisher
-
-if TYPE_CHECKING:
-    from worker.node_worker import NodeWorker
 
 log = structlog.get_logger()
 
@@ -32,8 +37,71 @@ RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
 LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its error passed on at once
 
 
+class CancelRegistry:
+    """The jobs whose clients left. A streaming job is interrupted at once; a non-stream job is one
+    upstream call the provider generates and bills whole, so it runs to its end (``finish_on_cancel``)."""
+
+    def __init__(self) -> None:
+        self.client_left: set[str] = set()
+        self.finish_on_cancel: set[str] = set()
+
+    def cancel(self, request_id: str, task: asyncio.Task | None) -> None:
+        if task is None or task.done():
+            return
+        self.client_left.add(request_id)
+        if request_id not in self.finish_on_cancel:
+            task.cancel()
+
+    def settle_client_left(self, request_id: str) -> bool:
+        """Whether the client left; forgets the job."""
+        self.finish_on_cancel.discard(request_id)
+        if request_id in self.client_left:
+            self.client_left.discard(request_id)
+            return True
+        return False
+
+
+class SettlementSink(Protocol):
+    async def finish(self, publisher: ReplyPublisher, frames: bytes, settlement: Settlement) -> None:
+        """The last frames to the relaying process and the settlement to billing, in one round trip."""
+
+    async def store_result(self, job: ChatJob, final: bytes) -> None:
+        """A batch line's final reply, kept where its batch worker finds it after a lost reply."""
+
+
+@dataclass
+class JobRuntime:
+    """What a chat job needs from the process running it."""
+
+    catalog: Catalog
+    settings: Settings
+    worker_id: str
+    adapter: Callable[[str], Adapter]  # node -> that node's adapter
+    coalescer: Coalescer  # the worker's shared pipeline (publishes)
+    sink: SettlementSink
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+
+
+@dataclass
+class JobOutcome:
+    status: RequestStatus
+    error: ProviderError | None
+    settlement: Settlement
+    frames: bytes  # the last frames published
+
+
+@dataclass
+class Generation:
+    """What the upstream call produced, and how it ended."""
+
+    builder: ChunkBuilder
+    status: RequestStatus = RequestStatus.SUCCEEDED
+    error: ProviderError | None = None
+    ttft_ms: int | None = None
+
+
 async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int,
-                             incremental: bool = True) -> AsyncIterator[Delta]:
+                              incremental: bool = True) -> AsyncIterator[Delta]:
     """Retry 429/5xx while nothing has been produced; never after output began."""
     attempt, spent = 0, 0.0
     while True:
@@ -53,123 +121,118 @@ async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retrie
             attempt, spent = attempt + 1, spent + pause
 
 
-async def store_result(worker: NodeWorker, job: dict, final: bytes) -> None:
-    for attempt in range(5):
-        try:
-            await worker.pool.set(job["result_key"], final, ex=int(job.get("result_ttl_s") or 86400))
-            return
-        except RedisError as exc:
-            log.warning("batch result not stored, retrying", request_id=job["id"], error=str(exc))
-            await asyncio.sleep(0.2 * 2**attempt)
+def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool, latency_ms: int,
+                     queue_ms: float) -> Settlement:
+    """The settlement the billing worker prices and applies: a pure function of the job's end."""
+    u = gen.builder.usage if billable else Usage()
+    return {
+        "request_id": job["id"], "account_id": job["account_id"], "key_id": job["key_id"], "model": model.id,
+        "node": job["node"], "status": gen.status, "error_code": gen.error.code if gen.error else "",
+        "finish_reason": gen.builder.finish_reason or "", "stream": int(job["stream"]),
+        "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+        "reasoning_tokens": u.reasoning_tokens, "cached_tokens": u.cached_tokens,
+        "latency_ms": latency_ms, "ttft_ms": gen.ttft_ms if gen.ttft_ms is not None else "",
+        "queue_ms": int(queue_ms), "created": job["created"], "batch_id": job.get("batch_id", ""),
+        "trace_id": job.get("trace_id", ""),
+    }
 
 
-async def run_chat(ctx: dict, job: dict) -> str:
-    worker: NodeWorker = ctx["worker"]
-    rid = job["id"]
-    structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
-    model = worker.catalog.models[job["model"]]
-    publisher = ReplyPublisher(worker.coalescer, job["reply_to"], rid, first=ctx.get("claimed", ()))
-    publisher.announce(relay.frame(relay.STARTED, worker.worker_id.encode()))
-    builder = ChunkBuilder(rid, model.id, job["created"])
-    stream = job["stream"]
+async def _generate(rt: JobRuntime, job: ChatJob, model: Model, publisher: ReplyPublisher) -> Generation:
+    """Call the upstream and relay its chunks; how it ended is in the result, never an exception."""
+    rid, stream = job["id"], job["stream"]
+    gen = Generation(ChunkBuilder(rid, model.id, job["created"]))
     started = time.monotonic()
-    queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
-    labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
-    ttft_ms: int | None = None
-    status, error = "succeeded", None
     try:
         if not stream:
             # One answer, one upstream call: a client that leaves meanwhile does not interrupt it
             # (the provider generates and bills the whole answer anyway); it is billed when it ends.
-            worker.finish_on_cancel.add(rid)
-        deltas = stream_with_retries(worker.adapter(job["node"]), job["body"], model, worker.settings.upstream_retries,
+            rt.cancels.finish_on_cancel.add(rid)
+        deltas = stream_with_retries(rt.adapter(job["node"]), job["body"], model, rt.settings.upstream_retries,
                                      incremental=stream)
-        async with asyncio.timeout(worker.settings.request_timeout_s):
+        async with asyncio.timeout(rt.settings.request_timeout_s):
             async for delta in deltas:
-                chunks = builder.add(delta)
-                if chunks and ttft_ms is None:
-                    ttft_ms = int((time.monotonic() - started) * 1000)
+                chunks = gen.builder.add(delta)
+                if chunks and gen.ttft_ms is None:
+                    gen.ttft_ms = int((time.monotonic() - started) * 1000)
                 if stream:
                     for chunk in chunks:
                         publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
-        if builder.finish_reason is None:
+        if gen.builder.finish_reason is None:
             raise ProviderError(502, "The upstream stream ended before the answer was complete.",
                                 "upstream_stream_broken")
     except ProviderError as exc:
-        status, error = "failed", exc
+        gen.status, gen.error = RequestStatus.FAILED, exc
     except TimeoutError:
-        status, error = "failed", ProviderError(
-            504, f"The request did not finish within {worker.settings.request_timeout_s:g}s.", "request_timeout")
+        gen.status, gen.error = RequestStatus.FAILED, ProviderError(
+            504, f"The request did not finish within {rt.settings.request_timeout_s:g}s.", "request_timeout")
     except asyncio.CancelledError:
-        if worker.cancel_reasons.pop(rid, None) == "client":
-            status = "cancelled"
+        if rid in rt.cancels.client_left:
+            gen.status = RequestStatus.CANCELLED
         else:
-            status, error = "failed", ProviderError(503, "The worker shut down before the answer was complete.",
-                                                    "worker_shutdown", retryable=True, retry_after=1.0)
+            gen.status, gen.error = RequestStatus.FAILED, ProviderError(
+                503, "The worker shut down before the answer was complete.", "worker_shutdown", retryable=True,
+                retry_after=1.0)
     except Exception as exc:  # a bug must still end the request and refund it
         log.exception("chat job crashed", request_id=rid)
-        status, error = "failed", ProviderError(500, f"Internal error: {exc.__class__.__name__}", "internal_error")
+        gen.status, gen.error = RequestStatus.FAILED, ProviderError(
+            500, f"Internal error: {exc.__class__.__name__}", "internal_error")
+    if rt.cancels.settle_client_left(rid) and gen.status == RequestStatus.SUCCEEDED:
+        gen.status = RequestStatus.CANCELLED  # the client left a non-stream request that still ran to its end
+    return gen
 
-    worker.finish_on_cancel.discard(rid)
-    if worker.cancel_reasons.pop(rid, None) == "client" and status == "succeeded":
-        status = "cancelled"  # the client left a non-stream request that still ran to its end
-    usage = builder.usage
-    billable = status in ("succeeded", "cancelled") and usage is not None
-    charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
-    frames = b""
-    final = None
-    if status == "succeeded":
-        if stream:
+
+def final_frames(job: ChatJob, gen: Generation, charge_micro: int) -> tuple[bytes, bytes | None]:
+    """(every last frame, the one that is the request's answer or error: kept for batch lines)."""
+    frames, final = b"", None
+    if gen.status == RequestStatus.SUCCEEDED:
+        if job["stream"]:
             if job.get("include_usage"):
-                frames += relay.frame(relay.CHUNK, orjson.dumps(builder.usage_chunk(charge)))
+                frames += relay.frame(relay.CHUNK, orjson.dumps(gen.builder.usage_chunk(charge_micro)))
             frames += relay.frame(relay.DONE)
         else:
-            final = relay.frame(relay.RESULT, orjson.dumps(builder.completion(charge)))
-    elif error is not None:
-        final = relay.error_frame(error.status, error.body(), error.retry_after)
+            final = relay.frame(relay.RESULT, orjson.dumps(gen.builder.completion(charge_micro)))
+    elif gen.error is not None:
+        final = relay.error_frame(gen.error.status, gen.error.body(), gen.error.retry_after)
+    return frames + (final or b""), final
+
+
+async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
+    rid = job["id"]
+    structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
+    model = rt.catalog.models[job["model"]]
+    publisher = ReplyPublisher(rt.coalescer, job["reply_to"], rid, first=claimed)
+    publisher.announce(relay.frame(relay.STARTED, rt.worker_id.encode()))
+    started = time.monotonic()
+    queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
+    labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
+
+    gen = await _generate(rt, job, model, publisher)
+    usage = gen.builder.usage
+    billable = gen.status in BILLABLE and usage is not None
+    charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+    frames, final = final_frames(job, gen, charge)
     if final is not None and job.get("result_key"):
-        # Batch lines: the answer outlives a lost reply (worker/batch.py), stored before it is billed.
-        await store_result(worker, job, final)
-    if final is not None:
-        frames += final
-
+        await rt.sink.store_result(job, final)  # batch lines: the answer outlives a lost reply, stored before billing
     elapsed = time.monotonic() - started
-    u = usage
-    settlement = {
-        "request_id": rid,
-        "account_id": job["account_id"],
-        "key_id": job["key_id"],
-        "model": model.id,
-        "node": job["node"],
-        "status": status,
-        "error_code": error.code if error else "",
-        "finish_reason": builder.finish_reason or "",
-        "stream": int(stream),
-        "prompt_tokens": u.prompt_tokens if billable else 0,
-        "completion_tokens": u.completion_tokens if billable else 0,
-        "reasoning_tokens": u.reasoning_tokens if billable else 0,
-        "cached_tokens": u.cached_tokens if billable else 0,
-        "latency_ms": int(elapsed * 1000),
-        "ttft_ms": ttft_ms if ttft_ms is not None else "",
-        "queue_ms": int(queue_ms),
-        "created": job["created"],
-        "batch_id": job.get("batch_id", ""),
-        "trace_id": job.get("trace_id", ""),
-    }
-    await worker.finish(publisher, frames, settlement)
+    settlement = build_settlement(job, model, gen, billable, int(elapsed * 1000), queue_ms)
+    await rt.sink.finish(publisher, frames, settlement)
+    _observe(job, model, gen, billable, elapsed, queue_ms)
+    return JobOutcome(gen.status, gen.error, settlement, frames)
 
-    labelled(JOBS, job["node"], model.id, status).inc()
-    labelled(JOB_DURATION, job["node"], model.id).observe(elapsed)
-    if ttft_ms is not None:
-        labelled(TTFT, job["node"], model.id).observe(ttft_ms / 1000)
+
+def _observe(job: ChatJob, model: Model, gen: Generation, billable: bool, elapsed: float, queue_ms: float) -> None:
+    node, usage, error = job["node"], gen.builder.usage, gen.error
+    labelled(JOBS, node, model.id, gen.status).inc()
+    labelled(JOB_DURATION, node, model.id).observe(elapsed)
+    if gen.ttft_ms is not None:
+        labelled(TTFT, node, model.id).observe(gen.ttft_ms / 1000)
     if error is not None:
-        labelled(UPSTREAM_ERRORS, job["node"], error.code).inc()
+        labelled(UPSTREAM_ERRORS, node, error.code).inc()
     if billable:
-        labelled(TOKENS, job["node"], model.id, "prompt").inc(usage.prompt_tokens)
-        labelled(TOKENS, job["node"], model.id, "completion").inc(usage.completion_tokens)
-        labelled(TOKENS, job["node"], model.id, "reasoning").inc(usage.reasoning_tokens)
-    log.info("job", status=status, node=job["node"], model=model.id, ms=int(elapsed * 1000), ttft_ms=ttft_ms,
+        labelled(TOKENS, node, model.id, "prompt").inc(usage.prompt_tokens)
+        labelled(TOKENS, node, model.id, "completion").inc(usage.completion_tokens)
+        labelled(TOKENS, node, model.id, "reasoning").inc(usage.reasoning_tokens)
+    log.info("job", status=gen.status, node=node, model=model.id, ms=int(elapsed * 1000), ttft_ms=gen.ttft_ms,
              queue_ms=queue_ms, error=error.code if error else None,
-             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0)
-    return status
-
+             prompt_tokens=usage.prompt_tokens if usage else 0,
+             completion_tokens=usage.completion_tokens if usage else 0)

@@ -45,6 +45,12 @@ log = structlog.get_logger()
 logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs two lines per job
 
 
+# The members of arq's Worker this module relies on (checked by tests/test_architecture.py);
+# no other module touches them: they go through running_job(), track() and inflight().
+ARQ_INTERNALS = ("allow_pick_jobs", "loop", "job_tasks", "tasks", "job_counter", "jobs_complete", "jobs_failed",
+                 "functions", "job_timeout_s", "ctx", "pool", "on_startup", "max_jobs", "job_deserializer",
+                 "_release_sem_dec_counter_on_complete")
+
 PRIORITY_RECHECK_S = 0.05
 CLAIM_AT_ONCE = 16  # most jobs one pop may claim (no more than the worker's free slots)
 
@@ -171,3 +177,12 @@ class BlockingPopWorker(Worker):
 
     def inflight(self) -> int:
         return self.job_counter
+
+    def running_job(self, job_id: str) -> asyncio.Task | None:
+        """The task running a claimed job, if it runs here."""
+        return self.job_tasks.get(job_id)
+
+    def track(self, name: str, task: asyncio.Future) -> None:
+        """Have arq's drain (``job_completion_wait``) and ``close()`` wait for ``task`` as for a job."""
+        self.tasks[name] = task
+        task.add_done_callback(lambda _task: self.tasks.pop(name, None))

@@ -26,12 +26,12 @@ from shared.metrics import WORKER_INFLIGHT
 from shared.queue import NodeQueue, deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
-from worker.chat_job import run_chat
+from worker.chat_job import CancelRegistry, JobRuntime, run_chat
 from worker.claiming import BlockingPopWorker
 from worker.gemini import GeminiAdapter
 from worker.openai_compat import OpenAICompatAdapter
 from worker.provider import Adapter
-from worker.publisher import ReplyPublisher
+from worker.settlement_sink import BillingQueueSink
 
 log = structlog.get_logger()
 
@@ -52,6 +52,12 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
     raise ValueError(f"node {node!r}: unknown adapter {provider.adapter!r}")
 
 
+async def chat(ctx: dict, job: dict) -> str:
+    """The arq job function: one chat request on this worker's runtime."""
+    worker: NodeWorker = ctx["worker"]
+    return (await run_chat(worker.runtime, job, ctx.get("claimed", ()))).status
+
+
 class NodeWorker(BlockingPopWorker):
     def __init__(self, node: str, concurrency: int, settings: Settings | None = None,
                  catalog: Catalog | None = None) -> None:
@@ -61,14 +67,12 @@ class NodeWorker(BlockingPopWorker):
             raise SystemExit(f"unknown node {node!r}; the catalog has: {', '.join(self.catalog.nodes)}")
         self.node = node
         self.worker_id = f"{node}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.cancel_reasons: dict[str, str] = {}
-        self.finish_on_cancel: set[str] = set()  # jobs a client cancel marks but does not interrupt
         self._adapter: Adapter | None = None
         self.started_at = int(time.time())
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
         super().__init__(
             # The job enforces request_timeout_s itself (a clean 504); arq's timeout is only a backstop.
-            functions=[func(run_chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s + 30)],
+            functions=[func(chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s + 30)],
             queue_name=keys.node_queue(node),
             redis_pool=pool,
             claim_queues=[keys.node_queue(node), keys.node_batch_queue(node)],
@@ -84,6 +88,8 @@ class NodeWorker(BlockingPopWorker):
         self.ctx["worker"] = self
         self.queue = NodeQueue(pool)
         self.coalescer = Coalescer(pool)  # every job's Redis commands share one pipeline at a time
+        self.runtime = JobRuntime(self.catalog, self.settings, self.worker_id, self.adapter, self.coalescer,
+                                  BillingQueueSink(pool), CancelRegistry())
 
     def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
         """A batch line's key says which worker runs it from its first write on: a batch worker that
@@ -98,30 +104,6 @@ class NodeWorker(BlockingPopWorker):
         if self._adapter is None:
             self._adapter = build_adapter(self.catalog, node, self.settings)
         return self._adapter
-
-    async def finish(self, publisher: ReplyPublisher, frames: bytes, settlement: dict) -> None:
-        """The last frames to the gateway and the settlement to billing, in one round trip."""
-        try:
-            await publisher.close(frames, also=self._settlement_commands(settlement))
-        except RedisError as exc:
-            log.warning("final publish failed; retrying the billing hand-off", error=str(exc))
-            await self.hand_to_billing(settlement)
-
-    @staticmethod
-    def _settlement_commands(settlement: dict) -> list[tuple]:
-        return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement)
-
-    async def hand_to_billing(self, settlement: dict) -> None:
-        """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""
-        for attempt in range(5):
-            try:
-                for command in self._settlement_commands(settlement):
-                    await self.pool.execute_command(*command)
-                return
-            except RedisError as exc:
-                log.warning("billing hand-off failed", request_id=settlement["request_id"], error=str(exc))
-                await asyncio.sleep(0.2 * 2**attempt)
-        log.error("billing hand-off gave up; the hold will be reconciled", request_id=settlement["request_id"])
 
     async def background(self) -> list:
         return [self._heartbeat(), self._listen_for_cancels()]
@@ -156,11 +138,7 @@ class NodeWorker(BlockingPopWorker):
                     await pubsub.subscribe(keys.node_cancel_channel(self.node))
                     async for message in pubsub.listen():
                         request_id = message["data"].decode()
-                        task = self.job_tasks.get(request_id)
-                        if task is not None and not task.done():
-                            self.cancel_reasons[request_id] = "client"
-                            if request_id not in self.finish_on_cancel:
-                                task.cancel()
+                        self.runtime.cancels.cancel(request_id, self.running_job(request_id))
                 except RedisError as exc:
                     log.warning("cancel listener lost Redis, reconnecting", error=str(exc))
                     await asyncio.sleep(0.5)

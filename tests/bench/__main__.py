@@ -1,4 +1,4 @@
-"""`make bench` / `python -m tests.bench` / `apiinone bench`: overhead, throughput and CPU, side by side.
+"""`make bench` / `python -m tests.bench`: overhead, throughput and CPU, side by side.
 
 Starts the product (embedded Valkey, simulator, gateway, node62 worker, billing
 worker) on free loopback ports, then drives the same closed-loop load generator
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from shared.launcher import SIMULATOR_KEY, Stack, free_port, valkey_binary
+from apiinone.launcher import SIMULATOR_KEY, Stack, free_port, valkey_binary
 from shared.settings import Settings
 from tests.bench import peers as peers_mod
 from tests.bench import report, scale

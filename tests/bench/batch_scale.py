@@ -127,7 +127,7 @@ def main() -> None:
     import tempfile
     from pathlib import Path
 
-    from shared.launcher import Stack, free_port
+    from apiinone.launcher import Stack, free_port
     from shared.settings import Settings
 
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000

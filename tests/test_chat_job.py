@@ -1,0 +1,199 @@
+"""The chat job runtime in process: a fake adapter, fakeredis for the publishes, a recording sink.
+
+The real-process suite (test_chat_path, test_worker_pools, test_credits_e2e) drives the same
+code through the node worker; these tests reach the outcomes that are hard to provoke there
+(each ending's status, charge and frames) in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import fakeredis
+import orjson
+import pytest
+
+from shared import relay
+from shared.catalog import get_catalog
+from shared.coalesce import Coalescer
+from shared.contracts import USAGE_FIELDS, RequestStatus
+from shared.settings import Settings
+from worker.chat_job import CancelRegistry, JobRuntime, build_settlement, run_chat
+from worker.provider import Delta, ProviderError, Usage
+
+CHANNEL = "aio:gw:test"
+
+
+class FakeAdapter:
+    """Yields the given deltas (with a pause between them), then raises ``fail`` if given."""
+
+    def __init__(self, deltas: list[Delta], fail: ProviderError | None = None, pause_s: float = 0.0) -> None:
+        self.deltas, self.fail, self.pause_s = deltas, fail, pause_s
+        self.calls = 0
+
+    async def stream(self, body, model, incremental=True):
+        self.calls += 1
+        for d in self.deltas:
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
+            yield d
+        if self.fail is not None:
+            raise self.fail
+
+    async def close(self) -> None:
+        pass
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.settlements: list[dict] = []
+        self.results: dict[str, bytes] = {}
+        self.frames: list[bytes] = []
+
+    async def finish(self, publisher, frames, settlement) -> None:
+        await publisher.close(frames)
+        self.frames.append(frames)
+        self.settlements.append(settlement)
+
+    async def store_result(self, job, final) -> None:
+        self.results[job["result_key"]] = final
+
+
+def answer(tokens_out: int = 12, reasoning: int = 4) -> list[Delta]:
+    usage = Usage(prompt_tokens=20, completion_tokens=tokens_out, reasoning_tokens=reasoning)
+    return [Delta(reasoning="thinking"), Delta(content="Hello"), Delta(content=" world", finish_reason="stop",
+                                                                        usage=usage)]
+
+
+@pytest.fixture
+async def redis():
+    client = fakeredis.FakeAsyncRedis()
+    yield client
+    await client.aclose()
+
+
+def runtime(redis, adapter, settings: Settings | None = None) -> JobRuntime:
+    settings = settings or Settings(redis_url="redis://unused", request_timeout_s=5, upstream_retries=0)
+    return JobRuntime(get_catalog(), settings, "worker-test", lambda node: adapter, Coalescer(redis),
+                      RecordingSink(), CancelRegistry())
+
+
+def job(stream: bool, **extra) -> dict:
+    return {"id": "chatcmpl-test" + str(stream), "account_id": "acct_x", "key_id": "key_x", "model": "gemini",
+            "node": "node62", "reply_to": CHANNEL, "trace_id": "req_1", "stream": stream, "include_usage": True,
+            "body": {"model": "gemini", "messages": [{"role": "user", "content": "hi"}]}, "created": 1,
+            "enqueued_ms": 0, **extra}
+
+
+@pytest.fixture
+async def frames_seen(redis):
+    """Every frame published on the job's channel, in order, read back through a subscription."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+
+    async def read() -> list[tuple[bytes, bytes]]:
+        out = []
+        while (message := await pubsub.get_message(timeout=0.05)) is not None:
+            if message["type"] == "message":
+                _rid, frames = relay.split_message(message["data"])
+                out += list(relay.iter_frames(frames))
+        return out
+
+    yield read
+    await pubsub.aclose()
+
+
+async def test_a_stream_that_completes_is_charged_its_tokens(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer()))
+    outcome = await run_chat(rt, job(stream=True))
+    model = rt.catalog.models["gemini"]
+    assert outcome.status == RequestStatus.SUCCEEDED and outcome.error is None
+    s = outcome.settlement
+    assert (s["prompt_tokens"], s["completion_tokens"], s["reasoning_tokens"]) == (20, 12, 4)
+    kinds = [k for k, _ in await frames_seen()]
+    assert kinds[0] == relay.STARTED and kinds[-1] == relay.DONE and relay.CHUNK in kinds
+    usage_chunk = orjson.loads([p for k, p in relay.iter_frames(outcome.frames) if k == relay.CHUNK][-1])
+    assert usage_chunk["usage"]["credits_charged"] == model.cost_micro(20, 12) / 1_000_000
+    assert rt.sink.settlements == [s]
+
+
+async def test_a_non_stream_answer_is_one_result_frame(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer()))
+    outcome = await run_chat(rt, job(stream=False))
+    (kind, payload), = list(relay.iter_frames(outcome.frames))
+    assert kind == relay.RESULT
+    body = orjson.loads(payload)
+    assert body["choices"][0]["message"]["content"] == "Hello world"
+    assert body["choices"][0]["message"]["reasoning_content"] == "thinking"
+
+
+async def test_a_provider_error_before_output_is_refunded_and_reported(redis, frames_seen):
+    error = ProviderError(503, "upstream unavailable", "upstream_unavailable", retryable=True)
+    rt = runtime(redis, FakeAdapter([], fail=error))
+    outcome = await run_chat(rt, job(stream=True))
+    assert outcome.status == RequestStatus.FAILED and outcome.error is error
+    assert outcome.settlement["completion_tokens"] == 0 and outcome.settlement["error_code"] == "upstream_unavailable"
+    (kind, payload), = list(relay.iter_frames(outcome.frames))
+    assert kind == relay.ERROR and orjson.loads(payload)["status"] == 503
+
+
+async def test_a_stream_cut_by_the_upstream_is_a_failure_not_a_charge(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer()[:2]))  # no finish reason: the stream broke
+    outcome = await run_chat(rt, job(stream=True))
+    assert outcome.status == RequestStatus.FAILED
+    assert outcome.error.code == "upstream_stream_broken"
+    assert outcome.settlement["prompt_tokens"] == 0
+
+
+async def test_a_client_that_leaves_a_stream_pays_for_what_was_produced(redis, frames_seen):
+    usage = Usage(prompt_tokens=20, completion_tokens=30)
+    deltas = [Delta(content="a", usage=usage)] * 50 + [Delta(content="z", finish_reason="stop", usage=usage)]
+    rt = runtime(redis, FakeAdapter(deltas, pause_s=0.01))
+    j = job(stream=True)
+    task = asyncio.create_task(run_chat(rt, j))
+    await asyncio.sleep(0.1)
+    rt.cancels.cancel(j["id"], task)  # what the node worker's cancel listener does
+    outcome = await task
+    assert outcome.status == RequestStatus.CANCELLED
+    assert outcome.settlement["completion_tokens"] == 30, "disconnecting is never free generation"
+    assert not rt.cancels.client_left, "the registry forgets the job"
+
+
+async def test_a_non_stream_job_runs_to_its_end_when_its_client_leaves(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer(), pause_s=0.05))
+    j = job(stream=False)
+    task = asyncio.create_task(run_chat(rt, j))
+    await asyncio.sleep(0.02)
+    rt.cancels.cancel(j["id"], task)
+    outcome = await task
+    assert outcome.status == RequestStatus.CANCELLED
+    assert outcome.settlement["completion_tokens"] == 12, "billed once, for the whole answer"
+
+
+async def test_a_worker_shutdown_fails_the_job_retryably(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer(), pause_s=0.05))
+    task = asyncio.create_task(run_chat(rt, job(stream=True)))
+    await asyncio.sleep(0.02)
+    task.cancel()  # arq's shutdown cancels running jobs
+    outcome = await task
+    assert outcome.status == RequestStatus.FAILED and outcome.error.code == "worker_shutdown"
+    assert outcome.settlement["completion_tokens"] == 0
+
+
+async def test_a_batch_line_keeps_its_answer_before_it_is_billed(redis, frames_seen):
+    rt = runtime(redis, FakeAdapter(answer()))
+    outcome = await run_chat(rt, job(stream=False, batch_id="batch_1", result_key="aio:result:1"))
+    assert rt.sink.results["aio:result:1"] == outcome.frames
+    assert outcome.settlement["batch_id"] == "batch_1"
+
+
+def test_a_settlement_carries_every_usage_field():
+    from worker.chat_job import Generation
+    from worker.chunks import ChunkBuilder
+
+    gen = Generation(ChunkBuilder("r", "gemini", 1))
+    model = get_catalog().models["gemini"]
+    settlement = build_settlement(job(stream=True), model, gen, billable=False, latency_ms=5, queue_ms=1.5)
+    assert set(USAGE_FIELDS) <= set(settlement), "settle.lua's usage row is built from these"
+    assert settlement["ttft_ms"] == "" and settlement["queue_ms"] == 1
