@@ -122,10 +122,7 @@ async def _admin(args) -> object:
         if what == ("accounts", "show"):
             return await accounts.get_account(args.account_id)
         if what == ("accounts", "list"):
-            from shared import keys
-
-            ids = sorted(m.decode() for m in await redis.smembers(keys.ACCOUNTS))
-            return [await accounts.get_account(a) for a in ids]
+            return await accounts.list_accounts()
         if what == ("keys", "create"):
             return await accounts.create_key(
                 args.account_id, args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent,

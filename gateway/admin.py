@@ -1,22 +1,19 @@
-"""The operator's admin API (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``)."""
+"""The operator's admin API (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``, checked by the route table)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated
 
-import orjson
 from aiohttp import web
 from pydantic import Field
 
+from gateway.inputs import read_body
 from gateway.state import GATEWAY
-from gateway.auth import check_admin
-from shared import keys
 from shared.credits import AccountNotFound
 from shared.errors import bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
-from shared.protocol import WireModel, parse_body
+from shared.protocol import WireModel
 from shared.supervision import supervisor_status
 
 
@@ -49,30 +46,15 @@ class NewTopup(WireModel):
     reference: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-async def _body(request: web.Request, model: type[WireModel]):
-    check_admin(request, request.app[GATEWAY].settings.admin_token)
-    try:
-        raw = await request.json(loads=orjson.loads)
-    except ValueError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    return parse_body(model, raw)
-
-
 def _micro(credits: int | float, param: str) -> int:
     try:
-        return credits_to_micro(Decimal(str(credits)))
+        return credits_to_micro(credits)
     except ValueError as exc:
         raise bad_request(str(exc), param=param) from None
 
 
-def _admin(request: web.Request):
-    gw = request.app[GATEWAY]
-    check_admin(request, gw.settings.admin_token)
-    return gw
-
-
 async def create_account(request: web.Request) -> web.Response:
-    body = await _body(request, NewAccount)
+    body = await read_body(request, NewAccount)
     gw = request.app[GATEWAY]
     account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"), rpm=body.rpm or 0,
                                                tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
@@ -80,14 +62,12 @@ async def create_account(request: web.Request) -> web.Response:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
-    gw = _admin(request)
-    ids = sorted(m.decode() for m in await gw.redis.smembers(keys.ACCOUNTS))
-    return web.json_response({"object": "list", "data": [await gw.accounts.get_account(a) for a in ids],
-                              "has_more": False})
+    gw = request.app[GATEWAY]
+    return web.json_response({"object": "list", "data": await gw.accounts.list_accounts(), "has_more": False})
 
 
 async def get_account(request: web.Request) -> web.Response:
-    gw = _admin(request)
+    gw = request.app[GATEWAY]
     try:
         return web.json_response(await gw.accounts.get_account(request.match_info["account_id"]))
     except AccountNotFound:
@@ -95,7 +75,7 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request, NewKey)
+    body = await read_body(request, NewKey)
     gw = request.app[GATEWAY]
     try:
         key = await gw.accounts.create_key(
@@ -110,13 +90,13 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    gw = _admin(request)
+    gw = request.app[GATEWAY]
     return web.json_response({"object": "list", "data": await gw.accounts.list_keys(request.match_info["account_id"]),
                               "has_more": False})
 
 
 async def delete_key(request: web.Request) -> web.Response:
-    gw = _admin(request)
+    gw = request.app[GATEWAY]
     key_id = request.match_info["key_id"]
     if not await gw.accounts.revoke_key(key_id):
         raise not_found(f"No key {key_id!r}.")
@@ -124,7 +104,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 async def create_topup(request: web.Request) -> web.Response:
-    body = await _body(request, NewTopup)
+    body = await read_body(request, NewTopup)
     gw = request.app[GATEWAY]
     try:
         order, created = await gw.credits.credit(request.match_info["account_id"], _micro(body.credits, "credits"),
@@ -136,14 +116,14 @@ async def create_topup(request: web.Request) -> web.Response:
 
 async def nodes(request: web.Request) -> web.Response:
     """The nodes' worker pools, and (under `apiinone run`) the supervised processes with their restarts."""
-    gw = _admin(request)
+    gw = request.app[GATEWAY]
     return web.json_response({"object": "list",
                               "data": await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s),
                               "supervisors": await supervisor_status(gw.redis)})
 
 
 async def audit(request: web.Request) -> web.Response:
-    gw = _admin(request)
+    gw = request.app[GATEWAY]
     rows = await gw.credits.audit()
     return web.json_response({"object": "list", "data": rows, "ok": all(r["ok"] for r in rows)})
 

@@ -1,4 +1,4 @@
-"""The gateway process (`apiinone gateway`): routes, error shape, lifecycle."""
+"""The gateway process (`apiinone gateway`): its app (routes from gateway/routes.py), error shape, lifecycle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from gateway import admin, batches, billing, chat, files, health, models, openapi
+from gateway import dashboard, files, routes
 from gateway.middleware import cors, observe, openai_errors, response_headers
 from gateway.state import GATEWAY, Gateway
 from shared.batch_store import BatchStore
@@ -35,41 +35,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(response_headers)
-    r = app.router
-    r.add_post("/api/v1/chat/completions", chat.chat_completions)
-    r.add_get("/api/v1/models", models.list_models)
-    r.add_get("/api/v1/models/{model_id}", models.get_model)
-    # Batch: OpenAI Files + Batches API (gateway/files.py, gateway/batches.py; run by worker/batch.py)
-    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings)
-    r.add_post("/api/v1/files", files.upload)
-    r.add_get("/api/v1/files", files.list_files)
-    r.add_get("/api/v1/files/{file_id}", files.get_file)
-    r.add_delete("/api/v1/files/{file_id}", files.delete_file)
-    r.add_get("/api/v1/files/{file_id}/content", files.content)
-    r.add_post("/api/v1/batches", batches.create)
-    r.add_get("/api/v1/batches", batches.list_batches)
-    r.add_get("/api/v1/batches/{batch_id}", batches.retrieve)
-    r.add_post("/api/v1/batches/{batch_id}/cancel", batches.cancel)
-    r.add_get("/api/v1/webhook_secret", batches.get_webhook_secret)
-    r.add_get("/billing/credits", billing.credits)
-    r.add_get("/billing/usage", billing.usage)
-    r.add_get("/billing/orders", billing.orders)
-    r.add_get("/billing/ledger", billing.ledger)
-    r.add_post("/admin/accounts", admin.create_account)
-    r.add_get("/admin/accounts", admin.list_accounts)
-    r.add_get("/admin/accounts/{account_id}", admin.get_account)
-    r.add_post("/admin/accounts/{account_id}/keys", admin.create_key)
-    r.add_get("/admin/accounts/{account_id}/keys", admin.list_keys)
-    r.add_post("/admin/accounts/{account_id}/topups", admin.create_topup)
-    r.add_delete("/admin/keys/{key_id}", admin.delete_key)
-    r.add_get("/admin/nodes", admin.nodes)
-    r.add_get("/admin/audit", admin.audit)
-    r.add_get("/healthz", health.healthz)
-    r.add_get("/readyz", health.readyz)
-    r.add_get("/metrics", health.metrics)
-    r.add_get("/openapi.json", openapi.openapi_json)
-    from gateway import dashboard
-    dashboard.setup(app)  # /dashboard (the browser UI) and /admin/users
+    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings)  # the Files and Batches APIs' storage
+    routes.mount(app)  # every API route: gateway/routes.py (also the source of /openapi.json)
+    dashboard.setup(app)  # /dashboard, the browser UI: HTML pages, not API routes
     return app
 
 

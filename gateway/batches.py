@@ -12,11 +12,15 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.auth import request_key
+from gateway.files import store
+from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
-from gateway.files import list_params, store
 from shared.batch_store import TERMINAL, webhook_secret
 from shared.errors import ApiError, bad_request, not_found
-from shared.protocol import BatchCreateRequest, parse_body
+from shared.protocol import BatchCreateRequest
+
+PAGING = Paging(20, 100, "The id of the last batch of the previous page.")
 
 
 def _json(obj: dict, status: int = 200) -> web.Response:
@@ -25,12 +29,8 @@ def _json(obj: dict, status: int = 200) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
-    try:
-        raw = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    body = parse_body(BatchCreateRequest, raw)
+    key = request_key(request)
+    body = await read_body(request, BatchCreateRequest)
     s = store(request)
     record = await s.get_file(key.account_id, body.input_file_id)
     if record is None:
@@ -47,8 +47,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def _owned(request: web.Request) -> dict:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     batch_id = request.match_info["batch_id"]
     batch = await store(request).get_batch(batch_id, key.account_id)
     if batch is None:
@@ -76,9 +75,8 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
-    limit, after = list_params(request, 20, 100)
+    key = request_key(request)
+    limit, after = PAGING.read(request)
     data, more = await store(request).list_batches(key.account_id, after, limit)
     return _json({"object": "list", "data": data, "has_more": more,
                   "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
@@ -87,7 +85,7 @@ async def list_batches(request: web.Request) -> web.Response:
 async def get_webhook_secret(request: web.Request) -> web.Response:
     """The secret that signs this account's batch completion callbacks (standard-webhooks scheme)."""
     gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     return _json({"object": "webhook_secret", "account_id": key.account_id,
                   "secret": await webhook_secret(gw.redis, key.account_id),
                   "scheme": "HMAC-SHA256 over '{webhook-id}.{webhook-timestamp}.{body}' with the base64-decoded "

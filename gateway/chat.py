@@ -20,14 +20,15 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.inputs import read_body
 from gateway.state import GATEWAY, Gateway
 from shared import relay
 from shared.admission import check_request, estimated_tokens, refusal
 from shared.contracts import ErrorCode, RequestStatus, RetryKind
 from shared.dispatch import SILENT, WATCH_S, Admitted, InFlight, Retryable, error_from_frame
-from shared.errors import ApiError, bad_request, not_found, unavailable
+from shared.errors import ApiError, not_found, unavailable
 from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT
-from shared.protocol import parse_chat_request
+from shared.protocol import ChatCompletionRequest
 
 log = structlog.get_logger()
 
@@ -53,11 +54,7 @@ def wants_stream(explicit: bool | None, accept: str, stream_default: bool) -> bo
 
 async def admit(request: web.Request, gw: Gateway) -> Admitted:
     key = await gw.keys.authenticate(request)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    req = parse_chat_request(body)
+    req = await read_body(request, ChatCompletionRequest)
     model = gw.catalog.models.get(req.model)
     if model is None:
         raise not_found(f"The model '{req.model}' does not exist. GET /api/v1/models lists the models.",

@@ -14,13 +14,16 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.state import GATEWAY
+from gateway.auth import request_key
+from gateway.inputs import Paging, QueryParam
 from shared.batch_store import BatchStore, FileTooLarge
 from shared.errors import ApiError, bad_request, not_found
+from shared.filenames import content_disposition
 
 PURPOSES = ("batch",)
 READ_CHUNK = 64 * 1024
-MAX_LIMIT = 10_000
+PAGING = Paging(10_000, 10_000, "The id of the last file of the previous page.")
+LIST_FILTERS = (QueryParam("purpose", {"type": "string"}, "Only files with this purpose."),)
 
 
 BATCH_STORE = web.AppKey("batch_store", BatchStore)
@@ -30,25 +33,13 @@ def store(request: web.Request) -> BatchStore:
     return request.app[BATCH_STORE]
 
 
-def list_params(request: web.Request, default: int, maximum: int) -> tuple[int, str | None]:
-    raw = request.query.get("limit")
-    try:
-        limit = int(raw) if raw is not None else default
-    except ValueError:
-        raise bad_request("Invalid value for 'limit': expected an integer.", param="limit") from None
-    if not 1 <= limit <= maximum:
-        raise bad_request(f"'limit' must be between 1 and {maximum}.", param="limit")
-    return limit, request.query.get("after") or None
-
-
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(READ_CHUNK):
         yield chunk
 
 
 async def upload(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
                           code="invalid_content_type")
@@ -94,8 +85,7 @@ async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | No
 
 
 async def _owned(request: web.Request) -> tuple[dict, object]:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
+    key = request_key(request)
     file_id = request.match_info["file_id"]
     record = await store(request).get_file(key.account_id, file_id)
     if record is None:
@@ -111,7 +101,7 @@ async def get_file(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     record, _ = await _owned(request)
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl",
-                                           "Content-Disposition": f'attachment; filename="{record["filename"]}"'})
+                                           "Content-Disposition": content_disposition(record["filename"])})
     await response.prepare(request)
     buffer: list[bytes] = []
     async for _, line in store(request).iter_lines(record["lines_key"]):
@@ -132,9 +122,8 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = await gw.keys.authenticate(request)
-    limit, after = list_params(request, 10_000, MAX_LIMIT)
+    key = request_key(request)
+    limit, after = PAGING.read(request)
     data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
     return web.json_response({"object": "list", "data": data, "has_more": more,
                               "first_id": data[0]["id"] if data else None,

@@ -13,11 +13,13 @@ from redis.exceptions import RedisError
 
 from shared.errors import ApiError, unavailable
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS, labelled
+from shared.redis_client import store_unavailable
 
 log = structlog.get_logger()
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
+INTERNAL = ApiError(500, "Internal server error.", "server_error", "internal_error")
 
 
 def _error_response(err: ApiError) -> web.Response:
@@ -100,13 +102,16 @@ async def openai_errors(request: web.Request, handler):
                                             "not_found" if exc.status == 404 else None))
         raise
     except RedisError as exc:
-        log.warning("redis unavailable", error=str(exc), path=request.path)
-        return _error_response(unavailable("The gateway's data store is unavailable; try again shortly."))
+        if store_unavailable(exc):
+            log.warning("redis unavailable", error=str(exc), path=request.path)
+            return _error_response(unavailable("The gateway's data store is unavailable; try again shortly."))
+        log.error("redis refused a command", error=str(exc), error_class=type(exc).__name__, path=request.path)
+        return _error_response(INTERNAL)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unhandled error", path=request.path)
-        return _error_response(ApiError(500, "Internal server error.", "server_error", "internal_error"))
+        return _error_response(INTERNAL)
 
 
 def _reset(ms: int) -> str:

@@ -10,13 +10,11 @@ from shared.errors import not_found
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    await gw.keys.authenticate(request)
     return web.json_response({"object": "list", "data": [m.public() for m in gw.catalog.models.values()]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    await gw.keys.authenticate(request)
     model = gw.catalog.models.get(request.match_info["model_id"])
     if model is None:
         raise not_found(f"The model '{request.match_info['model_id']}' does not exist.", code="model_not_found",

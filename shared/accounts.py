@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import ids, keys
 from shared.credits import AccountNotFound, Credits, KeyLimits
 from shared.keys import AccountKeys
+from shared.money import micro_to_credits
 
 KEY_PREFIX = "aio_"
 
@@ -63,9 +63,26 @@ class KeyRecord:
         return {"id": self.id, "object": "api_key", "account_id": self.account_id, "name": self.name,
                 "prefix": self.prefix + "...", "created": self.created, "expires_at": self.expires_at or None,
                 "rpm": lim.rpm or None, "tpm": lim.tpm or None, "max_concurrent": lim.max_concurrent or None,
-                "credit_limit": lim.credit_limit_micro / 1_000_000 if lim.credit_limit_micro else None,
-                "daily_credit_limit": (lim.daily_credit_limit_micro / 1_000_000
+                "credit_limit": micro_to_credits(lim.credit_limit_micro) if lim.credit_limit_micro else None,
+                "daily_credit_limit": (micro_to_credits(lim.daily_credit_limit_micro)
                                        if lim.daily_credit_limit_micro else None)}
+
+
+def _account_object(account_id: str, raw: dict[bytes, bytes], key_ids: set[bytes]) -> dict:
+    info = {f.decode(): v.decode() for f, v in raw.items()}
+    balance, held = int(info["balance"]), int(info.get("held", 0))
+    return {
+        "id": account_id,
+        "object": "account",
+        "name": info.get("name", ""),
+        "balance": micro_to_credits(balance),
+        "balance_micro": balance,
+        "held_micro": held,
+        "available_micro": balance - held,
+        "created": int(info.get("created", 0)),
+        "key_defaults": {f: int(info.get(f) or 0) or None for f in ACCOUNT_DEFAULT_FIELDS},
+        "keys": sorted(m.decode() for m in key_ids),
+    }
 
 
 class Accounts:
@@ -76,7 +93,7 @@ class Accounts:
     async def create_account(self, name: str, credits_micro: int = 0, rpm: int = 0, tpm: int = 0,
                              max_concurrent: int = 0) -> dict:
         """A new account; ``rpm``/``tpm``/``max_concurrent`` are the defaults its new keys get."""
-        account_id = "acct_" + uuid.uuid4().hex[:16]
+        account_id = ids.ACCOUNT.new()
         k = AccountKeys(account_id)
         await self.redis.hset(k.account, mapping={"id": account_id, "name": name, "balance": 0, "held": 0,
                                                   "created": int(time.time()), "rpm": rpm, "tpm": tpm,
@@ -89,24 +106,25 @@ class Accounts:
 
     async def get_account(self, account_id: str) -> dict:
         k = AccountKeys(account_id)
-        raw = await self.redis.hgetall(k.account)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.account)
+            pipe.smembers(k.keys)
+            raw, key_ids = await pipe.execute()
         if not raw:
             raise AccountNotFound(account_id)
-        info = {f.decode(): v.decode() for f, v in raw.items()}
-        balance, held = int(info["balance"]), int(info.get("held", 0))
-        key_ids = sorted(m.decode() for m in await self.redis.smembers(k.keys))
-        return {
-            "id": account_id,
-            "object": "account",
-            "name": info.get("name", ""),
-            "balance": balance / 1_000_000,
-            "balance_micro": balance,
-            "held_micro": held,
-            "available_micro": balance - held,
-            "created": int(info.get("created", 0)),
-            "key_defaults": {f: int(info.get(f) or 0) or None for f in ACCOUNT_DEFAULT_FIELDS},
-            "keys": key_ids,
-        }
+        return _account_object(account_id, raw, key_ids)
+
+    async def list_accounts(self) -> list[dict]:
+        """Every account as ``get_account`` shows it, by id, in one round trip."""
+        ids = sorted(m.decode() for m in await self.redis.smembers(keys.ACCOUNTS))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in ids:
+                k = AccountKeys(account_id)
+                pipe.hgetall(k.account)
+                pipe.smembers(k.keys)
+            replies = await pipe.execute()
+        return [_account_object(account_id, raw, key_ids)
+                for account_id, raw, key_ids in zip(ids, replies[::2], replies[1::2]) if raw]
 
     async def account_exists(self, account_id: str) -> bool:
         return bool(await self.redis.exists(AccountKeys(account_id).account))
@@ -118,7 +136,7 @@ class Accounts:
             raise AccountNotFound(account_id)
         inherited = {f: int(v or 0) for f, v in zip(ACCOUNT_DEFAULT_FIELDS, defaults[1:])}
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = "key_" + uuid.uuid4().hex[:16]
+        key_id = ids.KEY.new()
         digest = hash_key(api_key)
         record = {"id": key_id, "account_id": account_id, "name": name, "prefix": api_key[:10],
                   "created": int(time.time()), "expires_at": expires_at}

@@ -32,8 +32,10 @@ from typing import AsyncIterator
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import ids, keys
+from shared.filenames import safe_filename
 from shared.keys import AccountKeys
+from shared.money import micro_to_credits
 from shared.settings import Settings
 
 # --- key names ------------------------------------------------------------------------------
@@ -175,8 +177,12 @@ class BatchStore:
 
     # --- files ----------------------------------------------------------------------------
     async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> dict:
-        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit."""
-        file_id = new_id("file-")
+        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit.
+
+        The client's ``filename`` is stored cleaned (``shared/filenames.py``): it comes back in headers.
+        """
+        filename = safe_filename(filename)
+        file_id = ids.FILE.new()
         lines_key = file_lines_key(file_id)
         limit, ttl = self.settings.batch_max_file_bytes, int(self.settings.batch_file_retention_s)
         size, count, tail, pending = 0, 0, b"", []
@@ -223,7 +229,7 @@ class BatchStore:
     async def create_result_file(self, account_id: str, batch_id: str, lines_key: str, size: int, count: int,
                                  filename: str) -> str:
         """The object for a batch's output or error list (the list itself is already there)."""
-        file_id = new_id("file-")
+        file_id = ids.FILE.new()
         ttl = int(self.settings.batch_file_retention_s)
         now = int(time.time())
         record = {"id": file_id, "object": "file", "bytes": size, "created_at": now, "filename": filename,
@@ -242,6 +248,8 @@ class BatchStore:
                 "status_details": None}
 
     async def get_file(self, account_id: str, file_id: str) -> dict | None:
+        if not ids.FILE.matches(file_id):  # e.g. "<id>:lines", the name of the file's list
+            return None
         raw = await self.redis.hgetall(file_key(file_id))
         if not raw:
             return None
@@ -303,7 +311,7 @@ class BatchStore:
     # --- batches ----------------------------------------------------------------------------
     async def create_batch(self, account_id: str, key_id: str, key_limits: dict, input_file_id: str, endpoint: str,
                            completion_window: str, metadata: dict | None, window_s: float) -> dict:
-        batch_id = new_id("batch_")
+        batch_id = ids.BATCH.new()
         now = int(time.time())
         b = BatchKeys(batch_id)
         record = {
@@ -326,6 +334,8 @@ class BatchStore:
         return await self.redis.hgetall(BatchKeys(batch_id).batch)
 
     async def get_batch(self, batch_id: str, account_id: str | None = None) -> dict | None:
+        if not ids.BATCH.matches(batch_id):
+            return None
         b = BatchKeys(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(b.batch)
@@ -354,7 +364,7 @@ class BatchStore:
         obj["request_counts"] = {"total": _i(raw, "total") or 0, "completed": _i(raw, "completed") or 0,
                                  "failed": _i(raw, "failed") or 0}
         obj["metadata"] = orjson.loads(metadata) if metadata else None
-        obj["credits_charged"] = charged / 1_000_000
+        obj["credits_charged"] = micro_to_credits(charged)
         obj["credits_charged_micro"] = charged
         url = _s(raw, "callback_url")
         if url:

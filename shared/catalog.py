@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from shared.money import credits_to_micro, token_cost_micro
+from shared import ids
+from shared.money import credits_to_micro, micro_to_credits, token_cost_micro
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
 
@@ -74,11 +75,11 @@ class Model:
             "owned_by": self.provider,
             "display_name": self.display_name,
             "endpoint": self.endpoint,
-            "base_cost_credits": self.base_cost_micro / 1_000_000,
+            "base_cost_credits": micro_to_credits(self.base_cost_micro),
             "pricing": {
                 "unit": "credits per 1M tokens",
-                "input": self.input_price_micro / 1_000_000,
-                "output": self.output_price_micro / 1_000_000,
+                "input": micro_to_credits(self.input_price_micro),
+                "output": micro_to_credits(self.output_price_micro),
             },
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,
@@ -126,6 +127,8 @@ def parse_catalog(data: dict) -> Catalog:
     nodes = {nid: Node(id=nid, provider=n["provider"]) for nid, n in data.get("nodes", {}).items()}
     models = {}
     for mid, m in data.get("models", {}).items():
+        if not ids.MODEL.matches(mid):  # the API's path parameter format: another id could never be asked for
+            raise ValueError(f"model id {mid!r}: use letters, digits and . _ : - (at most 128)")
         routes = _routes(mid, m)
         for route in routes:
             if route.node not in nodes:

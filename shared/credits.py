@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.contracts import Hold, ReserveStatus
 from shared.keys import AccountKeys
+from shared.money import MICRO_PER_CREDIT, micro_to_credits
 from shared.scripts import Scripts
 
 
@@ -163,7 +164,7 @@ class Credits:
             "reference": reference,
             "kind": reason,
             "amount_micro": amount_micro,
-            "credits": amount_micro / 1_000_000,
+            "credits": micro_to_credits(amount_micro),
             "status": "paid",
             "note": note,
             "created": int(time.time()),
@@ -185,13 +186,13 @@ class Credits:
         return {
             "object": "billing.credits",
             "account_id": account_id,
-            "balance": balance / 1_000_000,
+            "balance": micro_to_credits(balance),
             "balance_micro": balance,
             "held_micro": held,
             "available_micro": balance - held,
-            "available": (balance - held) / 1_000_000,
+            "available": micro_to_credits(balance - held),
             "unit": "credits",
-            "micro_per_credit": 1_000_000,
+            "micro_per_credit": MICRO_PER_CREDIT,
         }
 
     async def page(self, stream: str, limit: int, after: str | None) -> tuple[list[tuple[str, dict]], bool]:

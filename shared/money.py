@@ -11,16 +11,24 @@ tokens include thinking tokens. One rounding, upwards, per request.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 MICRO_PER_CREDIT = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000
 
 
-def credits_to_micro(credits: str | int | Decimal) -> int:
-    """Exact conversion from a decimal credit amount; refuses sub-micro precision."""
-    micro = Decimal(str(credits)) * MICRO_PER_CREDIT
-    if micro != micro.to_integral_value():
+def credits_to_micro(credits: str | int | float | Decimal) -> int:
+    """Exact conversion from a decimal credit amount (text, as typed, or a JSON number).
+
+    Raises ValueError for anything that is not a finite number of whole micro-credits
+    ("abc", "inf", "NaN", 0.0000001). A float goes through its shortest text form,
+    so the JSON number 2.5 is exactly 2_500_000.
+    """
+    try:
+        micro = Decimal(str(credits).strip()) * MICRO_PER_CREDIT
+    except InvalidOperation:
+        raise ValueError(f"{credits!r} is not a number of credits") from None
+    if not micro.is_finite() or micro != micro.to_integral_value():
         raise ValueError(f"{credits} credits is not a whole number of micro-credits")
     return int(micro)
 
@@ -28,6 +36,11 @@ def credits_to_micro(credits: str | int | Decimal) -> int:
 def micro_to_credits(micro: int) -> float:
     """For display only (JSON numbers); never feed the result back into money paths."""
     return micro / MICRO_PER_CREDIT
+
+
+def micro_to_decimal(micro: int | str) -> Decimal:
+    """Credits, exactly, for text (pages, CSV): no float rounding however large the amount."""
+    return Decimal(int(micro)) / MICRO_PER_CREDIT
 
 
 def token_cost_micro(prompt_tokens: int, completion_tokens: int, input_price_micro: int, output_price_micro: int) -> int:

@@ -17,6 +17,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -128,3 +129,14 @@ def _sentinel_client(url: str, cls: type[R], options: dict) -> R:
     sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0})
     pool = SentinelConnectionPool(master, sentinel, db=db, password=password, **options)
     return cls(connection_pool=pool)
+
+
+# Errors that say the store cannot serve us right now (down, loading, failing over, full): a client
+# may retry later. Any other RedisError (WRONGTYPE, a script error, a bad argument) is a bug of ours.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError, TryAgainError,
+               OutOfMemoryError)
+
+
+def store_unavailable(exc: RedisError) -> bool:
+    """True when ``exc`` means "the data store is unavailable", not "we sent it something wrong"."""
+    return isinstance(exc, UNAVAILABLE)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 
@@ -107,7 +106,7 @@ class Users:
         if not await self.redis.exists(AccountKeys(account_id).account):
             raise AccountNotFound(account_id)
         digest = await asyncio.to_thread(hash_password, password)
-        user_id = "user_" + uuid.uuid4().hex[:16]
+        user_id = ids.USER.new()
         # Claim the email first (SET NX): two creations racing for one email cannot both win.
         if not await self.redis.set(keys.user_email(email), user_id, nx=True):
             raise UserExists(f"There is already a user with the email {email}.")

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from gateway.openapi import document
+from gateway.routes import document
 
 FUZZ_CREDITS = 1000
 

@@ -6,6 +6,7 @@ clients that read the other name, ``reasoning``.
 
 from __future__ import annotations
 
+from shared.money import micro_to_credits
 from worker.provider import Delta, Usage
 
 
@@ -75,7 +76,7 @@ class ChunkBuilder:
             "total_tokens": u.prompt_tokens + u.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-            "credits_charged": charged_micro / 1_000_000,
+            "credits_charged": micro_to_credits(charged_micro),
             "charged_micro": charged_micro,
         }
 

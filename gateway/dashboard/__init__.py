@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import adminapi, operator, views
+from gateway.dashboard import operator, views
 from gateway.dashboard.render import FILTERS, SESSIONS, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from shared.users import Users
@@ -27,7 +27,7 @@ DASHBOARD_APP = web.AppKey("dashboard_app", web.Application)
 
 
 def setup(app: web.Application) -> web.Application:
-    """Mount the dashboard on the gateway app (and the admin API's /admin/users)."""
+    """Mount the dashboard on the gateway app (its admin API, /admin/users, is in gateway/routes.py)."""
     gw = app[GATEWAY]  # created by create_app before the dashboard is mounted
     settings = gw.settings
     sub = web.Application(middlewares=[guard])
@@ -67,6 +67,4 @@ def setup(app: web.Application) -> web.Application:
     r.add_route("*", "/{tail:.*}", views.not_found)
     app.add_subapp("/dashboard", sub)
     app[DASHBOARD_APP] = sub
-    app.router.add_post("/admin/users", adminapi.create_user)
-    app.router.add_get("/admin/users", adminapi.list_users)
     return sub

@@ -1,4 +1,4 @@
-"""Admin API for dashboard users (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``).
+"""Admin API for dashboard users (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``, checked by the route table).
 
     POST /admin/users {"email", "password", "account_id", "role"?: "user"|"operator"} -> 201 user
     GET  /admin/users[?account_id=...] -> {"object": "list", "data": [user, ...]}
@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
 from aiohttp import web
 from pydantic import Field
 
+from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
-from gateway.auth import check_admin
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
-from shared.protocol import WireModel, parse_body
+from shared.protocol import WireModel
 from shared.users import UserError, UserExists, Users
+
+LIST_FILTERS = (QueryParam("account_id", {"type": "string"}, "Only the users of this account."),)
 
 
 def _users(request: web.Request) -> Users:
-    gw = request.app[GATEWAY]
-    check_admin(request, gw.settings.admin_token)
-    return Users(gw.redis)
+    return Users(request.app[GATEWAY].redis)
 
 
 class NewUser(WireModel):
@@ -35,11 +34,7 @@ class NewUser(WireModel):
 
 async def create_user(request: web.Request) -> web.Response:
     store = _users(request)
-    try:
-        raw = await request.json(loads=orjson.loads)
-    except ValueError:
-        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
-    body = parse_body(NewUser, raw)
+    body = await read_body(request, NewUser)
     try:
         user = await store.create(body.email, body.password, body.account_id, body.role)
     except AccountNotFound:

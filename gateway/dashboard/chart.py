@@ -7,6 +7,7 @@ from decimal import Decimal
 from markupsafe import Markup, escape
 
 from gateway.dashboard.data import DailySeries
+from shared.money import micro_to_credits
 
 W, H = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 60, 16, 34
@@ -34,7 +35,7 @@ def _fmt(value: float) -> str:
 
 def daily_chart(series: DailySeries, title: str = "Credits and tokens per day") -> Markup:
     n = len(series.days)
-    credit_values = [c / 1_000_000 for c in series.credits_micro]
+    credit_values = [micro_to_credits(c) for c in series.credits_micro]
     cmax, tmax = _nice(max(credit_values, default=0)), _nice(max(series.tokens, default=0))
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     slot = plot_w / max(n, 1)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.accounts import Accounts
 from shared.contracts import Hold
+from shared.history import UsageFilter, decode
 from shared.keys import AccountKeys
 
 USAGE_STATUSES = ("succeeded", "cancelled", "failed", "rejected", "expired")
@@ -64,18 +65,11 @@ class UsageFilters:
             raise FilterError("The 'from' date is after the 'to' date.")
         return f
 
-    @property
-    def min_id(self) -> str:
-        return str(day_start_ms(self.date_from)) if self.date_from else "-"
-
-    @property
-    def max_id(self) -> str:
-        return str(day_start_ms(self.date_to) + DAY_MS - 1) if self.date_to else "+"
-
-    def matches(self, row: dict) -> bool:
-        return ((not self.key_id or row.get("key_id") == self.key_id)
-                and (not self.model or row.get("model") == self.model)
-                and (not self.status or row.get("status") == self.status))
+    def scan(self) -> UsageFilter:
+        """The rows these filters keep, for the usage readers of ``shared/history.py``."""
+        return UsageFilter(key_id=self.key_id, model=self.model, status=self.status,
+                           min_id=str(day_start_ms(self.date_from)) if self.date_from else "-",
+                           max_id=str(day_start_ms(self.date_to) + DAY_MS - 1) if self.date_to else "+")
 
     def query(self, **extra) -> dict:
         q = {"key": self.key_id, "model": self.model, "status": self.status,
@@ -89,64 +83,9 @@ class UsageFilters:
         return bool(self.key_id or self.model or self.status or self.date_from or self.date_to)
 
 
-def _decode(fields: dict) -> dict:
-    return {k.decode(): v.decode() for k, v in fields.items()}
-
-
 def _int(row: dict, name: str) -> int:
     value = row.get(name, "")
     return int(value) if value.lstrip("-").isdigit() else 0
-
-
-@dataclass
-class UsagePage:
-    rows: list[dict]
-    next_after: str | None  # cursor for the next (older) page, None at the end
-    truncated: bool = False  # the scan budget ran out before the page filled
-
-
-async def usage_page(redis: Redis, account_id: str, f: UsageFilters, after: str | None, limit: int = 25,
-                     budget: int = 5000) -> UsagePage:
-    """Newest first; ``after`` is the last row id of the previous page."""
-    stream = AccountKeys(account_id).usage
-    upper = f"({after}" if after else f.max_id
-    out: list[dict] = []
-    scanned, last = 0, None
-    while scanned < budget:
-        batch = await redis.xrevrange(stream, max=upper, min=f.min_id, count=min(500, budget - scanned))
-        for rid, fields in batch:
-            scanned += 1
-            last = rid.decode()
-            row = _decode(fields)
-            if f.matches(row):
-                row["id"] = last
-                out.append(row)
-                if len(out) > limit:
-                    return UsagePage(out[:limit], out[limit - 1]["id"])
-        if len(batch) < 500 or last is None:
-            return UsagePage(out, None)
-        upper = f"({last}"
-    return UsagePage(out, last, truncated=True)
-
-
-async def usage_rows(redis: Redis, account_id: str, f: UsageFilters, budget: int = 200_000):
-    """Every matching row, newest first, in batches (for the CSV export)."""
-    stream = AccountKeys(account_id).usage
-    upper, scanned = f.max_id, 0
-    while scanned < budget:
-        batch = await redis.xrevrange(stream, max=upper, min=f.min_id, count=1000)
-        rows = []
-        for rid, fields in batch:
-            row = _decode(fields)
-            if f.matches(row):
-                row["id"] = rid.decode()
-                rows.append(row)
-        scanned += len(batch)
-        if rows:
-            yield rows
-        if len(batch) < 1000:
-            return
-        upper = "(" + batch[-1][0].decode()
 
 
 @dataclass
@@ -171,12 +110,12 @@ async def daily_series(redis: Redis, account_id: str, f: UsageFilters, default_d
     cr, tk, rq = [0] * len(days), [0] * len(days), [0] * len(days)
     stream = AccountKeys(account_id).usage
     lower, upper = str(day_start_ms(first_day)), str(day_start_ms(last_day) + DAY_MS - 1)
-    scanned, truncated = 0, False
+    scanned, truncated, keep = 0, False, f.scan()
     while True:
         batch = await redis.xrange(stream, min=lower, max=upper, count=1000)
         for rid, fields in batch:
-            row = _decode(fields)
-            if not f.matches(row):
+            row = decode(fields)
+            if not keep.matches(row):
                 continue
             d = datetime.fromtimestamp(int(rid.split(b"-")[0]) / 1000, timezone.utc).date()
             i = index.get(d)
@@ -243,27 +182,17 @@ async def ledger_notes(redis: Redis, account_id: str, rows: list[tuple[str, dict
     return notes
 
 
-async def account_rows(redis: Redis, query: str = "", limit: int = 500) -> tuple[list[dict], int]:
+async def account_rows(accounts: Accounts, query: str = "", limit: int = 500) -> tuple[list[dict], int]:
     """Every account (operators), newest first, optionally filtered by a piece of its name or id."""
-    ids = sorted(m.decode() for m in await redis.smembers(keys.ACCOUNTS))
-    if not ids:
-        return [], 0
-    async with redis.pipeline(transaction=False) as pipe:
-        for a in ids:
-            k = AccountKeys(a)
-            pipe.hmget(k.account, "name", "balance", "held", "created")
-            pipe.scard(k.keys)
-            pipe.scard(keys.account_users(a))
-        raw = await pipe.execute()
-    rows = []
     q = query.strip().lower()
-    for i, a in enumerate(ids):
-        (name, balance, held, created), nkeys, nusers = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
-        name = (name or b"").decode()
-        if q and q not in name.lower() and q not in a.lower():
-            continue
-        rows.append({"id": a, "name": name, "balance_micro": int(balance or 0), "held_micro": int(held or 0),
-                     "created": int(created or 0), "keys": nkeys, "users": nusers})
+    listed = [a for a in await accounts.list_accounts()
+              if not q or q in a["name"].lower() or q in a["id"].lower()]
+    async with accounts.redis.pipeline(transaction=False) as pipe:
+        for a in listed:
+            pipe.scard(keys.account_users(a["id"]))
+        user_counts = await pipe.execute()
+    rows = [{"id": a["id"], "name": a["name"], "balance_micro": a["balance_micro"], "held_micro": a["held_micro"],
+             "created": a["created"], "keys": len(a["keys"]), "users": n} for a, n in zip(listed, user_counts)]
     rows.sort(key=lambda r: (-r["created"], r["id"]))
     return rows[:limit], len(rows)
 
@@ -281,7 +210,7 @@ async def recent_failures(redis: Redis, minutes: int = 15, max_accounts: int = 2
         batches = await pipe.execute()
     for batch in batches:
         for _rid, fields in batch:
-            row = _decode(fields)
+            row = decode(fields)
             if row.get("status") in ("failed", "expired"):
                 node = row.get("node") or "?"
                 code = row.get("error_code") or row.get("status")

@@ -11,8 +11,10 @@ from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent
 from gateway.dashboard.render import base_url, current_session, gateway, notify, render, sessions, users
 from gateway.files import BATCH_STORE
 from gateway.dashboard.views import _credit_amount, see_other
+from shared import ids
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
+from shared.money import micro_to_credits
 from shared.nodes import node_status
 from shared.users import ROLES, UserError
 
@@ -21,7 +23,7 @@ MAX_REFERENCE = 200
 
 async def accounts_page(request: web.Request, form=None, errors: dict | None = None, status: int = 200):
     query = request.query.get("q", "")
-    rows, total = await account_rows(gateway(request).redis, query)
+    rows, total = await account_rows(gateway(request).accounts, query)
     return await render(request, "admin_accounts.html", {
         "accounts": rows, "total": total, "q": query, "form": form or {}, "errors": errors or {},
         "new_ref": uuid.uuid4().hex}, status=status, nav="admin_accounts")
@@ -41,7 +43,7 @@ async def create_account(request: web.Request) -> web.Response:
         return await accounts_page(request, form, errors, status=400)
     gw = gateway(request)
     account = await gw.accounts.create_account(name, initial)
-    message = f"Account “{name}” created with {initial / 1_000_000:g} credits."
+    message = f"Account “{name}” created with {micro_to_credits(initial):g} credits."
     if email:
         try:
             user = await users(request).create(email, password, account["id"], "user")
@@ -54,10 +56,13 @@ async def create_account(request: web.Request) -> web.Response:
 
 
 async def _account(request: web.Request) -> dict:
+    account_id = request.match_info["account_id"]
     try:
-        return await gateway(request).accounts.get_account(request.match_info["account_id"])
+        if not ids.ACCOUNT.matches(account_id):  # never a Redis key name built from junk
+            raise AccountNotFound(account_id)
+        return await gateway(request).accounts.get_account(account_id)
     except AccountNotFound:
-        raise web.HTTPNotFound(text=f"There is no account {request.match_info['account_id']!r}.") from None
+        raise web.HTTPNotFound(text=f"There is no account {account_id!r}.") from None
 
 
 async def account_page(request: web.Request, errors: dict | None = None, form=None, status: int = 200):
@@ -97,7 +102,7 @@ async def topup(request: web.Request) -> web.Response:
     order, created = await gateway(request).credits.credit(account["id"], amount, reference, reason="topup",
                                                            note=str(form.get("note", "")).strip()[:500])
     if created:
-        await notify(request, f"Added {amount / 1_000_000:g} credits to “{account['name']}” (order {order['id']}).")
+        await notify(request, f"Added {micro_to_credits(amount):g} credits to “{account['name']}” (order {order['id']}).")
     else:
         await notify(request, f"That top-up (reference {reference}) was already recorded; nothing was added twice.",
                      "error")
@@ -117,14 +122,14 @@ async def adjust(request: web.Request) -> web.Response:
     elif len(reason) > 500:
         errors["reason"] = "Keep the reason under 500 characters."
     if amount is not None and amount < 0 and account["balance_micro"] + amount < 0:
-        errors["amount"] = (f"That would take the balance below zero (it is {account['balance_micro'] / 1e6:g} "
+        errors["amount"] = (f"That would take the balance below zero (it is {micro_to_credits(account['balance_micro']):g} "
                             "credits).")
     if errors:
         return await account_page(request, errors, form, status=400)
     ref = "adjust-" + (str(form.get("idempotency", "")).strip()[:64] or uuid.uuid4().hex)
     _, created = await gateway(request).credits.credit(account["id"], amount, ref, reason="adjust", note=reason)
     if created:
-        await notify(request, f"Adjusted “{account['name']}” by {amount / 1_000_000:+g} credits: {reason}")
+        await notify(request, f"Adjusted “{account['name']}” by {micro_to_credits(amount):+g} credits: {reason}")
     else:
         await notify(request, "That adjustment was already recorded; nothing changed twice.", "error")
     return see_other(f"/dashboard/admin/accounts/{account['id']}")
@@ -169,7 +174,7 @@ async def batches_page(request: web.Request) -> web.Response:
     """Every account's recent batches, newest first, with their progress and cost."""
     gw = gateway(request)
     store = request.config_dict[BATCH_STORE]
-    rows, _total = await account_rows(gw.redis)
+    rows, _total = await account_rows(gw.accounts)
     names = {row["id"]: row["name"] for row in rows}
     batches: list[dict] = []
     for account_id, name in names.items():

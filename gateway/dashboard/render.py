@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from decimal import Decimal
 from urllib.parse import quote
 
 import aiohttp_jinja2
@@ -17,6 +16,8 @@ from gateway.state import GATEWAY
 from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
                                        tokens_match)
 from shared.keys import AccountKeys
+from shared.money import micro_to_decimal
+from shared.redis_client import store_unavailable
 from shared.users import User, Users
 
 log = structlog.get_logger()
@@ -35,7 +36,7 @@ def credits(micro: int | str | None, places: int = 6) -> str:
     """Micro-credits as credits: exact (up to 6 decimals, at least 2), thousands separated."""
     if micro in (None, ""):
         return "—"
-    value = Decimal(int(micro)) / 1_000_000
+    value = micro_to_decimal(micro)
     text = f"{value:,.{6}f}".rstrip("0")
     whole, _, frac = text.partition(".")
     frac = (frac + "00")[:max(2, min(len(frac), places))]
@@ -45,7 +46,7 @@ def credits(micro: int | str | None, places: int = 6) -> str:
 def usd(micro: int | str | None) -> str:
     if micro in (None, ""):
         return "—"
-    dollars = Decimal(int(micro)) / 100_000_000
+    dollars = micro_to_decimal(micro) / 100  # 1 credit = $0.01
     return f"${dollars:,.4f}".rstrip("0").rstrip(".") if dollars else "$0"
 
 
@@ -195,10 +196,16 @@ async def guard(request: web.Request, handler):
         response = await error_page(request, exc.status, exc.reason, exc.text if exc.text != exc.reason else
                                     "Something about this request wasn't right.")
     except RedisError as exc:
-        log.warning("dashboard: redis unavailable", error=str(exc), path=path)
-        response = await error_page(request, 503, "The data store is unavailable",
-                                    "The dashboard cannot reach its data store right now. Try again in a moment.",
-                                    {"Retry-After": "2"})
+        if not store_unavailable(exc):
+            log.error("dashboard: redis refused a command", error=str(exc), error_class=type(exc).__name__,
+                      path=path)
+            response = await error_page(request, 500, "Something went wrong",
+                                        "The dashboard hit an unexpected error. It has been logged; try again.")
+        else:
+            log.warning("dashboard: redis unavailable", error=str(exc), path=path)
+            response = await error_page(request, 503, "The data store is unavailable",
+                                        "The dashboard cannot reach its data store right now. Try again in a "
+                                        "moment.", {"Retry-After": "2"})
     except Exception:  # noqa: BLE001 - a page, not a stack trace
         log.exception("dashboard: unhandled error", path=path)
         response = await error_page(request, 500, "Something went wrong",

@@ -8,24 +8,22 @@ import json
 import secrets
 import time
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.billing import STREAM_ID
 from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
-                                    ledger_notes, usage_rows)
-from gateway.dashboard.data import usage_page as scan_usage
+                                    ledger_notes)
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
                                       notify, render, safe_next, sessions, users)
 from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
                                        same_origin, set_cookie, tokens_match)
-from shared import keys
+from shared import ids, keys
 from shared.credits import AccountNotFound
+from shared.history import is_row_id, usage_batches, usage_page
 from shared.keys import AccountKeys
-from shared.money import credits_to_micro
+from shared.money import credits_to_micro, micro_to_decimal
 from shared.users import MAX_PASSWORD, UserError, normalize_email
 
 LOGIN_PATH = "/dashboard/login"
@@ -38,9 +36,7 @@ def see_other(location: str) -> web.Response:
 
 def _cursor(request: web.Request) -> str | None:
     after = request.query.get("after") or None
-    if after is not None and not STREAM_ID.fullmatch(after):
-        return None
-    return after
+    return after if after is not None and is_row_id(after) else None
 
 
 # --- sign-in -------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ async def overview(request: web.Request) -> web.Response:
     acct = account_id(request)
     balance = await _balance(request)
     series = await daily_series(gw.redis, acct, UsageFilters(), default_days=14, budget=20_000)
-    recent = await scan_usage(gw.redis, acct, UsageFilters(), None, limit=5, budget=500)
+    recent = await usage_page(gw.redis, acct, UsageFilters().scan(), None, limit=5, budget=500)
     key_count = await gw.redis.scard(AccountKeys(acct).keys)
     names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
     return await render(request, "overview.html", {
@@ -141,8 +137,8 @@ def _credit_amount(form, name: str, label: str, errors: dict, allow_negative: bo
     if not raw:
         return None
     try:
-        micro = credits_to_micro(Decimal(raw))
-    except (InvalidOperation, ValueError):
+        micro = credits_to_micro(raw)
+    except ValueError:
         errors[name] = f"{label} must be a number of credits, like 25 or 2.5 (at most 6 decimals)."
         return None
     if micro == 0 or (micro < 0 and not allow_negative) or abs(micro) > 10**15:
@@ -192,6 +188,8 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def _own_key(request: web.Request, key_id: str) -> dict | None:
+    if not ids.KEY.matches(key_id):
+        return None
     gw = gateway(request)
     digest = await gw.redis.get(keys.api_key_id(key_id))
     if not digest:
@@ -252,7 +250,7 @@ async def usage_view(request: web.Request) -> web.Response:
     acct = account_id(request)
     f, error = await _usage_filters(request)
     after = _cursor(request)
-    page = await scan_usage(gw.redis, acct, f, after, limit=PAGE)
+    page = await usage_page(gw.redis, acct, f.scan(), after, limit=PAGE)
     series = await daily_series(gw.redis, acct, f)
     key_list = await gw.accounts.list_keys(acct)
     names = {k["id"]: k["name"] for k in key_list}
@@ -292,7 +290,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(CSV_FIELDS)
-    async for rows in usage_rows(gw.redis, acct, f):
+    async for rows in usage_batches(gw.redis, acct, f.scan()):
         for row in rows:
             ms = int(row["id"].split("-")[0])
             out.writerow([
@@ -301,7 +299,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
                 row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
                 row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
                 row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
-                str(Decimal(int(row.get("charged_micro") or 0)) / 1_000_000), row.get("latency_ms", ""),
+                str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
                 row.get("ttft_ms", ""), row.get("queue_ms", "")])
         await resp.write(buf.getvalue().encode())
         buf.seek(0)

@@ -1,0 +1,198 @@
+"""Every API route, declared once: the aiohttp router and ``/openapi.json`` are both built from ``ROUTES``.
+
+Routes as data, in the manner of Starlette: each is a method, a path and a
+handler, plus what the document says about it (summary, request body, query
+and path parameters, security, statuses). ``mount`` puts each on the router
+behind a guard that does what the declaration says before the handler runs:
+
+* ``security``: ``"apiKey"`` authenticates the account's key (the handler reads
+  it with ``gateway.auth.request_key``), ``"adminToken"`` checks the operator's
+  token, ``None`` is public;
+* every path parameter is checked against its id format (``shared/ids.py``): an
+  id that does not match is the same 404 as an id that does not exist, and never
+  reaches a Redis key name.
+
+So a route cannot be served undocumented (tests/test_routes.py compares the
+router with the document) nor documented with a security it does not have.
+The dashboard's HTML pages (``gateway/dashboard/``) are not API routes.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Literal
+
+from aiohttp import web
+
+from gateway import admin, batches, billing, chat, files, health, models, openapi
+from gateway.auth import check_admin
+from gateway.dashboard import adminapi
+from gateway.inputs import QueryParam
+from gateway.state import GATEWAY
+from shared import ids
+from shared.errors import ApiError, not_found
+from shared.protocol import BatchCreateRequest, ChatCompletionRequest, WireModel
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Security = Literal["apiKey", "adminToken"] | None
+
+
+@dataclass(frozen=True)
+class PathParam:
+    name: str
+    format: ids.IdFormat | ids.NameFormat
+    missing: Callable[[str], ApiError]  # the route's 404 for an unknown id, also given for a malformed one
+    description: str
+
+
+@dataclass(frozen=True)
+class Multipart:
+    """A multipart/form-data body: the form's fields as a JSON schema."""
+
+    schema: dict
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    security: Security = "apiKey"
+    body: type[WireModel] | Multipart | None = None
+    params: tuple[PathParam, ...] = ()
+    query: tuple[QueryParam, ...] = ()
+    errors: tuple[int, ...] = (401,)
+    ok: tuple[int, ...] = (200,)
+    media_type: str = "application/json"
+    sse: bool = False  # also answers text/event-stream
+
+    def __post_init__(self) -> None:
+        named = set(re.findall(r"{(\w+)}", self.path))
+        if named != {p.name for p in self.params}:
+            raise ValueError(f"{self.method} {self.path}: path parameters {named} declared as "
+                             f"{[p.name for p in self.params]}")
+
+
+FILE_ID = PathParam("file_id", ids.FILE, lambda v: not_found(f"No such File object: {v}", param="id"),
+                    "A file's id (file-...)")
+BATCH_ID = PathParam("batch_id", ids.BATCH, lambda v: not_found(f"No such Batch object: {v}", param="batch_id"),
+                     "A batch's id (batch_...)")
+ACCOUNT_ID = PathParam("account_id", ids.ACCOUNT, lambda v: not_found(f"No account {v!r}."),
+                       "An account's id (acct_...)")
+KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An API key's id (key_...)")
+MODEL_ID = PathParam("model_id", ids.MODEL, lambda v: not_found(f"The model '{v}' does not exist.",
+                                                                 code="model_not_found", param="model"),
+                     "A model id from GET /api/v1/models")
+
+UPLOAD_FORM = Multipart({"type": "object", "required": ["file", "purpose"], "properties": {
+    "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(files.PURPOSES)}}})
+ADMIN = "adminToken"
+PUBLIC = None
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+ROUTES: tuple[Route, ...] = (
+    # --- OpenAI-compatible API (the account's API key) ---
+    Route("POST", "/api/v1/chat/completions", chat.chat_completions,
+          "Create a chat completion (OpenAI-compatible)", body=ChatCompletionRequest, sse=True,
+          errors=(400, 401, 402, 404, 413, 429, 502, 503, 504)),
+    Route("GET", "/api/v1/models", models.list_models, "List models"),
+    Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model", params=(MODEL_ID,),
+          errors=(401, 404)),
+    Route("POST", "/api/v1/files", files.upload, "Upload a JSONL batch input file", body=UPLOAD_FORM,
+          errors=(400, 401, 413)),
+    Route("GET", "/api/v1/files", files.list_files, "List files, newest first",
+          query=files.PAGING.params + files.LIST_FILTERS, errors=(400, 401)),
+    Route("GET", "/api/v1/files/{file_id}", files.get_file, "Retrieve a file", params=(FILE_ID,),
+          errors=(401, 404)),
+    Route("DELETE", "/api/v1/files/{file_id}", files.delete_file, "Delete a file", params=(FILE_ID,),
+          errors=(401, 404)),
+    Route("GET", "/api/v1/files/{file_id}/content", files.content, "A file's content", params=(FILE_ID,),
+          errors=(401, 404), media_type="application/jsonl"),
+    Route("POST", "/api/v1/batches", batches.create, "Create a batch", body=BatchCreateRequest,
+          errors=(400, 401, 404)),
+    Route("GET", "/api/v1/batches", batches.list_batches, "List batches, newest first",
+          query=batches.PAGING.params, errors=(400, 401)),
+    Route("GET", "/api/v1/batches/{batch_id}", batches.retrieve, "Retrieve a batch", params=(BATCH_ID,),
+          errors=(401, 404)),
+    Route("POST", "/api/v1/batches/{batch_id}/cancel", batches.cancel, "Cancel a batch", params=(BATCH_ID,),
+          errors=(401, 404, 409)),
+    Route("GET", "/api/v1/webhook_secret", batches.get_webhook_secret,
+          "The account's secret for signed batch callbacks"),
+    # --- billing (the account's API key) ---
+    Route("GET", "/billing/credits", billing.credits, "The account's balance, holds and available credits"),
+    Route("GET", "/billing/usage", billing.usage, "Usage rows, newest first",
+          query=billing.PAGING.params + billing.USAGE_FILTERS, errors=(400, 401)),
+    Route("GET", "/billing/orders", billing.orders, "Top-up orders, newest first", query=billing.PAGING.params,
+          errors=(400, 401)),
+    Route("GET", "/billing/ledger", billing.ledger, "Every balance change, newest first",
+          query=billing.PAGING.params, errors=(400, 401)),
+    # --- the operator's admin API (APIINONE_ADMIN_TOKEN) ---
+    Route("POST", "/admin/accounts", admin.create_account, "Create an account", ADMIN, body=admin.NewAccount,
+          ok=(201,), errors=(400, 401)),
+    Route("GET", "/admin/accounts", admin.list_accounts, "List accounts", ADMIN),
+    Route("GET", "/admin/accounts/{account_id}", admin.get_account, "Retrieve an account", ADMIN,
+          params=(ACCOUNT_ID,), errors=(401, 404)),
+    Route("POST", "/admin/accounts/{account_id}/keys", admin.create_key, "Create an API key (shown only here)",
+          ADMIN, body=admin.NewKey, params=(ACCOUNT_ID,), ok=(201,), errors=(400, 401, 404)),
+    Route("GET", "/admin/accounts/{account_id}/keys", admin.list_keys, "List an account's keys (prefixes only)",
+          ADMIN, params=(ACCOUNT_ID,), errors=(401, 404)),
+    Route("POST", "/admin/accounts/{account_id}/topups", admin.create_topup,
+          "Top up, once per reference (a repeated reference answers 200 with the first order)", ADMIN,
+          body=admin.NewTopup, params=(ACCOUNT_ID,), ok=(201, 200), errors=(400, 401, 404)),
+    Route("DELETE", "/admin/keys/{key_id}", admin.delete_key, "Revoke a key on every gateway at once", ADMIN,
+          params=(KEY_ID,), errors=(401, 404)),
+    Route("POST", "/admin/users", adminapi.create_user, "Create a dashboard user", ADMIN, body=adminapi.NewUser,
+          ok=(201,), errors=(400, 401, 404, 409)),
+    Route("GET", "/admin/users", adminapi.list_users, "List dashboard users", ADMIN,
+          query=adminapi.LIST_FILTERS),
+    Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s "
+          "supervised processes and their restarts", ADMIN),
+    Route("GET", "/admin/audit", admin.audit, "Check balance == sum(ledger) for every account", ADMIN),
+    # --- operations (no credentials) ---
+    Route("GET", "/healthz", health.healthz, "The process is alive", PUBLIC, errors=()),
+    Route("GET", "/readyz", health.readyz, "Redis answers and every node has a live worker", PUBLIC,
+          errors=(503,)),
+    Route("GET", "/metrics", health.metrics, "Prometheus metrics", PUBLIC, errors=(),
+          media_type="text/plain"),
+    Route("GET", "/openapi.json", openapi_json, "This document", PUBLIC, errors=()),
+)
+
+
+def _guarded(route: Route) -> Handler:
+    """The handler behind the route's declared security and path id formats."""
+
+    @functools.wraps(route.handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY]
+        if route.security == "apiKey":
+            await gw.keys.authenticate(request)
+        elif route.security == "adminToken":
+            check_admin(request, gw.settings.admin_token)
+        for param in route.params:
+            value = request.match_info[param.name]
+            if not param.format.matches(value):
+                raise param.missing(value)
+        return await route.handler(request)
+
+    return guarded
+
+
+def mount(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+    for route in routes:
+        if route.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, _guarded(route))
+        else:
+            app.router.add_route(route.method, route.path, _guarded(route))
+
+
+@functools.lru_cache(maxsize=1)
+def document() -> dict:
+    """The OpenAPI 3.1 document of ``ROUTES``."""
+    return openapi.build(ROUTES)
