@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.inputs import read_body
 from gateway.state import GATEWAY, Gateway
 from shared import relay
-from shared.admission import check_request, estimated_tokens, refusal
+from shared.admission import check_request, estimated_tokens, plan_hold, refusal
 from shared.contracts import ErrorCode, RequestStatus, RetryKind
 from shared.dispatch import SILENT, WATCH_S, Admitted, InFlight, Retryable, error_from_frame
 from shared.errors import ApiError, not_found, unavailable
@@ -66,7 +66,8 @@ async def admit(request: web.Request, gw: Gateway) -> Admitted:
         "include_usage": bool(req.stream_options and req.stream_options.include_usage),
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
-    return Admitted(key, model, job, estimated_tokens(req, prompt_estimate))
+    return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
+                    plan_hold(req, model, gw.settings.min_output_tokens))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -115,7 +116,8 @@ class HttpRelay:
             reservation, queued = await flight.submit()
             self.request["reservation"] = reservation  # rate-limit headers (gateway/middleware.py)
             if not reservation.ok:
-                raise refusal(reservation, flight.model, flight.key.limits, flight.admitted.estimated_tokens)
+                raise refusal(reservation, flight.model, flight.key.limits, flight.admitted.estimated_tokens,
+                              flight.admitted.hold.floor_micro)
             if not queued:
                 await flight.refund(RequestStatus.REJECTED, ErrorCode.QUEUE_FULL)
                 raise unavailable(f"Node {flight.node} is at capacity ({flight.d.settings.max_queue_depth} "

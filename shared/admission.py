@@ -7,6 +7,10 @@ same words, wherever it comes from.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import orjson
+
 from shared.catalog import Model
 from shared.contracts import ReserveStatus
 from shared.credits import KeyLimits, Reservation
@@ -16,6 +20,8 @@ from shared.protocol import ChatCompletionRequest
 
 OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
 IMAGE_PART_CHARS = 1032  # an image counts as this many characters in the prompt estimate
+IMAGE_TOKEN_BOUND = 1120  # Gemini 3 at high media resolution; the most one image can cost
+MESSAGE_TOKEN_BOUND = 8  # a message's role and separators
 
 
 def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
@@ -54,7 +60,64 @@ def estimated_tokens(req: ChatCompletionRequest, prompt_estimate: int) -> int:
     return prompt_estimate + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
 
 
-def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int) -> ApiError:
+def _text_bound(text: str) -> int:
+    """At most one token per 2 ASCII characters (English runs ~4) and one per other character."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return (ascii_chars + 1) // 2 + (len(text) - ascii_chars)
+
+
+def prompt_token_bound(req: ChatCompletionRequest) -> int:
+    """A generous upper bound of the prompt's tokens, from what the request carries (no tokenizer):
+    every message's text, tool calls, tools and response schema, and the most an image costs."""
+    total = 0
+    for m in req.messages:
+        total += MESSAGE_TOKEN_BOUND
+        content = m.content
+        if isinstance(content, str):
+            total += _text_bound(content)
+        elif content:
+            total += sum(_text_bound(p.text) if p.type == "text" else IMAGE_TOKEN_BOUND for p in content)
+        for call in getattr(m, "tool_calls", None) or ():
+            total += _text_bound(call.function.name) + _text_bound(call.function.arguments) + MESSAGE_TOKEN_BOUND
+    for extra in (req.tools, req.response_format):
+        if extra:
+            total += _text_bound(orjson.dumps([t.model_dump(by_alias=True) for t in extra] if isinstance(extra, list)
+                                              else extra.model_dump(by_alias=True)).decode())
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlan:
+    """What a request may hold: its worst case, and the least it may run with.
+
+    The hold itself is decided atomically by reserve.lua: the worst case, or less where the
+    account's available credits (or the key's limits) leave less, never below the floor. The
+    worker then clamps the request's output to what the hold covers (``affordable_output_tokens``).
+    """
+
+    prompt_bound_tokens: int
+    max_output_tokens: int
+    worst_micro: int  # prompt bound + every output token the request may ask for; never below the base cost
+    floor_micro: int  # prompt bound + the minimum output; never below the base cost
+
+
+def plan_hold(req: ChatCompletionRequest, model: Model, min_output_tokens: int) -> HoldPlan:
+    prompt = prompt_token_bound(req)
+    max_output = min(req.max_completion_tokens or req.max_tokens or model.max_output_tokens, model.max_output_tokens)
+    worst = max(model.base_cost_micro, model.cost_micro(prompt, max_output))
+    floor = max(model.base_cost_micro, model.cost_micro(prompt, min(min_output_tokens, max_output)))
+    return HoldPlan(prompt, max_output, worst, floor)
+
+
+def affordable_output_tokens(hold_micro: int, prompt_bound_tokens: int, model: Model) -> int:
+    """The most output tokens whose cost, with a prompt up to its bound, stays within the hold."""
+    room = hold_micro * 1_000_000 - prompt_bound_tokens * model.input_price_micro
+    if model.output_price_micro <= 0:
+        return model.max_output_tokens
+    return max(0, min(model.max_output_tokens, room // model.output_price_micro))
+
+
+def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, floor_micro: int) -> ApiError:
     """reserve.lua's refusal as the client sees it; the one place its status codes become errors."""
     retry = r.retry_after_ms / 1000
     if r.status == ReserveStatus.RPM_LIMITED:
@@ -72,6 +135,7 @@ def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int) -> 
     if r.status == ReserveStatus.NO_ACCOUNT:
         return insufficient_quota("The account of this API key no longer exists.")
     return insufficient_quota(
-        f"Insufficient credits: a request to '{model.id}' holds {micro_to_credits(model.base_cost_micro):g} "
-        f"credits and the account has {micro_to_credits(r.balance_micro - r.held_micro):g} available. "
+        f"Insufficient credits: this request to '{model.id}' needs at least {micro_to_credits(floor_micro):g} "
+        f"credits held (its prompt and a minimal answer, never less than the {micro_to_credits(model.base_cost_micro):g}"
+        f"-credit base cost) and the account has {micro_to_credits(r.balance_micro - r.held_micro):g} available. "
         "Top up to continue.")

@@ -117,6 +117,8 @@ class Hold:
 class ChatJob(TypedDict):
     """A chat request on a node queue (shared/queue.py wraps it in arq's job format)."""
 
+    hold_micro: int  # the credits held for it (written by enqueue.lua): its output is clamped to what they cover
+    prompt_bound_tokens: int  # the upper bound of its prompt the hold was planned with
     id: str  # the request id: also the hold's id and the settlement's
     account_id: str
     key_id: str

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.accounts import KeyRecord
+from shared.admission import HoldPlan
 from shared.breaker import NodeBreaker
 from shared.catalog import Catalog, Model
 from shared.contracts import ErrorCode, RequestStatus, RetryKind, retry_kind
@@ -46,6 +47,7 @@ log = structlog.get_logger()
 
 WATCH_S = 2.0  # how often a silent request checks that its worker is still alive
 SILENT = None  # what ``InFlight.next_frames`` returns when nothing came for WATCH_S
+HOLD_PLACEHOLDER = -1  # a job's hold_micro until enqueue.lua writes the granted hold (shared/lua/enqueue.lua)
 
 
 class Retryable(ApiError):
@@ -72,6 +74,7 @@ class Admitted:
     model: Model
     job: dict  # the ChatJob fields every attempt shares (the attempt adds id, node, reply_to, times)
     estimated_tokens: int  # charged to the key's tokens/min bucket at admission
+    hold: HoldPlan  # the worst case and the floor of its hold (shared/admission.py)
 
 
 class Dispatcher:
@@ -146,7 +149,10 @@ class InFlight:
         self.node = node
         self.request_id = request_id
         now = time.time()
-        self.job = {**admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
+        # hold_micro comes first: enqueue.lua writes the granted hold over its placeholder (the first
+        # occurrence in the job's bytes, so nothing a client sent can stand in its place).
+        self.job = {"hold_micro": HOLD_PLACEHOLDER, "prompt_bound_tokens": admitted.hold.prompt_bound_tokens,
+                    **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
                     "created": int(now), "enqueued_ms": round(now * 1000, 3), **job_extra}
         self.queue_name = keys.node_batch_queue(node) if batch else keys.node_queue(node)
         allowance = s.queue_timeout_s if queue_allowance_s is None else queue_allowance_s
@@ -172,8 +178,10 @@ class InFlight:
         submit finds the hold, reserve.lua answers REPLAY, and the job is queued).
         """
         d, key, s = self.d, self.key, self.d.settings
-        reserve = d.credits.reserve_call(key.account_id, self.request_id, self.model.base_cost_micro,
-                                         self.hold_deadline_ms, key.id, key.limits, self.admitted.estimated_tokens)
+        plan = self.admitted.hold
+        reserve = d.credits.reserve_call(key.account_id, self.request_id, plan.worst_micro, self.hold_deadline_ms,
+                                         key.id, key.limits, self.admitted.estimated_tokens,
+                                         min_amount_micro=plan.floor_micro)
         enqueue = d.queue.enqueue_call(self.queue_name, "chat", self.request_id, self.job, self.queue_expires_ms,
                                        s.max_queue_depth, held_in=AccountKeys(key.account_id).holds)
         if self.replies is None:

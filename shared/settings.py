@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Request lifecycle
     queue_timeout_s: float = 10.0  # how long a request may wait for a worker before 503
     request_timeout_s: float = 600.0  # hard ceiling for one request, upstream included
+    # A request holds its worst case (prompt bound + max output); where the balance covers less, its
+    # output is clamped to what it does cover (thinking cut first), but never below this: 402 instead.
+    min_output_tokens: int = 256
     hold_grace_s: float = 120.0  # a hold past its deadline by this much is reconciled
     reconcile_interval_s: float = 30.0  # how often the billing worker looks for such holds
     worker_lease_s: float = 5.0  # a worker silent this long is dead; its streams are failed

@@ -22,6 +22,7 @@ import orjson
 import structlog
 
 from shared import relay
+from shared.admission import affordable_output_tokens
 from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
 from shared.contracts import BILLABLE, ChatJob, RequestStatus, Settlement
@@ -33,6 +34,8 @@ from worker.publisher import ReplyPublisher
 
 log = structlog.get_logger()
 
+EFFORTS = ("none", "minimal", "low", "medium", "high")
+ROOM_TO_THINK = 4096  # below this many affordable output tokens, a clamped request thinks as little as it can
 RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
 LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its error passed on at once
 
@@ -121,6 +124,29 @@ async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retrie
             attempt, spent = attempt + 1, spent + pause
 
 
+def clamp_to_hold(job: ChatJob, model: Model) -> dict:
+    """The request body, its output clamped to what its hold covers.
+
+    The hold (written into the job by enqueue.lua) is the request's worst case unless the account's
+    available credits covered less. Then the answer may use only what the hold pays for, and
+    thinking is cut first: it is spent before the answer, so a bare clamp buys an empty answer
+    billed as thinking.
+    """
+    body, hold = job["body"], job.get("hold_micro", -1)
+    if hold is None or hold < 0:
+        return body
+    allowed = affordable_output_tokens(hold, job.get("prompt_bound_tokens", 0), model)
+    requested = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output_tokens
+    if allowed >= requested:
+        return body
+    clamped = {k: v for k, v in body.items() if k != "max_tokens"}
+    clamped["max_completion_tokens"] = max(1, allowed)
+    target = "low" if allowed >= ROOM_TO_THINK else "none"
+    asked = body.get("reasoning_effort") or "high"
+    clamped["reasoning_effort"] = min(asked, target, key=EFFORTS.index)
+    return clamped
+
+
 def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool, latency_ms: int,
                      queue_ms: float) -> Settlement:
     """The settlement the billing worker prices and applies: a pure function of the job's end."""
@@ -147,8 +173,8 @@ async def _generate(rt: JobRuntime, job: ChatJob, model: Model, publisher: Reply
             # One answer, one upstream call: a client that leaves meanwhile does not interrupt it
             # (the provider generates and bills the whole answer anyway); it is billed when it ends.
             rt.cancels.finish_on_cancel.add(rid)
-        deltas = stream_with_retries(rt.adapter(job["node"]), job["body"], model, rt.settings.upstream_retries,
-                                     incremental=stream)
+        deltas = stream_with_retries(rt.adapter(job["node"]), clamp_to_hold(job, model), model,
+                                     rt.settings.upstream_retries, incremental=stream)
         async with asyncio.timeout(rt.settings.request_timeout_s):
             async for delta in deltas:
                 chunks = gen.builder.add(delta)
