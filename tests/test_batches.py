@@ -27,7 +27,7 @@ from aiohttp import web
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared.batch_store import BatchKeys
+from shared.keys import BatchKeys
 from shared.launcher import apiinone_command
 from shared.settings import Settings
 from tests.bench.batch_scale import interactive_latencies, peak_rss_kb

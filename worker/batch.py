@@ -57,15 +57,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from shared import keys, relay
-from shared.batch_store import ACTIVE, CALLBACKS, PAGE, WAKE, BatchKeys, BatchStore, line_request_id, new_id, \
-    webhook_secret
+from shared.batch_store import PAGE, BatchStore, line_request_id, new_id, webhook_secret
 from shared.catalog import Catalog, Model, get_catalog
 from shared.admission import check_request
 from shared.contracts import Hold, ReserveStatus, WORKER_FAULTS
 from shared.credits import Credits, KeyLimits
 from shared.reply_hub import LOST, ReplyHub
 from shared.errors import ApiError
-from shared.keys import AccountKeys
+from shared.keys import BATCH_CALLBACKS as CALLBACKS, BATCHES_ACTIVE as ACTIVE, BATCHES_WAKE as WAKE, \
+    AccountKeys, BatchKeys
 from shared.nodes import live_worker_counts
 from shared.protocol import ChatCompletionRequest, parse_chat_request
 from shared.queue import NodeQueue, QueueFull
