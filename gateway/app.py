@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     r.add_post("/api/v1/chat/completions", chat.chat_completions)
     r.add_get("/api/v1/models", models.list_models)
     r.add_get("/api/v1/models/{model_id}", models.get_model)
-    # Batch: OpenAI Files + Batches API (gateway/files.py, gateway/batches.py; run by worker/batch.py)
+    # Batch: OpenAI Files + Batches API (gateway/files.py, gateway/batches.py; run by worker/batch/)
     app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings, app[GATEWAY].scripts)
     r.add_post("/api/v1/files", files.upload)
     r.add_get("/api/v1/files", files.list_files)

@@ -1,9 +1,9 @@
 """OpenAI's Batches API: /api/v1/batches (the account's API key).
 
 The gateway only records a batch (status ``validating``) and wakes the batch
-worker (``worker/batch.py``), which validates, runs and finalizes it. A batch
+worker (``worker/batch/``), which validates, runs and finalizes it. A batch
 may carry ``metadata.callback_url``: on a terminal status the batch worker
-POSTs a signed event there (see ``worker/batch.py``); the signing secret is
+POSTs a signed event there (``worker/batch/callbacks.py``); the signing secret is
 ``GET /api/v1/webhook_secret``.
 """
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from typing import AsyncIterator
+from enum import StrEnum
+from typing import AsyncIterator, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -38,7 +39,23 @@ from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, ac
 from shared.scripts import Scripts
 from shared.settings import Settings
 
-TERMINAL = ("completed", "failed", "cancelled", "expired")
+
+
+class BatchStatus(StrEnum):
+    """OpenAI's batch statuses: validating -> in_progress -> finalizing -> completed, or failed
+    (validation), expired (the completion window passed), cancelling -> cancelled."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
 PAGE = 500  # lines per LRANGE / RPUSH
 
 
@@ -206,7 +223,7 @@ class BatchStore:
         b = BatchKeys(batch_id)
         record = {
             "id": batch_id, "account_id": account_id, "key_id": key_id, "key_limits": orjson.dumps(key_limits),
-            "status": "validating", "input_file_id": input_file_id, "endpoint": endpoint,
+            "status": BatchStatus.VALIDATING, "input_file_id": input_file_id, "endpoint": endpoint,
             "completion_window": completion_window, "created_at": now, "expires_at": int(now + window_s),
             "metadata": orjson.dumps(metadata) if metadata is not None else "", "cursor": 0, "total": 0,
             "completed": 0, "failed": 0, "charged_micro": 0, "callback_url": (metadata or {}).get("callback_url", ""),
@@ -282,22 +299,21 @@ class BatchStore:
         return result.decode() if isinstance(result, bytes) else result
 
     async def request_cancel(self, batch_id: str) -> str | None:
-        result = await self.transition(batch_id, "cancelling", ("validating", "in_progress"),
-                                       cancelling_at=int(time.time()))
+        allowed = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+        result = await self.transition(batch_id, BatchStatus.CANCELLING, allowed, cancelling_at=int(time.time()))
         if result == "ok":
             await self.redis.rpush(BATCHES_WAKE, batch_id)
         return result
 
-    async def finish_line(self, b: BatchKeys, line_no: int, kind: str, line: bytes, charge_micro: int,
-                          request_id: str) -> bool:
-        return bool(await self.scripts.batch_finish_line(keys=[b.batch, b.inflight, b.output, b.errors, b.result(request_id)],
-                                       args=[line_no, kind, line, charge_micro]))
+    async def finish_line(self, b: BatchKeys, line_no: int, kind: Literal["ok", "err", "none"], line: bytes,
+                          charge_micro: int, request_id: str) -> bool:
+        """Write a line's output (ok) or error (err) line, or nothing (none: dropped), once."""
+        return bool(await self.scripts.batch_finish_line(
+            keys=[b.batch, b.inflight, b.output, b.errors, b.result(request_id)],
+            args=[line_no, kind, line, charge_micro]))
 
     async def write_unrun(self, b: BatchKeys, first: int, next_cursor: int, lines: list[bytes]) -> bool:
         return bool(await self.scripts.batch_write_unrun(keys=[b.batch, b.errors], args=[first, next_cursor, *lines]))
-
-    async def renew_lease(self, b: BatchKeys, owner: str, ttl_ms: int) -> bool:
-        return bool(await self.scripts.batch_lease_renew(keys=[b.lease], args=[owner, ttl_ms]))
 
     async def retain(self, b: BatchKeys) -> None:
         """A finished batch keeps its object for the retention time; its scratch keys go now."""
@@ -305,7 +321,7 @@ class BatchStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.expire(b.batch, ttl)
             pipe.expire(b.callback, ttl)
-            pipe.delete(b.inflight, b.ids, b.lease)
+            pipe.delete(b.inflight, b.lease)
             pipe.zrem(BATCHES_ACTIVE, b.id)
             await pipe.execute()
 

@@ -129,7 +129,7 @@ def account_batches(account_id: str) -> str:
 class BatchKeys:
     """The keys of one batch; all share the hash tag ``{batch:<id>}`` (one Cluster slot per script)."""
 
-    __slots__ = ("id", "batch", "inflight", "output", "errors", "lease", "callback", "ids")
+    __slots__ = ("id", "batch", "inflight", "output", "errors", "lease", "callback")
 
     def __init__(self, batch_id: str) -> None:
         tag = f"{PREFIX}{{batch:{batch_id}}}:"
@@ -140,8 +140,8 @@ class BatchKeys:
         self.errors = tag + "errors"  # list: error file lines
         self.lease = tag + "lease"  # string with TTL: the batch worker running the batch
         self.callback = tag + "callback"  # list: completion callback delivery attempts (JSON)
-        self.ids = tag + "custom_ids"  # set, only while validating
 
     def result(self, request_id: str) -> str:
         """string: the final reply frame of one line's request, stored by the node worker before it bills."""
         return f"{PREFIX}{{batch:{self.id}}}:result:{request_id}"
+

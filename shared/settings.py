@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     upstream_idle_timeout_s: float = 120.0  # an upstream stream silent this long is failed (and refunded)
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 
-    # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch.py)
+    # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch/)
     batch_max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused with 413
     batch_max_lines: int = 50_000  # requests per batch; more fails the batch in validation
     batch_max_line_bytes: int = 1024 * 1024  # one request line; longer fails the batch in validation
