@@ -34,6 +34,7 @@ from typing import AsyncIterator, Literal
 import orjson
 from redis.asyncio import Redis
 
+from shared.callback_targets import Delivery, status_outcome
 from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, account_batches, account_files, \
     file_key, file_lines_key
 from shared.scripts import Scripts
@@ -76,6 +77,18 @@ def _s(raw: dict[bytes, bytes], field: str, default: str = "") -> str:
 def _i(raw: dict[bytes, bytes], field: str) -> int | None:
     v = raw.get(field.encode())
     return int(v) if v not in (None, b"") else None
+
+
+def _attempt_shown(raw: bytes) -> dict:
+    """A callback attempt as its tenant sees it. One recorded before outcomes were coarse (with its
+    exact status code and connection error text) is shown coarsely as well."""
+    attempt = orjson.loads(raw)
+    if "outcome" in attempt:
+        return attempt
+    code = attempt.get("status_code")
+    return {"attempt": attempt.get("attempt"), "at": attempt.get("at"),
+            "outcome": Delivery.FAILED if code is None else status_outcome(code),
+            "duration_ms": attempt.get("duration_ms")}
 
 
 class FileTooLarge(Exception):
@@ -275,7 +288,7 @@ class BatchStore:
         if url:
             obj["callback"] = {"url": url, "status": _s(raw, "callback_status") or None,
                                "event_id": _s(raw, "callback_event_id") or None,
-                               "attempts": [orjson.loads(a) for a in attempts]}
+                               "attempts": [_attempt_shown(a) for a in attempts]}
         return obj
 
     async def list_batches(self, account_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:

@@ -145,3 +145,7 @@ class BatchKeys:
         """string: the final reply frame of one line's request, stored by the node worker before it bills."""
         return f"{PREFIX}{{batch:{self.id}}}:result:{request_id}"
 
+
+def callback_budget(account_id: str, minute: int) -> str:
+    """counter with TTL: an account's completion callback attempts in one clock minute (epoch minutes)."""
+    return f"{PREFIX}callback_budget:{account_id}:{minute}"

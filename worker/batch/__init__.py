@@ -16,7 +16,8 @@ The rooms of this package:
 - ``lines.py``     one line's state while it runs, how an attempt ended, its output line
 - ``probe.py``     where an attempt is, from Redis, when its replies are silent or lost
 - ``finalize.py``  unrun lines on expiry, the output and error files, the terminal status
-- ``callbacks.py`` the signed completion callback: scheduling, delivery, attempts
+- ``callbacks.py`` the signed completion callback: scheduling, rate, attempts
+- ``egress.py``    the callback's one POST: public https addresses only, a coarse outcome
 
 Storage (files, batch objects, the per-line scripts) is ``shared/batch_store.py``.
 """
