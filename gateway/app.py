@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(response_headers)
-    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings)  # the Files and Batches APIs' storage
+    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings, app[GATEWAY].scripts)  # the Files and Batches APIs' storage
     routes.mount(app)  # every API route: gateway/routes.py (also the source of /openapi.json)
     dashboard.setup(app)  # /dashboard, the browser UI: HTML pages, not API routes
     return app

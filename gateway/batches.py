@@ -1,10 +1,13 @@
 """OpenAI's Batches API: /api/v1/batches (the account's API key).
 
 The gateway only records a batch (status ``validating``) and wakes the batch
-worker (``worker/batch.py``), which validates, runs and finalizes it. A batch
+worker (``worker/batch/``), which validates, runs and finalizes it. A batch
 may carry ``metadata.callback_url``: on a terminal status the batch worker
-POSTs a signed event there (see ``worker/batch.py``); the signing secret is
-``GET /api/v1/webhook_secret``.
+POSTs a signed event there (``worker/batch/callbacks.py``); the signing secret
+is ``GET /api/v1/webhook_secret``. The URL must be public ``https``
+(``shared/callback_targets.py``): refused here when its scheme or IP-literal
+host breaks the rule, and its host name is checked again when the worker
+connects.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from gateway.files import store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
 from shared.batch_store import TERMINAL, webhook_secret
+from shared.callback_targets import url_refusal
 from shared.errors import ApiError, bad_request, not_found
 from shared.protocol import BatchCreateRequest
 
@@ -31,6 +35,11 @@ async def create(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     key = request_key(request)
     body = await read_body(request, BatchCreateRequest)
+    callback_url = (body.metadata or {}).get("callback_url")
+    if callback_url is not None:
+        refusal = url_refusal(callback_url, gw.settings.callback_allow_private)
+        if refusal is not None:
+            raise bad_request(f"metadata.callback_url {refusal}.", param="metadata.callback_url", code="invalid_value")
     s = store(request)
     record = await s.get_file(key.account_id, body.input_file_id)
     if record is None:

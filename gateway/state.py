@@ -23,6 +23,7 @@ class Gateway:
         self.dispatch = Dispatcher(settings, catalog, self.gateway_id,
                                    on_revocation=lambda digest: self.keys.revoke(digest))
         self.redis = self.dispatch.redis
+        self.scripts = self.dispatch.scripts
         self.credits = self.dispatch.credits
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub

@@ -18,8 +18,9 @@ line is not in flight any more. Together with the deterministic request id of
 each attempt (``batch_<id>_<line>[_a<n>]``) and the durable result this lets a
 killed batch worker resume without running or billing a line twice.
 
-Key names: ``aio:file:...`` / ``aio:{batch:ID}:...``; retention is a TTL set
-on every key of a file and of a finished batch.
+Key names are in ``shared/keys.py`` (``aio:file:...`` / ``aio:{batch:ID}:...``), the
+scripts in ``shared/lua/batch_*.lua``; retention is a TTL set on every key of a
+file and of a finished batch.
 """
 
 from __future__ import annotations
@@ -27,125 +28,44 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from typing import AsyncIterator
+from enum import StrEnum
+from typing import AsyncIterator, Literal
 
 import orjson
 from redis.asyncio import Redis
 
-from shared import ids, keys
+from shared import ids
+from shared.callback_targets import Delivery, status_outcome
 from shared.filenames import safe_filename
-from shared.keys import AccountKeys
+from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, account_batches, account_files, \
+    file_key, file_lines_key
 from shared.money import micro_to_credits
+from shared.scripts import Scripts
 from shared.settings import Settings
 
-# --- key names ------------------------------------------------------------------------------
-P = keys.PREFIX
-ACTIVE = P + "batches:active"  # zset: batch id -> created ms, every batch not yet terminal
-WAKE = P + "batches:wake"  # list: pushed on create/cancel, so the batch worker looks at once
-CALLBACKS = P + "batches:callbacks"  # zset: batch id -> when its next callback attempt is due (ms)
 
-TERMINAL = ("completed", "failed", "cancelled", "expired")
+
+class BatchStatus(StrEnum):
+    """OpenAI's batch statuses: validating -> in_progress -> finalizing -> completed, or failed
+    (validation), expired (the completion window passed), cancelling -> cancelled."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
 PAGE = 500  # lines per LRANGE / RPUSH
-
-
-def file_key(file_id: str) -> str:
-    return f"{P}file:{file_id}"  # hash: the file object + account_id + lines_key
-
-
-def file_lines_key(file_id: str) -> str:
-    return f"{P}file:{file_id}:lines"  # list: an uploaded file's lines
-
-
-def account_files(account_id: str) -> str:
-    return f"{P}files:{account_id}"  # zset: file id -> created ms
-
-
-def account_batches(account_id: str) -> str:
-    return f"{P}batches:{account_id}"  # zset: batch id -> created ms
-
-
-class BatchKeys:
-    __slots__ = ("id", "batch", "inflight", "output", "errors", "lease", "callback", "ids")
-
-    def __init__(self, batch_id: str) -> None:
-        tag = f"{P}{{batch:{batch_id}}}:"
-        self.id = batch_id
-        self.batch = tag + "batch"
-        self.inflight = tag + "inflight"
-        self.output = tag + "output"
-        self.errors = tag + "errors"
-        self.lease = tag + "lease"
-        self.callback = tag + "callback"
-        self.ids = tag + "custom_ids"  # set, only while validating
-
-    def result(self, request_id: str) -> str:
-        return f"{P}{{batch:{self.id}}}:result:{request_id}"
 
 
 def line_request_id(batch_id: str, line_no: int, attempt: int) -> str:
     """Deterministic per line and attempt: a resumed worker finds the same hold, job and result."""
     return f"{batch_id}_{line_no}" + (f"_a{attempt}" if attempt else "")
-
-
-# --- scripts ----------------------------------------------------------------------------------
-# KEYS: batch, inflight, output list, errors list, result key. ARGV: line no, kind (ok|err|none), line, charge
-FINISH_LINE = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-if ARGV[2] == 'ok' then
-  redis.call('RPUSH', KEYS[3], ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'completed', 1)
-  redis.call('HINCRBY', KEYS[1], 'output_bytes', string.len(ARGV[3]) + 1)
-elseif ARGV[2] == 'err' then
-  redis.call('RPUSH', KEYS[4], ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'failed', 1)
-  redis.call('HINCRBY', KEYS[1], 'error_bytes', string.len(ARGV[3]) + 1)
-end
-if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'charged_micro', ARGV[4]) end
-redis.call('DEL', KEYS[5])
-return 1
-"""
-
-# KEYS: batch. ARGV: new status, then allowed current statuses..., then '--', then field/value pairs
-TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return false end
-local i = 2
-local ok = false
-while ARGV[i] ~= '--' do
-  if ARGV[i] == cur then ok = true end
-  i = i + 1
-end
-if not ok then return cur end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
-i = i + 1
-while i < #ARGV do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-return 'ok'
-"""
-
-# KEYS: lease. ARGV: owner, ttl ms. Renews only our own lease.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# KEYS: batch, errors list. ARGV: first line, next cursor, error lines...
-# Lines that never ran (expiry) written as errors once: only if the cursor is still where we read it.
-UNRUN = """
-if tonumber(redis.call('HGET', KEYS[1], 'cursor') or '0') ~= tonumber(ARGV[1]) then return 0 end
-local bytes = 0
-for i = 3, #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[i])
-  bytes = bytes + string.len(ARGV[i]) + 1
-end
-redis.call('HINCRBY', KEYS[1], 'failed', #ARGV - 2)
-redis.call('HINCRBY', KEYS[1], 'error_bytes', bytes)
-redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
-return 1
-"""
 
 
 def new_id(prefix: str) -> str:
@@ -162,18 +82,27 @@ def _i(raw: dict[bytes, bytes], field: str) -> int | None:
     return int(v) if v not in (None, b"") else None
 
 
+def _attempt_shown(raw: bytes) -> dict:
+    """A callback attempt as its tenant sees it. One recorded before outcomes were coarse (with its
+    exact status code and connection error text) is shown coarsely as well."""
+    attempt = orjson.loads(raw)
+    if "outcome" in attempt:
+        return attempt
+    code = attempt.get("status_code")
+    return {"attempt": attempt.get("attempt"), "at": attempt.get("at"),
+            "outcome": Delivery.FAILED if code is None else status_outcome(code),
+            "duration_ms": attempt.get("duration_ms")}
+
+
 class FileTooLarge(Exception):
     pass
 
 
 class BatchStore:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.settings = settings
-        self._finish = redis.register_script(FINISH_LINE)
-        self._transition = redis.register_script(TRANSITION)
-        self._renew = redis.register_script(RENEW)
-        self._unrun = redis.register_script(UNRUN)
+        self.scripts = scripts or Scripts(redis)
 
     # --- files ----------------------------------------------------------------------------
     async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> dict:
@@ -316,7 +245,7 @@ class BatchStore:
         b = BatchKeys(batch_id)
         record = {
             "id": batch_id, "account_id": account_id, "key_id": key_id, "key_limits": orjson.dumps(key_limits),
-            "status": "validating", "input_file_id": input_file_id, "endpoint": endpoint,
+            "status": BatchStatus.VALIDATING, "input_file_id": input_file_id, "endpoint": endpoint,
             "completion_window": completion_window, "created_at": now, "expires_at": int(now + window_s),
             "metadata": orjson.dumps(metadata) if metadata is not None else "", "cursor": 0, "total": 0,
             "completed": 0, "failed": 0, "charged_micro": 0, "callback_url": (metadata or {}).get("callback_url", ""),
@@ -324,9 +253,9 @@ class BatchStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(b.batch, mapping=record)
             pipe.zadd(account_batches(account_id), {batch_id: int(time.time() * 1000)})
-            pipe.zadd(ACTIVE, {batch_id: int(time.time() * 1000)})
-            pipe.rpush(WAKE, batch_id)
-            pipe.ltrim(WAKE, -1000, -1)
+            pipe.zadd(BATCHES_ACTIVE, {batch_id: int(time.time() * 1000)})
+            pipe.rpush(BATCHES_WAKE, batch_id)
+            pipe.ltrim(BATCHES_WAKE, -1000, -1)
             await pipe.execute()
         return await self.get_batch(batch_id)
 
@@ -370,7 +299,7 @@ class BatchStore:
         if url:
             obj["callback"] = {"url": url, "status": _s(raw, "callback_status") or None,
                                "event_id": _s(raw, "callback_event_id") or None,
-                               "attempts": [orjson.loads(a) for a in attempts]}
+                               "attempts": [_attempt_shown(a) for a in attempts]}
         return obj
 
     async def list_batches(self, account_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
@@ -390,26 +319,25 @@ class BatchStore:
         args: list[object] = [to, *allowed, "--"]
         for k, v in fields.items():
             args += [k, v if isinstance(v, (bytes, str)) else str(v)]
-        result = await self._transition(keys=[BatchKeys(batch_id).batch], args=args)
+        result = await self.scripts.batch_transition(keys=[BatchKeys(batch_id).batch], args=args)
         return result.decode() if isinstance(result, bytes) else result
 
     async def request_cancel(self, batch_id: str) -> str | None:
-        result = await self.transition(batch_id, "cancelling", ("validating", "in_progress"),
-                                       cancelling_at=int(time.time()))
+        allowed = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+        result = await self.transition(batch_id, BatchStatus.CANCELLING, allowed, cancelling_at=int(time.time()))
         if result == "ok":
-            await self.redis.rpush(WAKE, batch_id)
+            await self.redis.rpush(BATCHES_WAKE, batch_id)
         return result
 
-    async def finish_line(self, b: BatchKeys, line_no: int, kind: str, line: bytes, charge_micro: int,
-                          request_id: str) -> bool:
-        return bool(await self._finish(keys=[b.batch, b.inflight, b.output, b.errors, b.result(request_id)],
-                                       args=[line_no, kind, line, charge_micro]))
+    async def finish_line(self, b: BatchKeys, line_no: int, kind: Literal["ok", "err", "none"], line: bytes,
+                          charge_micro: int, request_id: str) -> bool:
+        """Write a line's output (ok) or error (err) line, or nothing (none: dropped), once."""
+        return bool(await self.scripts.batch_finish_line(
+            keys=[b.batch, b.inflight, b.output, b.errors, b.result(request_id)],
+            args=[line_no, kind, line, charge_micro]))
 
     async def write_unrun(self, b: BatchKeys, first: int, next_cursor: int, lines: list[bytes]) -> bool:
-        return bool(await self._unrun(keys=[b.batch, b.errors], args=[first, next_cursor, *lines]))
-
-    async def renew_lease(self, b: BatchKeys, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[b.lease], args=[owner, ttl_ms]))
+        return bool(await self.scripts.batch_write_unrun(keys=[b.batch, b.errors], args=[first, next_cursor, *lines]))
 
     async def retain(self, b: BatchKeys) -> None:
         """A finished batch keeps its object for the retention time; its scratch keys go now."""
@@ -417,8 +345,8 @@ class BatchStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.expire(b.batch, ttl)
             pipe.expire(b.callback, ttl)
-            pipe.delete(b.inflight, b.ids, b.lease)
-            pipe.zrem(ACTIVE, b.id)
+            pipe.delete(b.inflight, b.lease)
+            pipe.zrem(BATCHES_ACTIVE, b.id)
             await pipe.execute()
 
 

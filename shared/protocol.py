@@ -201,7 +201,8 @@ class BatchCreateRequest(WireModel):
     input_file_id: str
     endpoint: Literal["/v1/chat/completions"]
     completion_window: Literal["24h"]
-    # At most 16 pairs; `callback_url` (http or https) gets a signed event on a terminal status.
+    # At most 16 pairs; `callback_url` gets a signed event on a terminal status. Its shape is checked here;
+    # the gateway refuses what is not public https (shared/callback_targets.py, unless the setting allows).
     metadata: Annotated[dict[Annotated[str, Field(max_length=64)], MetadataValue], Field(max_length=16)] | None = None
 
     @field_validator("metadata")

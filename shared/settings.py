@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     upstream_idle_timeout_s: float = 120.0  # an upstream stream silent this long is failed (and refunded)
     upstream_retries: int = 2  # retries before the first token on 429/5xx
 
-    # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch.py)
+    # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch/)
     batch_max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused with 413
     batch_max_lines: int = 50_000  # requests per batch; more fails the batch in validation
     batch_max_line_bytes: int = 1024 * 1024  # one request line; longer fails the batch in validation
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     batch_inflight_total: int = 128  # lines of all batches, per batch worker process
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
+    batch_callbacks_per_minute: int = 30  # callback attempts per account per clock minute; more wait (0: no limit)
+    # Callbacks go only to public https addresses (shared/callback_targets.py); true lets them use http and
+    # loopback/private addresses (the product's own tests). Never on a shared deployment: it is an SSRF hole.
+    callback_allow_private: bool = False
 
     # Metrics: workers and the billing worker serve /metrics on this port (0: off). The gateway serves
     # /metrics on its HTTP port: keep that path off public ingress (deploy/ blocks it at the proxy).

@@ -16,7 +16,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -55,21 +57,28 @@ def valkey_port():
                 proc.wait()
 
 
-@pytest.fixture(scope="session")
-def stack():
+@contextmanager
+def audited_stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A whole stack on loopback (``env``: extra settings for every process), audited when it stops."""
     os.environ.pop("REDIS_URL", None)
     os.environ.pop("GEMINI_API_KEY", None)
     with tempfile.TemporaryDirectory(prefix="apiinone-test-") as tmp:
-        st = Stack(make_settings(Path(tmp)), quiet=not os.environ.get("APIINONE_TEST_VERBOSE"))
+        st = Stack(make_settings(Path(tmp)), quiet=not os.environ.get("APIINONE_TEST_VERBOSE"), env=dict(env or {}))
         try:
             st.start()
             yield st
-            # Whatever the suite did to this stack, every account's ledger still agrees with its balance.
+            # Whatever the tests did to this stack, every account's ledger still agrees with its balance.
             audit = httpx.get(st.base_url + "/admin/audit", timeout=30,
                               headers={"Authorization": f"Bearer {st.settings.admin_token}"}).json()
             assert audit["ok"], [row for row in audit["data"] if not row["ok"]]
         finally:
             st.stop()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    with audited_stack() as st:
+        yield st
 
 
 class Admin:

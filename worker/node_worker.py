@@ -94,7 +94,7 @@ class NodeWorker(BlockingPopWorker):
     def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
         """A batch line's key says which worker runs it from its first write on: a batch worker that
         restarts meanwhile (and missed the STARTED frame) waits for that worker instead of running
-        the line again (worker/batch.py ``_probe``)."""
+        the line again (worker/batch/probe.py)."""
         if not job.get("batch_id"):
             return super().claimed_commands(job_id, job)
         ttl_ms = int((self.settings.request_timeout_s + 60) * 1000)

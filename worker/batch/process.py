@@ -1,0 +1,156 @@
+"""The ``apiinone batch-worker`` process: which batches run here, and its loops.
+
+Loops: the scan (take the lease of every active batch nobody runs, woken at
+once by a create or cancel), the lease keeper (``leases.py``), the liveness of
+the node workers (where lines may be sent), and the callback deliveries
+(``callbacks.py``). Each batch taken runs in its own task: validation first
+(``validation.py``), then its execution (``run.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from shared.batch_store import TERMINAL, BatchStatus, BatchStore
+from shared.catalog import Catalog, get_catalog
+from shared.credits import Credits
+from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, BatchKeys
+from shared.nodes import live_worker_counts
+from shared.queue import NodeQueue
+from shared.redis_client import make_redis
+from shared.reply_hub import ReplyHub
+from shared.settings import Settings, get_settings
+from worker.batch.callbacks import Callbacks
+from worker.batch.finalize import mark_terminal
+from worker.batch.leases import BatchLeases
+from worker.batch.run import BatchRun
+from worker.batch.validation import LineRules, LineValidator, Validation, check_file
+
+log = structlog.get_logger()
+
+RUNNABLE = (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING, BatchStatus.FINALIZING)
+
+
+class BatchWorker:
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.catalog = catalog or get_catalog()
+        url = self.settings.redis_url
+        self.redis = make_redis(url)
+        self.blocking = make_redis(url, max_connections=2, socket_timeout=None)
+        self.pubsub_redis = make_redis(url, max_connections=2, socket_timeout=None, retries=0)
+        self.store = BatchStore(self.redis, self.settings)
+        self.credits = Credits(self.redis, self.store.scripts)
+        self.queue = NodeQueue(self.redis, self.store.scripts)
+        self.worker_id = f"batch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.hub = ReplyHub(self.pubsub_redis, self.worker_id, lambda _digest: None)
+        self.leases = BatchLeases(self.redis, self.store.scripts, self.worker_id)
+        self.callbacks = Callbacks(self.redis, self.store, self.settings)
+        self.total_slots = asyncio.Semaphore(self.settings.batch_inflight_total)
+        self.running: dict[str, asyncio.Task] = {}
+        self.live: dict[str, int] = {}  # node -> live node workers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.callbacks.start()
+        self.hub.start()
+        loops = [asyncio.create_task(c) for c in (self._scan_loop(), self.leases.keep(self.running),
+                                                  self._liveness_loop(), self.callbacks.run())]
+        log.info("batch worker started", worker_id=self.worker_id)
+        try:
+            await stop.wait()
+        finally:
+            for task in loops + list(self.running.values()):
+                task.cancel()
+            await asyncio.gather(*loops, *self.running.values(), return_exceptions=True)
+            for batch_id in list(self.running):  # hand our batches over at once instead of after the lease lapses
+                await self.leases.release(batch_id)
+            await self.callbacks.close()
+            await self.hub.stop()
+            for r in (self.redis, self.blocking, self.pubsub_redis):
+                await r.aclose()
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                for member in await self.redis.zrange(BATCHES_ACTIVE, 0, -1):
+                    batch_id = member.decode()
+                    if batch_id not in self.running and await self.leases.take(batch_id):
+                        self.running[batch_id] = asyncio.create_task(self._run_batch(batch_id))
+                await self.blocking.blpop([BATCHES_WAKE], timeout=1)
+            except RedisError as exc:
+                log.warning("batch scan failed", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            try:
+                self.live = await live_worker_counts(self.redis, list(self.catalog.nodes), self.settings.worker_lease_s)
+            except RedisError:
+                pass
+            await asyncio.sleep(1.0)
+
+    async def _run_batch(self, batch_id: str) -> None:
+        b = BatchKeys(batch_id)
+        try:
+            raw = await self.store.raw_batch(batch_id)
+            if not raw:
+                await self.redis.zrem(BATCHES_ACTIVE, batch_id)
+                return
+            status = raw.get(b"status", b"").decode()
+            if status == BatchStatus.VALIDATING:
+                status = await self._validate(b, raw)
+            if status in RUNNABLE:
+                await BatchRun(self, b, await self.store.raw_batch(batch_id)).execute()
+            elif status in TERMINAL:
+                await self.store.retain(b)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch run crashed; it will be resumed", batch_id=batch_id)
+            await asyncio.sleep(1)
+        finally:
+            self.running.pop(batch_id, None)
+            await self.leases.release(batch_id)
+
+    async def _validate(self, b: BatchKeys, raw: dict[bytes, bytes]) -> str:
+        """Read the input file once; fail the batch naming its bad lines, or start it. Returns the new status."""
+        s = self.settings
+        record = await self.store.get_file(raw[b"account_id"].decode(), raw[b"input_file_id"].decode())
+        problem = check_file(record, s.batch_max_file_bytes)
+        if problem is not None:
+            validation = Validation([problem], 0)
+        else:
+            validator = LineValidator(LineRules.of(raw[b"endpoint"].decode(), self.catalog, s))
+            async for index, line in self.store.iter_lines(record["lines_key"]):
+                if not validator.feed(index, line):
+                    break
+            validation = validator.result()
+        if not validation.ok:
+            await self.store.transition(b.id, BatchStatus.FAILED, (BatchStatus.VALIDATING, BatchStatus.CANCELLING),
+                                        failed_at=int(time.time()), errors=orjson.dumps(validation.errors_object()),
+                                        total=validation.total)
+            await mark_terminal(self.store, self.callbacks, b)
+            log.info("batch failed validation", batch_id=b.id, errors=len(validation.errors))
+            return BatchStatus.FAILED
+        result = await self.store.transition(b.id, BatchStatus.IN_PROGRESS, (BatchStatus.VALIDATING,),
+                                             in_progress_at=int(time.time()), total=validation.total)
+        log.info("batch validated", batch_id=b.id, total=validation.total)
+        return BatchStatus.IN_PROGRESS if result == "ok" else result or BatchStatus.FAILED
+
+
+async def serve() -> None:
+    worker = BatchWorker()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.run(stop)

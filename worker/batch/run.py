@@ -1,0 +1,398 @@
+"""One batch's execution in this process: feed its lines, run each line's attempts, then finalize.
+
+Lines are fed in order onto the model's node batch queue (``keys.node_batch_queue``:
+node workers pop it only when the interactive queue is empty), at most
+``batch_inflight_per_batch`` lines of a batch (and ``batch_inflight_total`` of all)
+queued or running at once. Each line is an ordinary non-stream chat request:
+reserved like any request (a line the account cannot cover fails with
+``insufficient_quota`` and the batch goes on), run by a node worker, settled by the
+billing worker with the batch id on its usage row.
+
+Exactly once, across a SIGKILL of this process: a line is recorded in flight (with
+the batch's cursor) before it is reserved; its request id is deterministic
+(``<batch id>_<line>[_a<attempt>]``); the node worker stores the line's final reply
+under a result key before it publishes or bills it; and the output line is
+appended by a script that also removes the line from the in-flight record, once. A
+line's node worker announces it with a STARTED frame (its worker id) once it has
+run 0.2 s; the node worker took the job off the queue by then, so that id, kept in
+the in-flight record, is what says the line is running. A resumed worker probes
+each line still in flight (``probe.py``): job still queued, or started on a live
+worker -> wait for it; result stored -> write it; started on a dead worker ->
+refund that attempt and run a new one; never enqueued -> enqueue (reserving only
+if no hold exists). So no line is run to completion twice, and no line is billed
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from shared import keys, relay
+from shared.batch_store import BatchStatus, line_request_id
+from shared.catalog import Model
+from shared.contracts import ErrorCode, Hold, RequestStatus, ReserveStatus
+from shared.credits import KeyLimits
+from shared.keys import AccountKeys, BatchKeys
+from shared.protocol import ChatCompletionRequest, parse_chat_request
+from shared.queue import QueueFull
+from shared.reply_hub import LOST
+from worker.batch import lines
+from worker.batch.finalize import expire_unrun, finalize
+from worker.batch.lines import RETRY, LineState, Outcome, OutcomeKind, StopReason
+from worker.batch.probe import Probe, probe
+
+if TYPE_CHECKING:
+    from worker.batch.process import BatchWorker
+
+log = structlog.get_logger()
+
+WATCH_S = 2.0  # a silent line is probed this often (lost replies, dead node workers)
+MAX_ATTEMPTS = 2  # a line whose node worker died or shut down is run once more (a new request id)
+QUEUE_ALLOWANCE_S = 3600.0  # how long a line may wait on the batch queue before its job lapses
+STATUS_POLL_S = 0.5
+
+
+class BatchRun:
+    def __init__(self, w: BatchWorker, b: BatchKeys, raw: dict[bytes, bytes]) -> None:
+        self.w = w
+        self.b = b
+        self.account_id = raw[b"account_id"].decode()
+        self.key_id = raw[b"key_id"].decode()
+        lim = orjson.loads(raw.get(b"key_limits") or b"{}")
+        self.limits = KeyLimits(credit_limit_micro=int(lim.get("credit_limit_micro") or 0),
+                                daily_credit_limit_micro=int(lim.get("daily_credit_limit_micro") or 0))
+        self.cursor = int(raw.get(b"cursor") or 0)
+        self.expires_at = int(raw.get(b"expires_at") or 0)
+        self.status = raw[b"status"].decode()
+        self.input_file_id = raw[b"input_file_id"].decode()
+        self.slots = asyncio.Semaphore(w.settings.batch_inflight_per_batch)
+        self.lines: dict[int, LineState] = {}  # line no -> its running attempt
+        self.tasks: set[asyncio.Task] = set()
+        self.my_holds: set[str] = set()  # request ids this run reserved whose hold may still exist
+        self.stop_reason: StopReason | None = None
+        if self.status == BatchStatus.CANCELLING:
+            self.stop_reason = StopReason.CANCELLED
+        elif self.expires_at and time.time() >= self.expires_at:
+            self.stop_reason = StopReason.EXPIRED
+
+    # --- the run ------------------------------------------------------------------------------------
+    async def execute(self) -> None:
+        w = self.w
+        await asyncio.wait_for(w.hub.ready.wait(), 30)
+        record = await w.store.get_file(self.account_id, self.input_file_id)
+        lines_key = record["lines_key"] if record else None
+        poller = asyncio.create_task(self._poll_status())
+        try:
+            if self.status != BatchStatus.FINALIZING:
+                await self._resume_in_flight(lines_key)
+                if lines_key and self.stop_reason is None:
+                    await self._feed(lines_key)
+                if self.stop_reason is not None:
+                    await self._withdraw_queued()
+                if self.tasks:
+                    await asyncio.gather(*self.tasks)
+                if self.stop_reason == StopReason.EXPIRED and lines_key:
+                    await expire_unrun(w.store, self.b, lines_key)
+        except asyncio.CancelledError:
+            for task in list(self.tasks):  # shutdown or a lost lease: lines stay in flight for the next owner
+                task.cancel()
+            raise
+        finally:
+            poller.cancel()
+        await finalize(w.store, w.callbacks, self.b, self.account_id, self.stop_reason)
+
+    async def _resume_in_flight(self, lines_key: str | None) -> None:
+        """The lines a previous owner of this batch had in flight (none on a first run)."""
+        w = self.w
+        for line_no_b, value in (await w.redis.hgetall(self.b.inflight)).items():
+            line_no = int(line_no_b)
+            attempt, _, started = value.decode().partition(":")
+            line = await w.redis.lindex(lines_key, line_no) if lines_key else None
+            await self._acquire()
+            self._spawn_line(line_no, line or b"", int(attempt or 0), resumed=True, started=started or None)
+
+    async def _poll_status(self) -> None:
+        while True:
+            try:
+                status, expires_at = await self.w.redis.hmget(self.b.batch, "status", "expires_at")
+                self.expires_at = int(expires_at or 0)
+                if status == BatchStatus.CANCELLING.encode():
+                    self.stop_reason = StopReason.CANCELLED
+                elif self.expires_at and time.time() >= self.expires_at and self.stop_reason is None:
+                    self.stop_reason = StopReason.EXPIRED
+            except RedisError:
+                pass
+            await asyncio.sleep(STATUS_POLL_S)
+
+    async def _acquire(self) -> None:
+        await self.slots.acquire()
+        await self.w.total_slots.acquire()
+
+    def _release(self) -> None:
+        self.slots.release()
+        self.w.total_slots.release()
+
+    async def _feed(self, lines_key: str) -> None:
+        w, b = self.w, self.b
+        async for index, line in w.store.iter_lines(lines_key, start=self.cursor):
+            if not line.strip():
+                continue
+            await self._acquire()
+            if self.stop_reason is not None:
+                self._release()
+                return
+            async with w.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(b.inflight, str(index), "0:")
+                pipe.hset(b.batch, "cursor", index + 1)
+                await pipe.execute()
+            self.cursor = index + 1
+            self._spawn_line(index, line, 0, resumed=False)
+
+    def _spawn_line(self, line_no: int, line: bytes, attempt: int, resumed: bool, started: str | None = None) -> None:
+        task = asyncio.create_task(self._line(line_no, line, attempt, resumed, started))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- one line: its attempts, then its output line -----------------------------------------------
+    async def _line(self, line_no: int, line: bytes, attempt: int, resumed: bool, started: str | None) -> None:
+        try:
+            try:
+                obj = orjson.loads(line)
+                custom_id = obj["custom_id"]
+                req = parse_chat_request(obj["body"])
+                model = self.w.catalog.models[req.model]
+            except Exception:  # validated already: only a file deleted under a running batch gets here
+                await self._write(line_no, line_request_id(self.b.id, line_no, attempt), "", 0, lines.unreadable())
+                return
+            while True:
+                rid = line_request_id(self.b.id, line_no, attempt)
+                outcome = await self._attempt(line_no, attempt, rid, req, model, resumed, started)
+                if outcome.kind == OutcomeKind.RETRY and attempt + 1 < MAX_ATTEMPTS and self.stop_reason is None:
+                    attempt, resumed, started = attempt + 1, False, None
+                    await self.w.redis.hset(self.b.inflight, str(line_no), f"{attempt}:")
+                    continue
+                if outcome.kind == OutcomeKind.RETRY:
+                    outcome = lines.worker_lost()
+                await self._write(line_no, rid, custom_id, lines.charge_micro(outcome, model), outcome)
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch line crashed; it stays in flight and is resumed later", batch_id=self.b.id,
+                          line=line_no)
+        finally:
+            self.lines.pop(line_no, None)
+            self._release()
+
+    async def _write(self, line_no: int, rid: str, custom_id: str, charge: int, outcome: Outcome) -> None:
+        kind, out = lines.output_line(rid, custom_id, outcome)
+        await self.w.store.finish_line(self.b, line_no, kind, out, charge, rid)
+
+    # --- one attempt of one line ------------------------------------------------------------------
+    async def _attempt(self, line_no: int, attempt: int, rid: str, req: ChatCompletionRequest, model: Model,
+                       resumed: bool, started: str | None) -> Outcome:
+        w = self.w
+        state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, replies=w.hub.register(rid),
+                          started=started, recorded=started)
+        self.lines[line_no] = state
+        try:
+            dispatch, reserve = True, True
+            if resumed:
+                where, frame = await probe(w.redis, self.b, self.account_id, rid, model)
+                if where == Probe.RUNNING:  # announced, perhaps after this worker's predecessor died
+                    state.started = started = frame.decode()
+                if where in (Probe.QUEUED, Probe.CLAIMED):  # queued, or just popped: _wait tells which way it goes
+                    dispatch = False
+                elif where == Probe.RESULT:
+                    return lines.from_frame(frame)
+                elif started:  # a node worker took it off the queue and announced it
+                    lost = await self._lost(state)
+                    if lost is not None:
+                        return lost
+                    dispatch = False  # still running there: wait for its result
+                else:  # never enqueued: reserve unless the hold is already there
+                    reserve = where == Probe.UNSENT
+            if dispatch:
+                if reserve:
+                    refused = await self._reserve(rid, model, req)
+                    if refused is not None:
+                        return refused
+                if self.stop_reason is not None:
+                    await self._refund(rid, model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
+                    return lines.stopped(self.stop_reason)
+                if not await self._enqueue(rid, model, req, state):
+                    await self._refund(rid, model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
+                    return lines.stopped(self.stop_reason)
+            return await self._wait(state)
+        finally:
+            w.hub.unregister(rid)
+
+    async def _reserve(self, rid: str, model: Model, req: ChatCompletionRequest) -> Outcome | None:
+        w = self.w
+        deadline_ms = int((time.time() + QUEUE_ALLOWANCE_S + w.settings.request_timeout_s + 60) * 1000)
+        while True:
+            r = await w.credits.reserve(self.account_id, rid, model.base_cost_micro, deadline_ms, self.key_id,
+                                        self.limits, 0)
+            if r.ok:
+                self.my_holds.add(rid)
+                return None
+            if r.status == ReserveStatus.INSUFFICIENT:
+                # Short only because of this batch's own holds? Wait for them to settle instead of failing.
+                mine = await self._my_held_micro()
+                if mine and r.balance_micro - (r.held_micro - mine) >= model.base_cost_micro:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = (f"Insufficient credits: a request to '{model.id}' holds "
+                           f"{model.base_cost_micro / 1e6:g} credits and the account has "
+                           f"{(r.balance_micro - r.held_micro) / 1e6:g} available. Top up to continue.")
+            elif r.missing_account:
+                message = "The account of this batch no longer exists."
+            else:
+                message = "This API key has reached its credit limit."
+            return lines.error(402, message, "insufficient_quota", "insufficient_quota")
+
+    async def _my_held_micro(self) -> int:
+        if not self.my_holds:
+            return 0
+        rids = list(self.my_holds)
+        holds = await self.w.redis.hmget(AccountKeys(self.account_id).holds, rids)
+        total = 0
+        for rid, hold in zip(rids, holds):
+            if hold is None:
+                self.my_holds.discard(rid)
+            else:
+                total += Hold.parse(hold).amount_micro
+        return total
+
+    async def _pick_node(self, model: Model) -> str | None:
+        while self.stop_reason is None:
+            live = [n for n in model.nodes if self.w.live.get(n)]
+            if live:
+                return live[0]
+            await asyncio.sleep(0.5)
+        return None
+
+    async def _enqueue(self, rid: str, model: Model, req: ChatCompletionRequest, state: LineState) -> bool:
+        w, s = self.w, self.w.settings
+        while True:
+            node = await self._pick_node(model)
+            if node is None:
+                return False
+            now = time.time()
+            job = {"id": rid, "account_id": self.account_id, "key_id": self.key_id, "model": model.id,
+                   "reply_to": w.hub.channel, "trace_id": rid, "stream": False, "include_usage": False,
+                   "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False},
+                   "node": node, "created": int(now), "enqueued_ms": int(now * 1000), "batch_id": self.b.id,
+                   "result_key": self.b.result(rid), "result_ttl_s": int(s.batch_file_retention_s)}
+            try:
+                await w.queue.enqueue(keys.node_batch_queue(node), "chat", rid, job,
+                                      expires_ms=int(QUEUE_ALLOWANCE_S * 1000), max_depth=s.max_queue_depth)
+                state.node = node
+                return True
+            except QueueFull:
+                await asyncio.sleep(0.5)
+
+    async def _wait(self, state: LineState) -> Outcome:
+        """Until the attempt answers, or the durable state says it will not (see ``_silent``)."""
+        silent_since = time.monotonic()
+        while True:
+            try:
+                frames = await asyncio.wait_for(state.replies.get(), WATCH_S)
+            except asyncio.TimeoutError:
+                frames = LOST
+            if isinstance(frames, StopReason):  # withdrawn from the queue (cancel, expiry)
+                return lines.stopped(frames)
+            if frames is LOST:  # silent (or replies lost): look at the durable state
+                outcome = await self._silent(state, silent_since)
+                if outcome is not None:
+                    return outcome
+                continue
+            for kind, payload in relay.iter_frames(frames):
+                if kind == relay.STARTED:
+                    state.started = payload.decode()
+                    silent_since = time.monotonic()
+                elif kind in (relay.RESULT, relay.ERROR):
+                    return lines.from_frame(kind + payload)
+            if state.started and state.recorded != state.started:
+                await self._record_started(state)
+
+    async def _silent(self, state: LineState, silent_since: float) -> Outcome | None:
+        """A silent attempt, by its durable state: its outcome, a retry, or None to go on waiting."""
+        w, rid, model = self.w, state.rid, state.model
+        where, frame = await probe(w.redis, self.b, self.account_id, rid, model)
+        if where == Probe.RESULT:
+            return lines.from_frame(frame)
+        if where == Probe.RUNNING and not state.started:  # its STARTED frame went astray
+            state.started = frame.decode()
+        if where == Probe.CLAIMED and not state.started:
+            # A node worker popped it and announces it within ANNOUNCE_AFTER_S, unless it died.
+            if state.claimed_since is None:
+                state.claimed_since = time.monotonic()
+            if time.monotonic() - state.claimed_since <= w.settings.worker_lease_s + WATCH_S:
+                return None
+            await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+            return RETRY
+        if where in (Probe.QUEUED, Probe.CLAIMED) or state.started:  # queued, or running where announced
+            if state.started:
+                lost = await self._lost(state)
+                if lost is not None:
+                    return lost
+            # A running job ends within the request timeout (arq's backstop is 30 s later).
+            budget = w.settings.request_timeout_s + 60 if state.started else \
+                QUEUE_ALLOWANCE_S + w.settings.request_timeout_s
+            if time.monotonic() - silent_since > budget:
+                await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+                return RETRY
+            return None
+        # Neither queued, running nor answered: the job lapsed or its worker died before starting it.
+        await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+        return RETRY
+
+    async def _lost(self, state: LineState) -> Outcome | None:
+        """A started line whose worker died without an answer: refunded, to be run again. None: still running."""
+        if await self._worker_alive(state.started):
+            return None
+        where, frame = await probe(self.w.redis, self.b, self.account_id, state.rid, state.model)
+        if where == Probe.RESULT:  # it may have answered just before it died
+            return lines.from_frame(frame)
+        await self._refund(state.rid, state.model, RequestStatus.FAILED, ErrorCode.WORKER_LOST)
+        return RETRY
+
+    async def _record_started(self, state: LineState) -> None:
+        """Keep the worker running the line in its in-flight record: a resumed batch worker waits for it."""
+        try:
+            await self.w.redis.hset(self.b.inflight, str(state.line), f"{state.attempt}:{state.started}")
+            state.recorded = state.started
+        except RedisError as exc:
+            log.warning("could not record a started batch line", request_id=state.rid, error=str(exc))
+
+    async def _worker_alive(self, worker_id: str) -> bool:
+        try:
+            return bool(await self.w.redis.exists(keys.worker_info(worker_id)))
+        except RedisError:
+            return True
+
+    async def _refund(self, rid: str, model: Model, status: RequestStatus, code: str) -> None:
+        row = {"request_id": rid, "model": model.id, "node": "", "key_id": self.key_id, "status": status,
+               "error_code": code, "created": int(time.time()), "batch_id": self.b.id}
+        try:
+            await self.w.credits.settle(self.account_id, rid, 0, row, key_id=self.key_id, actual_tokens=0)
+        except RedisError as exc:
+            log.warning("batch refund deferred to reconciliation", request_id=rid, error=str(exc))
+
+    async def _withdraw_queued(self) -> None:
+        """Cancel or expiry: take back the lines nobody started; let running ones finish."""
+        for state in list(self.lines.values()):
+            if state.started:
+                continue
+            for node in state.model.nodes:
+                if await self.w.queue.withdraw(keys.node_batch_queue(node), state.rid):
+                    await self._refund(state.rid, state.model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
+                    state.replies.put_nowait(self.stop_reason)
+                    break
