@@ -593,6 +593,10 @@ class BatchRun:
                            f"{(r.balance_micro - r.held_micro) / 1e6:g} available. Top up to continue.")
             elif r.missing_account:
                 message = "The account of this batch no longer exists."
+            elif r.status == ReserveStatus.KEY_BUDGET and await self._my_held_micro():
+                # The key's limit counts its open holds: this batch's own lines in flight free room as they settle.
+                await asyncio.sleep(0.05)
+                continue
             else:
                 message = "This API key has reached its credit limit."
             return Outcome("err", status=402, error=_error_body(message, "insufficient_quota", "insufficient_quota"))

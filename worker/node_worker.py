@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.catalog import Catalog, get_catalog
 from shared.coalesce import Coalescer
+from shared.credits import settlement_pending_commands
 from shared.metrics import WORKER_INFLIGHT
 from shared.queue import NodeQueue, deserialize
 from shared.redis_client import make_redis
@@ -109,7 +110,9 @@ class NodeWorker(BlockingPopWorker):
 
     @staticmethod
     def _settlement_commands(settlement: dict) -> list[tuple]:
-        return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement)
+        """Queue the settlement, and first mark its hold as pending so the reconciler leaves it be."""
+        return (settlement_pending_commands(settlement["account_id"], settlement["request_id"])
+                + NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement))
 
     async def hand_to_billing(self, settlement: dict) -> None:
         """Queue the settlement alone; retried briefly so a Redis blip does not lose a charge."""
