@@ -47,11 +47,9 @@ async def create(request: web.Request) -> web.Response:
     if record["purpose"] != "batch":
         raise bad_request(f"File {record['id']} has purpose {record['purpose']!r}; a batch needs purpose 'batch'.",
                           param="input_file_id", code="invalid_value")
-    lim = key.limits
-    batch = await s.create_batch(
-        key.account_id, key.id, {"credit_limit_micro": lim.credit_limit_micro,
-                                 "daily_credit_limit_micro": lim.daily_credit_limit_micro},
-        record["id"], body.endpoint, body.completion_window, body.metadata, gw.settings.batch_window_s)
+    # The batch runs under its key's current record (limits, revocation), read as its lines are admitted.
+    batch = await s.create_batch(key.account_id, key.id, record["id"], body.endpoint, body.completion_window,
+                                 body.metadata, gw.settings.batch_window_s)
     return _json(batch)
 
 

@@ -238,13 +238,13 @@ class BatchStore:
                 return out, False
 
     # --- batches ----------------------------------------------------------------------------
-    async def create_batch(self, account_id: str, key_id: str, key_limits: dict, input_file_id: str, endpoint: str,
+    async def create_batch(self, account_id: str, key_id: str, input_file_id: str, endpoint: str,
                            completion_window: str, metadata: dict | None, window_s: float) -> dict:
         batch_id = ids.BATCH.new()
         now = int(time.time())
         b = BatchKeys(batch_id)
         record = {
-            "id": batch_id, "account_id": account_id, "key_id": key_id, "key_limits": orjson.dumps(key_limits),
+            "id": batch_id, "account_id": account_id, "key_id": key_id,
             "status": BatchStatus.VALIDATING, "input_file_id": input_file_id, "endpoint": endpoint,
             "completion_window": completion_window, "created_at": now, "expires_at": int(now + window_s),
             "metadata": orjson.dumps(metadata) if metadata is not None else "", "cursor": 0, "total": 0,
@@ -257,7 +257,9 @@ class BatchStore:
             pipe.rpush(BATCHES_WAKE, batch_id)
             pipe.ltrim(BATCHES_WAKE, -1000, -1)
             await pipe.execute()
-        return await self.get_batch(batch_id)
+        # The batch as created (validating), not as re-read: the batch worker may have moved it on already.
+        return self.batch_object({k.encode(): str(v).encode() if not isinstance(v, bytes) else v
+                                  for k, v in record.items()})
 
     async def raw_batch(self, batch_id: str) -> dict[bytes, bytes]:
         return await self.redis.hgetall(BatchKeys(batch_id).batch)
