@@ -136,6 +136,10 @@ def account_files(account_id: str) -> str:
     return f"{PREFIX}files:{account_id}"  # zset: file id -> created ms
 
 
+def account_active_batches(account_id: str) -> str:
+    return f"{PREFIX}batches_active:{account_id}"  # set: the account's batch ids not yet terminal (its cap)
+
+
 def account_batches(account_id: str) -> str:
     return f"{PREFIX}batches:{account_id}"  # zset: batch id -> created ms
 

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # by +11% to +27% in 2 runs of 3 (the bound is +20%).
     batch_inflight_per_batch: int = 1
     batch_inflight_total: int = 128  # lines of all batches, per batch worker process
+    # Per-account caps on what an account keeps: files, their bytes, and batches not yet finished.
+    account_max_files: int = 1000
+    account_max_stored_bytes: int = 10 * 1024**3
+    account_max_active_batches: int = 50
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     batch_callbacks_per_minute: int = 30  # callback attempts per account per clock minute; more wait (0: no limit)
