@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 5.0
     upstream_idle_timeout_s: float = 120.0  # an upstream stream silent this long is failed (and refunded)
     upstream_retries: int = 2  # retries before the first token on 429/5xx
+    # A streaming client that leaves: upstreams whose usage comes only at the end are read on (nothing
+    # relayed) this long for it; past it, or if it never comes, the delivered text is billed by estimate.
+    drain_after_cancel_s: float = 10.0
 
     # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch/)
     batch_max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused with 413
