@@ -149,8 +149,8 @@ class Credits:
                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
                      min_amount_micro: int | None = None):
         """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``)."""
-        if min_amount_micro is not None and not 0 <= min_amount_micro <= amount_micro:
-            raise ValueError("the floor of a hold is between 0 and its worst case")
+        if amount_micro < 1 or min_amount_micro is not None and not 0 < min_amount_micro <= amount_micro:
+            raise ValueError("a hold is positive, and its floor at most its worst case")
         k = AccountKeys(account_id)
         return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id)],
                                  [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,

@@ -202,8 +202,9 @@ async def test_reserve_grants_between_the_floor_and_the_worst_case(redis, credit
     await credits.credit(acct, 15 * M, "pay-1")
     assert (await reserve_for(credits, acct, "w4", 20 * M)).status == ReserveStatus.INSUFFICIENT
     assert (await reserve_for(credits, acct, "w5", 15 * M)).granted_micro == 15 * M
-    with pytest.raises(ValueError):
-        await reserve_for(credits, acct, "w6", HOLD, min_amount=HOLD + 1)
+    for amount, floor in ((HOLD, HOLD + 1), (HOLD, 0), (0, None)):  # a floor above the worst case; empty holds
+        with pytest.raises(ValueError):
+            await reserve_for(credits, acct, "w6", amount, min_amount=floor)
 
 
 async def test_the_key_limit_room_clamps_the_grant_and_names_what_is_short(redis, credits, accounts):

@@ -46,7 +46,7 @@ settings.register_profile("money-soak", max_examples=2_000, stateful_step_count=
 # Amounts mostly in half-credit steps, so holds, limits and balances meet exactly now and then.
 amounts = st.integers(min_value=1, max_value=24).map(lambda n: n * M // 2) | st.integers(min_value=1, max_value=30 * M)
 limits = st.sampled_from([0, M // 2, 6 * M, 12 * M, 30 * M])
-floors = st.none() | st.just(BASE) | st.integers(0, 10 * M)
+floors = st.none() | st.just(BASE) | st.integers(1, 10 * M)
 
 
 @dataclass
