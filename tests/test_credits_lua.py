@@ -453,19 +453,15 @@ async def test_reconcile_rechecks_the_deadline_when_it_releases(redis, credits, 
     acct = await new_account(accounts, 100 * M)
     now = now_ms()
     await reserve(credits, acct, "r1", deadline_ms=now - GRACE_MS - 1)
-    scan = redis.zrangebyscore
+    lookup = credits._hold_key_id  # what the reconciler does between its scan and expire.lua
 
-    async def scan_then_hand_off(*args, **kwargs):
-        found = await scan(*args, **kwargs)
-        for command in settlement_pending_commands(acct, "r1"):
+    async def hand_off_after_the_scan(k, request_id):
+        for command in settlement_pending_commands(acct, request_id):
             await redis.execute_command(*command)
-        return found
+        return await lookup(k, request_id)
 
-    redis.zrangebyscore = scan_then_hand_off
-    try:
-        assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
-    finally:
-        redis.zrangebyscore = scan
+    credits._hold_key_id = hand_off_after_the_scan
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
     assert (await credits.balance(acct))["held_micro"] == HOLD
 
 
