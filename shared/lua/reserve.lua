@@ -8,7 +8,7 @@
 -- KEYS: account hash, holds hash, hold deadlines zset, key state hash   (one {acct:ID} slot)
 -- ARGV: request id, amount (micro, the worst case), deadline (ms), key id, rpm, tpm, estimated tokens,
 --       max concurrent, credit limit (micro), daily credit limit (micro)   (0 = no limit),
---       [min amount (micro, the floor; absent or '' = the amount)]
+--       [min amount (micro, the floor; absent or '' = the amount; at least 1)]
 -- Returns {status, balance, held, rpm_left, rpm_reset_ms, tpm_left, tpm_reset_ms, retry_after_ms, granted}
 --   status: 1 held, 0 already held (replay; granted = that hold's amount), -1 no account,
 --           -2 insufficient credits (the available balance is below the floor),
@@ -21,7 +21,7 @@ local function int(n) return string.format('%d', n) end
 local rid, amount = ARGV[1], tonumber(ARGV[2])
 local rpm, tpm, est = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local max_conc, limit, daily = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local floor = tonumber(ARGV[11] or '') or amount
+local floor = math.max(1, tonumber(ARGV[11] or '') or amount)  -- a hold is never empty
 
 local balance = redis.call('HGET', KEYS[1], 'balance')
 if not balance then return {-1, 0, 0, 0, 0, 0, 0, 0, 0} end
