@@ -64,9 +64,13 @@ def cmd_run(args) -> None:
 
 
 def cmd_gateway(args) -> None:
-    from gateway.app import serve
+    from gateway.app import AdminTokenRefused, check_admin_token, serve
 
     _logging("gateway")
+    try:
+        check_admin_token(_settings().admin_token)
+    except AdminTokenRefused as exc:
+        sys.exit(f"apiinone gateway: {exc}")
     _run_async(serve())
 
 

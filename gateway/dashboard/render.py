@@ -13,8 +13,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
-from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
-                                       tokens_match)
+from gateway.dashboard.session import SESSION_COOKIE, Session, Sessions, clear_cookie, same_origin, tokens_match
+from gateway.edge import edge
 from shared.keys import AccountKeys
 from shared.money import micro_to_decimal
 from shared.redis_client import store_unavailable
@@ -121,7 +121,7 @@ def base_url(request: web.Request) -> str:
     configured = gateway(request).settings.public_base_url
     if configured:
         return configured.rstrip("/")
-    return f"{'https' if is_https(request) else 'http'}://{request.host}"
+    return f"{'https' if edge(request).is_https(request) else 'http'}://{request.host}"
 
 
 def safe_next(target: str | None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway.edge import edge
 from shared import keys
 
 SESSION_COOKIE = "aio_session"
@@ -153,14 +153,11 @@ class Sessions:
 
 
 # --- cookies and CSRF ------------------------------------------------------------------
-def is_https(request: web.Request) -> bool:
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-
-
 def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int,
                path: str = COOKIE_PATH) -> None:
+    """HttpOnly, SameSite=Strict, and Secure whenever clients use https (``gateway/edge.py``)."""
     response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="Strict",
-                        secure=is_https(request))
+                        secure=edge(request).is_https(request))
 
 
 def clear_cookie(response: web.StreamResponse, name: str, path: str = COOKIE_PATH) -> None:
@@ -172,16 +169,8 @@ def tokens_match(expected: str | None, offered: str | None) -> bool:
 
 
 def client_address(request: web.Request) -> str:
-    """Who is signing in, for throttling: the peer, or the address a proxy on a private network reports."""
-    peer = request.remote or "unknown"
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    try:
-        private = ipaddress.ip_address(peer).is_private  # loopback and RFC 1918: our own proxy
-    except ValueError:
-        private = False
-    if private and forwarded:
-        return forwarded.split(",")[-1].strip()[:64] or peer  # the hop our proxy saw, not one a client wrote
-    return peer
+    """Who is signing in, for throttling: the peer, or what a trusted proxy says (``gateway/edge.py``)."""
+    return edge(request).client_address(request)[:64]
 
 
 def same_origin(request: web.Request) -> bool:
