@@ -210,3 +210,38 @@ def test_over_plain_http_no_hsts_and_no_forged_secure_scheme(stack):
     assert "strict-transport-security" not in r.headers  # `make run` is plain http on loopback
     assert "secure" not in r.headers["set-cookie"].lower()
 
+
+
+# --- 7. the revocation race ---------------------------------------------------------------------------
+async def test_a_key_revoked_while_its_lookup_is_in_flight_is_not_cached(stack, admin):
+    """The gateway reads the key, the key is revoked and the revocation is heard, then the read's (stale)
+    reply arrives: it must not be cached for the next 30 s."""
+    from urllib.parse import urlsplit
+
+    from shared import keys
+    from tests.redis_proxy import ReplyHoldingProxy
+
+    account, key = admin.account_with_key(10)
+    key_id = admin.http.get(f"/admin/accounts/{account['id']}/keys").json()["data"][0]["id"]
+    proxy = ReplyHoldingProxy(urlsplit(stack.settings.redis_url).port).start()
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        with extra_gateway(stack, {"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}, "proxied-gateway") as url:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                proxy.hold()
+                in_flight = asyncio.create_task(http.get("/billing/credits", headers=auth))
+                deadline = time.monotonic() + 10
+                lookup = keys.api_key("").encode()  # the key record's name, without the hash
+                while not (proxy.saw(lookup) and proxy.held_replies()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                assert proxy.held_replies(), "the gateway's key lookup never reached Redis"
+                # Quickly: the gateway's Redis calls time out after 1 s (and are retried, reading afresh).
+                assert admin.http.delete(f"/admin/keys/{key_id}").status_code == 200  # via the other gateway
+                await asyncio.sleep(0.25)  # the revocation reaches this gateway over pub/sub (not held)
+                proxy.release()
+                await in_flight  # served or refused: it was in flight when the key was revoked
+                after = await http.get("/billing/credits", headers=auth)
+                assert after.status_code == 401, "the revoked key was cached from the in-flight lookup"
+    finally:
+        proxy.release()
+        proxy.stop()
