@@ -100,8 +100,13 @@ def user_sessions(user_id: str) -> str:
     return f"{PREFIX}user_sessions:{user_id}"  # set of the user's session hashes (dropped on password change)
 
 
-def login_failures(scope: str) -> str:
-    return f"{PREFIX}login_fail:{scope}"  # counter with TTL: failed sign-ins per email or per client address
+# Sign-in throttling (gateway/dashboard/throttle.py): one hash tag, so one script sees every scope of an attempt.
+def login_throttle(scope: str) -> str:
+    return f"{PREFIX}{{login}}:fails:{scope}"  # hash with TTL: fails, last (ms), per email or client address
+
+
+def login_inflight(scope: str) -> str:
+    return f"{PREFIX}{{login}}:inflight:{scope}"  # zset: attempt id -> start ms, passwords being verified
 
 
 # --- `apiinone run`'s supervisor (apiinone/supervisor.py, shared/supervision.py) ------------

@@ -5,7 +5,7 @@ A session is a random token in an HttpOnly, SameSite=Strict cookie scoped to
 token's SHA-256. A session ends after ``IDLE_S`` without a request or
 ``MAX_AGE_S`` after sign-in, whichever comes first, and at sign-out or a
 password change. Every session carries its own CSRF token, which every form
-posts back. Sign-in failures are counted per email and per client address.
+posts back. Sign-in throttling is ``throttle.py``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ LOGIN_CSRF_COOKIE = "aio_login_csrf"
 COOKIE_PATH = "/dashboard"
 IDLE_S = 2 * 3600  # signed out after two hours without a request
 MAX_AGE_S = 12 * 3600  # and twelve hours after signing in in any case
-
-# Sign-in throttling: failures in a sliding-ish window (the counter's TTL starts at the first failure).
-FAIL_WINDOW_S = 15 * 60
-MAX_FAILS_PER_EMAIL = 5
-MAX_FAILS_PER_CLIENT = 20
 
 
 def _digest(token: str) -> str:
@@ -124,32 +119,6 @@ class Sessions:
                 pipe.delete(*(keys.dashboard_session(h) for h in doomed))
                 pipe.srem(keys.user_sessions(user_id), *doomed)
                 await pipe.execute()
-
-    # --- sign-in throttling ------------------------------------------------------------
-    async def login_retry_after(self, email: str, client: str) -> int:
-        """Seconds until this email (or this client address) may try again; 0 = now."""
-        scopes = [("email:" + email, MAX_FAILS_PER_EMAIL), ("client:" + client, MAX_FAILS_PER_CLIENT)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope, _ in scopes:
-                pipe.get(keys.login_failures(scope))
-                pipe.ttl(keys.login_failures(scope))
-            raw = await pipe.execute()
-        wait = 0
-        for i, (_, cap) in enumerate(scopes):
-            count, ttl = int(raw[2 * i] or 0), raw[2 * i + 1]
-            if count >= cap:
-                wait = max(wait, ttl if ttl and ttl > 0 else FAIL_WINDOW_S)
-        return wait
-
-    async def login_failed(self, email: str, client: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope in ("email:" + email, "client:" + client):
-                pipe.incr(keys.login_failures(scope))
-                pipe.expire(keys.login_failures(scope), FAIL_WINDOW_S, nx=True)
-            await pipe.execute()
-
-    async def login_succeeded(self, email: str) -> None:
-        await self.redis.delete(keys.login_failures("email:" + email))
 
 
 # --- cookies and CSRF ------------------------------------------------------------------

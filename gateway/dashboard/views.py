@@ -1,11 +1,13 @@
-"""The pages every signed-in user has: overview, API keys, credits, usage, orders, models, playground, account."""
+"""The pages every signed-in user has: overview, API keys, credits, usage, orders, models, playground, account.
+
+Signing in and out: ``signin.py``.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import secrets
 import time
 from datetime import datetime, timezone
 from urllib.parse import urlencode
@@ -16,87 +18,22 @@ from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
                                     ledger_notes)
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
-                                      notify, render, safe_next, sessions, users)
-from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
-                                       same_origin, set_cookie, tokens_match)
+                                      notify, render, see_other, sessions, throttle, users)
+from gateway.dashboard.session import client_address
+from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.history import is_row_id, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
-from shared.users import MAX_PASSWORD, UserError, normalize_email
+from shared.users import UserError
 
-LOGIN_PATH = "/dashboard/login"
 PAGE = 25
-
-
-def see_other(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
 
 
 def _cursor(request: web.Request) -> str | None:
     after = request.query.get("after") or None
     return after if after is not None and is_row_id(after) else None
-
-
-# --- sign-in -------------------------------------------------------------------------------
-async def _login_page(request: web.Request, error: str = "", email: str = "", status: int = 200,
-                      headers: dict | None = None) -> web.Response:
-    token = secrets.token_urlsafe(24)
-    notice = ""
-    if request.query.get("expired"):
-        notice = "Your session has ended. Sign in again to continue."
-    elif request.query.get("signed_out"):
-        notice = "You have signed out."
-    resp = await render(request, "login.html", {"csrf": token, "error": error, "email": email, "notice": notice,
-                                                "next": safe_next(request.query.get("next"))}, status=status)
-    # The sign-in form's CSRF token: the same random value in a cookie and in the form (double submit).
-    set_cookie(request, resp, LOGIN_CSRF_COOKIE, token, max_age=3600, path=LOGIN_PATH)
-    resp.headers.update(headers or {})
-    return resp
-
-
-async def login_form(request: web.Request) -> web.Response:
-    session = await sessions(request).load(request.cookies.get(SESSION_COOKIE))
-    if session and await users(request).get(session.user_id):
-        return see_other(safe_next(request.query.get("next")))
-    return await _login_page(request)
-
-
-async def login(request: web.Request) -> web.Response:
-    form = await request.post()
-    if not (tokens_match(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf_token")) and same_origin(request)):
-        return await error_page(request, 403, "This sign-in form has expired",
-                                "Reload the sign-in page and try again. (The form's security token was missing "
-                                "or did not match.)")
-    email = normalize_email(str(form.get("email", "")))[:320]
-    password = str(form.get("password", ""))[:MAX_PASSWORD]
-    client = client_address(request)
-    store = sessions(request)
-    wait = await store.login_retry_after(email, client)
-    if wait:
-        minutes = max(1, -(-wait // 60))
-        return await _login_page(request, f"Too many failed sign-in attempts. Wait {minutes} minute"
-                                 f"{'s' if minutes != 1 else ''} and try again.", email, status=429,
-                                 headers={"Retry-After": str(wait)})
-    user = await users(request).authenticate(email, password) if email and password else None
-    if user is None:
-        await store.login_failed(email, client)
-        return await _login_page(request, "That email and password don't match. Check both and try again.",
-                                 email, status=401)
-    await store.login_succeeded(email)
-    token, _ = await store.create(user.id, user.account_id)
-    resp = see_other(safe_next(str(form.get("next", ""))))
-    set_cookie(request, resp, SESSION_COOKIE, token, max_age=store.max_age_s)
-    clear_cookie(resp, LOGIN_CSRF_COOKIE, path=LOGIN_PATH)
-    return resp
-
-
-async def logout(request: web.Request) -> web.Response:
-    await sessions(request).drop(current_session(request))
-    resp = see_other(LOGIN_PATH + "?signed_out=1")
-    clear_cookie(resp, SESSION_COOKIE)
-    return resp
 
 
 # --- overview --------------------------------------------------------------------------------
@@ -391,7 +328,10 @@ async def change_password(request: web.Request) -> web.Response:
     user = current_user(request)
     store = users(request)
     errors = {}
-    if await store.authenticate(user.email, str(form.get("current", ""))) is None:
+    attempt = await throttle(request).begin(user.email, client_address(request))  # a stolen session guessing
+    if not attempt.admitted:
+        errors["current"] = f"Too many wrong passwords. Wait {wait_text(attempt.wait_s)} and try again."
+    elif not await current_password_ok(request, attempt, user.email, str(form.get("current", ""))):
         errors["current"] = "That is not your current password."
     elif form.get("new") != form.get("confirm"):
         errors["confirm"] = "The two new passwords are not the same."
