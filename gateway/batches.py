@@ -15,6 +15,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.account_caps import require_batch_room
 from gateway.auth import request_key
 from gateway.files import store
 from gateway.inputs import Paging, read_body
@@ -41,17 +42,16 @@ async def create(request: web.Request) -> web.Response:
         if refusal is not None:
             raise bad_request(f"metadata.callback_url {refusal}.", param="metadata.callback_url", code="invalid_value")
     s = store(request)
+    await require_batch_room(request, s, key)
     record = await s.get_file(key.account_id, body.input_file_id)
     if record is None:
         raise not_found(f"No such File object: {body.input_file_id}", param="input_file_id")
     if record["purpose"] != "batch":
         raise bad_request(f"File {record['id']} has purpose {record['purpose']!r}; a batch needs purpose 'batch'.",
                           param="input_file_id", code="invalid_value")
-    lim = key.limits
-    batch = await s.create_batch(
-        key.account_id, key.id, {"credit_limit_micro": lim.credit_limit_micro,
-                                 "daily_credit_limit_micro": lim.daily_credit_limit_micro},
-        record["id"], body.endpoint, body.completion_window, body.metadata, gw.settings.batch_window_s)
+    # The batch runs under its key's current record (limits, revocation), read as its lines are admitted.
+    batch = await s.create_batch(key.account_id, key.id, record["id"], body.endpoint, body.completion_window,
+                                 body.metadata, gw.settings.batch_window_s)
     return _json(batch)
 
 

@@ -14,6 +14,7 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.account_caps import upload_room
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam
 from shared.batch_store import BatchStore, FileTooLarge
@@ -43,8 +44,9 @@ async def upload(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
                           code="invalid_content_type")
+    room = await upload_room(request, store(request), key)
     try:
-        purpose, created = await _read_upload(request, key)
+        purpose, created = await _read_upload(request, key, room)
     except (ValueError, HttpProcessingError) as exc:  # aiohttp's words for a malformed multipart body
         raise bad_request(f"Malformed multipart/form-data body: {exc}", code="invalid_multipart") from None
     if purpose is None:
@@ -56,7 +58,7 @@ async def upload(request: web.Request) -> web.Response:
     return web.json_response(created)
 
 
-async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | None]:
+async def _read_upload(request: web.Request, key, room: int) -> tuple[str | None, dict | None]:
     """The upload's purpose and stored file; a malformed body (ValueError) leaves no file behind."""
     purpose: str | None = None
     created: dict | None = None
@@ -71,9 +73,10 @@ async def _read_upload(request: web.Request, key) -> tuple[str | None, dict | No
             elif part.name == "file" and created is None:
                 try:
                     created = await store(request).create_file(key.account_id, part.filename or "upload.jsonl",
-                                                               purpose or "batch", _chunks(part))
+                                                               purpose or "batch", _chunks(part), limit=room)
                 except FileTooLarge as exc:
-                    raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes.",
+                    raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes (one file's limit, or "
+                                   "what is left of the account's storage).",
                                    "invalid_request_error", "file_too_large", "file") from None
             else:
                 await part.release()

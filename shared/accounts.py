@@ -158,6 +158,11 @@ class Accounts:
         raw = await self.redis.hgetall(keys.api_key(digest))
         return KeyRecord.from_redis(raw) if raw else None
 
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        """The key's record; None once it is revoked."""
+        digest = await self.redis.get(keys.api_key_id(key_id))
+        return await self.lookup_key_hash(digest.decode()) if digest else None
+
     async def revoke_key(self, key_id: str) -> bool:
         """Delete the key and tell every gateway to drop it from its cache."""
         digest = await self.redis.get(keys.api_key_id(key_id))
@@ -176,8 +181,7 @@ class Accounts:
     async def list_keys(self, account_id: str) -> list[dict]:
         out = []
         for key_id in sorted(m.decode() for m in await self.redis.smembers(AccountKeys(account_id).keys)):
-            digest = await self.redis.get(keys.api_key_id(key_id))
-            raw = await self.redis.hgetall(keys.api_key(digest.decode())) if digest else None
-            if raw:
-                out.append(KeyRecord.from_redis(raw).public())
+            record = await self.key_by_id(key_id)
+            if record is not None:
+                out.append(record.public())
         return out

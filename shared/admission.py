@@ -130,8 +130,9 @@ def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, flo
         return rate_limited(f"Too many concurrent requests for this key: limit {limits.max_concurrent}.",
                             retry, "requests")
     if r.status == ReserveStatus.KEY_BUDGET:
-        return insufficient_quota("This API key has reached its credit limit; the account's other keys are "
-                                  "not affected.")
+        return insufficient_quota("This API key's credit limit leaves no room for this request (its spend and "
+                                  "its requests in flight count against it); the account's other keys are not "
+                                  "affected.")
     if r.status == ReserveStatus.NO_ACCOUNT:
         return insufficient_quota("The account of this API key no longer exists.")
     return insufficient_quota(

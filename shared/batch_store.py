@@ -37,8 +37,8 @@ from redis.asyncio import Redis
 from shared import ids
 from shared.callback_targets import Delivery, status_outcome
 from shared.filenames import safe_filename
-from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, account_batches, account_files, \
-    file_key, file_lines_key
+from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, account_active_batches, \
+    account_batches, account_files, file_key, file_lines_key
 from shared.money import micro_to_credits
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -105,15 +105,34 @@ class BatchStore:
         self.scripts = scripts or Scripts(redis)
 
     # --- files ----------------------------------------------------------------------------
-    async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> dict:
-        """Store an upload line by line as it arrives; raises FileTooLarge past the size limit.
+    async def stored(self, account_id: str) -> tuple[int, int]:
+        """(files, bytes) the account keeps now; forgets the files retention already deleted."""
+        index = account_files(account_id)
+        file_ids = [m.decode() for m in await self.redis.zrange(index, 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fid in file_ids:
+                pipe.hget(file_key(fid), "bytes")
+            sizes = await pipe.execute()
+        gone = [fid for fid, size in zip(file_ids, sizes) if size is None]
+        if gone:
+            await self.redis.zrem(index, *gone)
+        return len(file_ids) - len(gone), sum(int(size) for size in sizes if size is not None)
+
+    async def active_batches(self, account_id: str) -> int:
+        return await self.redis.scard(account_active_batches(account_id))
+
+    async def create_file(self, account_id: str, filename: str, purpose: str, chunks: AsyncIterator[bytes],
+                          limit: int | None = None) -> dict:
+        """Store an upload line by line as it arrives; raises FileTooLarge past ``limit`` (default: the size
+        limit of one file).
 
         The client's ``filename`` is stored cleaned (``shared/filenames.py``): it comes back in headers.
         """
         filename = safe_filename(filename)
         file_id = ids.FILE.new()
         lines_key = file_lines_key(file_id)
-        limit, ttl = self.settings.batch_max_file_bytes, int(self.settings.batch_file_retention_s)
+        limit = self.settings.batch_max_file_bytes if limit is None else limit
+        ttl = int(self.settings.batch_file_retention_s)
         size, count, tail, pending = 0, 0, b"", []
         try:
             async for chunk in chunks:
@@ -238,13 +257,13 @@ class BatchStore:
                 return out, False
 
     # --- batches ----------------------------------------------------------------------------
-    async def create_batch(self, account_id: str, key_id: str, key_limits: dict, input_file_id: str, endpoint: str,
+    async def create_batch(self, account_id: str, key_id: str, input_file_id: str, endpoint: str,
                            completion_window: str, metadata: dict | None, window_s: float) -> dict:
         batch_id = ids.BATCH.new()
         now = int(time.time())
         b = BatchKeys(batch_id)
         record = {
-            "id": batch_id, "account_id": account_id, "key_id": key_id, "key_limits": orjson.dumps(key_limits),
+            "id": batch_id, "account_id": account_id, "key_id": key_id,
             "status": BatchStatus.VALIDATING, "input_file_id": input_file_id, "endpoint": endpoint,
             "completion_window": completion_window, "created_at": now, "expires_at": int(now + window_s),
             "metadata": orjson.dumps(metadata) if metadata is not None else "", "cursor": 0, "total": 0,
@@ -254,10 +273,13 @@ class BatchStore:
             pipe.hset(b.batch, mapping=record)
             pipe.zadd(account_batches(account_id), {batch_id: int(time.time() * 1000)})
             pipe.zadd(BATCHES_ACTIVE, {batch_id: int(time.time() * 1000)})
+            pipe.sadd(account_active_batches(account_id), batch_id)
             pipe.rpush(BATCHES_WAKE, batch_id)
             pipe.ltrim(BATCHES_WAKE, -1000, -1)
             await pipe.execute()
-        return await self.get_batch(batch_id)
+        # The batch as created (validating), not as re-read: the batch worker may have moved it on already.
+        return self.batch_object({k.encode(): str(v).encode() if not isinstance(v, bytes) else v
+                                  for k, v in record.items()})
 
     async def raw_batch(self, batch_id: str) -> dict[bytes, bytes]:
         return await self.redis.hgetall(BatchKeys(batch_id).batch)
@@ -342,7 +364,10 @@ class BatchStore:
     async def retain(self, b: BatchKeys) -> None:
         """A finished batch keeps its object for the retention time; its scratch keys go now."""
         ttl = int(self.settings.batch_file_retention_s)
+        account_id = await self.redis.hget(b.batch, "account_id")
         async with self.redis.pipeline(transaction=False) as pipe:
+            if account_id:
+                pipe.srem(account_active_batches(account_id.decode()), b.id)
             pipe.expire(b.batch, ttl)
             pipe.expire(b.callback, ttl)
             pipe.delete(b.inflight, b.lease)

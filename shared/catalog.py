@@ -22,6 +22,9 @@ class Provider:
     base_url_env: str
     api_key_env: str
     base_url: str | None = None  # used when base_url_env is unset
+    # OpenAI-compatible upstreams that send the usage so far on every chunk when asked (vLLM's
+    # stream_options.continuous_usage_stats): a stream whose client left then stops at once.
+    continuous_usage_stats: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def parse_catalog(data: dict) -> Catalog:
             base_url_env=p.get("base_url_env", ""),
             api_key_env=p.get("api_key_env", ""),
             base_url=p.get("base_url"),
+            continuous_usage_stats=bool(p.get("continuous_usage_stats", False)),
         )
         for pid, p in data.get("providers", {}).items()
     }

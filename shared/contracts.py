@@ -161,6 +161,9 @@ class Settlement(TypedDict):
     trace_id: str
 
 
+# The ``error_code`` of a billed request whose upstream never said its usage (worker/usage_estimate.py).
+USAGE_ESTIMATED = "usage_estimated"
+
 # The usage row's fields, in order, as settle.lua stores them (it appends charged_micro and hold_micro).
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",

@@ -5,6 +5,14 @@ Lua script over one account's keys (hash tag ``{acct:ID}``), so it is atomic
 and runs unchanged on Redis Cluster. The invariant, checked by ``audit``:
 ``account.balance == sum(ledger.amount)``; holds are not balance changes, so
 ``available = balance - held``.
+
+A hold's life: reserve.lua takes it (between a floor and the request's worst
+case, within the balance and the key's limits, which count the key's open
+holds); settle.lua charges at most it and releases it. Once a node worker has
+queued the settlement, the hold's deadline moves a day on
+(``settlement_pending_commands``), so a billing outage does not get it
+reconciled; a hold the reconciler does release (expire.lua) is remembered a
+week, and its settlement, if it comes, charges late.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.contracts import Hold, ReserveStatus
+from shared.contracts import Hold, RequestStatus, ReserveStatus
 from shared.keys import AccountKeys
 from shared.money import MICRO_PER_CREDIT, micro_to_credits
 from shared.scripts import Scripts
@@ -39,6 +47,9 @@ class KeyLimits:
 
 
 NO_LIMITS = KeyLimits()
+SETTLEMENT_PENDING_MS = 24 * 3600 * 1000  # a queued settlement keeps its hold this long before reconciliation
+RELEASED_HOLD_TTL_MS = 7 * 24 * 3600 * 1000  # how long a released hold still takes a late settlement
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -50,6 +61,7 @@ class Reservation:
     tpm_remaining: int = 0
     tpm_reset_ms: int = 0
     retry_after_ms: int = 0
+    granted_micro: int = 0  # the amount held (0 when refused; a replay's: the existing hold's)
 
     @classmethod
     def from_reply(cls, reply: list) -> Reservation:
@@ -80,9 +92,15 @@ class SettleOrder:
 
 @dataclass(frozen=True)
 class Settlement:
-    applied: bool  # False: the request had no hold (already settled or refunded)
+    applied: bool  # False: a replay (the request was settled or refunded already)
     balance_micro: int
     charged_micro: int
+    late: bool = False  # the reconciler had released its hold: charged within what was still free
+
+    @classmethod
+    def from_reply(cls, reply: list) -> Settlement:
+        status, balance, charged = (int(v) for v in reply)
+        return cls(applied=status > 0, balance_micro=balance, charged_micro=charged, late=status == 2)
 
 
 def _settle_args(request_id: str, charge_micro: int, ledger_reason: str, actual_tokens: int | None,
@@ -98,6 +116,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def settlement_pending_commands(account_id: str, request_id: str, now_ms: int | None = None) -> list[tuple]:
+    """Mark a request's settlement as queued: its hold's deadline moves ``SETTLEMENT_PENDING_MS`` on.
+
+    Raw commands, for the node worker to send in the round trip that queues the settlement (before
+    it), so the reconciler does not release a hold whose settlement waits for the billing worker.
+    ``XX``: a hold already settled gets no deadline back; ``GT``: a deadline never moves earlier.
+    """
+    until = (now_ms or _now_ms()) + SETTLEMENT_PENDING_MS
+    return [("ZADD", AccountKeys(account_id).deadlines, "XX", "GT", until, request_id)]
+
+
 class Credits:
     def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
         self.redis = redis
@@ -105,37 +134,47 @@ class Credits:
 
     # --- the request path -------------------------------------------------
     async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
-                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0) -> Reservation:
-        """Admit a request (key rate limits and credit limits) and hold ``amount_micro``, atomically."""
+                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
+                      min_amount_micro: int | None = None) -> Reservation:
+        """Admit a request (key rate limits and credit limits) and hold what it may cost, atomically.
+
+        ``amount_micro`` is its worst case; the hold (``granted_micro``) is that, or less where the
+        balance or the key's limits leave less, but never below ``min_amount_micro`` (default: the
+        amount itself): below it the request is refused.
+        """
         script, keys_, args = self.reserve_call(account_id, request_id, amount_micro, deadline_ms, key_id, limits,
-                                                estimated_tokens)
+                                                estimated_tokens, min_amount_micro=min_amount_micro)
         return Reservation.from_reply(await script(keys=keys_, args=args))
 
     def reserve_call(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
-                     limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0):
+                     limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
+                     min_amount_micro: int | None = None):
         """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``)."""
+        if min_amount_micro is not None and not 0 <= min_amount_micro <= amount_micro:
+            raise ValueError("the floor of a hold is between 0 and its worst case")
         k = AccountKeys(account_id)
         return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id)],
                                  [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,
                                   estimated_tokens, limits.max_concurrent, limits.credit_limit_micro,
-                                  limits.daily_credit_limit_micro])
+                                  limits.daily_credit_limit_micro,
+                                  "" if min_amount_micro is None else min_amount_micro])
 
     async def settle(
         self, account_id: str, request_id: str, charge_micro: int, usage_row: dict[str, object],
         ledger_reason: str = "", key_id: str | None = None, actual_tokens: int | None = None,
     ) -> Settlement:
-        """Charge ``charge_micro`` (0 = full refund) and release the hold, once.
+        """Charge ``charge_micro`` (0 = full refund; never more than the hold) and release the hold, once.
 
         ``key_id`` defaults to the usage row's; ``actual_tokens`` corrects the key's
-        tokens-per-minute bucket from the admission estimate.
+        tokens-per-minute bucket from the admission estimate. After reconciliation released
+        the hold, the settlement is late: charged within what is free (``Settlement.late``).
         """
         if charge_micro < 0:
             raise ValueError("a charge is never negative")
         k = AccountKeys(account_id)
         key_id = key_id or str(usage_row.get("key_id") or "") or await self._hold_key_id(k, request_id)
         args = _settle_args(request_id, charge_micro, ledger_reason, actual_tokens, usage_row)
-        applied, balance, charged = await self.scripts.settle(keys=k.money(key_id), args=args)
-        return Settlement(applied=bool(applied), balance_micro=int(balance), charged_micro=int(charged))
+        return Settlement.from_reply(await self.scripts.settle(keys=k.money(key_id), args=args))
 
     async def settle_many(self, orders: list[SettleOrder]) -> list[Settlement]:
         """Many settlements in one round trip (settle.lua calls, each atomic on its own)."""
@@ -143,10 +182,10 @@ class Credits:
             self.scripts.call("settle", AccountKeys(o.account_id).money(o.key_id),
                               _settle_args(o.request_id, o.charge_micro, o.ledger_reason, o.actual_tokens, o.usage_row))
             for o in orders])
-        return [Settlement(applied=bool(a), balance_micro=int(b), charged_micro=int(c)) for a, b, c in replies]
+        return [Settlement.from_reply(reply) for reply in replies]
 
     async def _hold_key_id(self, k: AccountKeys, request_id: str) -> str:
-        hold = await self.redis.hget(k.holds, request_id)
+        hold = await self.redis.hget(k.holds, request_id) or await self.redis.hget(k.released, request_id)
         return Hold.parse(hold).key_id if hold else ""
 
     # --- credits in -------------------------------------------------------
@@ -245,22 +284,34 @@ class Credits:
         """Release every hold whose deadline passed ``grace_ms`` ago; returns how many.
 
         A hold outlives its request only when the request vanished (worker
-        killed, job lost): such a request produced nothing billable we know of,
-        so the hold is refunded, with a zero-amount ledger entry for the trail.
+        killed, job lost) before its settlement was queued (that moves the
+        deadline on): such a request produced nothing billable we know of, so the
+        hold is refunded, with a zero-amount ledger entry for the trail, and
+        remembered for ``RELEASED_HOLD_TTL_MS`` in case its settlement turns up.
+        expire.lua checks the deadline again, so a hand-off that lands after the
+        scan keeps its hold. Released holds older than that are forgotten here.
         """
-        cutoff = (now_ms or _now_ms()) - grace_ms
+        now = now_ms or _now_ms()
+        cutoff = now - grace_ms
         fixed = 0
         for member in await self.redis.smembers(keys.ACCOUNTS):
             account_id = member.decode()
             k = AccountKeys(account_id)
             for rid in await self.redis.zrangebyscore(k.deadlines, "-inf", cutoff):
                 request_id = rid.decode()
-                settled = await self.settle(
-                    account_id,
-                    request_id,
-                    0,
-                    {"request_id": request_id, "status": "expired", "created": int(time.time())},
-                    ledger_reason="hold_expired",
-                )
-                fixed += settled.applied
+                key_id = await self._hold_key_id(k, request_id)
+                row = {"request_id": request_id, "key_id": key_id, "status": RequestStatus.EXPIRED,
+                       "created": now // 1000}
+                args = [request_id, cutoff, now, *(v for pair in row.items() for v in map(str, pair))]
+                released, _balance = await self.scripts.expire(keys=k.money(key_id), args=args)
+                fixed += released
+            await self._forget_released(k, now - RELEASED_HOLD_TTL_MS)
         return fixed
+
+    async def _forget_released(self, k: AccountKeys, before_ms: int) -> None:
+        old = await self.redis.zrangebyscore(k.released_at, "-inf", before_ms)
+        if old:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(k.released, *old)
+                pipe.zrem(k.released_at, *old)
+                await pipe.execute()

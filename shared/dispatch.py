@@ -130,6 +130,9 @@ class Dispatcher:
 
     def flight(self, admitted: Admitted, node: str, request_id: str, *, batch: bool = False,
                queue_allowance_s: float | None = None, **job_extra: object) -> InFlight:
+        """One attempt of ``admitted`` on ``node`` under ``request_id``. A batch line's (``batch``) goes
+        on the node's batch queue, and a lost reply channel is silence to it: it has a durable state
+        to look at (worker/batch/probe.py) where an HTTP relay can only give up."""
         return InFlight(self, admitted, node, request_id, batch, queue_allowance_s, job_extra)
 
 
@@ -154,6 +157,7 @@ class InFlight:
         self.job = {"hold_micro": HOLD_PLACEHOLDER, "prompt_bound_tokens": admitted.hold.prompt_bound_tokens,
                     **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
                     "created": int(now), "enqueued_ms": round(now * 1000, 3), **job_extra}
+        self.batch = batch
         self.queue_name = keys.node_batch_queue(node) if batch else keys.node_queue(node)
         allowance = s.queue_timeout_s if queue_allowance_s is None else queue_allowance_s
         self.queue_expires_ms = int((allowance + 5) * 1000)  # a worker drops the job after this
@@ -184,8 +188,7 @@ class InFlight:
                                          min_amount_micro=plan.floor_micro)
         enqueue = d.queue.enqueue_call(self.queue_name, "chat", self.request_id, self.job, self.queue_expires_ms,
                                        s.max_queue_depth, held_in=AccountKeys(key.account_id).holds)
-        if self.replies is None:
-            self.replies = d.hub.register(self.request_id)
+        self.listen()
         try:
             reply, queued = await d.scripts.pipelined([reserve, enqueue])
         except RedisError:
@@ -194,6 +197,11 @@ class InFlight:
         reservation = Reservation.from_reply(reply)
         labelled(RESERVATIONS, reservation.status.label).inc()
         return reservation, reservation.ok and queued == 1
+
+    def listen(self) -> None:
+        """Register for this request's replies (before its job exists, so none can be missed)."""
+        if self.replies is None:
+            self.replies = self.d.hub.register(self.request_id)
 
     def close(self) -> None:
         self.d.hub.unregister(self.request_id)
@@ -225,7 +233,8 @@ class InFlight:
 
     # --- replies -----------------------------------------------------------------------------
     async def next_frames(self) -> bytes | None:
-        """The next batch of frames, or SILENT after WATCH_S without any; raises when replies were lost."""
+        """The next batch of frames (or what a front end put on the queue itself), SILENT after WATCH_S
+        without any; raises when replies were lost (SILENT for a batch line: it probes instead)."""
         if not self.replies.empty():  # the common case under load: no timer, no await
             item = self.replies.get_nowait()
         else:
@@ -235,6 +244,8 @@ class InFlight:
             except TimeoutError:
                 return SILENT
         if item is LOST:
+            if self.batch:
+                return SILENT
             await self.refund(RequestStatus.FAILED, ErrorCode.REPLY_CHANNEL_LOST)
             raise unavailable("The connection to Redis was lost while waiting for the answer; the request was "
                               "not billed.")

@@ -10,14 +10,18 @@ PREFIX = "aio:"
 class AccountKeys:
     """The keys of one account; all share the hash tag ``{acct:<id>}``."""
 
-    __slots__ = ("account_id", "account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys")
+    __slots__ = ("account_id", "account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys",
+                 "released", "released_at")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
         tag = f"{PREFIX}{{acct:{account_id}}}:"
         self.account = tag + "account"  # hash: id, name, balance, held, created_at
-        self.holds = tag + "holds"  # hash: request id -> "amount:key_id"
-        self.deadlines = tag + "hold_deadlines"  # zset: request id -> deadline ms
+        self.holds = tag + "holds"  # hash: request id -> "amount:key_id:estimated tokens"
+        self.deadlines = tag + "hold_deadlines"  # zset: request id -> deadline ms (later once its settlement is queued)
+        # Holds the reconciler released, kept a week so a settlement that was only late still charges.
+        self.released = tag + "released_holds"  # hash: request id -> "amount:key_id:"
+        self.released_at = tag + "released_at"  # zset: request id -> release ms (to forget them)
         self.ledger = tag + "ledger"  # stream: every balance change
         self.usage = tag + "usage"  # stream: one row per settled request
         self.orders = tag + "orders"  # stream: top-up orders
@@ -25,12 +29,14 @@ class AccountKeys:
         self.keys = tag + "keys"  # set of key ids
 
     def key_state(self, key_id: str) -> str:
-        """hash: one key's rate-limit buckets, requests in flight, and spend (total and per day)."""
+        """hash: one key's rate-limit buckets, requests in flight, open holds (``held``), spend (total and per
+        day), and the credit limits it was last admitted under."""
         return f"{PREFIX}{{acct:{self.account_id}}}:key:{key_id}"
 
     def money(self, key_id: str) -> list[str]:
-        """KEYS for settle.lua, in the order it expects."""
-        return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id)]
+        """KEYS for settle.lua and expire.lua, in the order they expect."""
+        return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id),
+                self.released, self.released_at]
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids
@@ -133,6 +139,10 @@ def file_lines_key(file_id: str) -> str:
 
 def account_files(account_id: str) -> str:
     return f"{PREFIX}files:{account_id}"  # zset: file id -> created ms
+
+
+def account_active_batches(account_id: str) -> str:
+    return f"{PREFIX}batches_active:{account_id}"  # set: the account's batch ids not yet terminal (its cap)
 
 
 def account_batches(account_id: str) -> str:

@@ -43,7 +43,12 @@ UPSTREAM_ERRORS = Counter("apiinone_upstream_errors_total", "Upstream failures b
 
 # billing worker
 CREDITS_CHARGED = Counter("apiinone_credits_charged_micro_total", "Micro-credits charged", ["model"])
-SETTLEMENTS = Counter("apiinone_settlements_total", "Settlements by result", ["result"])
+SETTLEMENTS = Counter("apiinone_settlements_total",
+                      "Settlements by result: applied, late (after reconciliation released the hold), replay",
+                      ["result"])
+LATE_SHORTFALL = Counter("apiinone_late_settlement_shortfall_micro_total",
+                         "Micro-credits late settlements could not charge (the released hold or the free "
+                         "balance was smaller than the charge)")
 SETTLE_FAILURES = Counter("apiinone_settle_failures_total", "Settlements that raised")
 RECONCILED_HOLDS = Counter("apiinone_reconciled_holds_total", "Expired holds released by reconciliation")
 

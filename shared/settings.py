@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 5.0
     upstream_idle_timeout_s: float = 120.0  # an upstream stream silent this long is failed (and refunded)
     upstream_retries: int = 2  # retries before the first token on 429/5xx
+    # A streaming client that leaves: upstreams whose usage comes only at the end are read on (nothing
+    # relayed) this long for it; past it, or if it never comes, the delivered text is billed by estimate.
+    drain_after_cancel_s: float = 10.0
 
     # Batches (OpenAI Files + Batches API; shared/batch_store.py, worker/batch/)
     batch_max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused with 413
@@ -88,6 +91,10 @@ class Settings(BaseSettings):
     # by +11% to +27% in 2 runs of 3 (the bound is +20%).
     batch_inflight_per_batch: int = 1
     batch_inflight_total: int = 128  # lines of all batches, per batch worker process
+    # Per-account caps on what an account keeps: files, their bytes, and batches not yet finished.
+    account_max_files: int = 1000
+    account_max_stored_bytes: int = 10 * 1024**3
+    account_max_active_batches: int = 50
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     batch_callbacks_per_minute: int = 30  # callback attempts per account per clock minute; more wait (0: no limit)

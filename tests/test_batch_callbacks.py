@@ -230,7 +230,7 @@ class FakeSender:
 
 
 async def finished_batch(store: BatchStore, callbacks: Callbacks, url: str) -> BatchKeys:
-    batch = await store.create_batch("acct_1", "key_1", {}, "file-1", "/v1/chat/completions", "24h",
+    batch = await store.create_batch("acct_1", "key_1", "file-1", "/v1/chat/completions", "24h",
                                      {"callback_url": url}, 86400)
     b = BatchKeys(batch["id"])
     await store.transition(b.id, "completed", ("validating",), completed_at=int(time.time()))

@@ -25,7 +25,12 @@ CHANNEL = "aio:gw:test"
 
 
 class FakeAdapter:
-    """Yields the given deltas (with a pause between them), then raises ``fail`` if given."""
+    """Yields the given deltas (with a pause between them), then raises ``fail`` if given.
+
+    Its usage counts as running (like Gemini's): a client that leaves interrupts it at once.
+    """
+
+    running_usage = True
 
     def __init__(self, deltas: list[Delta], fail: ProviderError | None = None, pause_s: float = 0.0) -> None:
         self.deltas, self.fail, self.pause_s = deltas, fail, pause_s
@@ -197,3 +202,172 @@ def test_a_settlement_carries_every_usage_field():
     settlement = build_settlement(job(stream=True), model, gen, billable=False, latency_ms=5, queue_ms=1.5)
     assert set(USAGE_FIELDS) <= set(settlement), "settle.lua's usage row is built from these"
     assert settlement["ttft_ms"] == "" and settlement["queue_ms"] == 1
+
+
+# --- cut streams: what a client who leaves pays (issue 15 item 2) --------------------------------
+class GatedAdapter(FakeAdapter):
+    """An OpenAI-compatible upstream: usage only at the end (``running_usage = False``).
+
+    Before yielding delta number ``cut_at`` (or at the end when there are fewer) it sets
+    ``reached`` and waits for ``resume``: the test cancels the job exactly there. ``hang``: it never
+    resumes (an upstream that stalls after the cancel).
+    """
+
+    running_usage = False
+
+    def __init__(self, deltas: list[Delta], cut_at: int, fail: ProviderError | None = None,
+                 hang: bool = False) -> None:
+        super().__init__(deltas, fail)
+        self.cut_at, self.hang = cut_at, hang
+        self.reached, self.resume = asyncio.Event(), asyncio.Event()
+        self.yielded = 0
+
+    async def _gate(self) -> None:
+        self.reached.set()
+        await (asyncio.Event().wait() if self.hang else self.resume.wait())
+
+    async def stream(self, body, model, incremental=True):
+        for i, d in enumerate(self.deltas):
+            if i == self.cut_at:
+                await self._gate()
+            self.yielded += 1
+            yield d
+        if self.cut_at >= len(self.deltas):
+            await self._gate()
+        if self.fail is not None:
+            raise self.fail
+
+
+PROMPT = "x" * 403  # the admission's estimate: 403 // 4 = 100 tokens
+THOUGHT = "thinking about it"  # 17 characters
+
+
+def forty_chunks(usage: Usage | None = Usage(prompt_tokens=20, completion_tokens=40)) -> list[Delta]:
+    """40 deltas of 5 characters, the first also thinking; usage (if any) and the finish on the last."""
+    deltas = [Delta(content="word ") for _ in range(40)]
+    deltas[0] = Delta(reasoning=THOUGHT, content="word ")
+    deltas[-1] = Delta(content="word ", finish_reason="stop", usage=usage)
+    return deltas
+
+
+async def cut_after(rt: JobRuntime, adapter: GatedAdapter, j: dict):
+    """Run ``j``; cancel it as the node worker's listener does once ``adapter`` reached its cut."""
+    task = asyncio.create_task(run_chat(rt, j))
+    await adapter.reached.wait()
+    rt.cancels.cancel(j["id"], task)
+    adapter.resume.set()
+    return await task
+
+
+def chunks_published(frames: list[tuple[bytes, bytes]]) -> list[dict]:
+    return [orjson.loads(p) for k, p in frames if k == relay.CHUNK]
+
+
+async def test_a_stream_cut_before_its_final_usage_drains_and_pays_the_real_usage(redis, frames_seen):
+    adapter = GatedAdapter(forty_chunks(), cut_at=38)
+    rt = runtime(redis, adapter)
+    outcome = await cut_after(rt, adapter, job(stream=True, body={"model": "gemini", "messages": [
+        {"role": "user", "content": PROMPT}]}))
+    s = outcome.settlement
+    assert outcome.status == RequestStatus.CANCELLED
+    assert (s["prompt_tokens"], s["completion_tokens"]) == (20, 40), "the usage of the last chunk, read after the cut"
+    assert s["error_code"] == ""
+    chunks = chunks_published(await frames_seen())
+    # 38 deltas relayed: the first one is two chunks (thinking, then text); nothing after the cut.
+    assert len(chunks) == 39 and not any(c["choices"][0]["finish_reason"] for c in chunks)
+    assert outcome.frames == b""
+    assert not rt.cancels.client_left and not rt.cancels.drain, "the registry forgets the job"
+
+
+async def test_a_cut_stream_whose_usage_never_comes_pays_the_estimate(redis, frames_seen):
+    broken = ProviderError(502, "The upstream stream broke", "upstream_stream_broken")
+    adapter = GatedAdapter(forty_chunks(usage=None)[:38], cut_at=38, fail=broken)
+    rt = runtime(redis, adapter)
+    outcome = await cut_after(rt, adapter, job(stream=True, body={"model": "gemini", "messages": [
+        {"role": "user", "content": PROMPT}]}))
+    s = outcome.settlement
+    assert outcome.status == RequestStatus.CANCELLED and outcome.error is None
+    # prompt: the admission's estimate; output: ceil((38 * 5 + 17) / 4) = ceil(207 / 4) = 52
+    assert (s["prompt_tokens"], s["completion_tokens"], s["reasoning_tokens"]) == (100, 52, 0)
+    assert s["error_code"] == "usage_estimated"
+    assert len(chunks_published(await frames_seen())) == 39
+
+
+async def test_a_cut_stream_stops_draining_after_the_bound(redis, frames_seen):
+    adapter = GatedAdapter(forty_chunks(), cut_at=38, hang=True)  # the upstream stalls after the cut
+    settings = Settings(redis_url="redis://unused", request_timeout_s=30, upstream_retries=0,
+                        drain_after_cancel_s=0.2)
+    rt = runtime(redis, adapter, settings)
+    outcome = await cut_after(rt, adapter, job(stream=True, body={"model": "gemini", "messages": [
+        {"role": "user", "content": PROMPT}]}))
+    s = outcome.settlement
+    assert outcome.status == RequestStatus.CANCELLED
+    assert (s["prompt_tokens"], s["completion_tokens"], s["error_code"]) == (100, 52, "usage_estimated")
+
+
+async def test_a_stream_the_upstream_cuts_is_refunded_even_after_output(redis, frames_seen):
+    broken = ProviderError(502, "The upstream stream broke", "upstream_stream_broken")
+    rt = runtime(redis, FakeAdapter(forty_chunks(usage=None)[:38], fail=broken))
+    outcome = await run_chat(rt, job(stream=True))
+    s = outcome.settlement
+    assert outcome.status == RequestStatus.FAILED and outcome.error is broken
+    assert (s["prompt_tokens"], s["completion_tokens"], s["error_code"]) == (0, 0, "upstream_stream_broken")
+
+
+async def test_a_running_usage_stream_is_stopped_at_once(redis, frames_seen):
+    """Gemini sends the usage so far on every event: a cut needs no drain, the last one is the bill."""
+    deltas = [Delta(content="word ", usage=Usage(prompt_tokens=20, completion_tokens=i + 1)) for i in range(40)]
+    adapter = GatedAdapter(deltas, cut_at=38)
+    adapter.running_usage = True
+    rt = runtime(redis, adapter)
+    outcome = await cut_after(rt, adapter, job(stream=True))
+    assert outcome.status == RequestStatus.CANCELLED and adapter.yielded == 38, "not one delta read after the cut"
+    assert (outcome.settlement["prompt_tokens"], outcome.settlement["completion_tokens"]) == (20, 38)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_without_usage_pays_the_estimate(redis, frames_seen, stream):
+    """Some OpenAI-compatible servers send no usage at all: the delivered answer is not free."""
+    deltas = [Delta(reasoning=THOUGHT), Delta(content="Hello world", finish_reason="stop")]
+    rt = runtime(redis, FakeAdapter(deltas))
+    outcome = await run_chat(rt, job(stream=stream, body={"model": "gemini", "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]}))
+    s = outcome.settlement
+    assert outcome.status == RequestStatus.SUCCEEDED
+    # prompt: (8 + 403) // 4 = 102; output: ceil((17 + 11) / 4) = 7
+    assert (s["prompt_tokens"], s["completion_tokens"], s["error_code"]) == (102, 7, "usage_estimated")
+    model = rt.catalog.models["gemini"]
+    if not stream:
+        (kind, payload), = list(relay.iter_frames(outcome.frames))
+        usage = orjson.loads(payload)["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (102, 7)
+        assert usage["charged_micro"] == model.cost_micro(102, 7), "the answer shows what it is billed"
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "MALFORMED_FUNCTION_CALL"])
+async def test_finishes_a_tenant_can_provoke_are_completions(redis, frames_seen, reason):
+    from worker.gemini import GeminiStreamReader
+
+    reader = GeminiStreamReader()
+    usage = {"promptTokenCount": 20, "candidatesTokenCount": 9}
+    deltas = [reader.delta({"candidates": [{"content": {"parts": [{"text": "Once upon"}]}}], "usageMetadata": usage}),
+              reader.delta({"candidates": [{"finishReason": reason}], "usageMetadata": usage})]
+    rt = runtime(redis, FakeAdapter(deltas))
+    outcome = await run_chat(rt, job(stream=True))
+    assert outcome.status == RequestStatus.SUCCEEDED
+    assert (outcome.settlement["prompt_tokens"], outcome.settlement["completion_tokens"]) == (20, 9)
+
+
+def test_the_estimate_counts_every_output_character():
+    from worker.chunks import ChunkBuilder
+    from worker.provider import ToolCallDelta
+    from worker.usage_estimate import estimate_usage
+
+    builder = ChunkBuilder("r", "gemini", 1)
+    builder.add(Delta(reasoning="abc", content="defg"))
+    builder.add(Delta(tool_calls=[ToolCallDelta(index=0, id="c1", name="get_weather", arguments='{"city":"Oslo"}')]))
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "12345678"},
+                                                      {"type": "image_url", "image_url": {"url": "data:,"}}]}]}
+    usage = estimate_usage(body, builder)
+    # prompt: (8 + 1032) // 4 = 260; output: 3 + 4 + 11 + 15 = 33 characters -> ceil(33 / 4) = 9
+    assert (usage.prompt_tokens, usage.completion_tokens) == (260, 9)

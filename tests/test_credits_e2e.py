@@ -1,7 +1,9 @@
 """Credits end to end: the running stack, the openai SDK and httpx, checked against the billing API.
 
 Prices of model "gemini": 50 credits per 1M input tokens and 300 per 1M output tokens
-(thinking included), i.e. 50 and 300 micro-credits per token; each request holds 5 credits.
+(thinking included), i.e. 50 and 300 micro-credits per token. A request holds its worst case (its
+prompt's upper bound and every output token it may ask for), never less than the 5-credit base
+cost; where the account has less available, its output is clamped to what the hold covers.
 The simulator's token counts are exact, so every charge here is known to the micro-credit.
 """
 
@@ -20,16 +22,25 @@ import pytest
 import redis
 from openai import AsyncOpenAI
 
+from shared.admission import plan_hold
+from shared.catalog import get_catalog
 from shared.keys import AccountKeys
+from shared.protocol import parse_chat_request
 
 M = 1_000_000
-HOLD = 5 * M
+BASE = 5 * M  # the model's base cost: the least any request holds
 IN_PRICE, OUT_PRICE = 50 * M, 300 * M  # micro-credits per 1M tokens
 
 
 def cost_micro(prompt_tokens: int, completion_tokens: int) -> int:
     """README's rule: ceil((prompt * input + completion * output) / 1M), one rounding per request."""
     return -(-(prompt_tokens * IN_PRICE + completion_tokens * OUT_PRICE) // 1_000_000)
+
+
+def worst_case_hold(text: str, **fields) -> int:
+    """What a request with this one user message holds when the account can cover it (README: the hold)."""
+    body = {"model": "gemini", "messages": [{"role": "user", "content": text}], **fields}
+    return plan_hold(parse_chat_request(body), get_catalog().models["gemini"], 256).worst_micro
 
 
 def sim_prompt_tokens(text: str) -> int:
@@ -125,22 +136,25 @@ async def test_charge_is_usage_times_prices_and_matches_the_billing_api(stack, h
     assert after["available_micro"] == after["balance_micro"]
     assert row["request_id"] == request_id and row["status"] == "succeeded" and row["model"] == "gemini"
     assert (row["prompt_tokens"], row["completion_tokens"], row["reasoning_tokens"]) == (usage.prompt_tokens, 168, 45)
-    assert row["charged_micro"] == expected and row["hold_micro"] == HOLD
+    assert row["charged_micro"] == expected and row["hold_micro"] == worst_case_hold(text)
+    assert row["hold_micro"] > 19 * M  # no max_tokens: the model's 65,536 output tokens at 300 per 1M
     entry = (await listing(http, "/billing/ledger", key))["data"][0]
     assert (entry["amount"], entry["reason"], entry["ref"]) == (-expected, "charge", request_id)
     assert entry["balance"] == after["balance_micro"]
 
 
-async def test_an_answer_dearer_than_the_balance_goes_negative_once_then_402(stack, http, admin):
+async def test_an_answer_dearer_than_its_hold_never_drives_the_balance_below_zero(stack, http, admin):
+    """Issue 15 item 4: settlement charges at most the hold (it used to take the balance negative by
+    the overage), so usage never drives a balance below zero; the next request is a 402."""
     _, key = admin.account_with_key(5)
     client = sdk(stack, key)
     r = await client.chat.completions.create(
         model="gemini", messages=[{"role": "user", "content": "long [[sim output_tokens=20000 thinking_tokens=0]]"}])
-    charge = cost_micro(r.usage.prompt_tokens, r.usage.completion_tokens)
-    assert charge > HOLD and r.usage.model_extra["credits_charged"] == charge / M
-    await settled(http, key, 1)
+    [row] = await settled(http, key, 1)
+    assert row["charged_micro"] <= row["hold_micro"] == BASE  # all it had: the worst case was clamped
+    assert row["charged_micro"] <= cost_micro(r.usage.prompt_tokens, r.usage.completion_tokens)
     bal = await credits(http, key)
-    assert bal["balance_micro"] == HOLD - charge < 0  # negative by this one request's overage
+    assert bal["balance_micro"] == BASE - row["charged_micro"] >= 0
     before = await state(http, key)
     with pytest.raises(openai.APIStatusError) as info:
         await client.chat.completions.create(model="gemini", messages=[{"role": "user", "content": "hi"}])
@@ -168,9 +182,10 @@ async def test_402_counts_open_holds_not_just_the_balance(stack, http, admin):
     _, key = admin.account_with_key(9)  # one hold fits, a second does not while the first runs
     client = sdk(stack, key)
     slow = asyncio.create_task(client.chat.completions.create(
-        model="gemini", messages=[{"role": "user", "content": "slow [[sim output_tokens=24 delay_ms=300]]"}]))
+        model="gemini", max_tokens=100,  # a small worst case: it holds the base cost
+        messages=[{"role": "user", "content": "slow [[sim output_tokens=24 delay_ms=300]]"}]))
     deadline = time.monotonic() + 5
-    while (await credits(http, key))["held_micro"] != HOLD:
+    while (await credits(http, key))["held_micro"] != BASE:
         assert time.monotonic() < deadline and not slow.done()
         await asyncio.sleep(0.01)
     with pytest.raises(openai.APIStatusError) as info:
@@ -258,7 +273,7 @@ async def test_client_disconnect_mid_stream_is_billed_once_for_what_was_produced
 async def test_a_thousand_concurrent_requests_never_overdraw(stack, http, admin):
     account, key = admin.account_with_key(37 * 5 + 0.5)  # 37 holds and a little
     start = await credits(http, key)
-    body = {"model": "gemini", "stream": False,
+    body = {"model": "gemini", "stream": False, "max_tokens": 100,  # a small worst case: each holds the base cost
             "messages": [{"role": "user", "content": "hi [[sim output_tokens=24 thinking_tokens=0 delay_ms=300]]"}]}
     samples: list[tuple[int, int, int]] = []
     done = threading.Event()
@@ -302,7 +317,7 @@ async def test_a_thousand_concurrent_requests_never_overdraw(stack, http, admin)
     assert len(samples) > 20 and elapsed < 60, (len(samples), elapsed)
     assert min(balance - held for balance, held, _ in samples) >= 0  # available never went negative
     assert max(holds for _, _, holds in samples) <= 37  # never more requests in flight than holds fit
-    assert all(held == holds * HOLD for _, held, holds in samples)
+    assert all(held == holds * BASE for _, held, holds in samples)
 
     end = await credits(http, key)
     charges = {r["id"]: cost_micro(r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"]) for r in ok}

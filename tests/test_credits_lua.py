@@ -15,7 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.accounts import Accounts
-from shared.credits import AccountNotFound, Credits
+from shared.contracts import ReserveStatus
+from shared.credits import AccountNotFound, Credits, KeyLimits
 from shared.keys import AccountKeys
 
 M = 1_000_000  # micro-credits per credit
@@ -132,6 +133,92 @@ async def test_concurrent_reserves_never_hold_more_than_the_balance(credits, acc
     assert (await credits.audit_account(acct))["ok"]
 
 
+# --- worst-case holds and key limits (issue 15 items 3 and 4) ------------------------------------------
+FAR = 10**13  # a deadline nothing reconciles
+
+
+async def reserve_for(credits: Credits, acct: str, rid: str, amount: int, key: str = "key_test",
+                      limits: KeyLimits = KeyLimits(), min_amount: int | None = None):
+    return await credits.reserve(acct, rid, amount, FAR, key, limits, min_amount_micro=min_amount)
+
+
+async def key_state(redis, acct: str, key: str) -> dict:
+    raw = await redis.hgetall(AccountKeys(acct).key_state(key))
+    return {f.decode(): v.decode() for f, v in raw.items()}
+
+
+async def test_a_keys_credit_limit_counts_its_open_holds(redis, credits, accounts):
+    """Issue 15 item 3: ten concurrent requests of a key limited to 0.5 credits all passed admission
+    (each saw a spend of 0, under the limit) and spent 1.8 to 6.0 credits between them."""
+    acct = await new_account(accounts, 100 * M)
+    small = KeyLimits(credit_limit_micro=M // 2)
+    results = await asyncio.gather(*(reserve_for(credits, acct, f"s{i}", HOLD, "key_small", small)
+                                     for i in range(10)))
+    # A request holds at least the base cost: a limit below it admits nothing.
+    assert {r.status for r in results} == {ReserveStatus.KEY_BUDGET}
+    assert all(r.granted_micro == 0 for r in results)
+
+    capped = KeyLimits(credit_limit_micro=12 * M)
+    results = await asyncio.gather(*(reserve_for(credits, acct, f"c{i}", HOLD, "key_capped", capped)
+                                     for i in range(10)))
+    assert sorted(r.status for r in results) == [ReserveStatus.KEY_BUDGET] * 8 + [ReserveStatus.HELD] * 2
+    assert int((await key_state(redis, acct, "key_capped"))["held"]) == 2 * HOLD
+    for r in ("c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"):
+        await credits.settle(acct, r, 9 * M, row(r, key_id="key_capped"))  # each charged its whole hold
+    state = await key_state(redis, acct, "key_capped")
+    assert (int(state["spend"]), int(state["held"])) == (2 * HOLD, 0)
+    assert not (await reserve_for(credits, acct, "c10", HOLD, "key_capped", capped)).ok  # 2 credits of room
+    assert (await reserve_for(credits, acct, "other", HOLD)).ok  # the account's other keys are not affected
+    assert (await credits.audit_account(acct))["ok"]
+
+
+async def test_a_keys_daily_limit_counts_its_open_holds(redis, credits, accounts):
+    acct = await new_account(accounts, 100 * M)
+    daily = KeyLimits(daily_credit_limit_micro=7 * M)
+    assert (await reserve_for(credits, acct, "d1", HOLD, "key_daily", daily)).ok
+    refused = await reserve_for(credits, acct, "d2", HOLD, "key_daily", daily)
+    assert refused.status == ReserveStatus.KEY_BUDGET
+    assert 0 < refused.retry_after_ms <= 86_400_000  # the day's room comes back at UTC midnight
+    await credits.settle(acct, "d1", M, row("d1", key_id="key_daily"))
+    assert (await reserve_for(credits, acct, "d3", HOLD, "key_daily", daily)).ok  # 7 - 1 spent >= 5
+
+
+async def test_reserve_grants_between_the_floor_and_the_worst_case(redis, credits, accounts):
+    acct = await new_account(accounts, 30 * M)
+    worst = await reserve_for(credits, acct, "w1", 20 * M, min_amount=HOLD)
+    assert worst.status == ReserveStatus.HELD and worst.granted_micro == 20 * M and worst.held_micro == 20 * M
+    clamped = await reserve_for(credits, acct, "w2", 20 * M, min_amount=HOLD)  # 10 available
+    assert clamped.status == ReserveStatus.HELD and clamped.granted_micro == 10 * M
+    before = await snapshot(redis, acct)
+    short = await reserve_for(credits, acct, "w3", 20 * M, min_amount=HOLD)  # 0 available
+    assert short.status == ReserveStatus.INSUFFICIENT and short.granted_micro == 0
+    assert await snapshot(redis, acct) == before
+    holds = {k.decode(): v.decode() for k, v in (await redis.hgetall(AccountKeys(acct).holds)).items()}
+    assert holds == {"w1": f"{20 * M}:key_test:0", "w2": f"{10 * M}:key_test:0"}
+
+    replay = await reserve_for(credits, acct, "w2", 20 * M, min_amount=HOLD)
+    assert replay.status == ReserveStatus.REPLAY and replay.granted_micro == 10 * M
+    # Without a floor, the floor is the amount asked: all of it or nothing (the old behaviour).
+    await credits.credit(acct, 15 * M, "pay-1")
+    assert (await reserve_for(credits, acct, "w4", 20 * M)).status == ReserveStatus.INSUFFICIENT
+    assert (await reserve_for(credits, acct, "w5", 15 * M)).granted_micro == 15 * M
+    with pytest.raises(ValueError):
+        await reserve_for(credits, acct, "w6", HOLD, min_amount=HOLD + 1)
+
+
+async def test_the_key_limit_room_clamps_the_grant_and_names_what_is_short(redis, credits, accounts):
+    acct = await new_account(accounts, 100 * M)
+    limits = KeyLimits(credit_limit_micro=12 * M, daily_credit_limit_micro=20 * M)
+    first = await reserve_for(credits, acct, "k1", 20 * M, "key_k", limits, min_amount=HOLD)
+    assert first.status == ReserveStatus.HELD and first.granted_micro == 12 * M  # the key's room, not the balance
+    second = await reserve_for(credits, acct, "k2", 20 * M, "key_k", limits, min_amount=HOLD)
+    assert second.status == ReserveStatus.KEY_BUDGET and second.granted_micro == 0  # the balance would cover it
+
+    poor = await new_account(accounts, 3 * M)  # the balance is what is short, the key has room
+    refused = await reserve_for(credits, poor, "p1", 20 * M, "key_p", limits, min_amount=HOLD)
+    assert refused.status == ReserveStatus.INSUFFICIENT and refused.granted_micro == 0
+
+
 # --- settle ------------------------------------------------------------------------------------------
 async def test_settle_charges_exactly_releases_the_hold_writes_one_ledger_entry_and_one_usage_row(
         redis, credits, accounts):
@@ -204,21 +291,37 @@ async def test_settle_never_takes_a_negative_charge(credits, accounts):
     assert (await credits.balance(acct))["held_micro"] == HOLD
 
 
-async def test_overage_drives_the_balance_negative_and_the_next_reserve_is_refused(redis, credits, accounts):
+async def test_settle_never_charges_more_than_the_hold_so_usage_never_makes_a_balance_negative(
+        redis, credits, accounts):
+    """Issue 15 item 4: an answer dearer than its hold used to drive the balance below zero."""
     acct = await new_account(accounts, HOLD)  # exactly one hold
     assert (await reserve(credits, acct, "r1")).ok
     s = await credits.settle(acct, "r1", HOLD + 2_500_000, row("r1"))  # the answer cost more than the hold
 
-    assert s.applied and s.balance_micro == -2_500_000
+    assert s.applied and s.charged_micro == HOLD and s.balance_micro == 0
     bal = await credits.balance(acct)
-    assert (bal["balance_micro"], bal["held_micro"], bal["available_micro"]) == (-2_500_000, 0, -2_500_000)
-    assert (await ledger(redis, acct))[-1]["amount"] == str(-(HOLD + 2_500_000))
+    assert (bal["balance_micro"], bal["held_micro"], bal["available_micro"]) == (0, 0, 0)
+    assert (await ledger(redis, acct))[-1]["amount"] == str(-HOLD)
+    assert (await usage(redis, acct))[-1]["charged_micro"] == str(HOLD)
     before = await snapshot(redis, acct)
     nxt = await reserve(credits, acct, "r2")
     assert not nxt.ok and await snapshot(redis, acct) == before
-    # A top-up that covers the debt and a hold lets requests through again.
-    await credits.credit(acct, 2_500_000 + HOLD, "pay-1")
+    await credits.credit(acct, HOLD, "pay-1")
     assert (await reserve(credits, acct, "r3")).ok
+    assert (await credits.audit_account(acct))["ok"]
+
+
+async def test_a_payment_refund_under_open_holds_is_not_followed_by_usage_below_zero(redis, credits, accounts):
+    """A refunded payment may take the balance under the holds; their settlements then charge at most
+    what is left, so it is never usage that drives the balance below zero."""
+    acct = await new_account(accounts, 10 * M)
+    await reserve(credits, acct, "r1")
+    await reserve(credits, acct, "r2")
+    await credits.credit(acct, -7 * M, "chargeback-1", reason="adjustment")  # balance 3, held 10
+    first = await credits.settle(acct, "r1", 4 * M, row("r1"))
+    second = await credits.settle(acct, "r2", 4 * M, row("r2"))
+    assert (first.charged_micro, first.balance_micro) == (3 * M, 0)
+    assert (second.charged_micro, second.balance_micro) == (0, 0)
     assert (await credits.audit_account(acct))["ok"]
 
 
@@ -304,10 +407,153 @@ async def test_reconcile_releases_only_holds_past_deadline_plus_grace(redis, cre
     assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
     assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now + 600_000 + GRACE_MS + 1) == 2
     assert (await credits.balance(acct))["held_micro"] == 0
-    # A settlement that arrives after its hold was reconciled changes nothing.
+    # A settlement that arrives after its hold was reconciled still charges (late), once.
+    assert (await credits.settle(acct, "vanished", 9 * M, row("vanished"))).late
     before = await snapshot(redis, acct)
     assert not (await credits.settle(acct, "vanished", 9 * M, row("vanished"))).applied
     assert await snapshot(redis, acct) == before
+
+
+# --- settlements that arrive after their hold's deadline (issue 15 item 5) ----------------------------
+async def test_a_settlement_handed_to_billing_keeps_its_hold_through_reconciliation(redis, credits, accounts):
+    """A billing outage longer than deadline + grace: the reconciler released the holds of requests whose
+    settlements were queued, at zero charge, and the settlements were then dropped as replays."""
+    from shared.credits import settlement_pending_commands
+
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await reserve(credits, acct, "served", deadline_ms=now - GRACE_MS - 1)
+    await reserve(credits, acct, "vanished", deadline_ms=now - GRACE_MS - 1)
+    for command in settlement_pending_commands(acct, "served"):  # the node worker's hand-off
+        await redis.execute_command(*command)
+
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 1  # "vanished" only
+
+    s = await credits.settle(acct, "served", 2 * M, row("served"))
+    assert s.applied and not s.late and s.charged_micro == 2 * M
+    assert (await ledger(redis, acct))[-1]["reason"] == "charge"
+    # A pending hold is not kept forever: a settlement lost on the way is reconciled a day later.
+    await reserve(credits, acct, "lost", deadline_ms=now - GRACE_MS - 1)
+    for command in settlement_pending_commands(acct, "lost", now_ms=now):
+        await redis.execute_command(*command)
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now + 86_400_000 + GRACE_MS + 1) == 1
+    # The mark never brings back a hold that is gone.
+    for command in settlement_pending_commands(acct, "served"):
+        await redis.execute_command(*command)
+    assert await redis.zcard(AccountKeys(acct).deadlines) == 0
+    assert (await credits.audit_account(acct))["ok"]
+
+
+async def test_reconcile_rechecks_the_deadline_when_it_releases(redis, credits, accounts):
+    """The hand-off may land between the reconciler's scan and its release: the release sees it."""
+    from shared.credits import settlement_pending_commands
+
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await reserve(credits, acct, "r1", deadline_ms=now - GRACE_MS - 1)
+    scan = redis.zrangebyscore
+
+    async def scan_then_hand_off(*args, **kwargs):
+        found = await scan(*args, **kwargs)
+        for command in settlement_pending_commands(acct, "r1"):
+            await redis.execute_command(*command)
+        return found
+
+    redis.zrangebyscore = scan_then_hand_off
+    try:
+        assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
+    finally:
+        redis.zrangebyscore = scan
+    assert (await credits.balance(acct))["held_micro"] == HOLD
+
+
+async def test_a_settlement_after_reconciliation_is_charged_late_once(redis, credits, accounts):
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await reserve(credits, acct, "r1", deadline_ms=now - GRACE_MS - 1)
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 1
+    assert (await credits.balance(acct))["held_micro"] == 0
+
+    late = await credits.settle(acct, "r1", 2 * M, row("r1"))
+
+    assert late.applied and late.late and late.charged_micro == 2 * M and late.balance_micro == 98 * M
+    assert (await ledger(redis, acct))[-1] == {"amount": str(-2 * M), "reason": "late_charge", "ref": "r1",
+                                               "balance": str(98 * M)}
+    expired, charged = await usage(redis, acct)
+    assert expired["status"] == "expired" and expired["charged_micro"] == "0"
+    assert charged["status"] == "succeeded" and charged["charged_micro"] == str(2 * M)
+    assert int((await key_state(redis, acct, "key_test"))["spend"]) == 2 * M
+    after = await snapshot(redis, acct)
+    replay = await credits.settle(acct, "r1", 2 * M, row("r1"))
+    assert not replay.applied and not replay.late and await snapshot(redis, acct) == after
+    assert (await credits.audit_account(acct))["ok"]
+
+
+async def test_a_late_charge_is_bounded_by_the_released_hold_the_available_balance_and_the_key_limit(
+        redis, credits, accounts):
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await reserve(credits, acct, "dear", deadline_ms=now - GRACE_MS - 1)
+    await reserve(credits, acct, "poor", deadline_ms=now - GRACE_MS - 1)
+    limits = KeyLimits(credit_limit_micro=9 * M)
+    await credits.reserve(acct, "capped", HOLD, now - GRACE_MS - 1, "key_capped", limits)
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 3
+
+    assert (await credits.settle(acct, "dear", 9 * M, row("dear"))).charged_micro == HOLD  # the released hold
+    await reserve_for(credits, acct, "meanwhile", 93 * M)  # 95 - 93: two credits available
+    assert (await credits.settle(acct, "poor", 4 * M, row("poor"))).charged_micro == 2 * M
+    assert (await credits.balance(acct))["available_micro"] == 0
+    await credits.settle(acct, "meanwhile", 0, row("meanwhile", status="failed"))
+    # The key took a new hold in the room the released one left: the late charge fits in what remains.
+    await reserve_for(credits, acct, "next", HOLD, "key_capped", limits)
+    late = await credits.settle(acct, "capped", HOLD, row("capped", key_id="key_capped"))
+    assert late.late and late.charged_micro == 9 * M - HOLD
+    assert (await credits.audit_account(acct))["ok"]
+
+
+async def test_released_holds_are_forgotten_after_a_week(redis, credits, accounts):
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await reserve(credits, acct, "r1", deadline_ms=now - GRACE_MS - 1)
+    await credits.reconcile_expired_holds(GRACE_MS, now_ms=now)
+    await credits.reconcile_expired_holds(GRACE_MS, now_ms=now + 7 * 86_400_000 + 1)
+    k = AccountKeys(acct)
+    assert await redis.hlen(k.released) == 0 and await redis.zcard(k.released_at) == 0
+    before = await snapshot(redis, acct)
+    assert not (await credits.settle(acct, "r1", 2 * M, row("r1"))).applied
+    assert await snapshot(redis, acct) == before
+
+
+async def test_the_billing_worker_counts_late_settlements_and_what_they_could_not_charge(redis, credits, accounts):
+    """A billing outage used to leave no trace (the audit says ok): late settlements are counted apart."""
+    from prometheus_client import REGISTRY
+
+    from shared.catalog import get_catalog
+    from shared.contracts import USAGE_FIELDS
+    from worker.billing import count_settlement, settle_order
+
+    def sample(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    acct = await new_account(accounts, 100 * M)
+    now = now_ms()
+    await credits.reserve(acct, "r1", M // 100, now - GRACE_MS - 1, "key_test")  # a hold below the charge
+    await credits.reconcile_expired_holds(GRACE_MS, now_ms=now)
+    settlement = {**dict.fromkeys(USAGE_FIELDS, ""), "request_id": "r1", "account_id": acct, "key_id": "key_test",
+                  "model": "gemini", "status": "succeeded", "prompt_tokens": 100, "completion_tokens": 100}
+    order = settle_order(get_catalog(), settlement)  # 100 * 50 + 100 * 300 = 35,000 micro
+    late_before, replay_before = sample("apiinone_settlements_total", result="late"), sample(
+        "apiinone_settlements_total", result="replay")
+    shortfall_before = sample("apiinone_late_settlement_shortfall_micro_total")
+
+    for _ in range(2):
+        (result,) = await credits.settle_many([order])
+        count_settlement(order, result)
+
+    assert sample("apiinone_settlements_total", result="late") == late_before + 1
+    assert sample("apiinone_settlements_total", result="replay") == replay_before + 1
+    assert sample("apiinone_late_settlement_shortfall_micro_total") == shortfall_before + 35_000 - M // 100
 
 
 # --- audit -------------------------------------------------------------------------------------------
@@ -328,12 +574,13 @@ async def test_audit_is_ok_after_everything(redis, credits, accounts):
     await reserve(credits, acct, "open")
     await credits.reconcile_expired_holds(GRACE_MS, now_ms=now)
     await reserve(credits, acct, "big")
-    await credits.settle(acct, "big", 40 * M, row("big"))  # overage: negative balance
-    assert not (await reserve(credits, acct, "refused")).ok
+    assert (await credits.settle(acct, "big", 40 * M, row("big"))).charged_micro == HOLD  # never past the hold
+    await credits.settle(acct, "vanished", 3 * M, row("vanished"))  # late
+    assert not (await reserve(credits, acct, "refused", amount=100 * M)).ok
 
     report = await credits.audit_account(acct)
     assert report["ok"], report
-    assert report["balance_micro"] == report["ledger_sum_micro"] == 25 * M - 1_000_001 - 40 * M
+    assert report["balance_micro"] == report["ledger_sum_micro"] == 25 * M - 1_000_001 - HOLD - 3 * M
     assert report["held_micro"] == report["holds_sum_micro"] == HOLD  # "open" is still running
     assert [r["ok"] for r in await credits.audit()] == [True]
 
@@ -413,5 +660,7 @@ async def test_every_key_a_money_script_touches_shares_the_account_hash_tag(cred
     await credits.reconcile_expired_holds(GRACE_MS)
     await credits.credit(acct, M, "pay-1")
 
-    assert sorted({name for name, _ in calls}) == ["credit", "reserve", "settle"]
+    await credits.settle(acct, "r2", 1_000, row("r2"))  # late
+
+    assert sorted({name for name, _ in calls}) == ["credit", "expire", "reserve", "settle"]
     assert all(key.startswith(f"aio:{{acct:{acct}}}:") for _, ks in calls for key in ks), calls

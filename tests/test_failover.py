@@ -8,6 +8,7 @@ simulator. One worker each, concurrency 2, a short queue, fast reconciliation.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import tempfile
 import time
@@ -170,3 +171,41 @@ async def test_orphaned_hold_is_reconciled(routed, routed_admin):
         assert routed_admin.get_account(account["id"])["balance_micro"] == 10_000_000
     finally:
         await redis.aclose()
+
+
+async def test_a_billing_outage_past_the_hold_deadline_still_bills_what_was_served(routed, routed_admin):
+    """Issue 15 item 5: with billing down longer than a hold's deadline + grace (~12 minutes by default),
+    the reconciler released the holds of requests already served at zero charge, and their queued
+    settlements were then dropped as replays: every request served in the outage was free, and the
+    audit still said ok. The node worker now marks a hold pending when it queues the settlement."""
+    from shared.credits import Credits
+    from shared.redis_client import make_redis
+
+    account, key = routed_admin.account_with_key(100)
+    h = {"Authorization": f"Bearer {key}"}
+    billing = routed.pid_of("billing")
+    os.kill(billing, signal.SIGSTOP)  # the outage
+    try:
+        async with httpx.AsyncClient(base_url=routed.base_url, timeout=30) as http:
+            served = [await http.post(URL, headers=h, json=chat("output_tokens=40")) for _ in range(3)]
+            assert [r.status_code for r in served] == [200, 200, 200]
+        # The outage outlives deadline + grace: what a reconciler (another billing replica, or this one
+        # when it wakes) does 15 minutes on.
+        redis = make_redis(routed.settings.redis_url)
+        try:
+            later_ms = int((time.time() + 15 * 60) * 1000)
+            await Credits(redis).reconcile_expired_holds(120_000, now_ms=later_ms)
+        finally:
+            await redis.aclose()
+    finally:
+        os.kill(billing, signal.SIGCONT)
+    async with httpx.AsyncClient(base_url=routed.base_url, timeout=30) as http:
+        rows = await wait_settled(http, key, 3, timeout=10)
+        ledger = (await http.get("/billing/ledger", headers=h)).json()["data"]
+    charged = {r["request_id"]: r["charged_micro"] for r in rows if r["status"] == "succeeded"}
+    assert sorted(charged) == sorted(r.json()["id"] for r in served) and all(charged.values()), rows
+    assert [r["status"] for r in rows] == ["succeeded"] * 3  # nothing expired
+    account_now = routed_admin.get_account(account["id"])
+    assert account_now["held_micro"] == 0
+    assert account_now["balance_micro"] == 100_000_000 - sum(charged.values())
+    assert sorted(e["reason"] for e in ledger) == ["charge"] * 3 + ["initial"]

@@ -592,3 +592,23 @@ def test_openai_mid_stream_error_is_not_retried():
     with pytest.raises(ProviderError) as info:
         OpenAIStreamReader().delta({"error": {"message": "upstream broke", "type": "api_error", "code": None}})
     assert info.value.status == 502 and not info.value.retryable
+
+
+async def test_continuous_usage_stats_when_the_catalog_asks():
+    """vLLM sends the usage so far on every chunk when asked: a cut stream then needs no drain."""
+    from shared.catalog import parse_catalog
+    from shared.settings import Settings
+    from worker.node_worker import build_adapter
+
+    providers = {"plain": {"adapter": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                 "vllm": {"adapter": "openai", "base_url": "http://127.0.0.1:9/v1", "continuous_usage_stats": True}}
+    catalog = parse_catalog({"providers": providers, "nodes": {"p": {"provider": "plain"}, "v": {"provider": "vllm"}}})
+    settings = Settings(redis_url="redis://unused")
+    plain, vllm = build_adapter(catalog, "p", settings), build_adapter(catalog, "v", settings)
+    try:
+        assert (plain.running_usage, vllm.running_usage) == (False, True)
+    finally:
+        await plain.close()
+        await vllm.close()
+    out = to_openai({"messages": [user("hi")]}, BASE, continuous_usage=True)
+    assert out["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}

@@ -71,15 +71,36 @@ async def test_concurrency_limit(stack, admin):
 
 async def test_key_credit_limit_is_402_for_that_key_only(stack, admin):
     account = admin.account(100)
-    capped = admin.key(account["id"], credit_limit=0.01)["key"]
+    capped = admin.key(account["id"], credit_limit=6)["key"]  # room for one 5-credit hold
     free = admin.key(account["id"])["key"]
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
-        first = await http.post(URL, json=chat("output_tokens=40"), headers=h(capped))
-        assert first.status_code == 200  # spends 40*300+... micro, over the 10,000 micro cap
+        first = await http.post(URL, json=chat("output_tokens=4000"), headers=h(capped))
+        assert first.status_code == 200  # spends 4000*300+... micro: 6 - 1.2 leaves less than a hold
         await wait_settled(http, capped, 1)
         blocked = await http.post(URL, json=chat(), headers=h(capped))
         assert blocked.status_code == 402 and blocked.json()["error"]["code"] == "insufficient_quota"
         assert (await http.post(URL, json=chat(), headers=h(free))).status_code == 200
+
+
+@pytest.mark.parametrize("limit,directive", [(0.5, "output_tokens=2000"), (6, "output_tokens=10000")])
+async def test_concurrent_requests_never_spend_past_a_keys_credit_limit(stack, admin, limit, directive):
+    """Issue 15 item 3: a key limited to 0.5 credits, 10 concurrent requests, 1.8 to 6.0 credits spent:
+    each request saw a spend of 0 at admission. Admission counts the key's open holds, and a request
+    holds at least the base cost (5 credits), so a limit below it admits nothing; settlement never
+    charges more than the hold."""
+    account = admin.account(100)
+    key = admin.key(account["id"], credit_limit=limit)["key"]
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:
+        results = await asyncio.gather(*[http.post(URL, json=chat(directive), headers=h(key)) for _ in range(10)])
+        admitted = sum(r.status_code == 200 for r in results)
+        assert {r.status_code for r in results} <= {200, 402}
+        rows = await wait_settled(http, key, admitted)
+        credits = (await http.get("/billing/credits", headers=h(key))).json()
+    spent = sum(r["charged_micro"] for r in rows)
+    assert len(rows) == admitted and credits["held_micro"] == 0
+    assert spent <= limit * 1_000_000, f"{admitted} requests spent {spent / 1e6} credits past a limit of {limit}"
+    assert credits["balance_micro"] == 100_000_000 - spent
+    assert admitted == (0 if limit < 5 else 1)
 
 
 async def test_account_defaults_apply_to_new_keys(stack, admin):

@@ -74,7 +74,7 @@ def assert_audit_clean(admin: Admin) -> None:
 
 
 async def test_pickup_spreads_over_both_gateways_and_workers(pool, pool_admin):
-    _, key = pool_admin.account_with_key(100)
+    _, key = pool_admin.account_with_key(1000)  # eight worst-case holds of ~20 credits at once
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(timeout=30) as http:
         results = await asyncio.gather(*[

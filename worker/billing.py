@@ -20,8 +20,9 @@ from arq.jobs import deserialize_job_raw
 from shared import keys
 from shared.catalog import Catalog, get_catalog
 from shared.contracts import BILLABLE, USAGE_FIELDS
-from shared.credits import Credits, SettleOrder
-from shared.metrics import CREDITS_CHARGED, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS, labelled
+from shared.credits import Credits, SettleOrder, Settlement
+from shared.metrics import (CREDITS_CHARGED, LATE_SHORTFALL, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS,
+                            labelled)
 from shared.queue import deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
@@ -49,10 +50,26 @@ def settle_order(catalog: Catalog, settlement: dict) -> SettleOrder:
         actual_tokens=int(settlement["prompt_tokens"]) + int(settlement["completion_tokens"]))
 
 
+def count_settlement(order: SettleOrder, result: Settlement) -> None:
+    """Metrics of one settlement. A late one (its hold was reconciled, e.g. during a billing outage)
+    is counted apart, with what it could not charge: money the outage cost."""
+    if not result.applied:
+        labelled(SETTLEMENTS, "replay").inc()
+        return
+    labelled(SETTLEMENTS, "late" if result.late else "applied").inc()
+    labelled(CREDITS_CHARGED, str(order.usage_row.get("model", ""))).inc(result.charged_micro)
+    if result.late:
+        LATE_SHORTFALL.inc(order.charge_micro - result.charged_micro)
+        log.warning("late settlement: its hold had been reconciled", request_id=order.request_id,
+                    charge=order.charge_micro, charged=result.charged_micro)
+
+
 async def settle(ctx: dict, settlement: dict) -> int:
     """The arq job function, for a stock arq worker; BillingWorker settles in batches instead."""
     worker: BillingWorker = ctx["worker"]
-    (result,) = await worker.credits.settle_many([settle_order(worker.catalog, settlement)])
+    order = settle_order(worker.catalog, settlement)
+    (result,) = await worker.credits.settle_many([order])
+    count_settlement(order, result)
     return result.charged_micro
 
 
@@ -116,9 +133,10 @@ class BillingWorker(BlockingPopWorker):
                 settlements.append(deserialize_job_raw(raw, deserializer=deserialize)[1][0])
             except Exception:  # noqa: BLE001 - one unreadable job must not hold up the others
                 log.exception("unreadable settlement dropped; its hold will be reconciled", job=raw[:200])
+        orders = [settle_order(self.catalog, s) for s in settlements]
         for attempt in range(SETTLE_TRIES):
             try:
-                results = await self.credits.settle_many([settle_order(self.catalog, s) for s in settlements])
+                results = await self.credits.settle_many(orders)
                 break
             except RedisError as exc:
                 SETTLE_FAILURES.inc()
@@ -127,12 +145,8 @@ class BillingWorker(BlockingPopWorker):
         else:
             log.error("settle batch gave up; the holds will be reconciled", size=len(jobs))
             return
-        for settlement, result in zip(settlements, results):
-            if result.applied:
-                labelled(SETTLEMENTS, "applied").inc()
-                labelled(CREDITS_CHARGED, settlement["model"]).inc(result.charged_micro)
-            else:
-                labelled(SETTLEMENTS, "replay").inc()
+        for order, result in zip(orders, results):
+            count_settlement(order, result)
 
     async def _reconcile_loop(self) -> None:
         grace_ms = int(self.settings.hold_grace_s * 1000)

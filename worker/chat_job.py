@@ -2,8 +2,11 @@
 
 Outcomes and what they cost (ARCHITECTURE "Credits"):
   succeeded  -> charged the token cost
-  cancelled  -> the client left; charged for what the provider produced
+  cancelled  -> the client left; charged for what the provider produced (a stream whose usage
+                comes only at its end is read on for it: CancelRegistry)
   failed     -> provider error (before or mid-stream), timeout, shutdown: refunded in full
+Completed or cancelled output is never free: without usage from the upstream it is billed by
+estimate (worker/usage_estimate.py).
 
 ``run_chat`` takes what it needs as a ``JobRuntime`` (adapter, publisher's pipeline, settlement
 sink, cancel registry, catalog, settings) and returns a ``JobOutcome``; the settlement is built by
@@ -25,12 +28,13 @@ from shared import relay
 from shared.admission import affordable_output_tokens
 from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
-from shared.contracts import BILLABLE, ChatJob, RequestStatus, Settlement
+from shared.contracts import BILLABLE, USAGE_ESTIMATED, ChatJob, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
 from shared.settings import Settings
 from worker.chunks import ChunkBuilder
 from worker.provider import Adapter, Delta, ProviderError, Usage
 from worker.publisher import ReplyPublisher
+from worker.usage_estimate import estimate_usage
 
 log = structlog.get_logger()
 
@@ -41,23 +45,41 @@ LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its 
 
 
 class CancelRegistry:
-    """The jobs whose clients left. A streaming job is interrupted at once; a non-stream job is one
-    upstream call the provider generates and bills whole, so it runs to its end (``finish_on_cancel``)."""
+    """The jobs whose clients left, and what leaving does to each kind:
+
+    - a non-stream job is one upstream call the provider generates and bills whole: it runs to its
+      end (``finish_on_cancel``);
+    - a stream whose adapter sends running usage (Gemini) is interrupted at once: the last usage it
+      read is what the provider produced;
+    - a stream whose usage comes only at its end (OpenAI-compatible upstreams) drains (``drain``:
+      request id -> seconds): it reads on, relaying nothing, until the upstream ends (its usage with
+      it) or the seconds are up, then it is interrupted.
+    """
 
     def __init__(self) -> None:
         self.client_left: set[str] = set()
         self.finish_on_cancel: set[str] = set()
+        self.drain: dict[str, float] = {}
+        self._drain_ends: dict[str, asyncio.TimerHandle] = {}
 
     def cancel(self, request_id: str, task: asyncio.Task | None) -> None:
-        if task is None or task.done():
+        if task is None or task.done() or request_id in self.client_left:
             return
         self.client_left.add(request_id)
-        if request_id not in self.finish_on_cancel:
+        if request_id in self.finish_on_cancel:
+            return
+        drain_s = self.drain.get(request_id)
+        if drain_s is None:
             task.cancel()
+        else:
+            self._drain_ends[request_id] = asyncio.get_running_loop().call_later(drain_s, task.cancel)
 
     def settle_client_left(self, request_id: str) -> bool:
-        """Whether the client left; forgets the job."""
+        """Whether the client left; forgets the job (a pending end of its drain included)."""
         self.finish_on_cancel.discard(request_id)
+        self.drain.pop(request_id, None)
+        if (drain_end := self._drain_ends.pop(request_id, None)) is not None:
+            drain_end.cancel()
         if request_id in self.client_left:
             self.client_left.discard(request_id)
             return True
@@ -101,6 +123,7 @@ class Generation:
     status: RequestStatus = RequestStatus.SUCCEEDED
     error: ProviderError | None = None
     ttft_ms: int | None = None
+    usage_estimated: bool = False  # the upstream never said its usage (worker/usage_estimate.py)
 
 
 async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int,
@@ -153,7 +176,8 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
     u = gen.builder.usage if billable else Usage()
     return {
         "request_id": job["id"], "account_id": job["account_id"], "key_id": job["key_id"], "model": model.id,
-        "node": job["node"], "status": gen.status, "error_code": gen.error.code if gen.error else "",
+        "node": job["node"], "status": gen.status,
+        "error_code": gen.error.code if gen.error else USAGE_ESTIMATED if gen.usage_estimated else "",
         "finish_reason": gen.builder.finish_reason or "", "stream": int(job["stream"]),
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "reasoning_tokens": u.reasoning_tokens, "cached_tokens": u.cached_tokens,
@@ -163,48 +187,76 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
     }
 
 
+async def _relay(rt: JobRuntime, job: ChatJob, model: Model, adapter: Adapter, gen: Generation,
+                 publisher: ReplyPublisher) -> None:
+    """Read the upstream to its end, relaying its chunks while the client is there (after it left:
+    reading on, relaying nothing, until the job is interrupted)."""
+    rid, stream = job["id"], job["stream"]
+    started = time.monotonic()
+    deltas = stream_with_retries(adapter, clamp_to_hold(job, model), model, rt.settings.upstream_retries,
+                                 incremental=stream)
+    async with asyncio.timeout(rt.settings.request_timeout_s):
+        async for delta in deltas:
+            chunks = gen.builder.add(delta)
+            if chunks and gen.ttft_ms is None:
+                gen.ttft_ms = int((time.monotonic() - started) * 1000)
+            if stream and rid not in rt.cancels.client_left:
+                for chunk in chunks:
+                    publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
+    if gen.builder.finish_reason is None:
+        raise ProviderError(502, "The upstream stream ended before the answer was complete.",
+                            "upstream_stream_broken")
+
+
 async def _generate(rt: JobRuntime, job: ChatJob, model: Model, publisher: ReplyPublisher) -> Generation:
     """Call the upstream and relay its chunks; how it ended is in the result, never an exception."""
     rid, stream = job["id"], job["stream"]
     gen = Generation(ChunkBuilder(rid, model.id, job["created"]))
-    started = time.monotonic()
     try:
+        adapter = rt.adapter(job["node"])
         if not stream:
             # One answer, one upstream call: a client that leaves meanwhile does not interrupt it
             # (the provider generates and bills the whole answer anyway); it is billed when it ends.
             rt.cancels.finish_on_cancel.add(rid)
-        deltas = stream_with_retries(rt.adapter(job["node"]), clamp_to_hold(job, model), model,
-                                     rt.settings.upstream_retries, incremental=stream)
-        async with asyncio.timeout(rt.settings.request_timeout_s):
-            async for delta in deltas:
-                chunks = gen.builder.add(delta)
-                if chunks and gen.ttft_ms is None:
-                    gen.ttft_ms = int((time.monotonic() - started) * 1000)
-                if stream:
-                    for chunk in chunks:
-                        publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
-        if gen.builder.finish_reason is None:
-            raise ProviderError(502, "The upstream stream ended before the answer was complete.",
-                                "upstream_stream_broken")
+        elif not adapter.running_usage:
+            # The usage comes only at the end: a client that leaves does not stop the read (CancelRegistry).
+            rt.cancels.drain[rid] = rt.settings.drain_after_cancel_s
+        await _relay(rt, job, model, adapter, gen, publisher)
     except ProviderError as exc:
-        gen.status, gen.error = RequestStatus.FAILED, exc
+        gen.error = exc
     except TimeoutError:
-        gen.status, gen.error = RequestStatus.FAILED, ProviderError(
-            504, f"The request did not finish within {rt.settings.request_timeout_s:g}s.", "request_timeout")
+        gen.error = ProviderError(504, f"The request did not finish within {rt.settings.request_timeout_s:g}s.",
+                                  "request_timeout")
     except asyncio.CancelledError:
-        if rid in rt.cancels.client_left:
-            gen.status = RequestStatus.CANCELLED
-        else:
-            gen.status, gen.error = RequestStatus.FAILED, ProviderError(
-                503, "The worker shut down before the answer was complete.", "worker_shutdown", retryable=True,
-                retry_after=1.0)
+        if rid not in rt.cancels.client_left:
+            gen.error = ProviderError(503, "The worker shut down before the answer was complete.",
+                                      "worker_shutdown", retryable=True, retry_after=1.0)
     except Exception as exc:  # a bug must still end the request and refund it
         log.exception("chat job crashed", request_id=rid)
         gen.status, gen.error = RequestStatus.FAILED, ProviderError(
             500, f"Internal error: {exc.__class__.__name__}", "internal_error")
-    if rt.cancels.settle_client_left(rid) and gen.status == RequestStatus.SUCCEEDED:
-        gen.status = RequestStatus.CANCELLED  # the client left a non-stream request that still ran to its end
+    _conclude(gen, job, client_left=rt.cancels.settle_client_left(rid))
     return gen
+
+
+def _conclude(gen: Generation, job: ChatJob, client_left: bool) -> None:
+    """The status, and the usage when the upstream never said it (ARCHITECTURE "Credits").
+
+    A stream whose client left is ``cancelled`` however its read ended (the upstream broke during
+    the drain, the drain or the request timed out): what was delivered is billed. Otherwise an
+    error refunds: a stream the upstream cut, our timeout, a shutdown, a bug.
+    """
+    if gen.status == RequestStatus.FAILED:  # a bug (internal_error): refunded whoever left
+        return
+    if client_left and (job["stream"] or gen.error is None):
+        if gen.error is not None:
+            log.info("upstream read ended after the client left", request_id=job["id"], code=gen.error.code)
+        gen.status, gen.error = RequestStatus.CANCELLED, None
+    elif gen.error is not None:
+        gen.status = RequestStatus.FAILED
+        return
+    if gen.builder.usage is None and gen.builder.produced_output:
+        gen.builder.usage, gen.usage_estimated = estimate_usage(job["body"], gen.builder), True
 
 
 def final_frames(job: ChatJob, gen: Generation, charge_micro: int) -> tuple[bytes, bytes | None]:

@@ -151,6 +151,8 @@ def map_error(status: int, body: bytes, headers: dict) -> ProviderError:
 
 
 class GeminiAdapter:
+    running_usage = True  # every streamed event carries usageMetadata so far
+
     def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key

@@ -48,7 +48,8 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
                              read_timeout=settings.upstream_idle_timeout_s)
     if provider.adapter == "openai":
         return OpenAICompatAdapter(base_url or "", api_key, connect_timeout=settings.upstream_connect_timeout_s,
-                                   read_timeout=settings.upstream_idle_timeout_s)
+                                   read_timeout=settings.upstream_idle_timeout_s,
+                                   continuous_usage=provider.continuous_usage_stats)
     raise ValueError(f"node {node!r}: unknown adapter {provider.adapter!r}")
 
 

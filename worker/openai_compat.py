@@ -11,7 +11,9 @@ Catalog::
 The request is the client's own, with the catalog's ``upstream_model``, standard
 OpenAI fields only (our ``include_thoughts`` extension is applied here: thinking
 text is dropped when it is false; for Gemini's endpoint it is also sent as
-``extra_body.google.thinking_config``), always streamed with usage. The upstream's
+``extra_body.google.thinking_config``), always streamed with usage (on every chunk too,
+``stream_options.continuous_usage_stats``, when the provider has ``continuous_usage_stats =
+true``: vLLM's option; without it a cut stream is read on for its final usage). The upstream's
 chunks become Deltas: ``reasoning_content``/``reasoning`` -> thinking, tool call
 fragments pass through by index. Gemini's endpoint puts a tool call's thought
 signature in ``extra_content.google.thought_signature``; it rides in the tool call
@@ -68,7 +70,7 @@ def _message_out(m: dict) -> dict:
     return m
 
 
-def to_openai(body: dict, model: Model, gemini_dialect: bool = False) -> dict:
+def to_openai(body: dict, model: Model, gemini_dialect: bool = False, continuous_usage: bool = False) -> dict:
     out: dict = {"model": model.upstream_model}
     for key in FORWARDED:
         if body.get(key) is not None:
@@ -76,6 +78,8 @@ def to_openai(body: dict, model: Model, gemini_dialect: bool = False) -> dict:
     out["messages"] = [_message_out(m) for m in body["messages"]]
     out["stream"] = True
     out["stream_options"] = {"include_usage": True}
+    if continuous_usage:
+        out["stream_options"]["continuous_usage_stats"] = True
     if gemini_dialect and model.thinking != "none":
         out["extra_body"] = {"google": {"thinking_config": {
             "include_thoughts": bool(body.get("include_thoughts", True))}}}
@@ -188,8 +192,12 @@ def map_error(status: int, body: bytes, headers: dict, mid_stream: bool = False)
 
 
 class OpenAICompatAdapter:
-    def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
+    def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0, read_timeout: float = 600.0,
+                 continuous_usage: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
+        # Usage comes in the last chunk only, unless the upstream was asked for it on every chunk
+        # (the catalog's continuous_usage_stats): worker/chat_job.py then need not read on after a cut.
+        self.running_usage = continuous_usage
         self.api_key = api_key
         self.gemini_dialect = is_gemini_endpoint(base_url)
         self.session = aiohttp.ClientSession(
@@ -201,7 +209,7 @@ class OpenAICompatAdapter:
         await self.session.close()
 
     async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
-        payload = orjson.dumps(to_openai(body, model, self.gemini_dialect))
+        payload = orjson.dumps(to_openai(body, model, self.gemini_dialect, self.running_usage))
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json",
                    "Accept": "text/event-stream"}
         reader = OpenAIStreamReader(include_thoughts=bool(body.get("include_thoughts", True)))

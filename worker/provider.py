@@ -93,6 +93,10 @@ def transport_error(exc: BaseException) -> ProviderError:
 
 
 class Adapter(Protocol):
+    # True: every event carries the usage so far (Gemini), so a stream cut anywhere knows what was
+    # produced. False: usage comes only at the end, and a stream whose client left is read on for it.
+    running_usage: bool
+
     # incremental=False: the client wants one answer; an adapter may then make one non-streaming call.
     async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]: ...
 

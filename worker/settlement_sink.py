@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.contracts import ChatJob, Settlement
+from shared.credits import settlement_pending_commands
 from shared.queue import NodeQueue
 from worker.publisher import ReplyPublisher
 
@@ -19,8 +20,9 @@ HAND_OFF_TRIES = 5
 
 
 def settlement_commands(settlement: Settlement) -> list[tuple]:
-    """The commands that queue a settlement for the billing worker."""
-    return NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement)
+    """Queue the settlement, and first mark its hold as pending so the reconciler leaves it be."""
+    return (settlement_pending_commands(settlement["account_id"], settlement["request_id"])
+            + NodeQueue.enqueue_commands(keys.BILLING_QUEUE, "settle", settlement))
 
 
 class BillingQueueSink:

@@ -1,28 +1,58 @@
 -- settle: release a request's hold, charge its actual cost, write ledger and usage.
 -- Idempotent: the hold is the token; a request without one was settled (or
--- refunded) already, and settling it again changes nothing.
+-- refunded) already, and settling it again changes nothing. One exception: a hold
+-- the reconciler released (expire.lua) is remembered for a while, and a settlement
+-- that arrives for it then is only late: it still charges, once.
 -- KEYS: account hash, holds hash, hold deadlines zset, ledger stream, usage stream,
---       key state hash of the key that made the request   (one {acct:ID} slot)
+--       key state hash of the key that made the request, released holds hash, released-at zset
+--       (one {acct:ID} slot; shared/keys.py AccountKeys.money)
 -- ARGV: request id, charge (micro, >= 0), ledger reason ('' = no entry when charge is 0),
 --       actual tokens (corrects the key's tokens/min bucket), then field/value pairs of the usage row
--- Returns {1, balance, charged} or {0, 0, 0} when there was no hold.
+-- Returns {1, balance, charged} settled, {2, balance, charged} settled late (after reconciliation),
+--   {0, 0, 0} when there was nothing to settle (a replay).
+-- What is charged never exceeds the hold, nor the balance (usage never drives a balance below zero);
+-- a late charge never exceeds the released hold, the available balance, nor the key's limit room.
 -- Integers are written with '%d': Lua 5.1's tostring() gives "-0" for a zero
 -- charge and "1.2345678901235e+14" for amounts of 1e14 and more.
 local function int(n) return string.format('%d', n) end
-local hold = redis.call('HGET', KEYS[2], ARGV[1])
-if not hold then return {0, 0, 0} end
-local amount, _, estimate = string.match(hold, '^(%d+):?([^:]*):?(%d*)$')
-amount = tonumber(amount)
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'held', -amount)
+local rid = ARGV[1]
 local charge = tonumber(ARGV[2])
+local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
+local status, amount, estimate = 1, nil, ''
+local hold = redis.call('HGET', KEYS[2], rid)
 
--- The key's live state: one fewer in flight, spend so far, and the tokens/min
--- bucket corrected from the admission estimate to what was really used.
-if redis.call('HEXISTS', KEYS[6], 'inflight') == 1 then
-  redis.call('HINCRBY', KEYS[6], 'inflight', -1)
+if hold then
+  amount, estimate = string.match(hold, '^(%d+):?[^:]*:?(%d*)$')
+  amount = tonumber(amount)
+  redis.call('HDEL', KEYS[2], rid)
+  redis.call('ZREM', KEYS[3], rid)
+  redis.call('HINCRBY', KEYS[1], 'held', -amount)
+  charge = math.max(0, math.min(charge, amount, balance))
+  if redis.call('HEXISTS', KEYS[6], 'inflight') == 1 then
+    redis.call('HINCRBY', KEYS[6], 'inflight', -1)
+  end
+  -- Never below 0: holds taken before keys counted their holds were never added.
+  local key_held = tonumber(redis.call('HGET', KEYS[6], 'held') or '0')
+  redis.call('HSET', KEYS[6], 'held', int(math.max(0, key_held - amount)))
+else
+  local released = redis.call('HGET', KEYS[7], rid)
+  if not released then return {0, 0, 0} end
+  status = 2
+  amount = tonumber(string.match(released, '^(%d+)'))
+  redis.call('HDEL', KEYS[7], rid)
+  redis.call('ZREM', KEYS[8], rid)
+  -- The released credits may be spoken for by now: charge only what is free, within the key's limits.
+  local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+  charge = math.max(0, math.min(charge, amount, balance - held))
+  local key = redis.call('HMGET', KEYS[6], 'limit', 'daily_limit', 'spend',
+                         'spend:' .. math.floor(tonumber(redis.call('TIME')[1]) / 86400), 'held')
+  local limit, daily, key_held = tonumber(key[1] or '0'), tonumber(key[2] or '0'), tonumber(key[5] or '0')
+  if limit > 0 then charge = math.max(0, math.min(charge, limit - tonumber(key[3] or '0') - key_held)) end
+  if daily > 0 then charge = math.max(0, math.min(charge, daily - tonumber(key[4] or '0') - key_held)) end
 end
+
+-- The key's spend so far, and its tokens/min bucket corrected from the admission estimate to what was
+-- really used (not for a late settlement: that minute is long gone).
 if charge > 0 then
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
   redis.call('HINCRBY', KEYS[6], 'spend', charge)
@@ -30,22 +60,18 @@ if charge > 0 then
 end
 local actual = tonumber(ARGV[4])
 local cap = tonumber(redis.call('HGET', KEYS[6], 'tk_cap') or '0')
-if cap > 0 and actual and estimate ~= '' then
+if status == 1 and cap > 0 and actual and estimate ~= '' then
   local level = tonumber(redis.call('HGET', KEYS[6], 'tk') or cap)
   redis.call('HSET', KEYS[6], 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
 end
 
-local balance
 if charge > 0 then
   balance = redis.call('HINCRBY', KEYS[1], 'balance', -charge)
-else
-  balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
 end
-if charge > 0 or ARGV[3] ~= '' then
+if charge > 0 or (status == 1 and ARGV[3] ~= '') then
   local reason = ARGV[3]
-  if reason == '' then reason = 'charge' end
-  redis.call('XADD', KEYS[4], '*', 'amount', int(-charge), 'reason', reason,
-             'ref', ARGV[1], 'balance', int(balance))
+  if status == 2 then reason = 'late_charge' elseif reason == '' then reason = 'charge' end
+  redis.call('XADD', KEYS[4], '*', 'amount', int(-charge), 'reason', reason, 'ref', rid, 'balance', int(balance))
 end
 local row = {}
 for i = 5, #ARGV do row[#row + 1] = ARGV[i] end
@@ -54,4 +80,4 @@ row[#row + 1] = int(charge)
 row[#row + 1] = 'hold_micro'
 row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
-return {1, balance, charge}
+return {status, balance, charge}

@@ -13,6 +13,8 @@ The rooms of this package:
 - ``leases.py``    the batch lease: one batch worker runs a batch; a killed one's batches move on
 - ``validation.py`` the input file's lines checked (pure: lines in, line errors and a total out)
 - ``run.py``       a batch's execution: feed lines, run each line's attempts, exactly once
+- ``admit.py``     a line's admission and submission: the shared lifecycle (``shared/dispatch.py``),
+                   the key's current record and limits, waiting out rate limits and full queues
 - ``lines.py``     one line's state while it runs, how an attempt ended, its output line
 - ``probe.py``     where an attempt is, from Redis, when its replies are silent or lost
 - ``finalize.py``  unrun lines on expiry, the output and error files, the terminal status

@@ -8,7 +8,6 @@ drop (the batch was cancelled before the line started: nothing is written).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Literal
@@ -17,7 +16,9 @@ import orjson
 
 from shared import relay
 from shared.catalog import Model
+from shared.dispatch import InFlight
 from shared.contracts import WORKER_FAULTS
+from shared.errors import ApiError
 
 
 class StopReason(StrEnum):
@@ -54,7 +55,7 @@ class LineState:
     attempt: int
     rid: str  # the attempt's request id (``line_request_id``)
     model: Model
-    replies: asyncio.Queue  # the reply hub's frames for ``rid``, LOST, or a StopReason (withdrawn)
+    flight: InFlight  # the attempt in the shared lifecycle; its replies may also carry a StopReason (withdrawn)
     started: str | None = None  # the node worker that announced it (STARTED frame or the job key)
     recorded: str | None = None  # the worker id last written to the in-flight record
     node: str | None = None  # where it was enqueued
@@ -80,6 +81,11 @@ def expired() -> Outcome:
 def stopped(reason: StopReason) -> Outcome:
     """A line taken back before it ran: dropped on cancel, an error line on expiry."""
     return DROP if reason == StopReason.CANCELLED else expired()
+
+
+def refused(err: ApiError) -> Outcome:
+    """Admission's refusal (shared/admission.py), in the words an interactive request would get."""
+    return Outcome(OutcomeKind.ERROR, status=err.status, error=err.body())
 
 
 def unreadable() -> Outcome:

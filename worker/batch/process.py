@@ -1,10 +1,11 @@
 """The ``apiinone batch-worker`` process: which batches run here, and its loops.
 
 Loops: the scan (take the lease of every active batch nobody runs, woken at
-once by a create or cancel), the lease keeper (``leases.py``), the liveness of
-the node workers (where lines may be sent), and the callback deliveries
-(``callbacks.py``). Each batch taken runs in its own task: validation first
-(``validation.py``), then its execution (``run.py``).
+once by a create or cancel), the lease keeper (``leases.py``) and the callback
+deliveries (``callbacks.py``); the shared lifecycle (``shared/dispatch.py``)
+keeps its own view of the node workers. Each batch taken runs in its own task:
+validation first (``validation.py``), then its execution (``run.py``, lines
+admitted by ``admit.py``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from redis.exceptions import RedisError
 
 from shared.batch_store import TERMINAL, BatchStatus, BatchStore
 from shared.catalog import Catalog, get_catalog
-from shared.credits import Credits
+from shared.accounts import Accounts
+from shared.dispatch import Dispatcher
 from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, BatchKeys
-from shared.nodes import live_worker_counts
-from shared.queue import NodeQueue
 from shared.redis_client import make_redis
-from shared.reply_hub import ReplyHub
 from shared.settings import Settings, get_settings
 from worker.batch.callbacks import Callbacks
 from worker.batch.finalize import mark_terminal
@@ -47,23 +46,21 @@ class BatchWorker:
         url = self.settings.redis_url
         self.redis = make_redis(url)
         self.blocking = make_redis(url, max_connections=2, socket_timeout=None)
-        self.pubsub_redis = make_redis(url, max_connections=2, socket_timeout=None, retries=0)
         self.store = BatchStore(self.redis, self.settings)
-        self.credits = Credits(self.redis, self.store.scripts)
-        self.queue = NodeQueue(self.redis, self.store.scripts)
+        self.accounts = Accounts(self.redis)
         self.worker_id = f"batch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.hub = ReplyHub(self.pubsub_redis, self.worker_id, lambda _digest: None)
+        # Lines run through the same lifecycle as interactive requests (shared/dispatch.py).
+        self.dispatch = Dispatcher(self.settings, self.catalog, self.worker_id)
         self.leases = BatchLeases(self.redis, self.store.scripts, self.worker_id)
         self.callbacks = Callbacks(self.redis, self.store, self.settings)
         self.total_slots = asyncio.Semaphore(self.settings.batch_inflight_total)
         self.running: dict[str, asyncio.Task] = {}
-        self.live: dict[str, int] = {}  # node -> live node workers
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.callbacks.start()
-        self.hub.start()
+        await self.dispatch.start()
         loops = [asyncio.create_task(c) for c in (self._scan_loop(), self.leases.keep(self.running),
-                                                  self._liveness_loop(), self.callbacks.run())]
+                                                  self.callbacks.run())]
         log.info("batch worker started", worker_id=self.worker_id)
         try:
             await stop.wait()
@@ -74,8 +71,8 @@ class BatchWorker:
             for batch_id in list(self.running):  # hand our batches over at once instead of after the lease lapses
                 await self.leases.release(batch_id)
             await self.callbacks.close()
-            await self.hub.stop()
-            for r in (self.redis, self.blocking, self.pubsub_redis):
+            await self.dispatch.stop()
+            for r in (self.redis, self.blocking):
                 await r.aclose()
 
     async def _scan_loop(self) -> None:
@@ -89,14 +86,6 @@ class BatchWorker:
             except RedisError as exc:
                 log.warning("batch scan failed", error=str(exc))
                 await asyncio.sleep(1)
-
-    async def _liveness_loop(self) -> None:
-        while True:
-            try:
-                self.live = await live_worker_counts(self.redis, list(self.catalog.nodes), self.settings.worker_lease_s)
-            except RedisError:
-                pass
-            await asyncio.sleep(1.0)
 
     async def _run_batch(self, batch_id: str) -> None:
         b = BatchKeys(batch_id)

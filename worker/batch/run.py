@@ -36,13 +36,12 @@ from redis.exceptions import RedisError
 from shared import keys, relay
 from shared.batch_store import BatchStatus, line_request_id
 from shared.catalog import Model
-from shared.contracts import ErrorCode, Hold, RequestStatus, ReserveStatus
-from shared.credits import KeyLimits
-from shared.keys import AccountKeys, BatchKeys
+from shared.contracts import ErrorCode, RequestStatus
+from shared.dispatch import SILENT, WATCH_S, InFlight
+from shared.keys import BatchKeys
 from shared.protocol import ChatCompletionRequest, parse_chat_request
-from shared.queue import QueueFull
-from shared.reply_hub import LOST
 from worker.batch import lines
+from worker.batch.admit import QUEUE_ALLOWANCE_S, KeyRevoked, KeyWatch, LineSubmitter, admitted_line
 from worker.batch.finalize import expire_unrun, finalize
 from worker.batch.lines import RETRY, LineState, Outcome, OutcomeKind, StopReason
 from worker.batch.probe import Probe, probe
@@ -52,9 +51,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-WATCH_S = 2.0  # a silent line is probed this often (lost replies, dead node workers)
 MAX_ATTEMPTS = 2  # a line whose node worker died or shut down is run once more (a new request id)
-QUEUE_ALLOWANCE_S = 3600.0  # how long a line may wait on the batch queue before its job lapses
 STATUS_POLL_S = 0.5
 
 
@@ -63,10 +60,8 @@ class BatchRun:
         self.w = w
         self.b = b
         self.account_id = raw[b"account_id"].decode()
-        self.key_id = raw[b"key_id"].decode()
-        lim = orjson.loads(raw.get(b"key_limits") or b"{}")
-        self.limits = KeyLimits(credit_limit_micro=int(lim.get("credit_limit_micro") or 0),
-                                daily_credit_limit_micro=int(lim.get("daily_credit_limit_micro") or 0))
+        self.submitter = LineSubmitter(w.dispatch, KeyWatch(w.accounts, raw[b"key_id"].decode()), b.id, b.result,
+                                       int(w.settings.batch_file_retention_s))
         self.cursor = int(raw.get(b"cursor") or 0)
         self.expires_at = int(raw.get(b"expires_at") or 0)
         self.status = raw[b"status"].decode()
@@ -74,7 +69,6 @@ class BatchRun:
         self.slots = asyncio.Semaphore(w.settings.batch_inflight_per_batch)
         self.lines: dict[int, LineState] = {}  # line no -> its running attempt
         self.tasks: set[asyncio.Task] = set()
-        self.my_holds: set[str] = set()  # request ids this run reserved whose hold may still exist
         self.stop_reason: StopReason | None = None
         if self.status == BatchStatus.CANCELLING:
             self.stop_reason = StopReason.CANCELLED
@@ -84,7 +78,7 @@ class BatchRun:
     # --- the run ------------------------------------------------------------------------------------
     async def execute(self) -> None:
         w = self.w
-        await asyncio.wait_for(w.hub.ready.wait(), 30)
+        await asyncio.wait_for(w.dispatch.hub.ready.wait(), 30)
         record = await w.store.get_file(self.account_id, self.input_file_id)
         lines_key = record["lines_key"] if record else None
         poller = asyncio.create_task(self._poll_status())
@@ -97,6 +91,8 @@ class BatchRun:
                     await self._withdraw_queued()
                 if self.tasks:
                     await asyncio.gather(*self.tasks)
+                if await w.redis.hlen(self.b.inflight):  # a line not written out (Redis failed it): not final yet
+                    raise RuntimeError("batch lines still in flight; the batch is resumed later")
                 if self.stop_reason == StopReason.EXPIRED and lines_key:
                     await expire_unrun(w.store, self.b, lines_key)
         except asyncio.CancelledError:
@@ -162,6 +158,7 @@ class BatchRun:
     # --- one line: its attempts, then its output line -----------------------------------------------
     async def _line(self, line_no: int, line: bytes, attempt: int, resumed: bool, started: str | None) -> None:
         try:
+            custom_id = ""
             try:
                 obj = orjson.loads(line)
                 custom_id = obj["custom_id"]
@@ -172,7 +169,11 @@ class BatchRun:
                 return
             while True:
                 rid = line_request_id(self.b.id, line_no, attempt)
-                outcome = await self._attempt(line_no, attempt, rid, req, model, resumed, started)
+                try:
+                    outcome = await self._attempt(line_no, attempt, rid, req, model, resumed, started)
+                except KeyRevoked:
+                    await self._stop_for_revoked_key()
+                    outcome = lines.stopped(StopReason.CANCELLED)
                 if outcome.kind == OutcomeKind.RETRY and attempt + 1 < MAX_ATTEMPTS and self.stop_reason is None:
                     attempt, resumed, started = attempt + 1, False, None
                     await self.w.redis.hset(self.b.inflight, str(line_no), f"{attempt}:")
@@ -183,12 +184,35 @@ class BatchRun:
                 return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("batch line crashed; it stays in flight and is resumed later", batch_id=self.b.id,
-                          line=line_no)
+        except Exception:  # a bug: refund the attempt and write the line as failed, never leave it hanging
+            log.exception("batch line crashed; refunded and written as failed", batch_id=self.b.id, line=line_no)
+            await self._fail_crashed(line_no, line_request_id(self.b.id, line_no, attempt), custom_id)
         finally:
             self.lines.pop(line_no, None)
             self._release()
+
+    async def _fail_crashed(self, line_no: int, rid: str, custom_id: str) -> None:
+        state = self.lines.get(line_no)
+        try:
+            if state is not None:
+                await state.flight.refund(RequestStatus.FAILED, ErrorCode.INTERNAL_ERROR)
+            await self._write(line_no, rid, custom_id, 0, lines.error(
+                500, "The request failed inside the batch worker; it was not billed.", ErrorCode.INTERNAL_ERROR,
+                "api_error"))
+        except Exception:  # noqa: BLE001 - Redis is failing too: the line stays in flight, resumed later
+            log.exception("a crashed batch line could not be written out", batch_id=self.b.id, line=line_no)
+
+    async def _stop_for_revoked_key(self) -> None:
+        """The batch's key was revoked or expired: cancel the batch, saying why (OpenAI's errors object)."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason.CANCELLED
+            errors = {"object": "list", "data": [{
+                "code": "api_key_revoked", "line": None, "param": None,
+                "message": "The API key that created this batch was revoked or has expired; the batch was "
+                           "cancelled and its remaining requests were not run."}]}
+            await self.w.store.transition(self.b.id, BatchStatus.CANCELLING, (BatchStatus.IN_PROGRESS,),
+                                          cancelling_at=int(time.time()), errors=orjson.dumps(errors))
+            log.warning("batch cancelled: its key was revoked or expired", batch_id=self.b.id)
 
     async def _write(self, line_no: int, rid: str, custom_id: str, charge: int, outcome: Outcome) -> None:
         kind, out = lines.output_line(rid, custom_id, outcome)
@@ -197,118 +221,50 @@ class BatchRun:
     # --- one attempt of one line ------------------------------------------------------------------
     async def _attempt(self, line_no: int, attempt: int, rid: str, req: ChatCompletionRequest, model: Model,
                        resumed: bool, started: str | None) -> Outcome:
-        w = self.w
-        state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, replies=w.hub.register(rid),
-                          started=started, recorded=started)
+        """Resume the attempt where its durable state says it is, or submit it; then wait for its end."""
+        submitter = self.submitter
+        state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, started=started, recorded=started,
+                          flight=submitter.flight(admitted_line(await submitter.keys.current(), req, model,
+                                                                self.w.settings), "", rid))
+        state.flight.listen()
         self.lines[line_no] = state
         try:
-            dispatch, reserve = True, True
+            submit = True
             if resumed:
-                where, frame = await probe(w.redis, self.b, self.account_id, rid, model)
-                if where == Probe.RUNNING:  # announced, perhaps after this worker's predecessor died
-                    state.started = started = frame.decode()
-                if where in (Probe.QUEUED, Probe.CLAIMED):  # queued, or just popped: _wait tells which way it goes
-                    dispatch = False
-                elif where == Probe.RESULT:
+                where, frame = await probe(self.w.redis, self.b, self.account_id, rid, model)
+                if where == Probe.RESULT:
                     return lines.from_frame(frame)
-                elif started:  # a node worker took it off the queue and announced it
+                if where == Probe.RUNNING:  # announced, perhaps after this worker's predecessor died
+                    state.started = frame.decode()
+                if where in (Probe.QUEUED, Probe.CLAIMED):  # queued, or just popped: _wait tells which way it goes
+                    submit = False
+                elif state.started:  # a node worker took it off the queue and announced it
                     lost = await self._lost(state)
                     if lost is not None:
                         return lost
-                    dispatch = False  # still running there: wait for its result
-                else:  # never enqueued: reserve unless the hold is already there
-                    reserve = where == Probe.UNSENT
-            if dispatch:
-                if reserve:
-                    refused = await self._reserve(rid, model, req)
-                    if refused is not None:
-                        return refused
-                if self.stop_reason is not None:
-                    await self._refund(rid, model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
-                    return lines.stopped(self.stop_reason)
-                if not await self._enqueue(rid, model, req, state):
-                    await self._refund(rid, model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
-                    return lines.stopped(self.stop_reason)
+                    submit = False  # still running there: wait for its result
+                # else never enqueued (held or not): submit; reserve.lua finds a hold that exists (REPLAY)
+            if submit:
+                state.flight.close()
+                queued = await submitter.submit(rid, req, model, lambda: self.stop_reason is not None)
+                if not isinstance(queued, InFlight):
+                    if queued is None:  # the batch stopped meanwhile: give back a hold a full queue left
+                        await state.flight.refund(RequestStatus.REJECTED, f"batch_{self.stop_reason}")
+                        return lines.stopped(self.stop_reason)
+                    return queued
+                state.flight, state.node = queued, queued.node
             return await self._wait(state)
         finally:
-            w.hub.unregister(rid)
-
-    async def _reserve(self, rid: str, model: Model, req: ChatCompletionRequest) -> Outcome | None:
-        w = self.w
-        deadline_ms = int((time.time() + QUEUE_ALLOWANCE_S + w.settings.request_timeout_s + 60) * 1000)
-        while True:
-            r = await w.credits.reserve(self.account_id, rid, model.base_cost_micro, deadline_ms, self.key_id,
-                                        self.limits, 0)
-            if r.ok:
-                self.my_holds.add(rid)
-                return None
-            if r.status == ReserveStatus.INSUFFICIENT:
-                # Short only because of this batch's own holds? Wait for them to settle instead of failing.
-                mine = await self._my_held_micro()
-                if mine and r.balance_micro - (r.held_micro - mine) >= model.base_cost_micro:
-                    await asyncio.sleep(0.05)
-                    continue
-                message = (f"Insufficient credits: a request to '{model.id}' holds "
-                           f"{model.base_cost_micro / 1e6:g} credits and the account has "
-                           f"{(r.balance_micro - r.held_micro) / 1e6:g} available. Top up to continue.")
-            elif r.missing_account:
-                message = "The account of this batch no longer exists."
-            else:
-                message = "This API key has reached its credit limit."
-            return lines.error(402, message, "insufficient_quota", "insufficient_quota")
-
-    async def _my_held_micro(self) -> int:
-        if not self.my_holds:
-            return 0
-        rids = list(self.my_holds)
-        holds = await self.w.redis.hmget(AccountKeys(self.account_id).holds, rids)
-        total = 0
-        for rid, hold in zip(rids, holds):
-            if hold is None:
-                self.my_holds.discard(rid)
-            else:
-                total += Hold.parse(hold).amount_micro
-        return total
-
-    async def _pick_node(self, model: Model) -> str | None:
-        while self.stop_reason is None:
-            live = [n for n in model.nodes if self.w.live.get(n)]
-            if live:
-                return live[0]
-            await asyncio.sleep(0.5)
-        return None
-
-    async def _enqueue(self, rid: str, model: Model, req: ChatCompletionRequest, state: LineState) -> bool:
-        w, s = self.w, self.w.settings
-        while True:
-            node = await self._pick_node(model)
-            if node is None:
-                return False
-            now = time.time()
-            job = {"id": rid, "account_id": self.account_id, "key_id": self.key_id, "model": model.id,
-                   "reply_to": w.hub.channel, "trace_id": rid, "stream": False, "include_usage": False,
-                   "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False},
-                   "node": node, "created": int(now), "enqueued_ms": int(now * 1000), "batch_id": self.b.id,
-                   "result_key": self.b.result(rid), "result_ttl_s": int(s.batch_file_retention_s)}
-            try:
-                await w.queue.enqueue(keys.node_batch_queue(node), "chat", rid, job,
-                                      expires_ms=int(QUEUE_ALLOWANCE_S * 1000), max_depth=s.max_queue_depth)
-                state.node = node
-                return True
-            except QueueFull:
-                await asyncio.sleep(0.5)
+            state.flight.close()
 
     async def _wait(self, state: LineState) -> Outcome:
         """Until the attempt answers, or the durable state says it will not (see ``_silent``)."""
         silent_since = time.monotonic()
         while True:
-            try:
-                frames = await asyncio.wait_for(state.replies.get(), WATCH_S)
-            except asyncio.TimeoutError:
-                frames = LOST
+            frames = await state.flight.next_frames()
             if isinstance(frames, StopReason):  # withdrawn from the queue (cancel, expiry)
                 return lines.stopped(frames)
-            if frames is LOST:  # silent (or replies lost): look at the durable state
+            if frames is SILENT:  # silent (or replies lost): look at the durable state
                 outcome = await self._silent(state, silent_since)
                 if outcome is not None:
                     return outcome
@@ -336,7 +292,7 @@ class BatchRun:
                 state.claimed_since = time.monotonic()
             if time.monotonic() - state.claimed_since <= w.settings.worker_lease_s + WATCH_S:
                 return None
-            await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+            await state.flight.refund(RequestStatus.FAILED, ErrorCode.JOB_LOST)
             return RETRY
         if where in (Probe.QUEUED, Probe.CLAIMED) or state.started:  # queued, or running where announced
             if state.started:
@@ -347,21 +303,21 @@ class BatchRun:
             budget = w.settings.request_timeout_s + 60 if state.started else \
                 QUEUE_ALLOWANCE_S + w.settings.request_timeout_s
             if time.monotonic() - silent_since > budget:
-                await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+                await state.flight.refund(RequestStatus.FAILED, ErrorCode.JOB_LOST)
                 return RETRY
             return None
         # Neither queued, running nor answered: the job lapsed or its worker died before starting it.
-        await self._refund(rid, model, RequestStatus.FAILED, ErrorCode.JOB_LOST)
+        await state.flight.refund(RequestStatus.FAILED, ErrorCode.JOB_LOST)
         return RETRY
 
     async def _lost(self, state: LineState) -> Outcome | None:
         """A started line whose worker died without an answer: refunded, to be run again. None: still running."""
-        if await self._worker_alive(state.started):
+        if await self.w.dispatch.liveness.worker_alive(state.started):
             return None
         where, frame = await probe(self.w.redis, self.b, self.account_id, state.rid, state.model)
         if where == Probe.RESULT:  # it may have answered just before it died
             return lines.from_frame(frame)
-        await self._refund(state.rid, state.model, RequestStatus.FAILED, ErrorCode.WORKER_LOST)
+        await state.flight.refund(RequestStatus.FAILED, ErrorCode.WORKER_LOST)
         return RETRY
 
     async def _record_started(self, state: LineState) -> None:
@@ -372,27 +328,13 @@ class BatchRun:
         except RedisError as exc:
             log.warning("could not record a started batch line", request_id=state.rid, error=str(exc))
 
-    async def _worker_alive(self, worker_id: str) -> bool:
-        try:
-            return bool(await self.w.redis.exists(keys.worker_info(worker_id)))
-        except RedisError:
-            return True
-
-    async def _refund(self, rid: str, model: Model, status: RequestStatus, code: str) -> None:
-        row = {"request_id": rid, "model": model.id, "node": "", "key_id": self.key_id, "status": status,
-               "error_code": code, "created": int(time.time()), "batch_id": self.b.id}
-        try:
-            await self.w.credits.settle(self.account_id, rid, 0, row, key_id=self.key_id, actual_tokens=0)
-        except RedisError as exc:
-            log.warning("batch refund deferred to reconciliation", request_id=rid, error=str(exc))
-
     async def _withdraw_queued(self) -> None:
         """Cancel or expiry: take back the lines nobody started; let running ones finish."""
         for state in list(self.lines.values()):
             if state.started:
                 continue
             for node in state.model.nodes:
-                if await self.w.queue.withdraw(keys.node_batch_queue(node), state.rid):
-                    await self._refund(state.rid, state.model, RequestStatus.REJECTED, f"batch_{self.stop_reason}")
-                    state.replies.put_nowait(self.stop_reason)
+                if await self.w.dispatch.queue.withdraw(keys.node_batch_queue(node), state.rid):
+                    await state.flight.refund(RequestStatus.REJECTED, f"batch_{self.stop_reason}")
+                    state.flight.replies.put_nowait(self.stop_reason)
                     break
