@@ -125,6 +125,9 @@ ROUTES: tuple[Route, ...] = (
           errors=(401, 404, 409)),
     Route("GET", "/api/v1/webhook_secret", batches.get_webhook_secret,
           "The account's secret for signed batch callbacks"),
+    Route("POST", "/api/v1/webhook_secret/rotate", batches.rotate_webhook_secret,
+          "Replace the callback signing secret; the old one also signs for APIINONE_WEBHOOK_SECRET_OVERLAP_S",
+          errors=(401, 404)),
     # --- billing (the account's API key) ---
     Route("GET", "/billing/credits", billing.credits, "The account's balance, holds and available credits"),
     Route("GET", "/billing/usage", billing.usage, "Usage rows, newest first",

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     account_max_active_batches: int = 50
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
+    # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.
+    webhook_secret_overlap_s: int = Field(default=86400, ge=0, le=7 * 86400)
     batch_callbacks_per_minute: int = 30  # callback attempts per account per clock minute; more wait (0: no limit)
     # Callbacks go only to public https addresses (shared/callback_targets.py); true lets them use http and
     # loopback/private addresses (the product's own tests). Never on a shared deployment: it is an SSRF hole.

@@ -94,6 +94,7 @@ async def logout(request: web.Request) -> web.Response:
     await sessions(request).drop(current_session(request))
     resp = see_other(LOGIN_PATH + "?signed_out=1")
     clear_cookie(resp, SESSION_COOKIE)
+    resp.headers["Clear-Site-Data"] = CLEAR_STORAGE
     return resp
 
 
