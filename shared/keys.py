@@ -33,10 +33,15 @@ class AccountKeys:
         day), and the credit limits it was last admitted under."""
         return f"{PREFIX}{{acct:{self.account_id}}}:key:{key_id}"
 
+    @property
+    def limit_state(self) -> str:
+        """hash: the account's own requests/min and tokens/min buckets, which every key of it draws on."""
+        return f"{PREFIX}{{acct:{self.account_id}}}:limits"
+
     def money(self, key_id: str) -> list[str]:
         """KEYS for settle.lua and expire.lua, in the order they expect."""
         return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id),
-                self.released, self.released_at]
+                self.released, self.released_at, self.limit_state]
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids

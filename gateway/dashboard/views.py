@@ -26,6 +26,7 @@ from shared.credits import AccountNotFound
 from shared.history import is_row_id, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
+from shared.accounts import TooManyKeys
 from shared.users import UserError
 
 PAGE = 25
@@ -87,8 +88,18 @@ def _credit_amount(form, name: str, label: str, errors: dict, allow_negative: bo
 
 async def _keys_context(request: web.Request) -> dict:
     gw = gateway(request)
+    try:
+        limits = await gw.accounts.account_limits(account_id(request))
+    except AccountNotFound:
+        raise web.HTTPNotFound(text="This account no longer exists.") from None
     return {"keys": await key_table(gw.redis, gw.accounts, account_id(request)), "base_url": base_url(request),
-            "now": time.time()}
+            "now": time.time(), "limits": limits}
+
+
+def _within_account(value: int | None, cap: int, name: str, label: str, errors: dict) -> None:
+    """The account's limit (set by the operator) is the most a key of it may be given."""
+    if value is not None and cap and value > cap and name not in errors:
+        errors[name] = f"{label} may be at most {cap:,}: that is your account's limit, set by the operator."
 
 
 async def keys_page(request: web.Request) -> web.Response:
@@ -103,22 +114,29 @@ async def create_key(request: web.Request) -> web.Response:
         errors["name"] = "Give the key a name, so you can tell it apart later (e.g. “production”)."
     elif len(name) > 100:
         errors["name"] = "The name must be at most 100 characters."
+    context = await _keys_context(request)
     rpm = _positive_int(form, "rpm", "Requests per minute", errors)
     tpm = _positive_int(form, "tpm", "Tokens per minute", errors)
     conc = _positive_int(form, "max_concurrent", "Concurrent requests", errors, upper=100_000)
+    for value, field, label in ((rpm, "rpm", "Requests per minute"), (tpm, "tpm", "Tokens per minute"),
+                                (conc, "max_concurrent", "Concurrent requests")):
+        _within_account(value, context["limits"][field], field, label, errors)
     limit = _credit_amount(form, "credit_limit", "The total credit limit", errors)
     daily = _credit_amount(form, "daily_credit_limit", "The daily credit limit", errors)
     days = _positive_int(form, "expires_days", "Expiry", errors, upper=3650)
-    if errors:
-        return await render(request, "keys.html", {**await _keys_context(request), "form": form, "errors": errors},
-                            status=400, nav="keys")
     gw = gateway(request)
-    try:
-        created = await gw.accounts.create_key(
-            account_id(request), name, expires_at=int(time.time()) + days * 86400 if days else 0, rpm=rpm, tpm=tpm,
-            max_concurrent=conc, credit_limit_micro=limit, daily_credit_limit_micro=daily)
-    except AccountNotFound:
-        raise web.HTTPNotFound(text="This account no longer exists.") from None
+    if not errors:
+        try:
+            created = await gw.accounts.create_key(
+                account_id(request), name, expires_at=int(time.time()) + days * 86400 if days else 0, rpm=rpm,
+                tpm=tpm, max_concurrent=conc, credit_limit_micro=limit, daily_credit_limit_micro=daily)
+        except AccountNotFound:
+            raise web.HTTPNotFound(text="This account no longer exists.") from None
+        except TooManyKeys as exc:
+            errors["name"] = str(exc)
+    if errors:
+        return await render(request, "keys.html", {**context, "form": form, "errors": errors}, status=400,
+                            nav="keys")
     # Shown once, in this answer only: the key is stored hashed and never displayed again.
     return await render(request, "keys.html", {**await _keys_context(request), "form": {}, "errors": {},
                                                "new_key": created}, status=201, nav="keys")
