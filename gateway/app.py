@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import dashboard, files, routes
 from gateway.connections import listen, mark_requests
-from gateway.edge import EDGE, Edge, transport_security
+from gateway.edge import EDGE, Edge, security_headers
 from gateway.middleware import cors, observe, openai_errors, response_headers
 from gateway.state import GATEWAY, Gateway
 from shared.batch_store import BatchStore
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app[EDGE] = Edge.from_settings(settings)  # trusted proxies, the public scheme (gateway/edge.py)
     app.on_response_prepare.append(response_headers)
-    app.on_response_prepare.append(transport_security)
+    app.on_response_prepare.append(security_headers)
     app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings, app[GATEWAY].scripts)  # the Files and Batches APIs' storage
     routes.mount(app)  # every API route: gateway/routes.py (also the source of /openapi.json)
     dashboard.setup(app)  # /dashboard, the browser UI: HTML pages, not API routes

@@ -10,7 +10,8 @@ one of our own proxies (``APIINONE_TRUSTED_PROXIES``, addresses or CIDRs). So:
   so a TLS load balancer in front of a plain-http proxy still gets ``Secure``
   cookies; unset, it is the connection's own, or a trusted proxy's
   ``X-Forwarded-Proto``;
-* when that URL is https, every answer carries ``Strict-Transport-Security``.
+* when that URL is https, every answer carries ``Strict-Transport-Security``
+  (and every answer ``X-Content-Type-Options: nosniff``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def edge(request: web.Request) -> Edge:
     return request.config_dict[EDGE]
 
 
-async def transport_security(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: HSTS on every answer when the public URL is https."""
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: on every answer, no content sniffing; HSTS when the public URL is https."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if edge(request).hsts:
         response.headers.setdefault("Strict-Transport-Security", HSTS)

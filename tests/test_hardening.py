@@ -206,9 +206,11 @@ def test_behind_tls_the_session_cookie_is_secure_and_hsts_is_sent(stack, admin):
 
 
 def test_over_plain_http_no_hsts_and_no_forged_secure_scheme(stack):
-    r = httpx.get(stack.base_url + "/dashboard/login")
+    r = httpx.get(stack.base_url + "/dashboard/login", headers={"X-Forwarded-Proto": "https"})
     assert "strict-transport-security" not in r.headers  # `make run` is plain http on loopback
-    assert "secure" not in r.headers["set-cookie"].lower()
+    assert "; secure" not in r.headers["set-cookie"].lower(), "a client's X-Forwarded-Proto was believed"
+    api = httpx.get(stack.base_url + "/api/v1/models")
+    assert api.headers["x-content-type-options"] == "nosniff" and "strict-transport-security" not in api.headers
 
 
 
