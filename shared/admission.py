@@ -47,6 +47,11 @@ def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -
             if m.role == "user" and isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
                 raise bad_request(f"Model '{model.id}' does not accept image input.",
                                   param=f"messages[{i}].content", code="unsupported_content")
+    for param in ("max_completion_tokens", "max_tokens"):
+        value = getattr(req, param)
+        if value is not None and value > model.max_output_tokens:
+            raise bad_request(f"{param} is too large: {value}. This model supports at most "
+                              f"{model.max_output_tokens} completion tokens.", param=param, code="invalid_value")
     estimate = estimate_prompt_tokens(req)
     if estimate > model.context_window:
         raise bad_request(

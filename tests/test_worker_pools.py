@@ -193,7 +193,7 @@ async def test_client_disconnect_stops_the_worker_and_bills_what_was_produced(po
 
 
 async def test_valkey_restart_under_load(pool, pool_admin):
-    _, key = pool_admin.account_with_key(100)
+    _, key = pool_admin.account_with_key(1000)  # ten worst-case holds of ~20 credits at once
     headers = {"Authorization": f"Bearer {key}"}
     valkey = pool.procs["valkey"]
     valkey.send_signal(signal.SIGTERM)
