@@ -20,7 +20,7 @@ from gateway.auth import request_key
 from gateway.files import store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
-from shared.batch_store import TERMINAL
+from shared.batch_store import TERMINAL, BatchStatus
 from shared.callback_targets import url_refusal
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
@@ -72,14 +72,14 @@ async def retrieve(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     batch = await _owned(request)
-    if batch["status"] in ("cancelling", "cancelled"):
+    if batch["status"] in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         return _json(batch)
     if batch["status"] in TERMINAL or batch["status"] == "finalizing":
         raise ApiError(409, f"Cannot cancel a batch with status '{batch['status']}'.", "invalid_request_error",
                        "batch_not_cancellable")
     result = await store(request).request_cancel(batch["id"])
     batch = await store(request).get_batch(batch["id"])
-    if result != "ok" and batch["status"] not in ("cancelling", "cancelled"):
+    if result != "ok" and batch["status"] not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         raise ApiError(409, f"Cannot cancel a batch with status '{batch['status']}'.", "invalid_request_error",
                        "batch_not_cancellable")
     return _json(batch)
