@@ -23,7 +23,9 @@ def extra_gateway(stack, env: dict[str, str], log_name: str = "extra-gateway") -
     """The base URL of a gateway started with the stack's environment and ``env`` on top."""
     port = free_port()
     full = {**os.environ, **stack.env, "APIINONE_PORT": str(port), **env}
-    log_path = Path(os.environ.get("APIINONE_TEST_LOGS") or Path(stack.settings.data_dir).resolve() / "logs") / f"{log_name}-{port}.log"
+    # Its log goes with the stack's (removed at the end), or to $APIINONE_TEST_LOGS to keep it.
+    logs = Path(os.environ.get("APIINONE_TEST_LOGS") or Path(stack.settings.data_dir).resolve() / "logs")
+    log_path = logs / f"{log_name}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(apiinone_command() + ["gateway"], env=full, stdout=log, stderr=subprocess.STDOUT)
