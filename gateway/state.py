@@ -27,7 +27,7 @@ class Gateway:
         self.credits = self.dispatch.credits
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
-        self.accounts = Accounts(self.redis, self.credits)
+        self.accounts = Accounts(self.redis, self.credits, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
 
     @property

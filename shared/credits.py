@@ -153,7 +153,7 @@ class Credits:
         if amount_micro < 1 or min_amount_micro is not None and not 0 < min_amount_micro <= amount_micro:
             raise ValueError("a hold is positive, and its floor at most its worst case")
         k = AccountKeys(account_id)
-        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id)],
+        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id), k.limit_state],
                                  [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,
                                   estimated_tokens, limits.max_concurrent, limits.credit_limit_micro,
                                   limits.daily_credit_limit_micro,
