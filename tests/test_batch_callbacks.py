@@ -27,6 +27,7 @@ from shared.keys import BATCH_CALLBACKS, BatchKeys
 from shared.settings import Settings
 from worker.batch.callbacks import CallbackBudget, Callbacks
 from worker.batch.egress import AddressRefused, CallbackSender, PublicOnlyResolver
+from tests.loopback_receiver import loopback_receiver
 
 ATTEMPT_FIELDS = {"attempt", "at", "outcome", "duration_ms"}
 
@@ -189,20 +190,13 @@ async def test_answers_show_only_their_status_class():
     async def hook(request: web.Request) -> web.Response:
         return web.Response(status=next(statuses), headers={"Location": "http://169.254.169.254/"})
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    sender = CallbackSender(5, allow_private=True)
-    await sender.start()
-    try:
-        outcomes = [(await sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {}))[0] for _ in range(4)]
-    finally:
-        await sender.close()
-        await runner.cleanup()
+    async with loopback_receiver(hook) as url:
+        sender = CallbackSender(5, allow_private=True)
+        await sender.start()
+        try:
+            outcomes = [(await sender.post(url, b"{}", {}))[0] for _ in range(4)]
+        finally:
+            await sender.close()
     assert outcomes == ["http_5xx", "http_4xx", "http_3xx", "delivered"]  # the redirect is not followed
 
 

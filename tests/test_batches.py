@@ -32,6 +32,7 @@ from shared.keys import BatchKeys
 from shared.settings import Settings
 from tests.bench.batch_scale import interactive_latencies, peak_rss_kb
 from tests.conftest import Admin, audited_stack
+from tests.loopback_receiver import loopback_receiver
 
 URL = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
@@ -429,22 +430,12 @@ async def test_completion_callback_is_signed_and_retried(stack, rich):
         received.append((dict(request.headers), await request.read()))
         return web.Response(status=500 if len(received) == 1 else 204)  # the first delivery fails
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        batch = await submit(client, [request_line(i) for i in range(3)],
-                             metadata={"callback_url": f"http://127.0.0.1:{port}/hook"})
+    async with loopback_receiver(hook) as url:
+        batch = await submit(client, [request_line(i) for i in range(3)], metadata={"callback_url": url})
         await wait_batch(client, batch.id)
         deadline = time.monotonic() + 10
         while len(received) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-    finally:
-        await runner.cleanup()
     assert len(received) == 2
     async with httpx.AsyncClient(base_url=stack.base_url) as http:
         secret = (await http.get("/api/v1/webhook_secret", headers={"Authorization": f"Bearer {key}"})).json()["secret"]

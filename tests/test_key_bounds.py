@@ -15,16 +15,7 @@ import httpx
 from tests.conftest import wait_settled
 from tests.test_dashboard import PASSWORD, make_user
 
-URL = "/api/v1/chat/completions"
-
-
-def chat(directive: str = "output_tokens=8", **extra) -> dict:
-    return {"model": "gemini", "stream": False, **extra,
-            "messages": [{"role": "user", "content": f"hi [[sim {directive}]]"}]}
-
-
-def h(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
+from tests.test_limits import URL, chat, h
 
 
 def limited_account(admin, **limits) -> dict:

@@ -23,6 +23,7 @@ from openai import AsyncOpenAI
 
 from shared.keys import AccountKeys
 from tests.conftest import Admin, audited_stack
+from tests.loopback_receiver import loopback_receiver
 
 
 @pytest.fixture(scope="module")
@@ -51,25 +52,16 @@ async def one_callback(stack, key: str) -> tuple[dict, bytes]:
         received.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     client = AsyncOpenAI(base_url=stack.base_url + "/api/v1", api_key=key, max_retries=0)
     line = ('{"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gemini", '
             '"messages": [{"role": "user", "content": "hi"}]}}\n')
-    try:
+    async with loopback_receiver(hook) as url:
         upload = await client.files.create(file=("in.jsonl", line.encode()), purpose="batch")
         await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                    metadata={"callback_url": f"http://127.0.0.1:{port}/hook"})
+                                    metadata={"callback_url": url})
         deadline = time.monotonic() + 30
         while not received and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-    finally:
-        await runner.cleanup()
     assert received, "no callback arrived"
     return received[0]
 
