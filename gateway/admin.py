@@ -13,6 +13,7 @@ from shared.accounts import TooManyKeys
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
 from shared.money import credits_to_micro
+from shared.pricing import PPM, parse_multiplier
 from shared.nodes import node_status
 from shared.protocol import WireModel
 from shared.supervision import supervisor_status
@@ -21,6 +22,8 @@ from shared.supervision import supervisor_status
 PositiveInt = Annotated[int, Field(ge=1)]
 MAX_CREDITS = 1_000_000_000  # per call; keeps every balance far inside Redis's 64-bit integers
 Credits = Annotated[int | float, Field(gt=0, le=MAX_CREDITS)]
+# A price multiplier: a JSON number or exact decimal text ("1.25"), above 0, at most 6 decimals (shared/pricing.py).
+Multiplier = int | float | Annotated[str, Field(max_length=32)]
 
 
 class NewAccount(WireModel):
@@ -30,6 +33,11 @@ class NewAccount(WireModel):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
+    price_multiplier: Multiplier | None = None  # every price this account pays, times this (default 1)
+
+
+class AccountUpdate(WireModel):
+    price_multiplier: Multiplier
 
 
 class NewKey(WireModel):
@@ -54,12 +62,34 @@ def _micro(credits: int | float, param: str) -> int:
         raise bad_request(str(exc), param=param) from None
 
 
+def _multiplier(value: int | float | str) -> int:
+    try:
+        return parse_multiplier(value)
+    except ValueError as exc:
+        raise bad_request(f"Invalid price_multiplier: {exc}.", param="price_multiplier") from None
+
+
 async def create_account(request: web.Request) -> web.Response:
     body = await read_body(request, NewAccount)
     gw = request.app[GATEWAY]
+    multiplier = PPM if body.price_multiplier is None else _multiplier(body.price_multiplier)
     account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"), rpm=body.rpm or 0,
                                                tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
+    if multiplier != PPM:
+        account = await gw.accounts.set_price_multiplier(account["id"], multiplier)
     return web.json_response(account, status=201)
+
+
+async def update_account(request: web.Request) -> web.Response:
+    """The account's price multiplier: its next request is held and charged at it (in flight ones keep theirs)."""
+    body = await read_body(request, AccountUpdate)
+    gw = request.app[GATEWAY]
+    try:
+        account = await gw.accounts.set_price_multiplier(request.match_info["account_id"],
+                                                         _multiplier(body.price_multiplier))
+    except AccountNotFound:
+        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+    return web.json_response(account)
 
 
 async def list_accounts(request: web.Request) -> web.Response:

@@ -12,7 +12,8 @@ from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, usage_page
 from shared.keys import AccountKeys
 
 INT_FIELDS = {"prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-              "queue_ms", "created", "charged_micro", "hold_micro", "stream", "amount", "balance"}
+              "queue_ms", "created", "charged_micro", "hold_micro", "stream", "amount", "balance",
+              "price_multiplier_ppm", "input_tokens", "input_micro", "cached_input_micro", "output_micro"}
 # A malformed row id (or "0-0") is refused by Redis: that is the client's 400, never a 5xx.
 PAGING = Paging(20, 100, "The id of the last row of the previous page.", is_row_id, ROW_ID_PATTERN)
 USAGE_FILTERS = (

@@ -67,7 +67,7 @@ async def admit(request: web.Request, gw: Gateway) -> Admitted:
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
     return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, gw.settings.min_output_tokens))
+                    plan_hold(req, model, gw.settings.min_output_tokens, key.price_multiplier_ppm))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,10 @@ defaults of its new keys, the most any of its keys may be given (a key asking fo
 more gets the account's), and a ceiling across all its keys together, which
 reserve.lua enforces with the account's own buckets. An account holds at most
 ``max_keys`` keys at once (``APIINONE_MAX_KEYS_PER_ACCOUNT``).
+
+An account's ``price_multiplier_ppm`` (its hash; absent = x1) scales every price it pays
+(shared/pricing.py). It is read with the key record, so admission knows it without another
+round trip on a cached key; changing it drops the account's keys from every gateway's cache.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from shared import ids, keys
 from shared.credits import AccountNotFound, Credits, KeyLimits
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
+from shared.pricing import PPM, multiplier_text
 
 KEY_PREFIX = "aio_"
 
@@ -31,6 +36,7 @@ def hash_key(api_key: str) -> str:
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "credit_limit_micro", "daily_credit_limit_micro")
 ACCOUNT_DEFAULT_FIELDS = ("rpm", "tpm", "max_concurrent")  # an account's limits: its keys' defaults and ceiling
 DEFAULT_MAX_KEYS = 100
+MULTIPLIER_FIELD = "price_multiplier_ppm"  # in the account hash; absent = x1
 
 
 class TooManyKeys(Exception):
@@ -57,9 +63,10 @@ class KeyRecord:
     limits: KeyLimits
     created: int = 0
     expires_at: int = 0  # unix seconds; 0 = never
+    price_multiplier_ppm: int = PPM  # the account's, read with the record (``Accounts.lookup_key_hash``)
 
     @classmethod
-    def from_redis(cls, raw: dict[bytes, bytes]) -> KeyRecord:
+    def from_redis(cls, raw: dict[bytes, bytes], price_multiplier_ppm: int = PPM) -> KeyRecord:
         return cls(
             id=raw[b"id"].decode(),
             account_id=raw[b"account_id"].decode(),
@@ -68,6 +75,7 @@ class KeyRecord:
             limits=KeyLimits(**{f: _int(raw, f) for f in LIMIT_FIELDS}),
             created=_int(raw, "created"),
             expires_at=_int(raw, "expires_at"),
+            price_multiplier_ppm=price_multiplier_ppm,
         )
 
     def expired(self, now: float) -> bool:
@@ -87,6 +95,7 @@ class KeyRecord:
 def _account_object(account_id: str, raw: dict[bytes, bytes], key_ids: set[bytes]) -> dict:
     info = {f.decode(): v.decode() for f, v in raw.items()}
     balance, held = int(info["balance"]), int(info.get("held", 0))
+    multiplier = int(info.get(MULTIPLIER_FIELD) or PPM)
     return {
         "id": account_id,
         "object": "account",
@@ -97,6 +106,8 @@ def _account_object(account_id: str, raw: dict[bytes, bytes], key_ids: set[bytes
         "available_micro": balance - held,
         "created": int(info.get("created", 0)),
         "key_defaults": {f: int(info.get(f) or 0) or None for f in ACCOUNT_DEFAULT_FIELDS},
+        "price_multiplier": multiplier_text(multiplier),  # exact decimal text: "1", "1.25"
+        "price_multiplier_ppm": multiplier,
         "keys": sorted(m.decode() for m in key_ids),
     }
 
@@ -190,8 +201,28 @@ class Accounts:
         return await self.lookup_key_hash(hash_key(api_key))
 
     async def lookup_key_hash(self, digest: str) -> KeyRecord | None:
+        """The key's record with its account's price multiplier (a second read, on a cache miss only)."""
         raw = await self.redis.hgetall(keys.api_key(digest))
-        return KeyRecord.from_redis(raw) if raw else None
+        if not raw:
+            return None
+        multiplier = await self.redis.hget(AccountKeys(raw[b"account_id"].decode()).account, MULTIPLIER_FIELD)
+        return KeyRecord.from_redis(raw, int(multiplier) if multiplier else PPM)
+
+    async def set_price_multiplier(self, account_id: str, multiplier_ppm: int) -> dict:
+        """Set the account's price multiplier (parts per million); every gateway drops the account's keys from
+        its cache, so its next request is admitted, held and charged at the new multiplier."""
+        k = AccountKeys(account_id)
+        if not await self.redis.exists(k.account):
+            raise AccountNotFound(account_id)
+        key_ids = [m.decode() for m in await self.redis.smembers(k.keys)]
+        digests = await self.redis.mget([keys.api_key_id(key_id) for key_id in key_ids]) if key_ids else []
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.account, MULTIPLIER_FIELD, multiplier_ppm)
+            for digest in digests:
+                if digest:
+                    pipe.publish(keys.REVOCATIONS, digest)
+            await pipe.execute()
+        return await self.get_account(account_id)
 
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
         """The key's record; None once it is revoked."""

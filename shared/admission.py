@@ -16,6 +16,7 @@ from shared.contracts import ReserveStatus
 from shared.credits import KeyLimits, Reservation
 from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited
 from shared.money import micro_to_credits
+from shared.pricing import worst_case_micro
 from shared.protocol import ChatCompletionRequest
 
 OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
@@ -97,29 +98,26 @@ class HoldPlan:
 
     The hold itself is decided atomically by reserve.lua: the worst case, or less where the
     account's available credits (or the key's limits) leave less, never below the floor. The
-    worker then clamps the request's output to what the hold covers (``affordable_output_tokens``).
+    worker then clamps the request's output to what the hold covers
+    (``shared.pricing.affordable_output_tokens``, with the same prices and multiplier).
     """
 
     prompt_bound_tokens: int
     max_output_tokens: int
     worst_micro: int  # prompt bound + every output token the request may ask for; never below the base cost
     floor_micro: int  # prompt bound + the minimum output; never below the base cost
+    multiplier_ppm: int  # the account's price multiplier the plan was priced with (the job carries it)
 
 
-def plan_hold(req: ChatCompletionRequest, model: Model, min_output_tokens: int) -> HoldPlan:
+def plan_hold(req: ChatCompletionRequest, model: Model, min_output_tokens: int, multiplier_ppm: int) -> HoldPlan:
+    """The worst case and the floor, priced by the one pricing function (shared/pricing.py) with the
+    prompt at its bound, nothing cached, in the tier the bound falls in."""
     prompt = prompt_token_bound(req)
     max_output = min(req.max_completion_tokens or req.max_tokens or model.max_output_tokens, model.max_output_tokens)
-    worst = max(model.base_cost_micro, model.cost_micro(prompt, max_output))
-    floor = max(model.base_cost_micro, model.cost_micro(prompt, min(min_output_tokens, max_output)))
-    return HoldPlan(prompt, max_output, worst, floor)
-
-
-def affordable_output_tokens(hold_micro: int, prompt_bound_tokens: int, model: Model) -> int:
-    """The most output tokens whose cost, with a prompt up to its bound, stays within the hold."""
-    room = hold_micro * 1_000_000 - prompt_bound_tokens * model.input_price_micro
-    if model.output_price_micro <= 0:
-        return model.max_output_tokens
-    return max(0, min(model.max_output_tokens, room // model.output_price_micro))
+    worst = max(model.base_cost_micro, worst_case_micro(model.prices, multiplier_ppm, prompt, max_output))
+    floor = max(model.base_cost_micro,
+                worst_case_micro(model.prices, multiplier_ppm, prompt, min(min_output_tokens, max_output)))
+    return HoldPlan(prompt, max_output, worst, floor, multiplier_ppm)
 
 
 def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, floor_micro: int) -> ApiError:

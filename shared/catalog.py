@@ -9,7 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from shared import ids
-from shared.money import credits_to_micro, micro_to_credits, token_cost_micro
+from shared.money import credits_to_micro, micro_to_credits
+from shared.pricing import LongContextTier, PriceSheet, Rates
 
 BUNDLED_CATALOG = Path(__file__).with_name("catalog.toml")
 
@@ -52,8 +53,7 @@ class Model:
     thinking: str  # "level" (Gemini 3) | "budget" (Gemini 2.5) | "none"
     endpoint: str
     base_cost_micro: int
-    input_price_micro: int  # per 1M tokens
-    output_price_micro: int  # per 1M tokens
+    prices: PriceSheet  # every price dimension (shared/pricing.py prices with it)
     context_window: int
     max_output_tokens: int
     input_types: tuple[str, ...]
@@ -66,9 +66,6 @@ class Model:
     def nodes(self) -> tuple[str, ...]:
         return tuple(r.node for r in self.routes)
 
-    def cost_micro(self, prompt_tokens: int, completion_tokens: int) -> int:
-        return token_cost_micro(prompt_tokens, completion_tokens, self.input_price_micro, self.output_price_micro)
-
     def public(self) -> dict:
         """The OpenAI model object plus the catalog data the product page shows."""
         return {
@@ -79,11 +76,7 @@ class Model:
             "display_name": self.display_name,
             "endpoint": self.endpoint,
             "base_cost_credits": micro_to_credits(self.base_cost_micro),
-            "pricing": {
-                "unit": "credits per 1M tokens",
-                "input": micro_to_credits(self.input_price_micro),
-                "output": micro_to_credits(self.output_price_micro),
-            },
+            "pricing": self.prices.public(),
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,
             "input_types": list(self.input_types),
@@ -113,6 +106,33 @@ def _routes(model_id: str, m: dict) -> tuple[Route, ...]:
     if not routes or any(r.weight < 1 for r in routes):
         raise ValueError(f"model {model_id!r} needs at least one route, each with weight >= 1")
     return tuple(sorted(routes, key=lambda r: r.priority))
+
+
+def _rates(table: dict) -> Rates:
+    cached = table.get("cached_input", table["input"])
+    return Rates(credits_to_micro(table["input"]), credits_to_micro(cached), credits_to_micro(table["output"]))
+
+
+def _price_sheet(model_id: str, m: dict) -> PriceSheet:
+    """``[models.X.pricing]`` (input, cached_input, output, optional long_context), credits per 1M tokens.
+
+    The older flat keys ``input_price_credits_per_1m`` / ``output_price_credits_per_1m`` still
+    load: cached input then costs what input does, and there is no long-context tier.
+    """
+    try:
+        table = m.get("pricing")
+        if table is None:
+            return PriceSheet(Rates(credits_to_micro(m["input_price_credits_per_1m"]),
+                                    credits_to_micro(m["input_price_credits_per_1m"]),
+                                    credits_to_micro(m["output_price_credits_per_1m"])))
+        long_context = None
+        if "long_context" in table:
+            lc = table["long_context"]
+            # A tier that names no cached price bills cached tokens as input (no discount assumed).
+            long_context = LongContextTier(int(lc["above_prompt_tokens"]), _rates(lc))
+        return PriceSheet(_rates(table), long_context)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"model {model_id!r}: bad prices ({exc})") from None
 
 
 def parse_catalog(data: dict) -> Catalog:
@@ -146,8 +166,7 @@ def parse_catalog(data: dict) -> Catalog:
             thinking=m.get("thinking", "none"),
             endpoint=m.get("endpoint", "/api/v1/chat/completions"),
             base_cost_micro=credits_to_micro(m["base_cost_credits"]),
-            input_price_micro=credits_to_micro(m["input_price_credits_per_1m"]),
-            output_price_micro=credits_to_micro(m["output_price_credits_per_1m"]),
+            prices=_price_sheet(mid, m),
             context_window=int(m["context_window"]),
             max_output_tokens=int(m.get("max_output_tokens", 8192)),
             input_types=tuple(m.get("input_types", ["text"])),

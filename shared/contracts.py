@@ -124,6 +124,8 @@ class ChatJob(TypedDict):
 
     hold_micro: int  # the credits held for it (written by enqueue.lua): its output is clamped to what they cover
     prompt_bound_tokens: int  # the upper bound of its prompt the hold was planned with
+    price_multiplier_ppm: int  # the account's price multiplier at admission: the hold, clamp and charge use it
+    price_version: str  # the model's price sheet version (shared/pricing.py) the hold was planned with
     id: str  # the request id: also the hold's id and the settlement's
     account_id: str
     key_id: str
@@ -158,6 +160,8 @@ class Settlement(TypedDict):
     completion_tokens: int
     reasoning_tokens: int
     cached_tokens: int
+    price_multiplier_ppm: int  # from the job: what the request was admitted at
+    price_version: str  # from the job: the prices its hold was planned with
     latency_ms: int
     ttft_ms: int | str  # "" when no token came
     queue_ms: int
@@ -170,6 +174,11 @@ class Settlement(TypedDict):
 USAGE_ESTIMATED = "usage_estimated"
 
 # The usage row's fields, in order, as settle.lua stores them (it appends charged_micro and hold_micro).
+# The last ones are the price breakdown (shared/pricing.py Charge.usage_fields): the tier, the multiplier
+# (ppm), the price sheet version, the uncached prompt tokens, and micro-credits per dimension; they add up
+# to the price, and ``charged_micro`` is what was charged (never more than the hold, nor the balance).
+PRICE_FIELDS = ("price_tier", "price_multiplier_ppm", "price_version", "input_tokens", "input_micro",
+                "cached_input_micro", "output_micro")
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-                "queue_ms", "created", "batch_id", "trace_id")
+                "queue_ms", "created", "batch_id", "trace_id", *PRICE_FIELDS)

@@ -154,8 +154,11 @@ class InFlight:
         now = time.time()
         # hold_micro comes first: enqueue.lua writes the granted hold over its placeholder (the first
         # occurrence in the job's bytes, so nothing a client sent can stand in its place).
+        # The prices it was admitted with travel with it: the worker clamps and prices, and billing charges,
+        # with the same multiplier the hold was planned with (shared/pricing.py).
         self.job = {"hold_micro": HOLD_PLACEHOLDER, "prompt_bound_tokens": admitted.hold.prompt_bound_tokens,
-                    **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
+                    "price_multiplier_ppm": admitted.hold.multiplier_ppm,
+                    "price_version": admitted.model.prices.version, **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
                     "created": int(now), "enqueued_ms": round(now * 1000, 3), **job_extra}
         self.batch = batch
         self.queue_name = keys.node_batch_queue(node) if batch else keys.node_queue(node)

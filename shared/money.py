@@ -3,10 +3,7 @@
 1 credit = $0.01 = 1,000,000 micro-credits. Every balance, hold and charge in
 code and in Redis is an integer number of micro-credits.
 
-Rounding rule: the cost of a request is
-``ceil((prompt_tokens * input_price + completion_tokens * output_price) / 1_000_000)``
-micro-credits, where prices are micro-credits per 1M tokens and completion
-tokens include thinking tokens. One rounding, upwards, per request.
+What a request costs, and its one rounding rule, is shared/pricing.py.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICRO_PER_CREDIT = 1_000_000
-TOKENS_PER_PRICE_UNIT = 1_000_000
 
 
 def credits_to_micro(credits: str | int | float | Decimal) -> int:
@@ -42,8 +38,3 @@ def micro_to_decimal(micro: int | str) -> Decimal:
     """Credits, exactly, for text (pages, CSV): no float rounding however large the amount."""
     return Decimal(int(micro)) / MICRO_PER_CREDIT
 
-
-def token_cost_micro(prompt_tokens: int, completion_tokens: int, input_price_micro: int, output_price_micro: int) -> int:
-    """Cost in micro-credits; prices are micro-credits per 1M tokens."""
-    numerator = prompt_tokens * input_price_micro + completion_tokens * output_price_micro
-    return -(-numerator // TOKENS_PER_PRICE_UNIT)

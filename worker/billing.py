@@ -20,6 +20,7 @@ from arq.jobs import deserialize_job_raw
 from shared import keys
 from shared.catalog import Catalog, get_catalog
 from shared.contracts import BILLABLE, USAGE_FIELDS
+from shared.pricing import PPM, Charge, TokenCounts, price
 from shared.credits import Credits, SettleOrder, Settlement
 from shared.metrics import (CREDITS_CHARGED, LATE_SHORTFALL, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS,
                             labelled)
@@ -30,23 +31,36 @@ from worker.claiming import BlockingPopWorker
 
 log = structlog.get_logger()
 
+NUMERIC_PRICE_FIELDS = ("input_tokens", "input_micro", "cached_input_micro", "output_micro")  # 0 when unbilled
 SETTLE_TRIES = 8
 BATCH = 256  # settlements claimed and settled in one pipeline
 LINGER_S = 0.025
 
 
-def charge_for(catalog: Catalog, settlement: dict) -> int:
+def charge_for(catalog: Catalog, settlement: dict) -> Charge | None:
+    """The price of a settled request: the one pricing function, with the multiplier it was admitted with.
+    None when nothing is billed (a failed or rejected request, or a model gone from the catalog)."""
     model = catalog.models.get(settlement["model"])
     if model is None or settlement["status"] not in BILLABLE:
-        return 0
-    return model.cost_micro(int(settlement["prompt_tokens"]), int(settlement["completion_tokens"]))
+        return None
+    if settlement.get("price_version") and settlement["price_version"] != model.prices.version:
+        # Admitted under other prices (the catalog changed in between): priced with these, within its hold.
+        log.warning("settlement priced with a newer catalog than its hold", request_id=settlement["request_id"],
+                    admitted=settlement["price_version"], pricing=model.prices.version)
+    return price(model.prices, int(settlement.get("price_multiplier_ppm") or PPM),
+                 TokenCounts(int(settlement["prompt_tokens"]), int(settlement["completion_tokens"]),
+                             int(settlement.get("cached_tokens") or 0)))
 
 
 def settle_order(catalog: Catalog, settlement: dict) -> SettleOrder:
+    charge = charge_for(catalog, settlement)
+    row = {f: settlement.get(f, "") for f in USAGE_FIELDS}
+    row.update(charge.usage_fields() if charge else {f: 0 for f in NUMERIC_PRICE_FIELDS})
+    if charge is None:
+        row["price_multiplier_ppm"] = int(settlement.get("price_multiplier_ppm") or PPM)
     return SettleOrder(
         account_id=settlement["account_id"], request_id=settlement["request_id"],
-        charge_micro=charge_for(catalog, settlement), usage_row={f: settlement.get(f, "") for f in USAGE_FIELDS},
-        key_id=settlement["key_id"],
+        charge_micro=charge.total_micro if charge else 0, usage_row=row, key_id=settlement["key_id"],
         actual_tokens=int(settlement["prompt_tokens"]) + int(settlement["completion_tokens"]))
 
 

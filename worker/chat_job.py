@@ -25,11 +25,11 @@ import orjson
 import structlog
 
 from shared import relay
-from shared.admission import affordable_output_tokens
 from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
 from shared.contracts import BILLABLE, USAGE_ESTIMATED, ChatJob, ErrorCode, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
+from shared.pricing import PPM, Charge, TokenCounts, affordable_output_tokens, price
 from shared.settings import Settings
 from worker.chunks import ChunkBuilder
 from worker.provider import Adapter, Delta, ProviderError, Usage
@@ -158,7 +158,8 @@ def clamp_to_hold(job: ChatJob, model: Model) -> dict:
     body, hold = job["body"], job.get("hold_micro", -1)
     if hold is None or hold < 0:
         return body
-    allowed = affordable_output_tokens(hold, job.get("prompt_bound_tokens", 0), model)
+    allowed = affordable_output_tokens(model.prices, job_multiplier(job), hold, job.get("prompt_bound_tokens", 0),
+                                       model.max_output_tokens)
     requested = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output_tokens
     if allowed >= requested:
         return body
@@ -168,6 +169,17 @@ def clamp_to_hold(job: ChatJob, model: Model) -> dict:
     asked = body.get("reasoning_effort") or "high"
     clamped["reasoning_effort"] = min(asked, target, key=EFFORTS.index)
     return clamped
+
+
+def job_multiplier(job: ChatJob) -> int:
+    """The account's price multiplier the request was admitted with (x1 for a job from before multipliers)."""
+    return int(job.get("price_multiplier_ppm") or PPM)
+
+
+def job_charge(job: ChatJob, model: Model, usage: Usage) -> Charge:
+    """What the request costs: the one pricing function, with the job's multiplier (billing prices alike)."""
+    return price(model.prices, job_multiplier(job),
+                 TokenCounts(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
 
 
 def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool, latency_ms: int,
@@ -181,6 +193,7 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
         "finish_reason": gen.builder.finish_reason or "", "stream": int(job["stream"]),
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "reasoning_tokens": u.reasoning_tokens, "cached_tokens": u.cached_tokens,
+        "price_multiplier_ppm": job_multiplier(job), "price_version": job.get("price_version", ""),
         "latency_ms": latency_ms, "ttft_ms": gen.ttft_ms if gen.ttft_ms is not None else "",
         "queue_ms": int(queue_ms), "created": job["created"], "batch_id": job.get("batch_id", ""),
         "trace_id": job.get("trace_id", ""),
@@ -287,7 +300,7 @@ async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutco
     gen = await _generate(rt, job, model, publisher)
     usage = gen.builder.usage
     billable = gen.status in BILLABLE and usage is not None
-    charge = model.cost_micro(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+    charge = job_charge(job, model, usage).total_micro if billable else 0
     frames, final = final_frames(job, gen, charge)
     if final is not None and job.get("result_key"):
         await rt.sink.store_result(job, final)  # batch lines: the answer outlives a lost reply, stored before billing

@@ -62,6 +62,7 @@ def setup(app: web.Application) -> web.Application:
     r.add_get("/admin/accounts/{account_id}", operator.account_page, name="admin_account")
     r.add_post("/admin/accounts/{account_id}/topup", operator.topup)
     r.add_post("/admin/accounts/{account_id}/adjust", operator.adjust)
+    r.add_post("/admin/accounts/{account_id}/price", operator.price_multiplier)
     r.add_post("/admin/accounts/{account_id}/users", operator.create_user)
     r.add_post("/admin/accounts/{account_id}/view", operator.view_as)
     r.add_get("/admin/nodes", operator.nodes_page, name="admin_nodes")

@@ -16,6 +16,7 @@ from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.nodes import node_status
+from shared.pricing import multiplier_text, parse_multiplier
 from shared.users import ROLES, UserError
 
 MAX_REFERENCE = 200
@@ -106,6 +107,20 @@ async def topup(request: web.Request) -> web.Response:
     else:
         await notify(request, f"That top-up (reference {reference}) was already recorded; nothing was added twice.",
                      "error")
+    return see_other(f"/dashboard/admin/accounts/{account['id']}")
+
+
+async def price_multiplier(request: web.Request) -> web.Response:
+    """Every price the account pays, times this: its next requests are held and charged at it."""
+    form = await request.post()
+    account = await _account(request)
+    try:
+        ppm = parse_multiplier(str(form.get("price_multiplier", "")).strip())
+    except ValueError as exc:
+        return await account_page(request, {"price_multiplier": f"Enter a multiplier such as 1 or 1.25 ({exc})."},
+                                  form, status=400)
+    await gateway(request).accounts.set_price_multiplier(account["id"], ppm)
+    await notify(request, f"“{account['name']}” now pays ×{multiplier_text(ppm)} the catalog prices.")
     return see_other(f"/dashboard/admin/accounts/{account['id']}")
 
 

@@ -18,6 +18,7 @@ from gateway.dashboard.throttle import LoginThrottle
 from gateway.edge import edge
 from shared.keys import AccountKeys
 from shared.money import micro_to_decimal
+from shared.pricing import PPM, multiplier_text
 from shared.redis_client import store_unavailable
 from shared.users import User, Users
 
@@ -89,8 +90,13 @@ def number(n: int | str | None) -> str:
     return f"{int(n):,}"
 
 
+def multiplier(ppm: int | str | None) -> str:
+    """A price multiplier in parts per million as "×1.25" (a row from before multipliers: ×1)."""
+    return "×" + multiplier_text(int(ppm) if ppm not in (None, "") else PPM)
+
+
 FILTERS = {"credits": credits, "usd": usd, "signed_credits": signed_credits, "when": when, "when_id": when_id,
-           "ago": ago, "number": number}
+           "ago": ago, "number": number, "multiplier": multiplier}
 
 
 # --- request context -------------------------------------------------------------------

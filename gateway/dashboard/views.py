@@ -26,6 +26,7 @@ from shared.credits import AccountNotFound
 from shared.history import is_row_id, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
+from shared.pricing import PPM, multiplier_text
 from shared.accounts import TooManyKeys
 from shared.users import UserError
 
@@ -226,7 +227,8 @@ def _cell(value: str) -> str:
 
 CSV_FIELDS = ("time_utc", "request_id", "key_id", "key_name", "model", "node", "status", "error_code",
               "finish_reason", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
-              "credits_charged", "latency_ms", "ttft_ms", "queue_ms")
+              "credits_charged", "latency_ms", "ttft_ms", "queue_ms", "price_tier", "price_multiplier",
+              "input_credits", "cached_input_credits", "output_credits")
 
 
 async def usage_csv(request: web.Request) -> web.StreamResponse:
@@ -255,7 +257,9 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
                 row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
                 row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
                 str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
-                row.get("ttft_ms", ""), row.get("queue_ms", "")])
+                row.get("ttft_ms", ""), row.get("queue_ms", ""), row.get("price_tier", ""),
+                multiplier_text(int(row.get("price_multiplier_ppm") or PPM)),
+                *(str(micro_to_decimal(row.get(f) or 0)) for f in ("input_micro", "cached_input_micro", "output_micro"))])
         await resp.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()
@@ -317,11 +321,16 @@ async def models_page(request: web.Request) -> web.Response:
         info = m.public()
         provider = gw.catalog.providers.get(m.provider)
         models.append({**info, "provider_name": provider.display_name if provider else m.provider,
-                       "base_cost_micro": m.base_cost_micro, "input_price_micro": m.input_price_micro,
-                       "output_price_micro": m.output_price_micro,
+                       "base_cost_micro": m.base_cost_micro, "rates": m.prices.standard,
+                       "long_context": m.prices.long_context,
                        "node_status": [{"id": n, "workers": gw.live_workers.get(n, 0)} for n in m.nodes],
                        "examples": _examples(base, m.id)})
-    return await render(request, "models.html", {"models": models, "base_url": base}, nav="models")
+    try:
+        multiplier_ppm = (await gw.accounts.get_account(account_id(request)))["price_multiplier_ppm"]
+    except AccountNotFound:
+        multiplier_ppm = PPM
+    return await render(request, "models.html", {"models": models, "base_url": base,
+                                                 "multiplier_ppm": multiplier_ppm}, nav="models")
 
 
 async def playground(request: web.Request) -> web.Response:

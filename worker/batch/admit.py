@@ -58,7 +58,7 @@ def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, sett
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "stream": False,
            "include_usage": False, "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}}
     return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, settings.min_output_tokens))
+                    plan_hold(req, model, settings.min_output_tokens, key.price_multiplier_ppm))
 
 
 class LineSubmitter:

@@ -110,12 +110,13 @@ def from_frame(frame: bytes) -> Outcome:
     return Outcome(OutcomeKind.ERROR, status=int(info.get("status") or 500), error={"error": body})
 
 
-def charge_micro(outcome: Outcome, model: Model) -> int:
-    """What an answered line cost (the billing worker settles the same amount from the same usage)."""
+def charge_micro(outcome: Outcome) -> int:
+    """What an answered line cost: the worker priced its usage with the one pricing function and the
+    multiplier the line was admitted with (``usage.charged_micro``); the billing worker settles the same."""
     if outcome.kind != OutcomeKind.OK:
         return 0
     usage = orjson.loads(outcome.payload).get("usage") or {}
-    return model.cost_micro(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+    return int(usage.get("charged_micro") or 0)
 
 
 def output_line(rid: str, custom_id: str, outcome: Outcome) -> tuple[Literal["ok", "err", "none"], bytes]:

@@ -180,7 +180,7 @@ class BatchRun:
                     continue
                 if outcome.kind == OutcomeKind.RETRY:
                     outcome = lines.worker_lost()
-                await self._write(line_no, rid, custom_id, lines.charge_micro(outcome, model), outcome)
+                await self._write(line_no, rid, custom_id, lines.charge_micro(outcome), outcome)
                 return
         except asyncio.CancelledError:
             raise

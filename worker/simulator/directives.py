@@ -12,6 +12,10 @@ Keys:
   fail_after=K       break the connection after K chunks (0 = before any)
   finish=REASON      force this finishReason on the last chunk (SAFETY, RECITATION, ...)
   tool_calls=N       how many parallel function calls to emit when tools are offered
+  prompt_tokens=N    report this prompt size (promptTokenCount) instead of the counted one, to reach a
+                     long-context price tier without sending that many tokens
+  cached_tokens=N    report this many of the prompt's tokens as served from the cache
+                     (cachedContentTokenCount; at most the prompt's size)
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ _PAIR = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)")
 _REASON = re.compile(r"^[A-Z][A-Z_]*$")
 
 _INT_KEYS = ("output_tokens", "thinking_tokens", "delay_ms", "fail_after", "tool_calls")
+_COUNT_KEYS = ("prompt_tokens", "cached_tokens")  # only reported, never generated: a larger bound
 _MAX = 262_144  # keeps a mistyped directive from building a huge answer
+_MAX_COUNT = 10_000_000
 
 
 @dataclass(slots=True)
@@ -38,6 +44,8 @@ class Directives:
     fail_after: int | None = None
     finish: str | None = None
     tool_calls: int | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 def parse_directives(texts: list[str]) -> Directives:
@@ -53,14 +61,14 @@ def parse_directives(texts: list[str]) -> Directives:
 
 
 def _apply(d: Directives, key: str, value: str) -> None:
-    if key in _INT_KEYS:
+    if key in _INT_KEYS or key in _COUNT_KEYS:
         try:
             n = int(value)
         except ValueError:
             return
         if n < 0:
             return
-        setattr(d, key, min(n, _MAX))
+        setattr(d, key, min(n, _MAX if key in _INT_KEYS else _MAX_COUNT))
     elif key == "error":
         code: int | None
         if value.isdigit():

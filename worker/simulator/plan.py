@@ -40,6 +40,7 @@ class Plan:
     media_tokens: int
     chunks: list[Chunk] = field(default_factory=list)
     finish: str = "STOP"
+    cached_tokens: int = 0  # of the prompt, reported as served from the cache (directive cached_tokens)
 
     @property
     def prompt_tokens(self) -> int:
@@ -47,6 +48,9 @@ class Plan:
 
     def usage(self, thoughts: int, answer: int) -> dict[str, Any]:
         u: dict[str, Any] = {"promptTokenCount": self.prompt_tokens}
+        if self.cached_tokens:  # part of promptTokenCount, as Gemini reports it
+            u["cachedContentTokenCount"] = self.cached_tokens
+            u["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.cached_tokens}]
         if answer:
             u["candidatesTokenCount"] = answer
         u["totalTokenCount"] = self.prompt_tokens + thoughts + answer
@@ -144,7 +148,11 @@ def _calls_wanted(gen: GenRequest, d: Directives) -> int:
 def build_plan(gen: GenRequest, d: Directives) -> Plan:
     seed = int.from_bytes(gen.digest, "big")
     cfg = gen.config
-    plan = Plan(model=gen.model, text_tokens=gen.text_tokens, media_tokens=gen.media_tokens)
+    text_tokens = gen.text_tokens
+    if d.prompt_tokens is not None:  # report this prompt size: the text part grows or shrinks to it
+        text_tokens = max(0, d.prompt_tokens - gen.media_tokens)
+    plan = Plan(model=gen.model, text_tokens=text_tokens, media_tokens=gen.media_tokens)
+    plan.cached_tokens = min(d.cached_tokens or 0, plan.prompt_tokens)
     limit = cfg.max_output_tokens
     capped = False
 
