@@ -119,7 +119,7 @@ async def test_a_stream_that_completes_is_charged_its_tokens(redis, frames_seen)
     kinds = [k for k, _ in await frames_seen()]
     assert kinds[0] == relay.STARTED and kinds[-1] == relay.DONE and relay.CHUNK in kinds
     usage_chunk = orjson.loads([p for k, p in relay.iter_frames(outcome.frames) if k == relay.CHUNK][-1])
-    assert usage_chunk["usage"]["credits_charged"] == model.cost_micro(20, 12) / 1_000_000
+    assert usage_chunk["usage"]["credits_charged"] == (20 * 50 + 12 * 300) / 1_000_000  # README: the charge
     assert rt.sink.settlements == [s]
 
 
@@ -341,7 +341,7 @@ async def test_an_answer_without_usage_pays_the_estimate(redis, frames_seen, str
         (kind, payload), = list(relay.iter_frames(outcome.frames))
         usage = orjson.loads(payload)["usage"]
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (102, 7)
-        assert usage["charged_micro"] == model.cost_micro(102, 7), "the answer shows what it is billed"
+        assert usage["charged_micro"] == 102 * 50 + 7 * 300, "the answer shows what it is billed"
 
 
 @pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "MALFORMED_FUNCTION_CALL"])

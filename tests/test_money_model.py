@@ -3,7 +3,12 @@
 Issue 15 item 9. Hypothesis drives one account on a real Valkey through reserve (a worst case and a
 floor, under key credit limits), settle, refund, the node worker's settlement hand-off mark,
 reconciliation (now, and a week on), late settle, replays, top-up (and its replay), payment refund,
-new keys with limits, and key revocation. After every step Redis must agree with the model, and:
+new keys with limits, and key revocation; and requests priced by the one pricing function
+(shared/pricing.py) at random price sheets (with and without a long-context tier) and account price
+multipliers: the hold planned with ``worst_case_micro``, the output clamped to it with
+``affordable_output_tokens``, and the charge of any usage within the prompt bound and the clamp (cached
+tokens included) equal to a plain Fraction model of the README's rule and never more than the hold.
+After every step Redis must agree with the model, and:
 balance == sum(ledger) == the model's, held == sum(holds), every key's open holds are counted,
 nothing is charged twice, no key spends past its limit, and usage never drives a balance below zero.
 
@@ -19,6 +24,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
@@ -31,6 +37,8 @@ from shared.contracts import Hold, ReserveStatus
 from shared.credits import RELEASED_HOLD_TTL_MS, SETTLEMENT_PENDING_MS, Credits, SettleOrder, \
     settlement_pending_commands
 from shared.keys import AccountKeys
+from shared.pricing import (LONG_CONTEXT, PPM, STANDARD, LongContextTier, PriceSheet, Rates, TokenCounts,
+                            affordable_output_tokens, price, worst_case_micro)
 
 M = 1_000_000
 BASE = 5 * M  # the base cost of model "gemini": the usual floor
@@ -60,11 +68,49 @@ class KeyModel:
     revoked: bool = False
 
 
+@dataclass(frozen=True)
+class PricedRequest:
+    """What a request's hold was planned from: the prices, the account's multiplier, its bounds."""
+
+    sheet: PriceSheet
+    multiplier_ppm: int
+    prompt_bound: int
+    max_output: int
+
+
 @dataclass
 class HoldModel:
     amount: int
     key_id: str
     deadline: int
+    priced: PricedRequest | None = None
+
+
+@st.composite
+def price_sheets(draw) -> PriceSheet:
+    """Prices in micro-credits per 1M tokens; cached never above input, a long tier never cheaper."""
+    def rates(at_least: Rates | None = None) -> Rates:
+        base = at_least or Rates(0, 0, 0)
+        inp = base.input_micro + draw(st.integers(0, 400 * M))
+        cached = draw(st.integers(base.cached_input_micro, max(base.cached_input_micro, min(inp, inp // 2 + M))))
+        return Rates(inp, cached, base.output_micro + draw(st.integers(0, 2_000 * M)))
+    standard = rates()
+    tier = None
+    if draw(st.booleans()):
+        tier = LongContextTier(draw(st.integers(1, 300_000)), rates(standard))
+    return PriceSheet(standard, tier)
+
+
+multipliers = st.sampled_from([PPM, 1_250_000, 850_000, 1, 3_333_333]) | st.integers(1, 10 * PPM)
+
+
+def plain_price(sheet: PriceSheet, multiplier_ppm: int, prompt: int, cached: int, output: int) -> tuple[str, int]:
+    """README's rule, independently: the tier by prompt size, one upward rounding of the exact sum."""
+    long = sheet.long_context is not None and prompt > sheet.long_context.above_prompt_tokens
+    r = sheet.long_context.rates if long else sheet.standard
+    exact = Fraction((prompt - cached) * r.input_micro + cached * r.cached_input_micro + output * r.output_micro)
+    exact = exact * multiplier_ppm / (10**6 * 10**6)
+    return (LONG_CONTEXT if long else STANDARD), -(-exact.numerator // exact.denominator)
 
 
 def now_ms() -> int:
@@ -154,7 +200,38 @@ class MoneyModel(RuleBasedStateMachine):
         capped = [k for k in self.keys.values() if k.limit or k.daily]
         self.admit(data.draw(st.sampled_from(capped)), worst, floor, expired)
 
-    def admit(self, key: KeyModel, worst: int, floor: int | None, expired: bool) -> None:
+    @rule(data=st.data(), sheet=price_sheets(), multiplier=multipliers, bound=st.integers(0, 400_000),
+          max_output=st.integers(1, 65_536), with_floor=st.booleans())
+    def reserve_priced(self, data, sheet, multiplier, bound, max_output, with_floor):
+        """A request's hold as admission plans it (shared/admission.py plan_hold), priced at random prices."""
+        worst = max(BASE, worst_case_micro(sheet, multiplier, bound, max_output))
+        floor = max(BASE, worst_case_micro(sheet, multiplier, bound, min(256, max_output))) if with_floor else None
+        key = self.keys[data.draw(st.sampled_from(list(self.keys)))]
+        self.admit(key, worst, floor, False, PricedRequest(sheet, multiplier, bound, max_output))
+
+    @precondition(lambda self: any(h.priced for h in self.holds.values()))
+    @rule(data=st.data())
+    def settle_priced(self, data):
+        """The worker clamps the output to the hold; whatever it then uses, the charge fits the hold."""
+        rid = data.draw(st.sampled_from(sorted(r for r, h in self.holds.items() if h.priced)))
+        hold = self.holds.pop(rid)
+        p = hold.priced
+        allowed = affordable_output_tokens(p.sheet, p.multiplier_ppm, hold.amount, p.prompt_bound, p.max_output)
+        prompt = data.draw(st.integers(0, p.prompt_bound) | st.just(p.prompt_bound))
+        cached = data.draw(st.integers(0, prompt))
+        output = data.draw(st.integers(0, allowed) | st.just(allowed))
+        charge = price(p.sheet, p.multiplier_ppm, TokenCounts(prompt, output, cached))
+        assert (charge.tier, charge.total_micro) == plain_price(p.sheet, p.multiplier_ppm, prompt, cached, output)
+        assert charge.total_micro <= hold.amount, (charge, hold, allowed)  # the hold covers what it allowed
+        row = {"request_id": rid, "key_id": hold.key_id, "status": "succeeded", **charge.usage_fields()}
+        (s,) = self.run(self.credits.settle_many([SettleOrder(self.acct, rid, charge.total_micro, row, hold.key_id)]))
+        expected = max(0, min(charge.total_micro, self.balance))  # only a refunded payment leaves less
+        assert (s.applied, s.late, s.charged_micro) == (True, False, expected), (s, charge, hold)
+        self.charge(hold.key_id, expected)
+        self.settled.add(rid)
+
+    def admit(self, key: KeyModel, worst: int, floor: int | None, expired: bool,
+              priced: PricedRequest | None = None) -> None:
         """The gateway's admission: the key is looked up (a revoked one is gone), then reserve.lua."""
         floor = None if floor is None else min(floor, worst)
         record = self.run(self.accounts.lookup_key(key.api_key))
@@ -173,7 +250,7 @@ class MoneyModel(RuleBasedStateMachine):
             assert (r.status, r.granted_micro) == (expected, 0), (r, granted, need, available)
             return
         assert (r.status, r.granted_micro) == (ReserveStatus.HELD, granted), (r, granted)
-        self.holds[rid] = HoldModel(int(granted), key.id, deadline)
+        self.holds[rid] = HoldModel(int(granted), key.id, deadline, priced)
 
     @precondition(lambda self: self.holds)
     @rule(data=st.data(), over=st.integers(0, 2 * M), refund=st.booleans(), batched=st.booleans())

@@ -14,7 +14,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from shared.admission import affordable_output_tokens, plan_hold
+from shared.admission import plan_hold
+from shared.pricing import PPM, affordable_output_tokens, worst_case_micro
 from shared.catalog import get_catalog
 from shared.protocol import parse_chat_request
 from worker.chat_job import clamp_to_hold
@@ -87,13 +88,17 @@ async def test_below_the_floor_is_402_and_nothing_moves(stack, admin):
 def test_the_hold_plan_and_the_clamp_agree():
     """Whatever the hold, a prompt within its bound and the clamped output cost at most the hold."""
     req = parse_chat_request({"model": "gemini", "messages": [{"role": "user", "content": "ab" * 300}]})
-    plan = plan_hold(req, MODEL, 256)
-    assert plan.floor_micro == max(MODEL.base_cost_micro, MODEL.cost_micro(plan.prompt_bound_tokens, 256))
-    assert plan.worst_micro == MODEL.cost_micro(plan.prompt_bound_tokens, MODEL.max_output_tokens)
+    plan = plan_hold(req, MODEL, 256, PPM)
+
+    def cost(output: int) -> int:
+        return worst_case_micro(MODEL.prices, PPM, plan.prompt_bound_tokens, output)
+
+    assert plan.floor_micro == max(MODEL.base_cost_micro, cost(256))
+    assert plan.worst_micro == cost(MODEL.max_output_tokens)
     for hold in (plan.floor_micro, 7_777_777, plan.worst_micro):
-        allowed = affordable_output_tokens(hold, plan.prompt_bound_tokens, MODEL)
-        assert MODEL.cost_micro(plan.prompt_bound_tokens, allowed) <= hold
-        assert MODEL.cost_micro(plan.prompt_bound_tokens, allowed + 1) > hold or allowed == MODEL.max_output_tokens
+        allowed = affordable_output_tokens(MODEL.prices, PPM, hold, plan.prompt_bound_tokens, MODEL.max_output_tokens)
+        assert cost(allowed) <= hold
+        assert cost(allowed + 1) > hold or allowed == MODEL.max_output_tokens
         job = {"hold_micro": hold, "prompt_bound_tokens": plan.prompt_bound_tokens,
                "body": req.model_dump(exclude_none=True)}
         body = clamp_to_hold(job, MODEL)
