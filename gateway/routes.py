@@ -28,6 +28,9 @@ from aiohttp import web
 
 from gateway import admin, batches, billing, chat, files, health, models, openapi
 from gateway.auth import check_admin
+from gateway.dialects import DIALECT, Dialect
+from gateway.responses_api import handlers as responses
+from gateway.responses_api.wire import ResponsesRequest
 from gateway.dashboard import adminapi
 from gateway.inputs import QueryParam
 from gateway.state import GATEWAY
@@ -68,6 +71,7 @@ class Route:
     ok: tuple[int, ...] = (200,)
     media_type: str = "application/json"
     sse: bool = False  # also answers text/event-stream
+    dialect: Dialect = "openai"  # whose wire API: its key headers and error shape (gateway/dialects.py)
 
     def __post_init__(self) -> None:
         named = set(re.findall(r"{(\w+)}", self.path))
@@ -83,6 +87,8 @@ BATCH_ID = PathParam("batch_id", ids.BATCH, lambda v: not_found(f"No such Batch 
 ACCOUNT_ID = PathParam("account_id", ids.ACCOUNT, lambda v: not_found(f"No account {v!r}."),
                        "An account's id (acct_...)")
 KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An API key's id (key_...)")
+RESPONSE_ID = PathParam("response_id", ids.RESPONSE, lambda v: not_found(f"Response with id '{v}' not found."),
+                        "A stored response's id (resp_...)")
 MODEL_ID = PathParam("model_id", ids.MODEL, lambda v: not_found(f"The model '{v}' does not exist.",
                                                                  code="model_not_found", param="model"),
                      "A model id from GET /api/v1/models")
@@ -102,6 +108,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/chat/completions", chat.chat_completions,
           "Create a chat completion (OpenAI-compatible)", body=ChatCompletionRequest, sse=True,
           errors=(400, 401, 402, 404, 413, 429, 502, 503, 504)),
+    Route("POST", "/api/v1/responses", responses.create, "Create a model response (OpenAI Responses API)",
+          body=ResponsesRequest, sse=True, errors=(400, 401, 402, 404, 413, 429, 502, 503, 504)),
+    Route("GET", "/api/v1/responses/{response_id}", responses.retrieve, "Retrieve a stored response",
+          params=(RESPONSE_ID,), errors=(401, 404)),
+    Route("DELETE", "/api/v1/responses/{response_id}", responses.delete, "Delete a stored response",
+          params=(RESPONSE_ID,), errors=(401, 404)),
     Route("GET", "/api/v1/models", models.list_models, "List models"),
     Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model", params=(MODEL_ID,),
           errors=(401, 404)),
@@ -171,6 +183,7 @@ def _guarded(route: Route) -> Handler:
     @functools.wraps(route.handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
         gw = request.app[GATEWAY]
+        request[DIALECT] = route.dialect
         if route.security == "apiKey":
             await gw.keys.authenticate(request)
         elif route.security == "adminToken":
