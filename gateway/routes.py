@@ -29,6 +29,8 @@ from aiohttp import web
 from gateway import admin, batches, billing, chat, files, health, models, openapi
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
+from gateway.messages_api import handlers as messages
+from gateway.messages_api.wire import CountTokensRequest, MessagesRequest
 from gateway.responses_api import handlers as responses
 from gateway.responses_api.wire import ResponsesRequest
 from gateway.dashboard import adminapi
@@ -114,6 +116,12 @@ ROUTES: tuple[Route, ...] = (
           params=(RESPONSE_ID,), errors=(401, 404)),
     Route("DELETE", "/api/v1/responses/{response_id}", responses.delete, "Delete a stored response",
           params=(RESPONSE_ID,), errors=(401, 404)),
+    # --- Anthropic Messages (x-api-key or Bearer; Anthropic's error shape) ---
+    Route("POST", "/api/v1/messages", messages.create, "Create a message (Anthropic Messages API)",
+          body=MessagesRequest, sse=True, errors=(400, 401, 402, 404, 413, 429, 502, 503, 504), dialect="anthropic"),
+    Route("POST", "/api/v1/messages/count_tokens", messages.count_tokens,
+          "Count a message's input tokens (Anthropic; free, counts against the key's requests per minute)",
+          body=CountTokensRequest, errors=(400, 401, 402, 404, 429, 502, 503, 504), dialect="anthropic"),
     Route("GET", "/api/v1/models", models.list_models, "List models"),
     Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model", params=(MODEL_ID,),
           errors=(401, 404)),
