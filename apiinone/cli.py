@@ -64,9 +64,13 @@ def cmd_run(args) -> None:
 
 
 def cmd_gateway(args) -> None:
-    from gateway.app import serve
+    from gateway.app import AdminTokenRefused, check_admin_token, serve
 
     _logging("gateway")
+    try:
+        check_admin_token(_settings().admin_token)
+    except AdminTokenRefused as exc:
+        sys.exit(f"apiinone gateway: {exc}")
     _run_async(serve())
 
 
@@ -114,7 +118,7 @@ async def _admin(args) -> object:
     if not settings.redis_url:
         sys.exit("REDIS_URL is not set (with `make run`'s embedded Valkey: redis://127.0.0.1:6390/0)")
     redis = make_redis(settings.redis_url)
-    accounts = Accounts(redis)
+    accounts = Accounts(redis, max_keys=settings.max_keys_per_account)
     try:
         what = (args.noun, getattr(args, "verb", None))
         if what == ("accounts", "create"):
@@ -181,12 +185,15 @@ def _credits_arg(text: str, *, allow_zero: bool) -> str:
 def cmd_admin(args) -> None:
     from redis.exceptions import RedisError
 
+    from shared.accounts import TooManyKeys
     from shared.credits import AccountNotFound
 
     try:
         result = asyncio.run(_admin(args))
     except AccountNotFound as exc:
         sys.exit(f"error: no account {exc}")
+    except TooManyKeys as exc:
+        sys.exit(f"error: {exc}")
     except RedisError as exc:
         sys.exit(f"error: Redis at REDIS_URL is unavailable: {exc}")
     print(json.dumps(result, indent=2, default=str))

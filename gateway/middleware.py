@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.dialects import dialect_of, error_response
+from shared.contracts import ErrorCode
 from shared.errors import ApiError, unavailable
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS, labelled
 from shared.redis_client import store_unavailable
@@ -20,7 +21,7 @@ log = structlog.get_logger()
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
-INTERNAL = ApiError(500, "Internal server error.", "server_error", "internal_error")
+INTERNAL = ApiError(500, "Internal server error.", "server_error", ErrorCode.INTERNAL_ERROR)
 
 
 

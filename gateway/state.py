@@ -28,7 +28,7 @@ class Gateway:
         self.credits = self.dispatch.credits
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
-        self.accounts = Accounts(self.redis, self.credits)
+        self.accounts = Accounts(self.redis, self.credits, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
         # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL.
         self.responses = RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,

@@ -4,7 +4,8 @@
 -- the reconciler released (expire.lua) is remembered for a while, and a settlement
 -- that arrives for it then is only late: it still charges, once.
 -- KEYS: account hash, holds hash, hold deadlines zset, ledger stream, usage stream,
---       key state hash of the key that made the request, released holds hash, released-at zset
+--       key state hash of the key that made the request, released holds hash, released-at zset,
+--       [the account's limit state hash (its own buckets, reserve.lua's KEYS[5])]
 --       (one {acct:ID} slot; shared/keys.py AccountKeys.money)
 -- ARGV: request id, charge (micro, >= 0), ledger reason ('' = no entry when charge is 0),
 --       actual tokens (corrects the key's tokens/min bucket), then field/value pairs of the usage row
@@ -59,10 +60,15 @@ if charge > 0 then
   redis.call('HINCRBY', KEYS[6], 'spend:' .. day, charge)
 end
 local actual = tonumber(ARGV[4])
-local cap = tonumber(redis.call('HGET', KEYS[6], 'tk_cap') or '0')
-if status == 1 and cap > 0 and actual and estimate ~= '' then
-  local level = tonumber(redis.call('HGET', KEYS[6], 'tk') or cap)
-  redis.call('HSET', KEYS[6], 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+-- The account's own tokens/min bucket (KEYS[9]) was charged the same estimate: corrected alike.
+local buckets = {KEYS[6]}
+if KEYS[9] then buckets[2] = KEYS[9] end
+for _, bucket_key in ipairs(buckets) do
+  local cap = tonumber(redis.call('HGET', bucket_key, 'tk_cap') or '0')
+  if status == 1 and cap > 0 and actual and estimate ~= '' then
+    local level = tonumber(redis.call('HGET', bucket_key, 'tk') or cap)
+    redis.call('HSET', bucket_key, 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+  end
 end
 
 if charge > 0 then
