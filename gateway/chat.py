@@ -16,7 +16,7 @@ from gateway.exchange import SSE_HEADERS, exchange
 from gateway.inputs import read_body
 from gateway.state import GATEWAY, Gateway
 from shared.accounts import KeyRecord
-from shared.admission import HoldPlan, check_request, estimated_tokens, plan_hold, prompt_token_bound
+from shared.admission import check_request, count_hold, estimated_tokens, plan_hold, prompt_token_bound
 from shared.catalog import Model
 from shared.contracts import COUNT_KINDS, Api, JobKind
 from shared.dispatch import Admitted
@@ -60,7 +60,7 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, req: Chat
                     stream: bool, include_usage: bool, kind: JobKind = JobKind.CHAT) -> Admitted:
     """A chat body (the client's, or one a front end translated its request into) as an ``Admitted``:
     the model's checks, the job every attempt shares, the tokens/min estimate and the worst-case hold.
-    A count (``kind`` COUNT) holds nothing: it is free, and only its request counts against the key."""
+    A count (``kind`` COUNT) is free: a token hold settled at 0; only its request counts against the key."""
     model = find_model(gw, req.model)
     prompt_estimate = check_request(req, model, gw.settings.max_messages)
     job = {
@@ -69,7 +69,7 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, req: Chat
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
     if kind in COUNT_KINDS:
-        return Admitted(key, model, job, 0, HoldPlan(prompt_token_bound(req), 0, 0, 0))
+        return Admitted(key, model, job, 0, count_hold(prompt_token_bound(req)))
     return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
                     plan_hold(req, model, gw.settings.min_output_tokens))
 

@@ -119,6 +119,15 @@ def plan_hold_for(prompt: int, max_output: int | None, model: Model, min_output_
     return HoldPlan(prompt, max_output, worst, floor)
 
 
+COUNT_HOLD_MICRO = 1  # a count is free; it holds one micro-credit only because every hold is positive
+
+
+def count_hold(prompt_bound_tokens: int) -> HoldPlan:
+    """The hold of a token count (Anthropic count_tokens, Gemini countTokens): admitted like any request (its
+    key's requests per minute count it), settled at 0."""
+    return HoldPlan(prompt_bound_tokens, 0, COUNT_HOLD_MICRO, COUNT_HOLD_MICRO)
+
+
 def affordable_output_tokens(hold_micro: int, prompt_bound_tokens: int, model: Model) -> int:
     """The most output tokens whose cost, with a prompt up to its bound, stays within the hold."""
     room = hold_micro * 1_000_000 - prompt_bound_tokens * model.input_price_micro

@@ -1,8 +1,8 @@
 """The count job: a prompt's exact token count from the upstream's counter (Anthropic ``count_tokens``,
 Gemini ``countTokens``), on the same queue, rate limits and settlement as a chat job.
 
-It is free: admitted with a hold of 0 (so the key's requests per minute count it), it settles with
-no tokens and no charge, and its usage row says ``count_tokens``. Its one reply is a RESULT
+It is free: admitted with a token hold (``shared.admission.count_hold``; the key's requests per minute
+count it), it settles with no tokens and no charge, and its usage row says ``count_tokens``. Its one reply is a RESULT
 ``{"prompt_tokens": N}`` that each front end words its own way.
 """
 

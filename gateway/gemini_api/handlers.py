@@ -13,7 +13,7 @@ from gateway.exchange import SSE_HEADERS, exchange, json_response
 from gateway.gemini_api.wire import NativeRequest, parse_count, parse_generate
 from gateway.inputs import QueryParam, read_json
 from gateway.state import GATEWAY, Gateway
-from shared.admission import OUTPUT_ESTIMATE, HoldPlan, plan_hold_for
+from shared.admission import OUTPUT_ESTIMATE, count_hold, plan_hold_for
 from shared.catalog import Model
 from shared.contracts import Api, JobKind
 from shared.dispatch import Admitted
@@ -50,7 +50,7 @@ def _admit(request: web.Request, gw: Gateway, model: Model, native: NativeReques
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
            "stream": stream, "include_usage": False, "api": Api.GEMINI, "kind": kind, "body": native.body}
     if kind == JobKind.GEMINI_COUNT:
-        return Admitted(key, model, job, 0, HoldPlan(native.prompt_bound, 0, 0, 0))
+        return Admitted(key, model, job, 0, count_hold(native.prompt_bound))
     estimate = native.prompt_estimate + (native.max_output_tokens or OUTPUT_ESTIMATE)
     hold = plan_hold_for(native.prompt_bound, native.max_output_tokens, model, gw.settings.min_output_tokens)
     return Admitted(key, model, job, estimate, hold)

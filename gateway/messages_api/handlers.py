@@ -26,7 +26,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    """Free: a zero hold that counts against the key's requests per minute, answered by the upstream's counter."""
+    """Free: a token hold (settled at 0) that counts against the key's requests per minute, answered by the upstream's counter."""
     gw: Gateway = request.app[GATEWAY]
     req = await read_body(request, CountTokensRequest)
     check_request(req)
