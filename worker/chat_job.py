@@ -299,7 +299,8 @@ def _observe(job: ChatJob, model: Model, gen: Generation, billable: bool, elapse
         labelled(TOKENS, node, model.id, "prompt").inc(usage.prompt_tokens)
         labelled(TOKENS, node, model.id, "completion").inc(usage.completion_tokens)
         labelled(TOKENS, node, model.id, "reasoning").inc(usage.reasoning_tokens)
-    log.info("job", status=gen.status, node=node, model=model.id, ms=int(elapsed * 1000), ttft_ms=gen.ttft_ms,
+    log.info("job", status=gen.status, node=node, model=model.id, api=job.get("api", Api.CHAT), ms=int(elapsed * 1000),
+             ttft_ms=gen.ttft_ms,
              queue_ms=queue_ms, error=error.code if error else None,
              prompt_tokens=usage.prompt_tokens if usage else 0,
              completion_tokens=usage.completion_tokens if usage else 0)

@@ -67,5 +67,6 @@ async def run_count(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutc
     settlement = build_settlement(job, model, gen, False, int((time.monotonic() - started) * 1000), queue_ms)
     await rt.sink.finish(publisher, frames, settlement)
     labelled(JOBS, job["node"], model.id, gen.status).inc()
-    log.info("count", status=gen.status, node=job["node"], model=model.id, error=gen.error.code if gen.error else None)
+    log.info("count", status=gen.status, node=job["node"], model=model.id, api=job.get("api"),
+             error=gen.error.code if gen.error else None)
     return JobOutcome(gen.status, gen.error, settlement, frames)
