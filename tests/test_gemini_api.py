@@ -200,3 +200,12 @@ def test_a_nearly_empty_account_gets_a_clamped_answer_never_an_overdraw(stack, a
         rows = wait_settled_sync(http, key, 1)
         assert rows[0]["charged_micro"] <= rows[0]["hold_micro"] <= 5_200_000
     assert admin.get_account(account["id"])["balance_micro"] >= 0
+
+
+def test_a_stream_broken_midway_ends_with_googles_error_and_is_refunded(stack, funded, http):
+    client = sdk(stack, funded[1], "v1beta")
+    with pytest.raises(errors.APIError):
+        for _ in client.models.generate_content_stream(model="gemini", contents="x [[sim output_tokens=60 fail_after=2]]"):
+            pass
+    rows = wait_settled_sync(http, funded[1], 1)
+    assert rows[0]["status"] == "failed" and rows[0]["charged_micro"] == 0 and rows[0]["api"] == "gemini"

@@ -190,3 +190,13 @@ async def test_keys_by_x_api_key_or_bearer(stack, funded):
         r = await http.post("/api/v1/chat/completions", headers={"x-api-key": funded[1]},
                             json={"model": "gemini", "messages": say("hi")})
         assert r.status_code == 401  # x-api-key is Anthropic's header, not the OpenAI routes'
+
+
+async def test_a_stream_broken_midway_ends_with_an_error_event_and_is_refunded(claude: AsyncAnthropic, http, funded):
+    with pytest.raises(anthropic.APIError):
+        async with claude.messages.stream(model="gemini", max_tokens=512,
+                                          messages=say("x [[sim output_tokens=60 fail_after=2]]")) as stream:
+            async for _ in stream:
+                pass
+    rows = await wait_settled(http, funded[1], 1)
+    assert rows[0]["status"] == "failed" and rows[0]["charged_micro"] == 0 and rows[0]["api"] == "messages"

@@ -181,3 +181,15 @@ async def test_stored_responses_are_capped_per_account(stack, admin):
         assert await store.get("acct_other", f"resp_{3:032x}") is None
     finally:
         await redis.aclose()
+
+
+async def test_a_stream_broken_midway_fails_the_response_and_is_refunded(client: AsyncOpenAI, http, funded):
+    stream = await client.responses.create(model="gemini", input="x [[sim output_tokens=60 fail_after=2]]",
+                                           stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    assert events[-1].response.status == "failed" and events[-1].response.error.code == "upstream_stream_broken"
+    rows = await wait_settled(http, funded[1], 1)
+    assert rows[0]["status"] == "failed" and rows[0]["charged_micro"] == 0
+    with pytest.raises(openai.NotFoundError):  # a failed response is not stored
+        await client.responses.retrieve(events[-1].response.id)
