@@ -32,6 +32,21 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
+def presented_key(request: web.Request) -> str:
+    """The API key as the route's API sends it (gateway/dialects.py): ``Authorization: Bearer`` on every
+    route; also Anthropic's ``x-api-key``, and Google's ``x-goog-api-key`` or ``?key=``."""
+    dialect = request.get("dialect", "openai")
+    if dialect == "anthropic":
+        token = request.headers.get("x-api-key", "").strip()
+        if token:
+            return token
+    elif dialect == "gemini":
+        token = request.headers.get("x-goog-api-key", "").strip() or request.query.get("key", "").strip()
+        if token:
+            return token
+    return bearer_token(request)
+
+
 class KeyCache:
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
@@ -42,7 +57,7 @@ class KeyCache:
         """The request's key (401 otherwise); once per request, however many times it is asked."""
         if "key" in request:
             return request["key"]
-        token = bearer_token(request)
+        token = presented_key(request)
         digest = hash_key(token)
         now = time.monotonic()
         entry = self._entries.get(digest)

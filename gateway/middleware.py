@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.dialects import dialect_of, error_response
 from shared.contracts import ErrorCode
 from shared.errors import ApiError, unavailable
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS, labelled
@@ -23,11 +24,6 @@ QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
 INTERNAL = ApiError(500, "Internal server error.", "server_error", ErrorCode.INTERNAL_ERROR)
 
 
-def _error_response(err: ApiError) -> web.Response:
-    headers = {}
-    if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(err.retry_after)))
-    return web.Response(status=err.status, body=err.json(), content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -89,7 +85,12 @@ def cors(origins: str):
 
 @web.middleware
 async def openai_errors(request: web.Request, handler):
-    """Every failure leaves in OpenAI's error shape, with the status the SDKs map."""
+    """Every failure leaves in its route's error shape (OpenAI's unless the route speaks another API's,
+    gateway/dialects.py), with the status the SDKs map."""
+
+    def _error_response(err: ApiError) -> web.Response:
+        return error_response(err, dialect_of(request))
+
     try:
         return await handler(request)
     except ApiError as err:

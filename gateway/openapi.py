@@ -16,13 +16,27 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from gateway.routes import Route
 
-ERROR = {"$ref": "#/components/schemas/Error"}
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                                     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+ERROR_SCHEMAS = {
+    "openai": ("Error", {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                         "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}),
+    "anthropic": ("AnthropicError", {"type": "object", "required": ["type", "error"], "properties": {
+        "type": {"const": "error"}, "error": {"type": "object", "properties": {
+            "type": {"type": "string"}, "message": {"type": "string"}}}}}),
+    "gemini": ("GoogleError", {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
+                                         "status": {"type": "string"}, "details": {"type": "array"}}}}}),
+}
+ERROR_DESCRIPTIONS = {"openai": "OpenAI-shaped error", "anthropic": "Anthropic-shaped error",
+                      "gemini": "Google-shaped error"}
 SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "An account's API key (aio_...)"},
+    "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                     "description": "An account's API key, as Anthropic's SDKs send it"},
+    "googleKey": {"type": "apiKey", "in": "header", "name": "x-goog-api-key",
+                  "description": "An account's API key, as Google's SDKs send it (or the `key` query parameter)"},
     "adminToken": {"type": "http", "scheme": "bearer", "description": "APIINONE_ADMIN_TOKEN"}}
+KEY_HEADERS = {"openai": [], "anthropic": ["anthropicKey"], "gemini": ["googleKey"]}  # besides Bearer
 
 
 def _is_model(body: object) -> bool:
@@ -36,8 +50,10 @@ def _responses(route: Route) -> dict:
     if route.sse:
         content["text/event-stream"] = {"schema": {"type": "string"}}
     out = {str(status): {"description": "OK", "content": content} for status in route.ok}
+    error = {"$ref": f"#/components/schemas/{ERROR_SCHEMAS[route.dialect][0]}"}
     for status in route.errors:
-        out[str(status)] = {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": ERROR}}}
+        out[str(status)] = {"description": ERROR_DESCRIPTIONS[route.dialect],
+                            "content": {"application/json": {"schema": error}}}
     return out
 
 
@@ -45,7 +61,8 @@ def _operation(route: Route) -> dict:
     op: dict = {"summary": route.summary, "operationId": route.handler.__module__.rsplit(".", 1)[-1] + "_"
                 + route.handler.__name__, "responses": _responses(route)}
     if route.security:
-        op["security"] = [{route.security: []}]
+        op["security"] = [{route.security: []}] + [{scheme: []} for scheme in
+                                                   (KEY_HEADERS[route.dialect] if route.security == "apiKey" else [])]
     params = [{"name": p.name, "in": "path", "required": True, "description": p.description,
                "schema": {"type": "string", "pattern": f"^{p.format.pattern}$"}} for p in route.params]
     params += [{"name": q.name, "in": "query", "required": False, "schema": q.schema,
@@ -56,7 +73,7 @@ def _operation(route: Route) -> dict:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
             "$ref": f"#/components/schemas/{route.body.__name__}"}}}}
     elif route.body is not None:
-        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": route.body.schema}}}
+        op["requestBody"] = {"required": True, "content": {route.body.media_type: {"schema": route.body.schema}}}
     return op
 
 
@@ -66,7 +83,7 @@ def _schemas(models: Iterable[type[BaseModel]]) -> dict:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    schemas["Error"] = ERROR_SCHEMA
+    schemas.update(ERROR_SCHEMAS.values())
     return schemas
 
 

@@ -28,6 +28,12 @@ from aiohttp import web
 
 from gateway import admin, batches, billing, chat, files, health, models, openapi
 from gateway.auth import check_admin
+from gateway.dialects import DIALECT, Dialect
+from gateway.gemini_api import handlers as gemini
+from gateway.messages_api import handlers as messages
+from gateway.messages_api.wire import CountTokensRequest, MessagesRequest
+from gateway.responses_api import handlers as responses
+from gateway.responses_api.wire import ResponsesRequest
 from gateway.dashboard import adminapi
 from gateway.inputs import QueryParam
 from gateway.state import GATEWAY
@@ -52,6 +58,15 @@ class Multipart:
     """A multipart/form-data body: the form's fields as a JSON schema."""
 
     schema: dict
+    media_type = "multipart/form-data"
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    """A JSON body checked by its handler rather than a wire model (the native Gemini allowlist): its schema."""
+
+    schema: dict
+    media_type = "application/json"
 
 
 @dataclass(frozen=True)
@@ -61,13 +76,14 @@ class Route:
     handler: Handler
     summary: str
     security: Security = "apiKey"
-    body: type[WireModel] | Multipart | None = None
+    body: type[WireModel] | Multipart | JsonBody | None = None
     params: tuple[PathParam, ...] = ()
     query: tuple[QueryParam, ...] = ()
     errors: tuple[int, ...] = (401,)
     ok: tuple[int, ...] = (200,)
     media_type: str = "application/json"
     sse: bool = False  # also answers text/event-stream
+    dialect: Dialect = "openai"  # whose wire API: its key headers and error shape (gateway/dialects.py)
 
     def __post_init__(self) -> None:
         named = set(re.findall(r"{(\w+)}", self.path))
@@ -83,6 +99,22 @@ BATCH_ID = PathParam("batch_id", ids.BATCH, lambda v: not_found(f"No such Batch 
 ACCOUNT_ID = PathParam("account_id", ids.ACCOUNT, lambda v: not_found(f"No account {v!r}."),
                        "An account's id (acct_...)")
 KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An API key's id (key_...)")
+RESPONSE_ID = PathParam("response_id", ids.RESPONSE, lambda v: not_found(f"Response with id '{v}' not found."),
+                        "A stored response's id (resp_...)")
+GEMINI_REQUEST = JsonBody({
+    "type": "object", "required": ["contents"], "additionalProperties": False,
+    "description": "A GenerateContentRequest, checked against an allowlist (gateway/gemini_api/wire.py)",
+    "properties": {
+        "contents": {"type": "array", "items": {"type": "object", "properties": {
+            "role": {"enum": ["user", "model"]}, "parts": {"type": "array", "items": {"type": "object"}}}}},
+        "systemInstruction": {"type": "object"}, "tools": {"type": "array", "items": {"type": "object"}},
+        "toolConfig": {"type": "object"}, "generationConfig": {"type": "object"},
+        "safetySettings": {"type": "array", "items": {"type": "object"}}}})
+GEMINI_COUNT_REQUEST = JsonBody({
+    "type": "object", "additionalProperties": False, "description": "A CountTokensRequest",
+    "properties": {"contents": GEMINI_REQUEST.schema["properties"]["contents"],
+                   "generateContentRequest": {"type": "object"}}})
+GEMINI_MODEL = PathParam("model", ids.MODEL, gemini.missing_model, "A model id from GET /api/v1beta/models")
 MODEL_ID = PathParam("model_id", ids.MODEL, lambda v: not_found(f"The model '{v}' does not exist.",
                                                                  code="model_not_found", param="model"),
                      "A model id from GET /api/v1/models")
@@ -102,6 +134,33 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/chat/completions", chat.chat_completions,
           "Create a chat completion (OpenAI-compatible)", body=ChatCompletionRequest, sse=True,
           errors=(400, 401, 402, 404, 413, 429, 502, 503, 504)),
+    Route("POST", "/api/v1/responses", responses.create, "Create a model response (OpenAI Responses API)",
+          body=ResponsesRequest, sse=True, errors=(400, 401, 402, 404, 413, 429, 502, 503, 504)),
+    Route("GET", "/api/v1/responses/{response_id}", responses.retrieve, "Retrieve a stored response",
+          params=(RESPONSE_ID,), errors=(401, 404)),
+    Route("DELETE", "/api/v1/responses/{response_id}", responses.delete, "Delete a stored response",
+          params=(RESPONSE_ID,), errors=(401, 404)),
+    # --- Anthropic Messages (x-api-key or Bearer; Anthropic's error shape) ---
+    Route("POST", "/api/v1/messages", messages.create, "Create a message (Anthropic Messages API)",
+          body=MessagesRequest, sse=True, errors=(400, 401, 402, 404, 413, 429, 502, 503, 504), dialect="anthropic"),
+    Route("POST", "/api/v1/messages/count_tokens", messages.count_tokens,
+          "Count a message's input tokens (Anthropic; free, counts against the key's requests per minute)",
+          body=CountTokensRequest, errors=(400, 401, 402, 404, 429, 502, 503, 504), dialect="anthropic"),
+    # --- native Gemini (x-goog-api-key, ?key= or Bearer; Google's error shape), also under /api/v1 ---
+    *(route for prefix in ("/api/v1beta", "/api/v1") for route in (
+        Route("POST", prefix + "/models/{model}:generateContent", gemini.generate_content,
+              "Generate content (native Gemini API)", body=GEMINI_REQUEST, params=(GEMINI_MODEL,), query=gemini.QUERY,
+              errors=(400, 401, 402, 404, 413, 429, 502, 503, 504), dialect="gemini"),
+        Route("POST", prefix + "/models/{model}:streamGenerateContent", gemini.stream_generate_content,
+              "Stream generated content (native Gemini API; alt=sse for server-sent events)", body=GEMINI_REQUEST,
+              params=(GEMINI_MODEL,), query=gemini.QUERY, sse=True, errors=(400, 401, 402, 404, 413, 429, 502, 503, 504),
+              dialect="gemini"),
+        Route("POST", prefix + "/models/{model}:countTokens", gemini.count_tokens,
+              "Count tokens (native Gemini API; free, counts against the key's requests per minute)",
+              body=GEMINI_COUNT_REQUEST, params=(GEMINI_MODEL,), query=gemini.QUERY, errors=(400, 401, 404, 429, 502, 503, 504),
+              dialect="gemini"))),
+    Route("GET", "/api/v1beta/models", gemini.list_models, "List models (native Gemini API)",
+          query=gemini.QUERY[1:], dialect="gemini"),
     Route("GET", "/api/v1/models", models.list_models, "List models"),
     Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model", params=(MODEL_ID,),
           errors=(401, 404)),
@@ -178,6 +237,7 @@ def _guarded(route: Route) -> Handler:
     @functools.wraps(route.handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
         gw = request.app[GATEWAY]
+        request[DIALECT] = route.dialect
         if route.security == "apiKey":
             await gw.keys.authenticate(request)
         elif route.security == "adminToken":

@@ -10,6 +10,7 @@ from gateway.auth import KeyCache
 from shared.accounts import Accounts
 from shared.catalog import Catalog
 from shared.dispatch import Dispatcher
+from shared.response_store import RedisResponseStore
 from shared.settings import Settings
 
 
@@ -29,6 +30,9 @@ class Gateway:
         self.hub = self.dispatch.hub
         self.accounts = Accounts(self.redis, self.credits, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
+        # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL.
+        self.responses = RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
+                                            settings.responses_max_bytes_per_account)
 
     @property
     def live_workers(self) -> dict[str, int]:

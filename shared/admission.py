@@ -16,7 +16,7 @@ from shared.contracts import ReserveStatus
 from shared.credits import KeyLimits, Reservation
 from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited
 from shared.money import micro_to_credits
-from shared.pricing import worst_case_micro
+from shared.pricing import PPM, worst_case_micro
 from shared.protocol import ChatCompletionRequest
 
 OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
@@ -66,7 +66,7 @@ def estimated_tokens(req: ChatCompletionRequest, prompt_estimate: int) -> int:
     return prompt_estimate + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
 
 
-def _text_bound(text: str) -> int:
+def text_token_bound(text: str) -> int:
     """At most one token per 2 ASCII characters (English runs ~4) and one per other character."""
     ascii_chars = len(text.encode("ascii", "ignore"))
     return (ascii_chars + 1) // 2 + (len(text) - ascii_chars)
@@ -80,14 +80,14 @@ def prompt_token_bound(req: ChatCompletionRequest) -> int:
         total += MESSAGE_TOKEN_BOUND
         content = m.content
         if isinstance(content, str):
-            total += _text_bound(content)
+            total += text_token_bound(content)
         elif content:
-            total += sum(_text_bound(p.text) if p.type == "text" else IMAGE_TOKEN_BOUND for p in content)
+            total += sum(text_token_bound(p.text) if p.type == "text" else IMAGE_TOKEN_BOUND for p in content)
         for call in getattr(m, "tool_calls", None) or ():
-            total += _text_bound(call.function.name) + _text_bound(call.function.arguments) + MESSAGE_TOKEN_BOUND
+            total += text_token_bound(call.function.name) + text_token_bound(call.function.arguments) + MESSAGE_TOKEN_BOUND
     for extra in (req.tools, req.response_format):
         if extra:
-            total += _text_bound(orjson.dumps([t.model_dump(by_alias=True) for t in extra] if isinstance(extra, list)
+            total += text_token_bound(orjson.dumps([t.model_dump(by_alias=True) for t in extra] if isinstance(extra, list)
                                               else extra.model_dump(by_alias=True)).decode())
     return total
 
@@ -110,14 +110,30 @@ class HoldPlan:
 
 
 def plan_hold(req: ChatCompletionRequest, model: Model, min_output_tokens: int, multiplier_ppm: int) -> HoldPlan:
-    """The worst case and the floor, priced by the one pricing function (shared/pricing.py) with the
-    prompt at its bound, nothing cached, in the tier the bound falls in."""
-    prompt = prompt_token_bound(req)
-    max_output = min(req.max_completion_tokens or req.max_tokens or model.max_output_tokens, model.max_output_tokens)
+    return plan_hold_for(prompt_token_bound(req), req.max_completion_tokens or req.max_tokens, model, min_output_tokens,
+                         multiplier_ppm)
+
+
+def plan_hold_for(prompt: int, max_output: int | None, model: Model, min_output_tokens: int,
+                  multiplier_ppm: int) -> HoldPlan:
+    """The hold of a request whose prompt is at most ``prompt`` tokens and whose output may reach
+    ``max_output`` (None: the model's maximum); every front end's plan ends here. Priced by the one
+    pricing function (shared/pricing.py) with the prompt at its bound, nothing cached, in the tier the
+    bound falls in, at the account's multiplier (the job carries it to the worker and billing)."""
+    max_output = min(max_output or model.max_output_tokens, model.max_output_tokens)
     worst = max(model.base_cost_micro, worst_case_micro(model.prices, multiplier_ppm, prompt, max_output))
     floor = max(model.base_cost_micro,
                 worst_case_micro(model.prices, multiplier_ppm, prompt, min(min_output_tokens, max_output)))
     return HoldPlan(prompt, max_output, worst, floor, multiplier_ppm)
+
+
+COUNT_HOLD_MICRO = 1  # a count is free; it holds one micro-credit only because every hold is positive
+
+
+def count_hold(prompt_bound_tokens: int) -> HoldPlan:
+    """The hold of a token count (Anthropic count_tokens, Gemini countTokens): admitted like any request (its
+    key's requests per minute count it), settled at 0."""
+    return HoldPlan(prompt_bound_tokens, 0, COUNT_HOLD_MICRO, COUNT_HOLD_MICRO, PPM)
 
 
 def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, floor_micro: int) -> ApiError:

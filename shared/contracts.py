@@ -7,6 +7,8 @@
 - ``RequestStatus``: how a request ended, on its settlement and usage row.
 - ``ErrorCode`` with ``retry_kind``: the codes whose value decides a retry or failover.
 - ``ReserveStatus``: reserve.lua's reply codes.
+- ``Api`` and ``JobKind``: which wire API a request came in on (named on its usage row), and what a
+  node worker does with its job.
 
 Types only: TypedDicts are plain dicts at run time, so the hot path pays nothing for them.
 """
@@ -43,6 +45,27 @@ class ErrorCode(StrEnum):
     QUEUE_UNAVAILABLE = "queue_unavailable"
     REPLY_CHANNEL_LOST = "reply_channel_lost"
     CLIENT_DISCONNECTED = "client_disconnected"
+
+
+class Api(StrEnum):
+    """The wire API a request came in on: named on its job, settlement and usage row."""
+
+    CHAT = "chat"  # POST /api/v1/chat/completions (and batch lines)
+    RESPONSES = "responses"  # POST /api/v1/responses (OpenAI Responses)
+    MESSAGES = "messages"  # POST /api/v1/messages (Anthropic Messages)
+    GEMINI = "gemini"  # POST /api/v1beta/models/{model}:generateContent... (native Gemini)
+
+
+class JobKind(StrEnum):
+    """What a node worker does with a job (``ChatJob.kind``; absent = ``CHAT``)."""
+
+    CHAT = "chat"  # body: an OpenAI chat request; replies: OpenAI chunks / one chat.completion
+    GEMINI = "gemini"  # body: an allowlisted native Gemini request, sent as is; replies: Gemini's own events
+    COUNT = "count"  # body: an OpenAI chat request; reply: {"prompt_tokens": N} from the upstream's counter
+    GEMINI_COUNT = "gemini_count"  # body: a native Gemini request; reply as COUNT
+
+
+COUNT_KINDS = frozenset({JobKind.COUNT, JobKind.GEMINI_COUNT})
 
 
 class RetryKind(Enum):
@@ -135,8 +158,10 @@ class ChatJob(TypedDict):
     trace_id: str  # the client-facing request id (X-Request-Id)
     stream: bool
     include_usage: bool
-    body: dict  # the validated ChatCompletionRequest, as JSON
+    body: dict  # the validated ChatCompletionRequest, as JSON (a native Gemini request for the GEMINI kinds)
     created: int  # unix seconds
+    api: NotRequired[str]  # an Api (absent: chat)
+    kind: NotRequired[str]  # a JobKind (absent: chat)
     enqueued_ms: float
     expires_at_ms: NotRequired[int]  # set by the queue: a worker drops the job after this
     batch_id: NotRequired[str]
@@ -168,6 +193,7 @@ class Settlement(TypedDict):
     created: int
     batch_id: str
     trace_id: str
+    api: str  # an Api
 
 
 # The ``error_code`` of a billed request whose upstream never said its usage (worker/usage_estimate.py).
@@ -181,4 +207,4 @@ PRICE_FIELDS = ("price_tier", "price_multiplier_ppm", "price_version", "input_to
                 "cached_input_micro", "output_micro")
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-                "queue_ms", "created", "batch_id", "trace_id", *PRICE_FIELDS)
+                "queue_ms", "created", "batch_id", "trace_id", "api", *PRICE_FIELDS)

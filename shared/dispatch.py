@@ -30,7 +30,7 @@ from shared.accounts import KeyRecord
 from shared.admission import HoldPlan
 from shared.breaker import NodeBreaker
 from shared.catalog import Catalog, Model
-from shared.contracts import ErrorCode, RequestStatus, RetryKind, retry_kind
+from shared.contracts import Api, ErrorCode, RequestStatus, RetryKind, retry_kind
 from shared.credits import Credits, Reservation
 from shared.errors import ApiError, unavailable
 from shared.keys import AccountKeys
@@ -214,7 +214,8 @@ class InFlight:
         key = self.key
         row = {"request_id": self.request_id, "model": self.model.id, "node": self.node, "key_id": key.id,
                "status": status, "error_code": code, "created": int(time.time()),
-               "batch_id": self.job.get("batch_id", "")}
+               "batch_id": self.job.get("batch_id", ""), "trace_id": self.job.get("trace_id", ""),
+               "api": self.job.get("api", Api.CHAT)}
         try:
             await self.d.credits.settle(key.account_id, self.request_id, 0, row, key_id=key.id, actual_tokens=0)
         except RedisError as exc:  # the reconciler releases the hold later

@@ -11,7 +11,7 @@ class AccountKeys:
     """The keys of one account; all share the hash tag ``{acct:<id>}``."""
 
     __slots__ = ("account_id", "account", "holds", "deadlines", "ledger", "usage", "orders", "order_refs", "keys",
-                 "released", "released_at")
+                 "released", "released_at", "responses", "response_bytes")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -27,6 +27,18 @@ class AccountKeys:
         self.orders = tag + "orders"  # stream: top-up orders
         self.order_refs = tag + "order_refs"  # hash: top-up reference -> order id
         self.keys = tag + "keys"  # set of key ids
+        # Stored Responses (shared/response_store.py): their ids by time, and their sizes against the cap.
+        self.responses = tag + "responses"  # zset: response id -> stored ms
+        self.response_bytes = tag + "response_bytes"  # hash: response id -> bytes, and "total"
+
+    def response(self, response_id: str) -> str:
+        """string with TTL: one stored response (its object and its conversation, JSON)."""
+        return f"{PREFIX}{{acct:{self.account_id}}}:response:{response_id}"
+
+    @property
+    def response_prefix(self) -> str:
+        """What ``response`` puts before an id (response_put.lua drops expired ones by it)."""
+        return self.response("")
 
     def key_state(self, key_id: str) -> str:
         """hash: one key's rate-limit buckets, requests in flight, open holds (``held``), spend (total and per

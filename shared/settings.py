@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     account_max_files: int = 1000
     account_max_stored_bytes: int = 10 * 1024**3
     account_max_active_batches: int = 50
+    # Stored Responses (POST /api/v1/responses with store): kept hot in Redis this long, within this many
+    # bytes per account (the oldest are dropped first to make room).
+    responses_ttl_s: float = 7 * 86400
+    responses_max_bytes_per_account: int = 32 * 1024 * 1024
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.

@@ -351,6 +351,28 @@ def test_function_calling_modes(client: genai.Client) -> None:
     assert r.text and not r.function_calls
 
 
+def test_mode_any_calls_a_function_also_right_after_a_function_response(client: genai.Client) -> None:
+    """Gemini's mode ANY always answers with a function call (restricted to allowedFunctionNames), also on
+    the turn after a functionResponse; clients rely on it (tool_choice "required", Anthropic "any")."""
+    forced = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+        mode=types.FunctionCallingConfigMode.ANY))
+    ask = types.Content(role="user", parts=[types.Part(text="weather?")])
+    for model in (G3, FLASH):
+        first = client.models.generate_content(model=model, contents=[ask], config=cfg(tools=TOOLS, tool_config=forced))
+        assert first.function_calls
+        answers = types.Content(role="user", parts=[
+            types.Part.from_function_response(name=fc.name, response={"ok": True}) for fc in first.function_calls])
+        history = [ask, first.candidates[0].content, answers]
+        again = client.models.generate_content(model=model, contents=history, config=cfg(tools=TOOLS, tool_config=forced))
+        assert again.function_calls and not again.text, model
+        only = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+            mode=types.FunctionCallingConfigMode.ANY, allowed_function_names=["get_time"]))
+        named = client.models.generate_content(model=model, contents=history, config=cfg(tools=TOOLS, tool_config=only))
+        assert [fc.name for fc in named.function_calls] == ["get_time"]
+        auto = client.models.generate_content(model=model, contents=history, config=cfg(tools=TOOLS))
+        assert auto.text and not auto.function_calls  # AUTO still answers the function response with text
+
+
 def test_stream_function_calls_arrive_whole(client: genai.Client) -> None:
     chunks = list(client.models.generate_content_stream(
         model=G3, contents="go [[sim tool_calls=2 thinking_tokens=3]]", config=cfg(tools=TOOLS)))

@@ -27,19 +27,18 @@ import structlog
 from shared import relay
 from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
-from shared.contracts import BILLABLE, USAGE_ESTIMATED, ChatJob, ErrorCode, RequestStatus, Settlement
+from shared.contracts import BILLABLE, USAGE_ESTIMATED, Api, ChatJob, ErrorCode, JobKind, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
-from shared.pricing import PPM, Charge, TokenCounts, affordable_output_tokens, price
+from shared.pricing import Charge, TokenCounts, price
 from shared.settings import Settings
 from worker.chunks import ChunkBuilder
+from worker.hold_clamp import clamp_native, clamp_to_hold, job_multiplier
 from worker.provider import Adapter, Delta, ProviderError, Usage
 from worker.publisher import ReplyPublisher
 from worker.usage_estimate import estimate_usage
 
 log = structlog.get_logger()
 
-EFFORTS = ("none", "minimal", "low", "medium", "high")
-ROOM_TO_THINK = 4096  # below this many affordable output tokens, a clamped request thinks as little as it can
 RETRY_BUDGET_S = 8.0  # total time spent retrying before the first token
 LONGEST_IN_PLACE_WAIT_S = 2.0  # an upstream asking for a longer pause gets its error passed on at once
 
@@ -124,16 +123,20 @@ class Generation:
     error: ProviderError | None = None
     ttft_ms: int | None = None
     usage_estimated: bool = False  # the upstream never said its usage (worker/usage_estimate.py)
+    native_result: dict | None = None  # a native Gemini job: the upstream's last event (its one answer)
 
 
 async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retries: int,
-                              incremental: bool = True) -> AsyncIterator[Delta]:
-    """Retry 429/5xx while nothing has been produced; never after output began."""
+                              incremental: bool = True, native: bool = False) -> AsyncIterator[Delta]:
+    """Retry 429/5xx while nothing has been produced; never after output began. ``native``: the body is a
+    native Gemini request, sent as is, and each delta carries the upstream's event (``Delta.raw``)."""
     attempt, spent = 0, 0.0
     while True:
         produced = False
         try:
-            async for delta in adapter.stream(body, model, incremental):
+            source = adapter.stream_native(body, model, incremental) if native else adapter.stream(body, model,
+                                                                                                 incremental)
+            async for delta in source:
                 produced = produced or bool(delta.content or delta.reasoning or delta.tool_calls)
                 yield delta
             return
@@ -145,35 +148,6 @@ async def stream_with_retries(adapter: Adapter, body: dict, model: Model, retrie
             log.info("upstream retry", code=exc.code, attempt=attempt + 1, pause_s=pause)
             await asyncio.sleep(pause)
             attempt, spent = attempt + 1, spent + pause
-
-
-def clamp_to_hold(job: ChatJob, model: Model) -> dict:
-    """The request body, its output clamped to what its hold covers.
-
-    The hold (written into the job by enqueue.lua) is the request's worst case unless the account's
-    available credits covered less. Then the answer may use only what the hold pays for, and
-    thinking is cut first: it is spent before the answer, so a bare clamp buys an empty answer
-    billed as thinking.
-    """
-    body, hold = job["body"], job.get("hold_micro", -1)
-    if hold is None or hold < 0:
-        return body
-    allowed = affordable_output_tokens(model.prices, job_multiplier(job), hold, job.get("prompt_bound_tokens", 0),
-                                       model.max_output_tokens)
-    requested = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output_tokens
-    if allowed >= requested:
-        return body
-    clamped = {k: v for k, v in body.items() if k != "max_tokens"}
-    clamped["max_completion_tokens"] = max(1, allowed)
-    target = "low" if allowed >= ROOM_TO_THINK else "none"
-    asked = body.get("reasoning_effort") or "high"
-    clamped["reasoning_effort"] = min(asked, target, key=EFFORTS.index)
-    return clamped
-
-
-def job_multiplier(job: ChatJob) -> int:
-    """The account's price multiplier the request was admitted with (x1 for a job from before multipliers)."""
-    return int(job.get("price_multiplier_ppm") or PPM)
 
 
 def job_charge(job: ChatJob, model: Model, usage: Usage) -> Charge:
@@ -196,7 +170,7 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
         "price_multiplier_ppm": job_multiplier(job), "price_version": job.get("price_version", ""),
         "latency_ms": latency_ms, "ttft_ms": gen.ttft_ms if gen.ttft_ms is not None else "",
         "queue_ms": int(queue_ms), "created": job["created"], "batch_id": job.get("batch_id", ""),
-        "trace_id": job.get("trace_id", ""),
+        "trace_id": job.get("trace_id", ""), "api": job.get("api", Api.CHAT),
     }
 
 
@@ -205,14 +179,19 @@ async def _relay(rt: JobRuntime, job: ChatJob, model: Model, adapter: Adapter, g
     """Read the upstream to its end, relaying its chunks while the client is there (after it left:
     reading on, relaying nothing, until the job is interrupted)."""
     rid, stream = job["id"], job["stream"]
+    native = job.get("kind") == JobKind.GEMINI
     started = time.monotonic()
-    deltas = stream_with_retries(adapter, clamp_to_hold(job, model), model, rt.settings.upstream_retries,
-                                 incremental=stream)
+    body = clamp_native(job, model) if native else clamp_to_hold(job, model)
+    deltas = stream_with_retries(adapter, body, model, rt.settings.upstream_retries, incremental=stream,
+                                 native=native)
     async with asyncio.timeout(rt.settings.request_timeout_s):
         async for delta in deltas:
             chunks = gen.builder.add(delta)
             if chunks and gen.ttft_ms is None:
                 gen.ttft_ms = int((time.monotonic() - started) * 1000)
+            if native:  # the upstream's own events are the reply (the builder only keeps the account)
+                gen.native_result = delta.raw
+                chunks = [delta.raw] if delta.raw is not None else []
             if stream and rid not in rt.cancels.client_left:
                 for chunk in chunks:
                     publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
@@ -276,7 +255,12 @@ def final_frames(job: ChatJob, gen: Generation, charge_micro: int) -> tuple[byte
     """(every last frame, the one that is the request's answer or error: kept for batch lines)."""
     frames, final = b"", None
     if gen.status == RequestStatus.SUCCEEDED:
-        if job["stream"]:
+        if job.get("kind") == JobKind.GEMINI:  # Gemini's events carry their own usageMetadata
+            if job["stream"]:
+                frames += relay.frame(relay.DONE)
+            else:
+                final = relay.frame(relay.RESULT, orjson.dumps(gen.native_result or {}))
+        elif job["stream"]:
             if job.get("include_usage"):
                 frames += relay.frame(relay.CHUNK, orjson.dumps(gen.builder.usage_chunk(charge_micro)))
             frames += relay.frame(relay.DONE)
@@ -323,7 +307,8 @@ def _observe(job: ChatJob, model: Model, gen: Generation, billable: bool, elapse
         labelled(TOKENS, node, model.id, "prompt").inc(usage.prompt_tokens)
         labelled(TOKENS, node, model.id, "completion").inc(usage.completion_tokens)
         labelled(TOKENS, node, model.id, "reasoning").inc(usage.reasoning_tokens)
-    log.info("job", status=gen.status, node=node, model=model.id, ms=int(elapsed * 1000), ttft_ms=gen.ttft_ms,
+    log.info("job", status=gen.status, node=node, model=model.id, api=job.get("api", Api.CHAT), ms=int(elapsed * 1000),
+             ttft_ms=gen.ttft_ms,
              queue_ms=queue_ms, error=error.code if error else None,
              prompt_tokens=usage.prompt_tokens if usage else 0,
              completion_tokens=usage.completion_tokens if usage else 0)

@@ -190,13 +190,29 @@ class GeminiAdapter:
             raise RequestError(f"This model's maximum context length is {model.context_window} tokens. However, "
                                f"your messages resulted in {tokens} tokens.", "messages", "context_length_exceeded")
 
+    async def count(self, body: dict, model: Model, native: bool = False) -> int:
+        """countTokens for an OpenAI chat body (translated first) or a native request (``native``)."""
+        try:
+            return await self.count_tokens(body if native else to_gemini(body, model), model)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
+
     async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
         """Stream (streamGenerateContent, SSE) or, for a client that wants one answer, one generateContent
         call: a single response is the same GenerateContentResponse shape, read as one delta."""
+        reader = GeminiStreamReader(max_calls=1 if body.get("parallel_tool_calls") is False else None)
+        async for delta in self._generate(to_gemini(body, model), model, incremental, reader, raw=False):
+            yield delta
+
+    async def stream_native(self, request: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
+        """A native Gemini request (allowlisted by the gateway), sent as is; each delta carries its event."""
+        async for delta in self._generate(request, model, incremental, GeminiStreamReader(), raw=True):
+            yield delta
+
+    async def _generate(self, request: dict, model: Model, incremental: bool, reader: GeminiStreamReader,
+                        raw: bool) -> AsyncIterator[Delta]:
         method = "streamGenerateContent?alt=sse" if incremental else "generateContent"
         url = f"{self.base_url}/v1beta/models/{model.upstream_model}:{method}"
-        request = to_gemini(body, model)
-        reader = GeminiStreamReader(max_calls=1 if body.get("parallel_tool_calls") is False else None)
         try:
             await self.check_context(request, model)
             timeout = self.session.timeout if incremental else self.one_answer_timeout
@@ -205,9 +221,16 @@ class GeminiAdapter:
                 if resp.status != 200:
                     raise map_error(resp.status, await resp.read(), dict(resp.headers))
                 if not incremental:
-                    yield reader.delta(orjson.loads(await resp.read()))
+                    yield self._read(reader, orjson.loads(await resp.read()), raw)
                     return
                 async for data in sse_data(resp.content):
-                    yield reader.delta(orjson.loads(data))
+                    yield self._read(reader, orjson.loads(data), raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None
+
+    @staticmethod
+    def _read(reader: GeminiStreamReader, event: dict, raw: bool) -> Delta:
+        delta = reader.delta(event)
+        if raw:
+            delta.raw = event
+        return delta

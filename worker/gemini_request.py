@@ -7,39 +7,18 @@ The request half of the Gemini translation (the response half and the HTTP adapt
 from __future__ import annotations
 
 import re
-import secrets
 
 import orjson
 
 from shared.catalog import Model
 from shared.schema_bounds import SchemaTooLarge
+from shared.signatures import SIGNATURE_MARK, SKIP_SIGNATURE, signature_from_id, tool_call_id  # noqa: F401 - re-exported
 from worker.provider import RequestError
 from worker.schema import to_gemini_schema
 
 
-# --- thought signatures ride inside the tool call id -----------------------------
-# Gemini 3 rejects a follow-up turn whose functionCall lost its thoughtSignature.
-# OpenAI clients echo tool call ids verbatim, so the id carries the signature:
-# stateless, nothing stored server-side, survives any number of turns.
-SIGNATURE_MARK = "_ts_"
-# Google's documented value for function calls that have no signature of their own
-# (histories from another model, or ids a client rewrote): accepted, never a 400.
-SKIP_SIGNATURE = "skip_thought_signature_validator"
-
-
-def tool_call_id(signature: str | None) -> str:
-    base = "call_" + secrets.token_hex(8)
-    if not signature:
-        return base
-    return base + SIGNATURE_MARK + signature.replace("+", "-").replace("/", "_").rstrip("=")
-
-
-def signature_from_id(call_id: str) -> str | None:
-    _, mark, encoded = call_id.partition(SIGNATURE_MARK)
-    if not mark or not encoded:
-        return None
-    padded = encoded + "=" * (-len(encoded) % 4)
-    return padded.replace("-", "+").replace("_", "/")
+# Thought signatures ride inside the tool call id (shared/signatures.py): Gemini 3 rejects a follow-up
+# turn whose functionCall lost its thoughtSignature, and clients echo tool call ids verbatim.
 
 
 # --- thinking: reasoning_effort -> thinkingLevel / thinkingBudget, from the catalog -----------

@@ -21,12 +21,14 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
+from shared.contracts import COUNT_KINDS
 from shared.coalesce import Coalescer
 from shared.metrics import WORKER_INFLIGHT
 from shared.queue import NodeQueue, deserialize
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
 from worker.chat_job import CancelRegistry, JobRuntime, run_chat
+from worker.count_job import run_count
 from worker.claiming import BlockingPopWorker
 from worker.gemini import GeminiAdapter
 from worker.openai_compat import OpenAICompatAdapter
@@ -54,9 +56,10 @@ def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
 
 
 async def chat(ctx: dict, job: dict) -> str:
-    """The arq job function: one chat request on this worker's runtime."""
+    """The arq job function: one request on this worker's runtime (a count, or a generation of any API)."""
     worker: NodeWorker = ctx["worker"]
-    return (await run_chat(worker.runtime, job, ctx.get("claimed", ()))).status
+    run = run_count if job.get("kind") in COUNT_KINDS else run_chat
+    return (await run(worker.runtime, job, ctx.get("claimed", ()))).status
 
 
 class NodeWorker(BlockingPopWorker):

@@ -229,3 +229,14 @@ class OpenAICompatAdapter:
                 yield Delta(finish_reason=reader.finish_reason)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None
+
+    async def stream_native(self, request: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
+        """The gateway sends native Gemini requests only to models on a Gemini provider; this is a backstop."""
+        raise RequestError(f"Model '{model.id}' is not served over the native Gemini API.", "model",
+                           "unsupported_model")
+        yield Delta()  # pragma: no cover - makes this an async generator
+
+    async def count(self, body: dict, model: Model, native: bool = False) -> int:
+        """An OpenAI-compatible server has no token counter: the client gets a clear 400."""
+        raise RequestError(f"Counting tokens is not available for model '{model.id}' (its upstream is "
+                           "OpenAI-compatible and has no token counter).", "model", "unsupported_operation")

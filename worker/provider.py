@@ -39,6 +39,7 @@ class Delta:
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None  # running totals; the last one is final
+    raw: dict | None = None  # the upstream's own event (native Gemini jobs relay it as is)
 
 
 class ProviderError(ApiError):
@@ -99,5 +100,11 @@ class Adapter(Protocol):
 
     # incremental=False: the client wants one answer; an adapter may then make one non-streaming call.
     async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]: ...
+
+    # Native Gemini jobs (Gemini adapters only): ``request`` is sent as is; each Delta carries its event.
+    async def stream_native(self, request: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]: ...
+
+    # The upstream's exact prompt count for a request (OpenAI chat body, or native with ``native``).
+    async def count(self, body: dict, model: Model, native: bool = False) -> int: ...
 
     async def close(self) -> None: ...

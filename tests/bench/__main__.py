@@ -38,9 +38,10 @@ from tests.bench import report, scale
 from tests.bench.cpu import CpuMeter, Group
 from tests.bench.loadgen import probe, run_load, summarize
 from tests.bench.scenarios import MODES, PROMPT, Target, concurrencies, direct_target, openai_target
+from tests.bench.wire_apis import WIRE_TARGETS, runs_at, wire_targets
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_TARGETS = ("direct", "apiinone", "litellm", "portkey")
+ALL_TARGETS = ("direct", "apiinone", *WIRE_TARGETS, "litellm", "portkey")
 
 
 def say(msg: str) -> None:
@@ -297,11 +298,12 @@ async def amain(args: argparse.Namespace) -> int:
         targets["apiinone"] = openai_target(
             "apiinone", "apiinone (gateway, worker, billing, Valkey)", stack.base_url + "/api/v1",
             {"Authorization": f"Bearer {key}"}, "gemini", ours_groups(stack), version=meta["versions"]["apiinone"])
+        targets.update(wire_targets(stack.base_url, key, ours_groups(stack), meta["versions"]["apiinone"]))
         redis_stats = RedisStats(stack.settings.redis_url)
 
         active: dict[str, Target] = {}
         for name in wanted:
-            if name in ("direct", "apiinone"):
+            if name in ("direct", "apiinone", *WIRE_TARGETS):
                 bad = await check_target(targets[name], modes)
                 if bad:
                     say(f"{name}: {bad}; skipped")
@@ -321,11 +323,11 @@ async def amain(args: argparse.Namespace) -> int:
         retries_left = args.retry_disturbed
         for mode in modes:
             for c in levels:
-                for name in [n for n in ALL_TARGETS if n in active]:
+                for name in [n for n in ALL_TARGETS if n in active and runs_at(n, c)]:
                     attempt = 1
                     while True:
                         row = await run_scenario(active[name], mode, c, sim_group, duration, warmup,
-                                                 redis_stats if name == "apiinone" else None)
+                                                 redis_stats if name in ("apiinone", *WIRE_TARGETS) else None)
                         row["attempt"] = attempt
                         disturbed = (row.get("other_work_busy_pct") or 0) > args.disturbed_pct
                         if not disturbed or retries_left <= 0 or time.time() - started > args.retry_budget_s:

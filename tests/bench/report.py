@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.bench import wire_apis
+
 FINDINGS = Path(__file__).with_name("findings.md")
 
 # Issue 8 item 4: figures measured earlier on this kind of box, for scale (not from this run).
@@ -21,7 +23,7 @@ REFERENCE = {
                "chunk (its reader waits 25 ms), ~1,200 non-stream req/s and ~1,000 streams/s at concurrency 64, "
                "~1.1 ms CPU per request",
 }
-ORDER = {"direct": 0, "apiinone": 1, "litellm": 2, "portkey": 3}
+ORDER = {"direct": 0, "apiinone": 1, "responses": 2, "messages": 3, "gemini": 4, "litellm": 5, "portkey": 6}
 
 
 def _find(rows: list[dict], target: str, mode: str, c: int) -> dict | None:
@@ -104,6 +106,8 @@ def ratios(meta: dict, rows: list[dict]) -> list[dict]:
             value = None if ours is None else ours["errors"] + ours.get("drain_timeouts", 0)
             out.append({"id": f"errors_{mode}_c256", "what": f"errors, {mode}, concurrency 256",
                         "value": value, "unit": "", "target": "0", "met": None if value is None else value == 0})
+    # 5. the other wire APIs against chat at concurrency 32 (tests/bench/wire_apis.py)
+    out += wire_apis.ratios(rows)
     return out
 
 

@@ -137,7 +137,13 @@ def thinking_tokens(gen: GenRequest, d: Directives) -> int:
 
 
 def _calls_wanted(gen: GenRequest, d: Directives) -> int:
-    if not gen.tools.functions or gen.tools.fc_mode == "NONE" or gen.answer_function_response:
+    """How many function calls to answer with. Mode ANY always calls (at least one), also on the turn
+    right after a functionResponse, as Gemini does; AUTO calls only when a user's text asks."""
+    if not gen.tools.functions or gen.tools.fc_mode == "NONE":
+        return 0
+    if gen.tools.fc_mode == "ANY":
+        return max(1, 1 if d.tool_calls is None else d.tool_calls)
+    if gen.answer_function_response:
         return 0
     last = gen.contents[-1]
     if last["role"] != "user" or not any("text" in p for p in last["parts"]):

@@ -1,0 +1,184 @@
+"""One admitted request, relayed over HTTP in its front end's wire format, with failover.
+
+Every front end (chat completions, Responses, Messages, native Gemini) runs the same loop on the
+shared lifecycle (shared/dispatch.py): pick a node, submit one attempt (hold + job in one round
+trip), relay what the worker publishes. A failure before anything reached the client may be
+retried (the one rule is ``shared.contracts.retry_kind``): on the next node for an upstream
+429/5xx (failover), or once on any live worker when the worker died. Each attempt is its own
+request id with its own hold and settlement, so a retry can never be billed twice or for free.
+
+What differs between front ends is only the wording: a ``Renderer`` turns the worker's frames
+(shared/relay.py) into its API's SSE events or one JSON answer, and its errors into its shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Callable, Protocol
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.state import GATEWAY, Gateway
+from shared import relay
+from shared.admission import refusal
+from shared.contracts import ErrorCode, RequestStatus, RetryKind
+from shared.dispatch import SILENT, WATCH_S, Admitted, InFlight, Retryable, error_from_frame
+from shared.errors import ApiError, unavailable
+from shared.metrics import FAILOVERS, GATEWAY_INFLIGHT
+
+log = structlog.get_logger()
+
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+
+
+class Renderer(Protocol):
+    """How one front end words one attempt's replies (a new renderer per attempt)."""
+
+    headers: dict[str, str]  # of the streamed answer
+
+    def chunk(self, payload: bytes) -> list[bytes]:
+        """The bytes to send for one CHUNK frame (a chat.completion.chunk, or a native Gemini event)."""
+
+    def done(self) -> list[bytes]:
+        """The bytes that end a stream (DONE)."""
+
+    def result(self, payload: bytes) -> web.Response:
+        """The one answer of a non-stream request (RESULT)."""
+
+    def stream_error(self, error: ApiError) -> bytes:
+        """The event that ends a stream that failed after it began."""
+
+    async def finish(self) -> None:
+        """After the answer is complete (``done`` or ``result``), before it is sent: e.g. store it."""
+
+
+async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[[], Renderer],
+                   id_prefix: str) -> web.StreamResponse:
+    """Run ``admitted`` on a node, failing over as ``retry_kind`` allows; the answer in ``renderer``'s words."""
+    gw: Gateway = request.app[GATEWAY]
+    failed_nodes: list[str] = []
+    worker_retry_left = True
+    last_error: ApiError | None = None
+    while True:
+        node = await gw.dispatch.pick_node(admitted.model, exclude=failed_nodes)
+        if node is None:
+            raise last_error or unavailable(
+                f"No worker is serving model '{admitted.model.id}' right now "
+                f"(nodes: {', '.join(admitted.model.nodes)}).", retry_after=2)
+        flight = gw.dispatch.flight(admitted, node, id_prefix + secrets.token_hex(12))
+        try:
+            with GATEWAY_INFLIGHT.track_inprogress():
+                response = await HttpRelay(request, flight, renderer()).run()
+        except Retryable as retry:
+            last_error = retry
+            FAILOVERS.labels(retry.code or "unknown").inc()
+            if retry.kind is RetryKind.ANOTHER_NODE:
+                gw.breaker.failure(node)
+                failed_nodes.append(node)
+            elif worker_retry_left:
+                worker_retry_left = False
+            else:
+                raise
+            log.info("retrying on another worker or node", node=node, code=retry.code)
+            continue
+        gw.breaker.success(node)
+        return response
+
+
+class HttpRelay:
+    """One attempt relayed to one HTTP client: events as frames come, or one answer."""
+
+    def __init__(self, request: web.Request, flight: InFlight, renderer: Renderer) -> None:
+        self.request = request
+        self.flight = flight
+        self.renderer = renderer
+        self.response: web.StreamResponse | None = None
+
+    async def run(self) -> web.StreamResponse:
+        flight = self.flight
+        try:
+            reservation, queued = await flight.submit()
+            self.request["reservation"] = reservation  # rate-limit headers (gateway/middleware.py)
+            if not reservation.ok:
+                raise refusal(reservation, flight.model, flight.key.limits, flight.admitted.estimated_tokens,
+                              flight.admitted.hold.floor_micro)
+            if not queued:
+                await flight.refund(RequestStatus.REJECTED, ErrorCode.QUEUE_FULL)
+                raise unavailable(f"Node {flight.node} is at capacity ({flight.d.settings.max_queue_depth} "
+                                  "requests waiting); try again shortly.", retry_after=2)
+            return await self._relay_guarded()
+        finally:
+            flight.close()
+
+    async def _relay_guarded(self) -> web.StreamResponse:
+        try:
+            return await self._relay()
+        except asyncio.CancelledError:
+            # The client went away (aiohttp cancels the handler): stop the work, bill what was produced.
+            self.flight.d.spawn(self.flight.cancel())
+            raise
+        except ConnectionError:
+            self.flight.d.spawn(self.flight.cancel())
+            return self.response or web.Response(status=499)
+
+    async def _next(self) -> bytes:
+        waited = 0.0
+        while (frames := await self.flight.next_frames()) is SILENT:
+            waited += WATCH_S
+            await self.flight.watch(waited)
+        return frames
+
+    async def _relay(self) -> web.StreamResponse:
+        render = self.renderer
+        while True:
+            try:
+                frames = await self._next()
+            except ApiError as exc:
+                if self.response is None:
+                    raise  # nothing sent yet: an error answer, or (Retryable) another attempt
+                await self._end_with_error(exc)
+                return self.response
+            events: list[bytes] = []  # the events of one message leave in one write
+            for kind, payload in relay.iter_frames(frames):
+                if kind == relay.CHUNK:
+                    events.extend(render.chunk(payload))
+                elif kind == relay.STARTED:
+                    self.flight.worker_id = payload.decode()
+                elif kind == relay.DONE:  # an empty stream is still a valid stream
+                    events.extend(render.done())
+                    await render.finish()
+                    await self._write_events(events)
+                    await self.response.write_eof()
+                    return self.response
+                elif kind == relay.RESULT:
+                    response = render.result(payload)
+                    await render.finish()
+                    return response
+                elif kind == relay.ERROR:
+                    if self.response is None and not events:
+                        raise error_from_frame(payload)
+                    await self._write_events(events)
+                    await self._end_with_error(error_from_frame(payload))
+                    return self.response
+            if events:
+                await self._write_events(events)
+
+    async def _write_events(self, events: list[bytes]) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=self.renderer.headers)
+            await self.response.prepare(self.request)
+        if events:
+            await self.response.write(b"".join(events))
+
+    async def _end_with_error(self, error: ApiError) -> None:
+        # Mid-stream failure: an error event makes the SDKs raise; never a silent truncation.
+        await self.response.write(self.renderer.stream_error(error))
+        await self.response.write_eof()
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
