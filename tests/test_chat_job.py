@@ -16,7 +16,7 @@ import pytest
 from shared import relay
 from shared.catalog import get_catalog
 from shared.coalesce import Coalescer
-from shared.contracts import USAGE_FIELDS, RequestStatus
+from shared.contracts import PRICE_FIELDS, USAGE_FIELDS, RequestStatus
 from shared.settings import Settings
 from worker.chat_job import CancelRegistry, JobRuntime, build_settlement, run_chat
 from worker.provider import Delta, ProviderError, Usage
@@ -200,7 +200,10 @@ def test_a_settlement_carries_every_usage_field():
     gen = Generation(ChunkBuilder("r", "gemini", 1))
     model = get_catalog().models["gemini"]
     settlement = build_settlement(job(stream=True), model, gen, billable=False, latency_ms=5, queue_ms=1.5)
-    assert set(USAGE_FIELDS) <= set(settlement), "settle.lua's usage row is built from these"
+    # The price breakdown is the billing worker's (worker/billing.py settle_order prices the settlement).
+    assert set(USAGE_FIELDS) - set(PRICE_FIELDS) <= set(settlement), "settle.lua's usage row is built from these"
+    from worker.billing import settle_order
+    assert set(settle_order(get_catalog(), settlement).usage_row) == set(USAGE_FIELDS)
     assert settlement["ttft_ms"] == "" and settlement["queue_ms"] == 1
 
 
