@@ -505,3 +505,42 @@ def test_operator_sees_every_accounts_batches(stack, admin, context_factory, sho
     expect(row).to_contain_text("completed")
     expect(row).to_contain_text(account["name"])
     page.screenshot(path=shots / "operator-batches.png", full_page=True)
+
+
+def test_operator_sets_a_price_multiplier_and_the_user_sees_prices_and_breakdowns(stack, admin, context_factory):
+    """Issue 20: the multiplier on the account's page; every price dimension on the models page; the usage
+    page's per-request breakdown."""
+    import httpx as _httpx
+
+    account, key = admin.account_with_key(20)
+    operator = make_user(admin, admin.account(1)["id"], role="operator")
+    page = context_factory().new_page()
+    sign_in(page, stack.base_url, operator)
+    page.goto(f"{stack.base_url}/dashboard/admin/accounts/{account['id']}")
+    expect(page.get_by_test_id("price-multiplier")).to_have_text("×1")
+    page.fill("#f-price_multiplier", "abc")
+    page.get_by_role("button", name="Set multiplier").click()
+    expect(page.locator("#e-price_multiplier")).to_be_visible()
+    page.fill("#f-price_multiplier", "1.25")
+    page.get_by_role("button", name="Set multiplier").click()
+    expect(page.get_by_test_id("price-multiplier")).to_have_text("×1.25")
+    assert admin.get_account(account["id"])["price_multiplier_ppm"] == 1_250_000
+
+    r = _httpx.post(stack.base_url + "/api/v1/chat/completions", timeout=30, headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "gemini", "stream": False, "messages": [{"role": "user", "content":
+                          "hi [[sim prompt_tokens=1000 cached_tokens=400 output_tokens=300 thinking_tokens=200]]"}]})
+    assert r.json()["usage"]["charged_micro"] == 227_500  # README's worked example at x1.25
+    user = make_user(admin, account["id"])
+    page = context_factory().new_page()
+    sign_in(page, stack.base_url, user)
+    page.goto(stack.base_url + "/dashboard/models")
+    pricing = page.get_by_test_id("pricing-gemini")
+    expect(pricing).to_contain_text("50.00 credits / 1M input tokens")
+    expect(pricing).to_contain_text("5.00 credits / 1M cached input tokens")
+    expect(pricing).to_contain_text("×1.25")
+    page.goto(stack.base_url + "/dashboard/usage")
+    wait_for(lambda: (page.reload() or True) and page.get_by_test_id("price-breakdown").count() > 0, 5,
+             "the usage row")
+    breakdown = page.get_by_test_id("price-breakdown").first
+    expect(breakdown).to_contain_text("cached 400")
+    expect(breakdown).to_contain_text("×1.25")
