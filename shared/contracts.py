@@ -77,6 +77,7 @@ class ReserveStatus(IntEnum):
     TPM_LIMITED = -4
     TOO_MANY_INFLIGHT = -5
     KEY_BUDGET = -6
+    FENCED = -7  # Redis restarted; the account waits for the recovery to re-apply what Redis lost
 
     @property
     def label(self) -> str:
@@ -87,7 +88,7 @@ _RESERVE_LABELS = {
     ReserveStatus.HELD: "held", ReserveStatus.REPLAY: "replay", ReserveStatus.NO_ACCOUNT: "no_account",
     ReserveStatus.INSUFFICIENT: "insufficient", ReserveStatus.RPM_LIMITED: "rpm_limited",
     ReserveStatus.TPM_LIMITED: "tpm_limited", ReserveStatus.TOO_MANY_INFLIGHT: "concurrency_limited",
-    ReserveStatus.KEY_BUDGET: "key_credit_limit",
+    ReserveStatus.KEY_BUDGET: "key_credit_limit", ReserveStatus.FENCED: "recovering",
 }
 
 
