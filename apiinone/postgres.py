@@ -86,4 +86,12 @@ async def _create_database(port: int, database: str, template: str | None) -> No
 
 def create_database(port: int, database: str = DATABASE, template: str | None = None) -> None:
     """``database`` on the server at ``port`` (a copy of ``template`` when given), unless it exists."""
-    asyncio.run(_create_database(port, database, template))
+    run_blocking(_create_database(port, database, template))
+
+
+def run_blocking(coro) -> None:
+    """Run ``coro`` to its end from synchronous code, also when called inside a running event loop."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()

@@ -64,6 +64,12 @@ def valkey_port():
                 proc.wait()
 
 
+@pytest.fixture
+def free_db_url() -> str:
+    """A Postgres URL nothing answers at: the database is down."""
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/apiinone"
+
+
 @contextmanager
 def audited_stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
     """A whole stack on loopback (``env``: extra settings for every process), audited when it stops."""

@@ -8,7 +8,6 @@ migrated record of its own.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import subprocess
@@ -42,7 +41,7 @@ class SessionPostgres:
                 break
             except Exception:  # noqa: BLE001 - still starting up
                 wait_tcp(self.port, 5, self.proc)
-        asyncio.run(apply_migrations(postgres.url(self.port, TEMPLATE)))
+        postgres.run_blocking(apply_migrations(postgres.url(self.port, TEMPLATE)))
 
     def new_database(self) -> str:
         """The URL of a new database, a copy of the migrated template."""

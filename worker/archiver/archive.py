@@ -80,11 +80,17 @@ class Archiver:
 
     async def round(self, block_ms: int = BLOCK_MS) -> int:
         """One round: notes read (stale ones of dead archivers first), archived, acked. Returns the notes."""
-        notes = await self._reclaim()
-        if not notes:
-            reply = await self.redis.xreadgroup(keys.ARCHIVE_GROUP, self.consumer, {keys.ARCHIVE_INDEX: ">"},
-                                                count=NOTES_PER_READ, block=block_ms)
-            notes = reply[0][1] if reply else []
+        try:
+            notes = await self._reclaim()
+            if not notes:
+                reply = await self.redis.xreadgroup(keys.ARCHIVE_GROUP, self.consumer, {keys.ARCHIVE_INDEX: ">"},
+                                                    count=NOTES_PER_READ, block=block_ms)
+                notes = reply[0][1] if reply else []
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()  # a new (or wiped) Redis: the group starts at its beginning
+            return 0
         if notes:
             await self.archive(notes)
         return len(notes)
