@@ -158,7 +158,7 @@ class Stack:
             self.start_postgres(s.embedded_postgres_port, data_dir / "postgres")
             s.database_url = postgres.url(s.embedded_postgres_port)
         self.env["DATABASE_URL"] = s.database_url
-        asyncio.run(apply_migrations(s.database_url))
+        postgres.run_blocking(apply_migrations(s.database_url))
         if not s.gemini_api_key:
             self.start_simulator(s.simulator_port)
         for node in load_catalog(self.env.get("APIINONE_CATALOG")).nodes:
