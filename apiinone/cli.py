@@ -66,9 +66,13 @@ def cmd_run(args) -> None:
 
 
 def cmd_gateway(args) -> None:
-    from gateway.app import serve
+    from gateway.app import AdminTokenRefused, check_admin_token, serve
 
     _logging("gateway")
+    try:
+        check_admin_token(_settings().admin_token)
+    except AdminTokenRefused as exc:
+        sys.exit(f"apiinone gateway: {exc}")
     _run_async(serve())
 
 
@@ -140,7 +144,8 @@ async def _admin(args) -> object:
     redis = make_redis(settings.redis_url)
     db = Database(settings.database_url, pool_size=2) if settings.database_url else None
     directory = Directory(db) if db else None
-    accounts = Accounts(redis, Credits(redis, record=CreditRecord(db) if db else None), directory)
+    accounts = Accounts(redis, Credits(redis, record=CreditRecord(db) if db else None), directory,
+                        max_keys=settings.max_keys_per_account)
     try:
         if args.noun in ("restore", "recover", "audit"):
             return await _record_command(args.noun, redis, db)
@@ -226,6 +231,7 @@ def _credits_arg(text: str, *, allow_zero: bool) -> str:
 def cmd_admin(args) -> None:
     from redis.exceptions import RedisError
 
+    from shared.accounts import TooManyKeys
     from shared.credits import AccountFenced, AccountNotFound
     from shared.db.database import DatabaseUnavailable
 
@@ -233,6 +239,8 @@ def cmd_admin(args) -> None:
         result = asyncio.run(_admin(args))
     except AccountNotFound as exc:
         sys.exit(f"error: no account {exc}")
+    except TooManyKeys as exc:
+        sys.exit(f"error: {exc}")
     except RedisError as exc:
         sys.exit(f"error: Redis at REDIS_URL is unavailable: {exc}")
     except DatabaseUnavailable as exc:

@@ -9,8 +9,9 @@ from pydantic import Field
 
 from gateway.inputs import read_body
 from gateway.state import GATEWAY
+from shared.accounts import TooManyKeys
 from shared.credits import AccountNotFound
-from shared.errors import bad_request, not_found
+from shared.errors import ApiError, bad_request, not_found
 from shared.money import credits_to_micro
 from shared.nodes import node_status
 from shared.protocol import WireModel
@@ -86,6 +87,8 @@ async def create_key(request: web.Request) -> web.Response:
                                       if body.daily_credit_limit else None))
     except AccountNotFound:
         raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+    except TooManyKeys as exc:
+        raise ApiError(409, str(exc), "invalid_request_error", "too_many_keys") from None
     return web.json_response(key, status=201)
 
 

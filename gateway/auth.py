@@ -2,7 +2,12 @@
 
 A key's record is one HGETALL by the key's SHA-256; hits are cached for
 ``TTL_S``. Revocation publishes the key hash and every gateway drops it at
-once (``gateway/hub.py``); the TTL bounds the damage if that message is lost.
+once (``shared/reply_hub.py``); the TTL bounds the damage if that message is lost.
+
+A lookup in flight when a revocation is heard may carry the record from
+before it: every revocation bumps a counter, and a record read while the
+counter moved is read again (after the revocation, so it is current) and is
+not cached unless that second read saw no revocation either.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class KeyCache:
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
         self._entries: dict[str, tuple[KeyRecord, float]] = {}
+        self._revocations = 0  # how many revocations this process has heard
 
     async def authenticate(self, request: web.Request) -> KeyRecord:
         """The request's key (401 otherwise); once per request, however many times it is asked."""
@@ -43,19 +49,31 @@ class KeyCache:
         if entry is not None and entry[1] > now and not entry[0].expired(time.time()):
             request["key"] = entry[0]
             return entry[0]
-        record = await self.accounts.lookup_key_hash(digest)
+        record, current = await self._lookup(digest)
         if record is None:
             raise unauthorized(f"Incorrect API key provided: {token[:8]}****. Keys are created by the operator.")
         if record.expired(time.time()):
             raise unauthorized("This API key has expired.")
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[digest] = (record, now + TTL_S)
+        if current:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (record, now + TTL_S)
         request["key"] = record
         return record
 
+    async def _lookup(self, digest: str) -> tuple[KeyRecord | None, bool]:
+        """The key's record, and whether it may be cached (no revocation was heard while it was read)."""
+        heard = self._revocations
+        record = await self.accounts.lookup_key_hash(digest)
+        if heard == self._revocations:
+            return record, True
+        heard = self._revocations
+        record = await self.accounts.lookup_key_hash(digest)  # sent after the revocation: reads past it
+        return record, heard == self._revocations
+
     def revoke(self, digest: str | None) -> None:
         """Drop one key (``None``: all, after a missed-message window)."""
+        self._revocations += 1
         if digest is None:
             self._entries.clear()
         else:

@@ -20,10 +20,12 @@ from gateway.auth import request_key
 from gateway.files import store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
-from shared.batch_store import TERMINAL, webhook_secret
+from shared.batch_store import TERMINAL, BatchStatus
 from shared.callback_targets import url_refusal
+from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
 from shared.protocol import BatchCreateRequest
+from shared.webhook_secrets import previous_secret_expires_at, rotate, webhook_secret
 
 PAGING = Paging(20, 100, "The id of the last batch of the previous page.")
 
@@ -70,14 +72,14 @@ async def retrieve(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     batch = await _owned(request)
-    if batch["status"] in ("cancelling", "cancelled"):
+    if batch["status"] in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         return _json(batch)
     if batch["status"] in TERMINAL or batch["status"] == "finalizing":
         raise ApiError(409, f"Cannot cancel a batch with status '{batch['status']}'.", "invalid_request_error",
                        "batch_not_cancellable")
     result = await store(request).request_cancel(batch["id"])
     batch = await store(request).get_batch(batch["id"])
-    if result != "ok" and batch["status"] not in ("cancelling", "cancelled"):
+    if result != "ok" and batch["status"] not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         raise ApiError(409, f"Cannot cancel a batch with status '{batch['status']}'.", "invalid_request_error",
                        "batch_not_cancellable")
     return _json(batch)
@@ -91,11 +93,30 @@ async def list_batches(request: web.Request) -> web.Response:
                   "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
+SIGNING_SCHEME = ("HMAC-SHA256 over '{webhook-id}.{webhook-timestamp}.{body}' with the base64-decoded part after "
+                  "'whsec_'; header webhook-signature: 'v1,<base64 signature>', one per secret, space-separated "
+                  "(two while a rotated-out secret still signs)")
+
+
+def _secret_object(account_id: str, secret: str, previous_expires_at: int | None) -> web.Response:
+    return _json({"object": "webhook_secret", "account_id": account_id, "secret": secret,
+                  "previous_secret_expires_at": previous_expires_at, "scheme": SIGNING_SCHEME})
+
+
 async def get_webhook_secret(request: web.Request) -> web.Response:
     """The secret that signs this account's batch completion callbacks (standard-webhooks scheme)."""
     gw = request.app[GATEWAY]
-    key = request_key(request)
-    return _json({"object": "webhook_secret", "account_id": key.account_id,
-                  "secret": await webhook_secret(gw.redis, key.account_id),
-                  "scheme": "HMAC-SHA256 over '{webhook-id}.{webhook-timestamp}.{body}' with the base64-decoded "
-                            "part after 'whsec_'; header webhook-signature: 'v1,<base64 signature>'"})
+    account_id = request_key(request).account_id
+    return _secret_object(account_id, await webhook_secret(gw.redis, account_id),
+                          await previous_secret_expires_at(gw.redis, account_id))
+
+
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    """A new signing secret; the old one keeps signing (a second signature) for APIINONE_WEBHOOK_SECRET_OVERLAP_S."""
+    gw = request.app[GATEWAY]
+    account_id = request_key(request).account_id
+    try:
+        secret, previous_ends = await rotate(gw.credits.scripts, account_id, gw.settings.webhook_secret_overlap_s)
+    except AccountNotFound:
+        raise not_found("The account of this API key no longer exists.") from None
+    return _secret_object(account_id, secret, previous_ends)

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from shared.contracts import ErrorCode
 from shared.credits import AccountFenced
 from shared.db.database import DatabaseUnavailable
 from shared.errors import ApiError, database_unavailable, unavailable
@@ -21,7 +22,7 @@ log = structlog.get_logger()
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
-INTERNAL = ApiError(500, "Internal server error.", "server_error", "internal_error")
+INTERNAL = ApiError(500, "Internal server error.", "server_error", ErrorCode.INTERNAL_ERROR)
 
 
 def _error_response(err: ApiError) -> web.Response:

@@ -42,7 +42,7 @@ class Gateway:
         self.directory = Directory(self.db) if self.db else None
         if self.db is not None:
             self.credits.record = CreditRecord(self.db)
-        self.accounts = Accounts(self.redis, self.credits, self.directory)
+        self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
         self._migrating: asyncio.Task | None = None
 

@@ -1,4 +1,11 @@
-"""Accounts and API keys. Keys are ``aio_`` + random, stored only as a SHA-256 hash."""
+"""Accounts and API keys. Keys are ``aio_`` + random, stored only as a SHA-256 hash.
+
+An account's ``rpm``/``tpm``/``max_concurrent`` are set by the operator. They are the
+defaults of its new keys, the most any of its keys may be given (a key asking for
+more gets the account's), and a ceiling across all its keys together, which
+reserve.lua enforces with the account's own buckets. An account holds at most
+``max_keys`` keys at once (``APIINONE_MAX_KEYS_PER_ACCOUNT``).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +33,16 @@ def hash_key(api_key: str) -> str:
 
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "credit_limit_micro", "daily_credit_limit_micro")
-ACCOUNT_DEFAULT_FIELDS = ("rpm", "tpm", "max_concurrent")  # an account's defaults for its new keys
+ACCOUNT_DEFAULT_FIELDS = ("rpm", "tpm", "max_concurrent")  # an account's limits: its keys' defaults and ceiling
+DEFAULT_MAX_KEYS = 100
+
+
+class TooManyKeys(Exception):
+    """The account holds as many keys as it may; revoking one makes room."""
+
+    def __init__(self, max_keys: int) -> None:
+        super().__init__(f"This account already has {max_keys} API keys, the most it may hold. Revoke one first.")
+        self.max_keys = max_keys
 
 
 def _int(raw: dict[bytes, bytes], field: str) -> int:
@@ -90,10 +106,12 @@ def _account_object(account_id: str, raw: dict[bytes, bytes], key_ids: set[bytes
 
 
 class Accounts:
-    def __init__(self, redis: Redis, credits: Credits | None = None, directory: Directory | None = None) -> None:
+    def __init__(self, redis: Redis, credits: Credits | None = None, directory: Directory | None = None,
+                 max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self.redis = redis
         self.credits = credits or Credits(redis)
         self.directory = directory  # Postgres: accounts, keys and users are recorded there first
+        self.max_keys = max_keys
 
     async def create_account(self, name: str, credits_micro: int = 0, rpm: int = 0, tpm: int = 0,
                              max_concurrent: int = 0) -> dict:
@@ -138,29 +156,47 @@ class Accounts:
     async def account_exists(self, account_id: str) -> bool:
         return bool(await self.redis.exists(AccountKeys(account_id).account))
 
-    async def create_key(self, account_id: str, name: str, expires_at: int = 0, **limits: int | None) -> dict:
-        """A new key; limits not given (None) come from the account's defaults, else 0 (none)."""
-        defaults = await self.redis.hmget(AccountKeys(account_id).account, "id", *ACCOUNT_DEFAULT_FIELDS)
-        if defaults[0] is None:
+    async def account_limits(self, account_id: str) -> dict[str, int]:
+        """The account's rpm, tpm and max_concurrent (0 = none)."""
+        raw = await self.redis.hmget(AccountKeys(account_id).account, "id", *ACCOUNT_DEFAULT_FIELDS)
+        if raw[0] is None:
             raise AccountNotFound(account_id)
-        inherited = {f: int(v or 0) for f, v in zip(ACCOUNT_DEFAULT_FIELDS, defaults[1:])}
+        return {f: int(v or 0) for f, v in zip(ACCOUNT_DEFAULT_FIELDS, raw[1:])}
+
+    async def create_key(self, account_id: str, name: str, expires_at: int = 0, **limits: int | None) -> dict:
+        """A new key. Limits not given (None) are the account's (0: none); rpm, tpm and concurrency are at
+        most the account's. Raises ``TooManyKeys`` when the account holds ``max_keys`` already."""
+        ceiling = await self.account_limits(account_id)
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = ids.KEY.new()
         digest = hash_key(api_key)
         record = {"id": key_id, "account_id": account_id, "name": name, "prefix": api_key[:10],
                   "created": int(time.time()), "expires_at": expires_at}
         for field in LIMIT_FIELDS:
-            given = limits.get(field)
-            record[field] = given if given is not None else inherited.get(field, 0)
+            given, cap = limits.get(field), ceiling.get(field, 0)
+            value = given if given is not None else cap
+            record[field] = cap if cap and (not value or value > cap) else value
+        await self._claim_key_slot(account_id, key_id)
         if self.directory is not None:
             await self.directory.record_key(record, digest)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.api_key(digest), mapping=record)
             pipe.set(keys.api_key_id(key_id), digest)
-            pipe.sadd(AccountKeys(account_id).keys, key_id)
             await pipe.execute()
         return {**KeyRecord.from_redis({k.encode(): str(v).encode() for k, v in record.items()}).public(),
                 "key": api_key, "created": record["created"]}
+
+    async def _claim_key_slot(self, account_id: str, key_id: str) -> None:
+        """Add the key to the account's set unless that makes more than ``max_keys``: each creator sees the
+        count its own addition made (one MULTI), so racing creators cannot together pass the cap."""
+        k = AccountKeys(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(k.keys, key_id)
+            pipe.scard(k.keys)
+            _, count = await pipe.execute()
+        if count > self.max_keys:
+            await self.redis.srem(k.keys, key_id)
+            raise TooManyKeys(self.max_keys)
 
     async def lookup_key(self, api_key: str) -> KeyRecord | None:
         return await self.lookup_key_hash(hash_key(api_key))

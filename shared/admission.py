@@ -134,6 +134,15 @@ def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, flo
     if r.status == ReserveStatus.TOO_MANY_INFLIGHT:
         return rate_limited(f"Too many concurrent requests for this key: limit {limits.max_concurrent}.",
                             retry, "requests")
+    if r.status == ReserveStatus.ACCOUNT_RPM_LIMITED:
+        return rate_limited("Rate limit reached for requests per minute for this account (all its keys together). "
+                            f"Please try again in {retry:.1f}s.", retry, "requests")
+    if r.status == ReserveStatus.ACCOUNT_TPM_LIMITED:
+        return rate_limited(f"Rate limit reached for tokens per minute for this account (all its keys together), "
+                            f"requested about {estimated}. Please try again in {retry:.1f}s.", retry, "tokens")
+    if r.status == ReserveStatus.ACCOUNT_CONCURRENCY:
+        return rate_limited("Too many concurrent requests for this account (all its keys together).", retry,
+                            "requests")
     if r.status == ReserveStatus.KEY_BUDGET:
         return insufficient_quota("This API key's credit limit leaves no room for this request (its spend and "
                                   "its requests in flight count against it); the account's other keys are not "

@@ -25,7 +25,6 @@ file and of a finished batch.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from enum import StrEnum
@@ -37,7 +36,7 @@ from redis.asyncio import Redis
 from shared import ids
 from shared.callback_targets import Delivery, status_outcome
 from shared.filenames import safe_filename
-from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, AccountKeys, BatchKeys, account_active_batches, \
+from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, BatchKeys, account_active_batches, \
     account_batches, account_files, file_key, file_lines_key
 from shared.money import micro_to_credits
 from shared.scripts import Scripts
@@ -373,11 +372,3 @@ class BatchStore:
             pipe.delete(b.inflight, b.lease)
             pipe.zrem(BATCHES_ACTIVE, b.id)
             await pipe.execute()
-
-
-async def webhook_secret(redis: Redis, account_id: str) -> str:
-    """The account's signing secret for completion callbacks (standard-webhooks ``whsec_`` form), made once."""
-    k = AccountKeys(account_id)
-    fresh = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    await redis.hsetnx(k.account, "webhook_secret", fresh)
-    return (await redis.hget(k.account, "webhook_secret")).decode()

@@ -77,7 +77,10 @@ class ReserveStatus(IntEnum):
     TPM_LIMITED = -4
     TOO_MANY_INFLIGHT = -5
     KEY_BUDGET = -6
-    FENCED = -7  # Redis restarted; the account waits for the recovery to re-apply what Redis lost
+    ACCOUNT_RPM_LIMITED = -7  # the account's requests/min, across its keys
+    ACCOUNT_TPM_LIMITED = -8
+    ACCOUNT_CONCURRENCY = -9
+    FENCED = -10  # Redis restarted; the account waits for the recovery to re-apply what Redis lost
 
     @property
     def label(self) -> str:
@@ -88,7 +91,9 @@ _RESERVE_LABELS = {
     ReserveStatus.HELD: "held", ReserveStatus.REPLAY: "replay", ReserveStatus.NO_ACCOUNT: "no_account",
     ReserveStatus.INSUFFICIENT: "insufficient", ReserveStatus.RPM_LIMITED: "rpm_limited",
     ReserveStatus.TPM_LIMITED: "tpm_limited", ReserveStatus.TOO_MANY_INFLIGHT: "concurrency_limited",
-    ReserveStatus.KEY_BUDGET: "key_credit_limit", ReserveStatus.FENCED: "recovering",
+    ReserveStatus.KEY_BUDGET: "key_credit_limit", ReserveStatus.ACCOUNT_RPM_LIMITED: "account_rpm_limited",
+    ReserveStatus.ACCOUNT_TPM_LIMITED: "account_tpm_limited",
+    ReserveStatus.ACCOUNT_CONCURRENCY: "account_concurrency_limited", ReserveStatus.FENCED: "recovering",
 }
 
 

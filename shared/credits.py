@@ -159,10 +159,10 @@ class Credits:
                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
                      min_amount_micro: int | None = None):
         """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``)."""
-        if min_amount_micro is not None and not 0 <= min_amount_micro <= amount_micro:
-            raise ValueError("the floor of a hold is between 0 and its worst case")
+        if amount_micro < 1 or min_amount_micro is not None and not 0 < min_amount_micro <= amount_micro:
+            raise ValueError("a hold is positive, and its floor at most its worst case")
         k = AccountKeys(account_id)
-        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id)],
+        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id), k.limit_state],
                                  [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,
                                   estimated_tokens, limits.max_concurrent, limits.credit_limit_micro,
                                   limits.daily_credit_limit_micro,
@@ -285,23 +285,24 @@ class Credits:
         cutoff = now - grace_ms
         fixed = 0
         for member in await self.redis.smembers(keys.ACCOUNTS):
-            account_id = member.decode()
-            k = AccountKeys(account_id)
-            for rid in await self.redis.zrangebyscore(k.deadlines, "-inf", cutoff):
-                request_id = rid.decode()
-                key_id = await self._hold_key_id(k, request_id)
-                row = {"request_id": request_id, "key_id": key_id, "status": RequestStatus.EXPIRED,
-                       "created": now // 1000}
-                args = [request_id, cutoff, now, *(v for pair in row.items() for v in map(str, pair))]
-                released, _balance = await self.scripts.expire(keys=k.money(key_id), args=args)
-                fixed += max(0, released)  # -1: fenced (the recovery runs first), try again next round
-            await self._forget_released(k, now - RELEASED_HOLD_TTL_MS)
+            k = AccountKeys(member.decode())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(k.deadlines, "-inf", cutoff)
+                pipe.zrangebyscore(k.released_at, "-inf", now - RELEASED_HOLD_TTL_MS)
+                due, forgotten = await pipe.execute()
+            for rid in due:
+                fixed += await self._expire(k, rid.decode(), cutoff, now)
+            if forgotten:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hdel(k.released, *forgotten)
+                    pipe.zrem(k.released_at, *forgotten)
+                    await pipe.execute()
         return fixed
 
-    async def _forget_released(self, k: AccountKeys, before_ms: int) -> None:
-        old = await self.redis.zrangebyscore(k.released_at, "-inf", before_ms)
-        if old:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(k.released, *old)
-                pipe.zrem(k.released_at, *old)
-                await pipe.execute()
+    async def _expire(self, k: AccountKeys, request_id: str, cutoff_ms: int, now_ms: int) -> int:
+        """expire.lua for one hold: 1 if it was released, 0 if it was settled or its settlement queued meanwhile."""
+        key_id = await self._hold_key_id(k, request_id)
+        row = {"request_id": request_id, "key_id": key_id, "status": RequestStatus.EXPIRED, "created": now_ms // 1000}
+        args = [request_id, cutoff_ms, now_ms, *(str(v) for pair in row.items() for v in pair)]
+        released, _balance = await self.scripts.expire(keys=k.money(key_id), args=args)
+        return max(0, int(released))  # -1: fenced (the recovery runs first); tried again next round

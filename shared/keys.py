@@ -36,10 +36,15 @@ class AccountKeys:
         day), and the credit limits it was last admitted under."""
         return f"{PREFIX}{{acct:{self.account_id}}}:key:{key_id}"
 
+    @property
+    def limit_state(self) -> str:
+        """hash: the account's own requests/min and tokens/min buckets, which every key of it draws on."""
+        return f"{PREFIX}{{acct:{self.account_id}}}:limits"
+
     def money(self, key_id: str) -> list[str]:
         """KEYS for settle.lua and expire.lua, in the order they expect."""
         return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id),
-                self.released, self.released_at, ARCHIVE_INDEX]
+                self.released, self.released_at, self.limit_state, ARCHIVE_INDEX]
 
     def credit(self) -> list[str]:
         """KEYS for credit.lua."""
@@ -123,8 +128,13 @@ def user_sessions(user_id: str) -> str:
     return f"{PREFIX}user_sessions:{user_id}"  # set of the user's session hashes (dropped on password change)
 
 
-def login_failures(scope: str) -> str:
-    return f"{PREFIX}login_fail:{scope}"  # counter with TTL: failed sign-ins per email or per client address
+# Sign-in throttling (gateway/dashboard/throttle.py): one hash tag, so one script sees every scope of an attempt.
+def login_throttle(scope: str) -> str:
+    return f"{PREFIX}{{login}}:fails:{scope}"  # hash with TTL: fails, last (ms), per email or client address
+
+
+def login_inflight(scope: str) -> str:
+    return f"{PREFIX}{{login}}:inflight:{scope}"  # zset: attempt id -> start ms, passwords being verified
 
 
 # --- `apiinone run`'s supervisor (apiinone/supervisor.py, shared/supervision.py) ------------

@@ -6,10 +6,12 @@ All names carry the ``APIINONE_`` prefix except the conventional ``REDIS_URL``,
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,11 +23,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     admin_token: str | None = None
-    public_base_url: str | None = None  # what `make run` prints; defaults to http://host:port
+    # The address clients use (what `make run` prints; defaults to http://host:port). When it is https, the
+    # dashboard's cookies are Secure and every answer carries HSTS, whatever the hops behind the TLS terminator say.
+    public_base_url: str | None = None
     stream_default: bool = False  # True: an absent `stream` means SSE unless the client asks for JSON
     max_body_bytes: int = 10 * 1024 * 1024
     max_messages: int = 2048
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; "*" for any; "" off
+    # Reverse proxies in front of the gateways (IPs or CIDRs, comma-separated): only a peer among them is believed
+    # about the client's address (X-Forwarded-For) and scheme (X-Forwarded-Proto). Empty: the peer is the client.
+    trusted_proxies: str = ""
+    # Slow clients (gateway/connections.py): a request's head must be complete within header_timeout_s of its first
+    # byte (of connecting, for a connection's first request); a connection idle between requests is closed after
+    # keepalive_timeout_s, longer than the proxy's upstream keep-alive (nginx: 60 s) so that the proxy closes first.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    max_keys_per_account: int = Field(default=100, ge=1)  # API keys one account may hold at once
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
@@ -91,6 +104,8 @@ class Settings(BaseSettings):
     account_max_active_batches: int = 50
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
+    # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.
+    webhook_secret_overlap_s: int = Field(default=86400, ge=0, le=7 * 86400)
     batch_callbacks_per_minute: int = 30  # callback attempts per account per clock minute; more wait (0: no limit)
     # Callbacks go only to public https addresses (shared/callback_targets.py); true lets them use http and
     # loopback/private addresses (the product's own tests). Never on a shared deployment: it is an SSRF hole.
@@ -104,6 +119,23 @@ class Settings(BaseSettings):
     # Logging
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_cidrs(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if entry:
+                ipaddress.ip_network(entry, strict=False)  # ValueError: not an address or CIDR
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError("must be an http:// or https:// URL, like https://api.example.com")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,12 @@ _hasher = PasswordHasher()  # argon2id, the library's (RFC 9106 low-memory) defa
 # Verified when the email is unknown, so a wrong email costs as long as a wrong password.
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
+# argon2 work at once in this process (each takes 64 MiB and a core for tens of ms), and how many may queue for
+# it; past that, sign-in answers "busy" instead of queueing CPU work without end. Per-email and per-client
+# bounds come first (gateway/dashboard/throttle.py).
+MAX_HASHING = 2
+MAX_WAITING = 64
+
 
 class UserError(ValueError):
     """A request about users that cannot be done; the message is meant for people."""
@@ -39,6 +45,30 @@ class UserError(ValueError):
 
 class UserExists(UserError):
     pass
+
+
+class PasswordWorkBusy(Exception):
+    """Too many passwords are being hashed or verified in this process: try again in a moment."""
+
+
+class _HashingSlots:
+    def __init__(self, limit: int, waiting: int) -> None:
+        self._limit = asyncio.Semaphore(limit)
+        self._max_waiting = waiting
+        self._waiting = 0
+
+    async def run(self, work, *args):
+        if self._waiting >= self._max_waiting:
+            raise PasswordWorkBusy()
+        self._waiting += 1
+        try:
+            async with self._limit:
+                return await asyncio.to_thread(work, *args)
+        finally:
+            self._waiting -= 1
+
+
+_slots = _HashingSlots(MAX_HASHING, MAX_WAITING)
 
 
 def normalize_email(email: str) -> str:
@@ -107,7 +137,7 @@ class Users:
             raise UserError(f"The role must be one of: {', '.join(ROLES)}.")
         if not await self.redis.exists(AccountKeys(account_id).account):
             raise AccountNotFound(account_id)
-        digest = await asyncio.to_thread(hash_password, password)
+        digest = await _slots.run(hash_password, password)
         user_id = ids.USER.new()
         # Claim the email first (SET NX): two creations racing for one email cannot both win.
         if not await self.redis.set(keys.user_email(email), user_id, nx=True):
@@ -136,12 +166,14 @@ class Users:
         return await self.get(user_id.decode()) if user_id else None
 
     async def authenticate(self, email: str, password: str) -> User | None:
-        """The user whose email and password these are, or None (same work either way)."""
+        """The user whose email and password these are, or None (same work either way).
+
+        Raises ``PasswordWorkBusy`` when this process is verifying too many passwords already."""
         email = normalize_email(email)
         user_id = await self.redis.get(keys.user_email(email)) if email else None
         stored = await self.redis.hget(keys.user(user_id.decode()), "password_hash") if user_id else None
         password = (password or "")[:MAX_PASSWORD]
-        ok = await asyncio.to_thread(verify_password, stored.decode() if stored else _DUMMY_HASH, password)
+        ok = await _slots.run(verify_password, stored.decode() if stored else _DUMMY_HASH, password)
         if not (ok and stored):
             return None
         await self.redis.hset(keys.user(user_id.decode()), "last_login", int(time.time()))
@@ -149,7 +181,7 @@ class Users:
 
     async def set_password(self, user_id: str, password: str) -> None:
         check_password(password)
-        digest = await asyncio.to_thread(hash_password, password)
+        digest = await _slots.run(hash_password, password)
         if self.directory is not None:
             await self.directory.set_password(user_id, digest)
         await self.redis.hset(keys.user(user_id), "password_hash", digest)

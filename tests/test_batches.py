@@ -248,6 +248,20 @@ async def test_a_line_the_account_cannot_cover_fails_and_the_batch_goes_on(stack
     assert next(a for a in admin.audit()["data"] if a["account_id"] == account["id"])["ok"]
 
 
+async def test_a_keys_credit_limit_paces_its_batch_rather_than_failing_its_lines(stack, admin):
+    # A key's limit counts its open holds: 6 credits leave room for one 5-credit hold at a time. The
+    # batch's own lines in flight are what fills it, so the next line waits for them, and every line
+    # (~0.2 credits each) runs within the limit.
+    account = admin.account(100)
+    key = admin.key(account["id"], credit_limit=6)["key"]
+    client = sdk(stack, key)
+    batch = await submit(client, [request_line(i, "[[sim output_tokens=600 thinking_tokens=0]]") for i in range(4)])
+    done = await wait_batch(client, batch.id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 4, 0)
+    after = await settled(stack, key)
+    assert 0 < 100_000_000 - after["balance_micro"] == done.model_extra["credits_charged_micro"] <= 6_000_000
+
+
 async def test_lines_slower_than_the_probe_interval_run_and_bill_once(stack, rich):
     """A line whose upstream call outlasts the batch worker's silence probe (2 s) is running, not lost."""
     _, key = rich

@@ -203,8 +203,9 @@ async def test_reserve_grants_between_the_floor_and_the_worst_case(redis, credit
     await credits.credit(acct, 15 * M, "pay-1")
     assert (await reserve_for(credits, acct, "w4", 20 * M)).status == ReserveStatus.INSUFFICIENT
     assert (await reserve_for(credits, acct, "w5", 15 * M)).granted_micro == 15 * M
-    with pytest.raises(ValueError):
-        await reserve_for(credits, acct, "w6", HOLD, min_amount=HOLD + 1)
+    for amount, floor in ((HOLD, HOLD + 1), (HOLD, 0), (0, None)):  # a floor above the worst case; empty holds
+        with pytest.raises(ValueError):
+            await reserve_for(credits, acct, "w6", amount, min_amount=floor)
 
 
 async def test_the_key_limit_room_clamps_the_grant_and_names_what_is_short(redis, credits, accounts):
@@ -218,6 +219,40 @@ async def test_the_key_limit_room_clamps_the_grant_and_names_what_is_short(redis
     poor = await new_account(accounts, 3 * M)  # the balance is what is short, the key has room
     refused = await reserve_for(credits, poor, "p1", 20 * M, "key_p", limits, min_amount=HOLD)
     assert refused.status == ReserveStatus.INSUFFICIENT and refused.granted_micro == 0
+
+
+async def test_the_accounts_limits_are_a_ceiling_across_its_keys(redis, credits, accounts):
+    """Issue 17 item 6: an account's requests/min, tokens/min and concurrency bound the sum of its keys."""
+    acct = (await accounts.create_account("ceiling", 100 * M, rpm=2, tpm=1_000, max_concurrent=3))["id"]
+    own = KeyLimits(rpm=2, tpm=1_000)
+    assert (await credits.reserve(acct, "r1", HOLD, FAR, "key_a", own, 100)).status == ReserveStatus.HELD
+    assert (await credits.reserve(acct, "r2", HOLD, FAR, "key_b", own, 100)).status == ReserveStatus.HELD
+    refused = await credits.reserve(acct, "r3", HOLD, FAR, "key_c", own, 100)
+    assert refused.status == ReserveStatus.ACCOUNT_RPM_LIMITED and refused.retry_after_ms > 0
+    assert await redis.hget(AccountKeys(acct).holds, "r3") is None
+
+    # Tokens: the account's bucket is charged the estimate at admission, corrected at settlement.
+    acct = (await accounts.create_account("tokens", 100 * M, tpm=1_000))["id"]
+    own = KeyLimits(tpm=1_000)
+    assert (await credits.reserve(acct, "t1", HOLD, FAR, "key_a", own, 800)).status == ReserveStatus.HELD
+    refused = await credits.reserve(acct, "t2", HOLD, FAR, "key_b", own, 800)
+    assert refused.status == ReserveStatus.ACCOUNT_TPM_LIMITED
+    await credits.settle(acct, "t1", 1_000, row("t1", key_id="key_a"), key_id="key_a", actual_tokens=100)
+    assert (await credits.reserve(acct, "t2", HOLD, FAR, "key_b", own, 800)).status == ReserveStatus.HELD
+
+    # Concurrency: the account's open holds, whichever keys took them.
+    acct = (await accounts.create_account("conc", 100 * M, max_concurrent=2))["id"]
+    for rid, key in (("c1", "key_a"), ("c2", "key_b")):
+        assert (await credits.reserve(acct, rid, HOLD, FAR, key)).status == ReserveStatus.HELD
+    assert (await credits.reserve(acct, "c3", HOLD, FAR, "key_c")).status == ReserveStatus.ACCOUNT_CONCURRENCY
+    await credits.settle(acct, "c1", 0, row("c1", key_id="key_a"), key_id="key_a")
+    assert (await credits.reserve(acct, "c3", HOLD, FAR, "key_c")).status == ReserveStatus.HELD
+
+
+async def test_a_key_without_limits_is_held_to_its_accounts(redis, credits, accounts):
+    acct = (await accounts.create_account("legacy", 100 * M, rpm=1))["id"]
+    assert (await credits.reserve(acct, "l1", HOLD, FAR, "key_old")).status == ReserveStatus.HELD
+    assert (await credits.reserve(acct, "l2", HOLD, FAR, "key_old")).status == ReserveStatus.ACCOUNT_RPM_LIMITED
 
 
 # --- settle ------------------------------------------------------------------------------------------
@@ -453,19 +488,15 @@ async def test_reconcile_rechecks_the_deadline_when_it_releases(redis, credits, 
     acct = await new_account(accounts, 100 * M)
     now = now_ms()
     await reserve(credits, acct, "r1", deadline_ms=now - GRACE_MS - 1)
-    scan = redis.zrangebyscore
+    lookup = credits._hold_key_id  # what the reconciler does between its scan and expire.lua
 
-    async def scan_then_hand_off(*args, **kwargs):
-        found = await scan(*args, **kwargs)
-        for command in settlement_pending_commands(acct, "r1"):
+    async def hand_off_after_the_scan(k, request_id):
+        for command in settlement_pending_commands(acct, request_id):
             await redis.execute_command(*command)
-        return found
+        return await lookup(k, request_id)
 
-    redis.zrangebyscore = scan_then_hand_off
-    try:
-        assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
-    finally:
-        redis.zrangebyscore = scan
+    credits._hold_key_id = hand_off_after_the_scan
+    assert await credits.reconcile_expired_holds(GRACE_MS, now_ms=now) == 0
     assert (await credits.balance(acct))["held_micro"] == HOLD
 
 

@@ -364,6 +364,34 @@ def test_session_expiry_and_sign_out(stack, admin, context_factory):
 
 
 @browser_needed
+def test_sign_out_clears_the_playgrounds_saved_keys(stack, admin, context_factory):
+    """A key saved in the playground must not outlive the session in a shared browser."""
+    base = stack.base_url
+    account, key = admin.account_with_key(5)
+    email = make_user(admin, account["id"])
+    page = context_factory().new_page()
+    stored = "JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+    for leave in ("sign out", "session ends"):
+        sign_in(page, base, email)
+        page.goto(base + "/dashboard/playground")
+        page.get_by_label("API key", exact=True).fill(key)
+        page.get_by_label("Remember this key in this browser").check()
+        page.get_by_label("API key", exact=True).press("Tab")  # the key is taken on change
+        assert key in page.evaluate(stored)
+        if leave == "sign out":
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_role("status")).to_contain_text("You have signed out")
+        else:  # the session expires server-side: the next page is the sign-in form
+            r = redis_sync.Redis.from_url(stack.settings.redis_url)
+            token = next(c["value"] for c in page.context.cookies() if c["name"] == "aio_session")
+            r.delete(session_key(token))
+            r.close()
+            page.goto(base + "/dashboard/keys")
+            assert "/dashboard/login" in page.url
+        assert key not in page.evaluate(stored), f"the playground's key survived: {leave}"
+
+
+@browser_needed
 def test_roles_and_screens(stack, admin, context_factory, shots):
     base = stack.base_url
     account = admin.account(5)

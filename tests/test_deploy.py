@@ -12,6 +12,7 @@ metric names that exist. Static: no Docker engine, no cluster, no server.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -110,7 +111,7 @@ def parse_command(argv: list[str]):
 def gateway_routes() -> set[tuple[str, str]]:
     from gateway.app import create_app
 
-    app = create_app(Settings(admin_token="adm_deploy_test", redis_url="redis://127.0.0.1:1/0"))
+    app = create_app(Settings(admin_token="adm_deploy_test_token", redis_url="redis://127.0.0.1:1/0"))
     return {(route.method, route.resource.canonical) for route in app.router.routes()
             if route.resource is not None}
 
@@ -350,6 +351,36 @@ def test_compose_valkey_and_proxy(gateway_routes):
         assert path == "/" or ("GET", path) in gateway_routes
 
 
+def nginx_seconds(conf: str, directive: str) -> float:
+    (value,) = re.findall(rf"^\s*{directive}\s+(\S+);", conf, re.M)
+    return duration_s(value) if not value.isdigit() else float(value)
+
+
+def test_proxy_bounds_slow_clients_and_is_the_gateways_only_trusted_proxy():
+    compose = load_compose(DEMO_ENV)
+    services = compose["services"]
+    conf = NGINX.read_text()
+    upstream = re.search(r"upstream\s+\w+\s*\{(.*?)\}", conf, re.S).group(1)
+    server = conf[conf.index("server {"):]
+    # Connections per client address, and timeouts for clients that send a head, a body or nothing slowly.
+    zone = re.search(r"limit_conn_zone\s+\$binary_remote_addr\s+zone=(\w+):", conf).group(1)
+    assert 0 < int(re.search(rf"limit_conn\s+{zone}\s+(\d+);", server).group(1)) <= 256
+    assert 0 < nginx_seconds(server, "client_header_timeout") <= field_default("header_timeout_s")
+    assert 0 < nginx_seconds(server, "client_body_timeout") <= 60
+    assert 0 < nginx_seconds(server, "keepalive_timeout") <= 75
+    # The proxy gives up idle upstream connections before the gateways close them.
+    assert nginx_seconds(upstream, "keepalive_timeout") < field_default("keepalive_timeout_s")
+    # The client's address as the proxy saw it, believed from the proxy alone.
+    assert re.search(r"proxy_set_header\s+X-Forwarded-For\s+\$(remote_addr|proxy_add_x_forwarded_for);", conf)
+    proxy_address = services["proxy"]["networks"]["default"]["ipv4_address"]
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    assert ipaddress.ip_address(proxy_address) in ipaddress.ip_network(subnet)
+    for name, svc in apiinone_services(compose).items():
+        if svc["command"] == ["gateway"]:
+            trusted = service_env(svc)["APIINONE_TRUSTED_PROXIES"].split(",")
+            assert trusted == [proxy_address], f"{name} trusts {trusted}, not only the proxy"
+
+
 # --- kubernetes ------------------------------------------------------------------------------
 
 
@@ -446,7 +477,7 @@ def selects(selector: dict, labels: dict) -> bool:
 def test_k8s_manifests_are_namespace_agnostic():
     kinds = {d["kind"] for _p, d in DOCS}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-            "Secret"} <= kinds
+            "Secret", "Ingress"} <= kinds
     for path, doc in DOCS:
         assert doc.get("apiVersion") and doc["metadata"].get("name"), path
         assert "namespace" not in doc["metadata"], f"{path}: {doc['metadata']['name']} pins a namespace"
@@ -564,6 +595,41 @@ def test_k8s_configmap_values_validate(monkeypatch):
         assert not unknown, f"ConfigMap {name}: {unknown} are not settings"
         assert all(isinstance(v, str) for v in cm["data"].values()), f"ConfigMap {name}: quote non-string values"
         settings_from(cm["data"], monkeypatch)
+
+
+def test_k8s_ingress_terminates_tls_limits_clients_and_hides_metrics(gateway_routes):
+    (ingress,) = by_kind("Ingress").values()
+    assert ingress["apiVersion"] == "networking.k8s.io/v1"
+    annotations = ingress["metadata"]["annotations"]
+    nginx = {k.removeprefix("nginx.ingress.kubernetes.io/"): v for k, v in annotations.items()}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert 0 < int(nginx["limit-connections"]) <= 256
+    assert nginx["force-ssl-redirect"] == "true"
+    assert nginx["proxy-buffering"] == "off", "SSE needs proxy buffering off"
+    assert int(nginx["proxy-read-timeout"]) > field_default("request_timeout_s")
+    assert int(nginx["proxy-body-size"].removesuffix("m")) * 1024 * 1024 >= field_default("max_body_bytes")
+
+    (tls,) = ingress["spec"]["tls"]
+    hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+    assert hosts and set(hosts) <= set(tls["hosts"]) and tls["secretName"]
+    (config,) = by_kind("ConfigMap").values()
+    public = urlsplit(config["data"]["APIINONE_PUBLIC_BASE_URL"])
+    assert public.scheme == "https" and public.hostname in hosts, "cookies' Secure flag and HSTS follow this URL"
+
+    (gateway,) = deployments_by_role()["gateway"]
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    services = by_kind("Service")
+    routes = {path for _method, path in gateway_routes}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            service = services[path["backend"]["service"]["name"]]
+            (port,) = [p for p in service["spec"]["ports"] if p["name"] == path["backend"]["service"]["port"]["name"]]
+            resolve_port(container, port["targetPort"])
+            p = path["path"]
+            served = [r for r in routes if r == p] if path["pathType"] == "Exact" else \
+                [r for r in routes if r == p.rstrip("/") or r.startswith(p)]
+            assert served, f"Ingress path {p} reaches no gateway route"
+            assert not any(r == "/metrics" for r in served), "/metrics must stay off the public Ingress"
 
 
 # --- Dockerfile ------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ def test_the_served_spec_is_this_one(stack):
     assert httpx.get(stack.base_url + "/openapi.json").json() == document()
 
 
+def test_every_route_is_fuzzed():
+    from gateway.routes import ROUTES
+
+    fuzzed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert fuzzed == {(r.method, r.path) for r in ROUTES}
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case, stack, fuzz_key):

@@ -159,7 +159,7 @@ async def test_recovery_reapplies_what_redis_lost_before_the_account_is_used_aga
     assert (await credits.balance(a))["balance_micro"] == 100 * M  # Redis forgot both
 
     refused = await credits.reserve(a, "during", 5 * M, int(time.time() * 1000) + 60_000, kid)
-    assert refused.status == -7  # fenced until the recovery has run
+    assert refused.status == -10  # fenced until the recovery has run
     report = await Recovery(redis, db).check()
     assert report.rows_applied == 2
     balance = await credits.balance(a)

@@ -30,7 +30,7 @@ def documented_operations(doc: dict) -> set[tuple[str, str]]:
 
 
 def test_every_served_route_is_documented_and_every_documented_route_is_served():
-    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", admin_token="adm_x"))  # never connects
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", admin_token="adm_routes_test_token"))  # never connects
     served, documented = served_operations(app), documented_operations(document())
     assert served - documented == set(), "served but not in /openapi.json"
     assert documented - served == set(), "in /openapi.json but not served"

@@ -28,7 +28,7 @@ from shared import relay
 from shared.admission import affordable_output_tokens
 from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
-from shared.contracts import BILLABLE, USAGE_ESTIMATED, ChatJob, RequestStatus, Settlement
+from shared.contracts import BILLABLE, USAGE_ESTIMATED, ChatJob, ErrorCode, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
 from shared.settings import Settings
 from worker.chunks import ChunkBuilder
@@ -205,7 +205,7 @@ async def _relay(rt: JobRuntime, job: ChatJob, model: Model, adapter: Adapter, g
                     publisher.send(relay.frame(relay.CHUNK, orjson.dumps(chunk)))
     if gen.builder.finish_reason is None:
         raise ProviderError(502, "The upstream stream ended before the answer was complete.",
-                            "upstream_stream_broken")
+                            ErrorCode.UPSTREAM_STREAM_BROKEN)
 
 
 async def _generate(rt: JobRuntime, job: ChatJob, model: Model, publisher: ReplyPublisher) -> Generation:
@@ -226,15 +226,15 @@ async def _generate(rt: JobRuntime, job: ChatJob, model: Model, publisher: Reply
         gen.error = exc
     except TimeoutError:
         gen.error = ProviderError(504, f"The request did not finish within {rt.settings.request_timeout_s:g}s.",
-                                  "request_timeout")
+                                  ErrorCode.REQUEST_TIMEOUT)
     except asyncio.CancelledError:
         if rid not in rt.cancels.client_left:
             gen.error = ProviderError(503, "The worker shut down before the answer was complete.",
-                                      "worker_shutdown", retryable=True, retry_after=1.0)
+                                      ErrorCode.WORKER_SHUTDOWN, retryable=True, retry_after=1.0)
     except Exception as exc:  # a bug must still end the request and refund it
         log.exception("chat job crashed", request_id=rid)
         gen.status, gen.error = RequestStatus.FAILED, ProviderError(
-            500, f"Internal error: {exc.__class__.__name__}", "internal_error")
+            500, f"Internal error: {exc.__class__.__name__}", ErrorCode.INTERNAL_ERROR)
     _conclude(gen, job, client_left=rt.cancels.settle_client_left(rid))
     return gen
 

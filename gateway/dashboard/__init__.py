@@ -17,9 +17,10 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import operator, views
-from gateway.dashboard.render import FILTERS, SESSIONS, USERS, guard
+from gateway.dashboard import operator, signin, views
+from gateway.dashboard.render import FILTERS, SESSIONS, THROTTLE, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
+from gateway.dashboard.throttle import LoginThrottle
 from shared.users import Users
 
 HERE = Path(__file__).parent
@@ -37,11 +38,12 @@ def setup(app: web.Application) -> web.Application:
     sub[USERS] = Users(gw.redis, gw.directory)
     sub[SESSIONS] = Sessions(gw.redis, idle_s=getattr(settings, "dashboard_session_idle_s", None) or IDLE_S,
                              max_age_s=getattr(settings, "dashboard_session_max_age_s", None) or MAX_AGE_S)
+    sub[THROTTLE] = LoginThrottle(gw.redis, gw.credits.scripts)
     r = sub.router
     r.add_static("/static", HERE / "static", name="static", append_version=True)
-    r.add_get("/login", views.login_form, name="login")
-    r.add_post("/login", views.login)
-    r.add_post("/logout", views.logout, name="logout")
+    r.add_get("/login", signin.login_form, name="login")
+    r.add_post("/login", signin.login)
+    r.add_post("/logout", signin.logout, name="logout")
     r.add_get("", views.overview, name="overview")
     r.add_get("/", views.overview)
     r.add_get("/keys", views.keys_page, name="keys")

@@ -16,14 +16,14 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.accounts import Accounts
-from shared.contracts import Hold
+from shared.contracts import Hold, RequestStatus
 from shared.db.database import Database
 from shared.db.history_reads import daily_usage
 from shared.db.history_reads import recent_failures as failures_since
 from shared.history import UsageFilter, decode
 from shared.keys import AccountKeys
 
-USAGE_STATUSES = ("succeeded", "cancelled", "failed", "rejected", "expired")
+USAGE_STATUSES = tuple(RequestStatus)
 DAY_MS = 86_400_000
 
 

@@ -10,9 +10,9 @@ from aiohttp import web
 from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
 from shared.db.history_reads import order_rows
 from shared.history import ledger_page
-from gateway.dashboard.render import base_url, current_session, gateway, notify, render, sessions, users
+from gateway.dashboard.render import base_url, current_session, gateway, notify, render, see_other, sessions, users
 from gateway.files import BATCH_STORE
-from gateway.dashboard.views import _credit_amount, see_other
+from gateway.dashboard.views import _credit_amount
 from shared import ids
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys

@@ -13,8 +13,9 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
-from gateway.dashboard.session import (SESSION_COOKIE, Session, Sessions, clear_cookie, is_https, same_origin,
-                                       tokens_match)
+from gateway.dashboard.session import SESSION_COOKIE, Session, Sessions, clear_cookie, same_origin, tokens_match
+from gateway.dashboard.throttle import LoginThrottle
+from gateway.edge import edge
 from shared.keys import AccountKeys
 from shared.money import micro_to_decimal
 from shared.redis_client import store_unavailable
@@ -24,6 +25,7 @@ log = structlog.get_logger()
 
 USERS = web.AppKey("dashboard_users", Users)
 SESSIONS = web.AppKey("dashboard_sessions", Sessions)
+THROTTLE = web.AppKey("dashboard_login_throttle", LoginThrottle)
 
 PUBLIC = ("/dashboard/login", "/dashboard/static/")
 NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_./?=&%:+-]*)?")
@@ -104,6 +106,10 @@ def sessions(request: web.Request) -> Sessions:
     return request.config_dict[SESSIONS]
 
 
+def throttle(request: web.Request) -> LoginThrottle:
+    return request.config_dict[THROTTLE]
+
+
 def current_user(request: web.Request) -> User:
     return request["user"]
 
@@ -121,7 +127,7 @@ def base_url(request: web.Request) -> str:
     configured = gateway(request).settings.public_base_url
     if configured:
         return configured.rstrip("/")
-    return f"{'https' if is_https(request) else 'http'}://{request.host}"
+    return f"{'https' if edge(request).is_https(request) else 'http'}://{request.host}"
 
 
 def safe_next(target: str | None) -> str:
@@ -158,6 +164,10 @@ async def error_page(request: web.Request, status: int, title: str, message: str
         resp = web.Response(status=status, text=f"{title}\n\n{message}\n", content_type="text/plain")
     resp.headers.update(headers or {})
     return resp
+
+
+def see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def redirect(location: str) -> web.HTTPSeeOther:

@@ -5,14 +5,13 @@ A session is a random token in an HttpOnly, SameSite=Strict cookie scoped to
 token's SHA-256. A session ends after ``IDLE_S`` without a request or
 ``MAX_AGE_S`` after sign-in, whichever comes first, and at sign-out or a
 password change. Every session carries its own CSRF token, which every form
-posts back. Sign-in failures are counted per email and per client address.
+posts back. Sign-in throttling is ``throttle.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway.edge import edge
 from shared import keys
 
 SESSION_COOKIE = "aio_session"
@@ -27,11 +27,6 @@ LOGIN_CSRF_COOKIE = "aio_login_csrf"
 COOKIE_PATH = "/dashboard"
 IDLE_S = 2 * 3600  # signed out after two hours without a request
 MAX_AGE_S = 12 * 3600  # and twelve hours after signing in in any case
-
-# Sign-in throttling: failures in a sliding-ish window (the counter's TTL starts at the first failure).
-FAIL_WINDOW_S = 15 * 60
-MAX_FAILS_PER_EMAIL = 5
-MAX_FAILS_PER_CLIENT = 20
 
 
 def _digest(token: str) -> str:
@@ -125,42 +120,13 @@ class Sessions:
                 pipe.srem(keys.user_sessions(user_id), *doomed)
                 await pipe.execute()
 
-    # --- sign-in throttling ------------------------------------------------------------
-    async def login_retry_after(self, email: str, client: str) -> int:
-        """Seconds until this email (or this client address) may try again; 0 = now."""
-        scopes = [("email:" + email, MAX_FAILS_PER_EMAIL), ("client:" + client, MAX_FAILS_PER_CLIENT)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope, _ in scopes:
-                pipe.get(keys.login_failures(scope))
-                pipe.ttl(keys.login_failures(scope))
-            raw = await pipe.execute()
-        wait = 0
-        for i, (_, cap) in enumerate(scopes):
-            count, ttl = int(raw[2 * i] or 0), raw[2 * i + 1]
-            if count >= cap:
-                wait = max(wait, ttl if ttl and ttl > 0 else FAIL_WINDOW_S)
-        return wait
-
-    async def login_failed(self, email: str, client: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope in ("email:" + email, "client:" + client):
-                pipe.incr(keys.login_failures(scope))
-                pipe.expire(keys.login_failures(scope), FAIL_WINDOW_S, nx=True)
-            await pipe.execute()
-
-    async def login_succeeded(self, email: str) -> None:
-        await self.redis.delete(keys.login_failures("email:" + email))
-
 
 # --- cookies and CSRF ------------------------------------------------------------------
-def is_https(request: web.Request) -> bool:
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-
-
 def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int,
                path: str = COOKIE_PATH) -> None:
+    """HttpOnly, SameSite=Strict, and Secure whenever clients use https (``gateway/edge.py``)."""
     response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="Strict",
-                        secure=is_https(request))
+                        secure=edge(request).is_https(request))
 
 
 def clear_cookie(response: web.StreamResponse, name: str, path: str = COOKIE_PATH) -> None:
@@ -172,16 +138,8 @@ def tokens_match(expected: str | None, offered: str | None) -> bool:
 
 
 def client_address(request: web.Request) -> str:
-    """Who is signing in, for throttling: the peer, or the address a proxy on a private network reports."""
-    peer = request.remote or "unknown"
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    try:
-        private = ipaddress.ip_address(peer).is_private  # loopback and RFC 1918: our own proxy
-    except ValueError:
-        private = False
-    if private and forwarded:
-        return forwarded.split(",")[-1].strip()[:64] or peer  # the hop our proxy saw, not one a client wrote
-    return peer
+    """Who is signing in, for throttling: the peer, or what a trusted proxy says (``gateway/edge.py``)."""
+    return edge(request).client_address(request)[:64]
 
 
 def same_origin(request: web.Request) -> bool:

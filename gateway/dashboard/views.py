@@ -1,11 +1,13 @@
-"""The pages every signed-in user has: overview, API keys, credits, usage, orders, models, playground, account."""
+"""The pages every signed-in user has: overview, API keys, credits, usage, orders, models, playground, account.
+
+Signing in and out: ``signin.py``.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import secrets
 import time
 from datetime import datetime, timezone
 from urllib.parse import urlencode
@@ -16,88 +18,24 @@ from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
                                     ledger_notes)
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
-                                      notify, render, safe_next, sessions, users)
-from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
-                                       same_origin, set_cookie, tokens_match)
+                                      notify, render, see_other, sessions, throttle, users)
+from gateway.dashboard.session import client_address
+from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.db.history_reads import order_rows
 from shared.history import is_row_id, ledger_page, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
-from shared.users import MAX_PASSWORD, UserError, normalize_email
+from shared.accounts import TooManyKeys
+from shared.users import UserError
 
-LOGIN_PATH = "/dashboard/login"
 PAGE = 25
-
-
-def see_other(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
 
 
 def _cursor(request: web.Request) -> str | None:
     after = request.query.get("after") or None
     return after if after is not None and is_row_id(after) else None
-
-
-# --- sign-in -------------------------------------------------------------------------------
-async def _login_page(request: web.Request, error: str = "", email: str = "", status: int = 200,
-                      headers: dict | None = None) -> web.Response:
-    token = secrets.token_urlsafe(24)
-    notice = ""
-    if request.query.get("expired"):
-        notice = "Your session has ended. Sign in again to continue."
-    elif request.query.get("signed_out"):
-        notice = "You have signed out."
-    resp = await render(request, "login.html", {"csrf": token, "error": error, "email": email, "notice": notice,
-                                                "next": safe_next(request.query.get("next"))}, status=status)
-    # The sign-in form's CSRF token: the same random value in a cookie and in the form (double submit).
-    set_cookie(request, resp, LOGIN_CSRF_COOKIE, token, max_age=3600, path=LOGIN_PATH)
-    resp.headers.update(headers or {})
-    return resp
-
-
-async def login_form(request: web.Request) -> web.Response:
-    session = await sessions(request).load(request.cookies.get(SESSION_COOKIE))
-    if session and await users(request).get(session.user_id):
-        return see_other(safe_next(request.query.get("next")))
-    return await _login_page(request)
-
-
-async def login(request: web.Request) -> web.Response:
-    form = await request.post()
-    if not (tokens_match(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf_token")) and same_origin(request)):
-        return await error_page(request, 403, "This sign-in form has expired",
-                                "Reload the sign-in page and try again. (The form's security token was missing "
-                                "or did not match.)")
-    email = normalize_email(str(form.get("email", "")))[:320]
-    password = str(form.get("password", ""))[:MAX_PASSWORD]
-    client = client_address(request)
-    store = sessions(request)
-    wait = await store.login_retry_after(email, client)
-    if wait:
-        minutes = max(1, -(-wait // 60))
-        return await _login_page(request, f"Too many failed sign-in attempts. Wait {minutes} minute"
-                                 f"{'s' if minutes != 1 else ''} and try again.", email, status=429,
-                                 headers={"Retry-After": str(wait)})
-    user = await users(request).authenticate(email, password) if email and password else None
-    if user is None:
-        await store.login_failed(email, client)
-        return await _login_page(request, "That email and password don't match. Check both and try again.",
-                                 email, status=401)
-    await store.login_succeeded(email)
-    token, _ = await store.create(user.id, user.account_id)
-    resp = see_other(safe_next(str(form.get("next", ""))))
-    set_cookie(request, resp, SESSION_COOKIE, token, max_age=store.max_age_s)
-    clear_cookie(resp, LOGIN_CSRF_COOKIE, path=LOGIN_PATH)
-    return resp
-
-
-async def logout(request: web.Request) -> web.Response:
-    await sessions(request).drop(current_session(request))
-    resp = see_other(LOGIN_PATH + "?signed_out=1")
-    clear_cookie(resp, SESSION_COOKIE)
-    return resp
 
 
 # --- overview --------------------------------------------------------------------------------
@@ -151,8 +89,18 @@ def _credit_amount(form, name: str, label: str, errors: dict, allow_negative: bo
 
 async def _keys_context(request: web.Request) -> dict:
     gw = gateway(request)
+    try:
+        limits = await gw.accounts.account_limits(account_id(request))
+    except AccountNotFound:
+        raise web.HTTPNotFound(text="This account no longer exists.") from None
     return {"keys": await key_table(gw.redis, gw.accounts, account_id(request)), "base_url": base_url(request),
-            "now": time.time()}
+            "now": time.time(), "limits": limits}
+
+
+def _within_account(value: int | None, cap: int, name: str, label: str, errors: dict) -> None:
+    """The account's limit (set by the operator) is the most a key of it may be given."""
+    if value is not None and cap and value > cap and name not in errors:
+        errors[name] = f"{label} may be at most {cap:,}: that is your account's limit, set by the operator."
 
 
 async def keys_page(request: web.Request) -> web.Response:
@@ -167,22 +115,29 @@ async def create_key(request: web.Request) -> web.Response:
         errors["name"] = "Give the key a name, so you can tell it apart later (e.g. “production”)."
     elif len(name) > 100:
         errors["name"] = "The name must be at most 100 characters."
+    context = await _keys_context(request)
     rpm = _positive_int(form, "rpm", "Requests per minute", errors)
     tpm = _positive_int(form, "tpm", "Tokens per minute", errors)
     conc = _positive_int(form, "max_concurrent", "Concurrent requests", errors, upper=100_000)
+    for value, field, label in ((rpm, "rpm", "Requests per minute"), (tpm, "tpm", "Tokens per minute"),
+                                (conc, "max_concurrent", "Concurrent requests")):
+        _within_account(value, context["limits"][field], field, label, errors)
     limit = _credit_amount(form, "credit_limit", "The total credit limit", errors)
     daily = _credit_amount(form, "daily_credit_limit", "The daily credit limit", errors)
     days = _positive_int(form, "expires_days", "Expiry", errors, upper=3650)
-    if errors:
-        return await render(request, "keys.html", {**await _keys_context(request), "form": form, "errors": errors},
-                            status=400, nav="keys")
     gw = gateway(request)
-    try:
-        created = await gw.accounts.create_key(
-            account_id(request), name, expires_at=int(time.time()) + days * 86400 if days else 0, rpm=rpm, tpm=tpm,
-            max_concurrent=conc, credit_limit_micro=limit, daily_credit_limit_micro=daily)
-    except AccountNotFound:
-        raise web.HTTPNotFound(text="This account no longer exists.") from None
+    if not errors:
+        try:
+            created = await gw.accounts.create_key(
+                account_id(request), name, expires_at=int(time.time()) + days * 86400 if days else 0, rpm=rpm,
+                tpm=tpm, max_concurrent=conc, credit_limit_micro=limit, daily_credit_limit_micro=daily)
+        except AccountNotFound:
+            raise web.HTTPNotFound(text="This account no longer exists.") from None
+        except TooManyKeys as exc:
+            errors["name"] = str(exc)
+    if errors:
+        return await render(request, "keys.html", {**context, "form": form, "errors": errors}, status=400,
+                            nav="keys")
     # Shown once, in this answer only: the key is stored hashed and never displayed again.
     return await render(request, "keys.html", {**await _keys_context(request), "form": {}, "errors": {},
                                                "new_key": created}, status=201, nav="keys")
@@ -396,7 +351,10 @@ async def change_password(request: web.Request) -> web.Response:
     user = current_user(request)
     store = users(request)
     errors = {}
-    if await store.authenticate(user.email, str(form.get("current", ""))) is None:
+    attempt = await throttle(request).begin(user.email, client_address(request))  # a stolen session guessing
+    if not attempt.admitted:
+        errors["current"] = f"Too many wrong passwords. Wait {wait_text(attempt.wait_s)} and try again."
+    elif not await current_password_ok(request, attempt, user.email, str(form.get("current", ""))):
         errors["current"] = "That is not your current password."
     elif form.get("new") != form.get("confirm"):
         errors["confirm"] = "The two new passwords are not the same."

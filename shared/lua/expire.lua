@@ -41,6 +41,6 @@ row[#row + 1] = 'hold_micro'
 row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
 if redis.call('HSETNX', KEYS[1], 'archive_pending', '1') == 1 then
-  redis.call('XADD', KEYS[9], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
+  redis.call('XADD', KEYS[10], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
 end
 return {1, balance}

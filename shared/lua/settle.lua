@@ -4,7 +4,8 @@
 -- the reconciler released (expire.lua) is remembered for a while, and a settlement
 -- that arrives for it then is only late: it still charges, once.
 -- KEYS: account hash, holds hash, hold deadlines zset, ledger stream, usage stream,
---       key state hash of the key that made the request, released holds hash, released-at zset
+--       key state hash of the key that made the request, released holds hash, released-at zset,
+--       [the account's limit state hash (its own buckets, reserve.lua's KEYS[5])]
 --       (one {acct:ID} slot), then the archive index stream (its own slot; shared/keys.py AccountKeys.money)
 -- The archive index: the ledger and usage entries written here reach Postgres through the archiver
 -- (worker/archiver/), which finds accounts with new entries in one stream, ``aio:{archive}:dirty``.
@@ -71,10 +72,15 @@ if charge > 0 then
   redis.call('HINCRBY', KEYS[6], 'spend:' .. day, charge)
 end
 local actual = tonumber(ARGV[4])
-local cap = tonumber(redis.call('HGET', KEYS[6], 'tk_cap') or '0')
-if status == 1 and cap > 0 and actual and estimate ~= '' then
-  local level = tonumber(redis.call('HGET', KEYS[6], 'tk') or cap)
-  redis.call('HSET', KEYS[6], 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+-- The account's own tokens/min bucket (KEYS[9]) was charged the same estimate: corrected alike.
+local buckets = {KEYS[6]}
+if KEYS[9] then buckets[2] = KEYS[9] end
+for _, bucket_key in ipairs(buckets) do
+  local cap = tonumber(redis.call('HGET', bucket_key, 'tk_cap') or '0')
+  if status == 1 and cap > 0 and actual and estimate ~= '' then
+    local level = tonumber(redis.call('HGET', bucket_key, 'tk') or cap)
+    redis.call('HSET', bucket_key, 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+  end
 end
 
 if charge > 0 then
@@ -93,6 +99,6 @@ row[#row + 1] = 'hold_micro'
 row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
 if redis.call('HSETNX', KEYS[1], 'archive_pending', '1') == 1 then
-  redis.call('XADD', KEYS[9], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
+  redis.call('XADD', KEYS[10], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
 end
 return {status, balance, charge}

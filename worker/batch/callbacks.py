@@ -3,7 +3,8 @@
 Signed like standard-webhooks: ``webhook-id`` (the event id, the same on every
 retry), ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
 "{webhook-id}.{webhook-timestamp}.{body}">`` keyed with the account's secret
-(``GET /api/v1/webhook_secret``). Retried with exponential backoff (1, 2, 4...
+(``GET /api/v1/webhook_secret``; after a rotation the old secret adds a second signature for a while:
+``shared/webhook_secrets.py``). Retried with exponential backoff (1, 2, 4...
 s) up to ``batch_callback_attempts``; a refused address is not retried.
 
 Each attempt is recorded on the batch as ``{"attempt", "at", "outcome",
@@ -19,9 +20,6 @@ past the attempt's timeout, so a worker killed mid-attempt only delays it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import random
 import time
 
@@ -31,9 +29,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.batch_store import BatchStore, new_id, webhook_secret
+from shared.batch_store import BatchStore, new_id
 from shared.keys import BATCH_CALLBACKS, BatchKeys
 from shared.settings import Settings
+from shared.webhook_secrets import sign, signing_secrets
 from shared.callback_targets import Delivery
 from worker.batch.egress import CallbackSender
 
@@ -41,13 +40,6 @@ log = structlog.get_logger()
 
 SCAN_S = 0.25  # how often due deliveries are looked for
 SCAN_PAGE = 50
-
-
-def sign(secret: str, event_id: str, timestamp: str, body: bytes) -> str:
-    """The ``webhook-signature`` header value for ``body`` (standard-webhooks, ``whsec_`` secrets)."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def event_body(raw: dict[bytes, bytes], event_id: str) -> bytes:
@@ -144,10 +136,10 @@ class Callbacks:
             event_id = raw[b"callback_event_id"].decode()
             body = event_body(raw, event_id)
             timestamp = str(int(time.time()))
-            secret = await webhook_secret(self.redis, raw[b"account_id"].decode())
+            signing = await signing_secrets(self.redis, raw[b"account_id"].decode())  # two while rotating
             headers = {"Content-Type": "application/json", "User-Agent": "apiinone-batch-callback/1",
                        "webhook-id": event_id, "webhook-timestamp": timestamp,
-                       "webhook-signature": sign(secret, event_id, timestamp, body)}
+                       "webhook-signature": sign(signing, event_id, timestamp, body)}
             number = await self.redis.llen(b.callback) + 1
             at = int(time.time())
             outcome, duration_ms = await self.sender.post(raw[b"callback_url"].decode(), body, headers)

@@ -17,7 +17,7 @@ import orjson
 from shared import relay
 from shared.catalog import Model
 from shared.dispatch import InFlight
-from shared.contracts import WORKER_FAULTS
+from shared.contracts import WORKER_FAULTS, ErrorCode
 from shared.errors import ApiError
 
 
@@ -94,7 +94,8 @@ def unreadable() -> Outcome:
 
 
 def worker_lost() -> Outcome:
-    return error(502, "The worker running this request stopped; it was not billed.", "worker_lost", "api_error")
+    return error(502, "The worker running this request stopped; it was not billed.", ErrorCode.WORKER_LOST,
+                 "api_error")
 
 
 def from_frame(frame: bytes) -> Outcome:

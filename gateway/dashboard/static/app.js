@@ -37,10 +37,11 @@
     }
   });
 
-  // Forms that destroy something ask first.
+  // Forms that destroy something ask first. Signing out forgets the playground's keys in this browser.
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute("data-confirm");
-    if (message && !window.confirm(message)) event.preventDefault();
+    if (message && !window.confirm(message)) { event.preventDefault(); return; }
+    if (event.target.hasAttribute("data-sign-out")) window.aioKeys.clear();
   });
 
   // Tabs (WAI-ARIA pattern): click or arrow keys.
@@ -79,6 +80,10 @@
       localStorage.setItem(STORE, JSON.stringify(this.list().filter(function (k) { return k.key !== key; })));
     },
     current: function () { return sessionStorage.getItem(CURRENT) || ""; },
-    setCurrent: function (key) { sessionStorage.setItem(CURRENT, key); }
+    setCurrent: function (key) { sessionStorage.setItem(CURRENT, key); },
+    clear: function () { localStorage.removeItem(STORE); sessionStorage.removeItem(CURRENT); }
   };
+  // Keys never outlive the session: the sign-in page (after sign-out, or a session that ended) forgets them.
+  // (Sign-out's answer also carries Clear-Site-Data, which browsers honour on https and localhost.)
+  if (document.querySelector("[data-signed-out]")) window.aioKeys.clear();
 })();
