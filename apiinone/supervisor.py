@@ -13,6 +13,7 @@ stays dead until the test restarts it.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections import deque
@@ -34,6 +35,8 @@ class ChildSpec:
     env: dict[str, str]  # the child's whole environment
     log_path: Path | None = None  # None: the child writes to our terminal
     probe: Callable[[], bool] | None = None  # quick check that it serves; None: running is enough
+    user: str | None = None  # run as this system user (the embedded Postgres refuses to run as root)
+    stop_signal: int = signal.SIGTERM  # what asks it to stop (Postgres: SIGINT, its fast shutdown)
 
     def launch(self) -> subprocess.Popen:
         out = None
@@ -43,7 +46,8 @@ class ChildSpec:
         try:
             # Its own session: a Ctrl-C in the terminal reaches `apiinone run` only, which stops
             # the children in order (gateways first, Valkey last).
-            return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True)
+            return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True,
+                                    user=self.user)
         finally:
             if out is not None:
                 out.close()

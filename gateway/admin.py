@@ -157,6 +157,6 @@ async def nodes(request: web.Request) -> web.Response:
 
 async def audit(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    rows = await gw.credits.audit()
+    rows = await gw.credits.audit()  # across Redis and Postgres (shared/audit.py)
     return web.json_response({"object": "list", "data": rows, "ok": all(r["ok"] for r in rows)})
 

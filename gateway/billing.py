@@ -1,4 +1,5 @@
-"""The account's billing API (its own API key): credits, usage, orders, ledger."""
+"""The account's billing API (its own API key): credits (Redis, the hot state); usage, orders and ledger
+(Postgres, the record, merged with the not-yet-archived Redis tail: ``shared/history.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from aiohttp import web
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam, int_param
 from gateway.state import GATEWAY
-from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, usage_page
+from shared.db.history_reads import order_rows
+from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, ledger_page, usage_page
 from shared.keys import AccountKeys
 
 INT_FIELDS = {"prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
@@ -40,7 +42,7 @@ async def usage(request: web.Request) -> web.Response:
     limit, after = PAGING.read(request)
     rows = UsageFilter.since(int_param(request, "since", None), model=request.query.get("model") or "",
                              key_id=request.query.get("key") or "")
-    page = await usage_page(gw.redis, request_key(request).account_id, rows, after, limit, budget=None)
+    page = await usage_page(gw.redis, request_key(request).account_id, rows, after, limit, budget=None, db=gw.db)
     return web.json_response({"object": "list", "data": [_row(r["id"], r, "billing.usage") for r in page.rows],
                               "has_more": page.next_after is not None})
 
@@ -48,7 +50,7 @@ async def usage(request: web.Request) -> web.Response:
 async def ledger(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
-    rows, more = await gw.credits.page(AccountKeys(request_key(request).account_id).ledger, limit, after)
+    rows, more = await ledger_page(gw.redis, gw.db, request_key(request).account_id, after, limit)
     return web.json_response({"object": "list", "data": [_row(i, f, "billing.ledger_entry") for i, f in rows],
                               "has_more": more})
 
@@ -56,6 +58,10 @@ async def ledger(request: web.Request) -> web.Response:
 async def orders(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
-    rows, more = await gw.credits.page(AccountKeys(request_key(request).account_id).orders, limit, after)
+    account_id = request_key(request).account_id
+    if gw.db is not None:  # recorded there first: Postgres has every order
+        rows, more = await order_rows(gw.db, account_id, after, limit)
+        return web.json_response({"object": "list", "data": [body for _, body in rows], "has_more": more})
+    rows, more = await gw.credits.page(AccountKeys(account_id).orders, limit, after)
     return web.json_response({"object": "list", "data": [orjson.loads(f["order"]) for _, f in rows],
                               "has_more": more})

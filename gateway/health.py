@@ -1,4 +1,4 @@
-"""/healthz (alive), /readyz (Redis answers and every node has a live worker), /metrics."""
+"""/healthz (alive), /readyz (Redis and Postgres answer, every node has a live worker), /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
+from shared.db.database import DatabaseUnavailable
 from shared.nodes import live_worker_counts
 from shared.supervision import supervisor_metrics, supervisor_status
 
@@ -28,7 +29,16 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append(f"redis unreachable: {exc.__class__.__name__}")
     if not gw.hub.ready.is_set():
         reasons.append("reply channel not subscribed")
-    body = {"status": "ready" if not reasons else "not ready", "reasons": reasons, "nodes": counts}
+    # Postgres down does not stop chat (no request needs it): the gateway stays in rotation, degraded,
+    # and says so; history reads and admin writes answer 503 naming the database meanwhile.
+    degraded = []
+    if gw.db is not None:
+        try:
+            await gw.db.ping()
+        except DatabaseUnavailable as exc:
+            degraded.append(f"database unreachable: {exc}")
+    status = "not ready" if reasons else "degraded" if degraded else "ready"
+    body = {"status": status, "reasons": reasons, "degraded": degraded, "nodes": counts}
     return web.json_response(body, status=200 if not reasons else 503)
 
 

@@ -13,7 +13,9 @@ from redis.exceptions import RedisError
 
 from gateway.dialects import dialect_of, error_response
 from shared.contracts import ErrorCode
-from shared.errors import ApiError, unavailable
+from shared.credits import AccountFenced
+from shared.db.database import DatabaseUnavailable
+from shared.errors import ApiError, database_unavailable, unavailable
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS, labelled
 from shared.redis_client import store_unavailable
 
@@ -103,6 +105,12 @@ async def openai_errors(request: web.Request, handler):
             return _error_response(ApiError(exc.status, exc.reason, "invalid_request_error",
                                             "not_found" if exc.status == 404 else None))
         raise
+    except DatabaseUnavailable as exc:
+        log.warning("database unavailable", error=str(exc), path=request.path)
+        return _error_response(database_unavailable())
+    except AccountFenced:
+        return _error_response(unavailable("The credit store restarted; this account is being recovered from the "
+                                           "database. Try again in a moment."))
     except RedisError as exc:
         if store_unavailable(exc):
             log.warning("redis unavailable", error=str(exc), path=request.path)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import structlog
 from aiohttp import web
 
 from gateway.auth import KeyCache
 from shared.accounts import Accounts
 from shared.catalog import Catalog
+from shared.db.credits_record import CreditRecord
+from shared.db.database import Database, DatabaseUnavailable
+from shared.db.directory import Directory
+from shared.db.migrations import migrate
 from shared.dispatch import Dispatcher
 from shared.response_store import RedisResponseStore
 from shared.settings import Settings
+
+log = structlog.get_logger()
 
 
 class Gateway:
@@ -28,11 +36,17 @@ class Gateway:
         self.credits = self.dispatch.credits
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
-        self.accounts = Accounts(self.redis, self.credits, max_keys=settings.max_keys_per_account)
+        # Postgres, the record: admin writes and history reads; never the request path.
+        self.db = Database(settings.database_url, settings.database_pool_size) if settings.database_url else None
+        self.directory = Directory(self.db) if self.db else None
+        if self.db is not None:
+            self.credits.record = CreditRecord(self.db)
+        self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
         # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL.
         self.responses = RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
                                             settings.responses_max_bytes_per_account)
+        self._migrating: asyncio.Task | None = None
 
     @property
     def live_workers(self) -> dict[str, int]:
@@ -40,9 +54,24 @@ class Gateway:
 
     async def start(self) -> None:
         await self.dispatch.start()
+        if self.db is not None:  # in the background: the gateway serves (and /readyz says why not) meanwhile
+            self._migrating = asyncio.create_task(self._migrate())
+
+    async def _migrate(self) -> None:
+        while True:
+            try:
+                await migrate(self.db)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("database unreachable; migrations wait for it", error=str(exc))
+                await asyncio.sleep(2)
 
     async def stop(self) -> None:
+        if self._migrating is not None:
+            self._migrating.cancel()
         await self.dispatch.stop()
+        if self.db is not None:
+            await self.db.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)  # request.app[GATEWAY]: this process's Gateway

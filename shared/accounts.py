@@ -18,15 +18,19 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import structlog
 from redis.asyncio import Redis
 
 from shared import ids, keys
 from shared.credits import AccountNotFound, Credits, KeyLimits
+from shared.db.database import DatabaseUnavailable
+from shared.db.directory import Directory
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.pricing import PPM, multiplier_text
 
 KEY_PREFIX = "aio_"
+log = structlog.get_logger()
 
 
 def hash_key(api_key: str) -> str:
@@ -113,9 +117,11 @@ def _account_object(account_id: str, raw: dict[bytes, bytes], key_ids: set[bytes
 
 
 class Accounts:
-    def __init__(self, redis: Redis, credits: Credits | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(self, redis: Redis, credits: Credits | None = None, directory: Directory | None = None,
+                 max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self.redis = redis
         self.credits = credits or Credits(redis)
+        self.directory = directory  # Postgres: accounts, keys and users are recorded there first
         self.max_keys = max_keys
 
     async def create_account(self, name: str, credits_micro: int = 0, rpm: int = 0, tpm: int = 0,
@@ -123,9 +129,13 @@ class Accounts:
         """A new account; ``rpm``/``tpm``/``max_concurrent`` are the defaults its new keys get."""
         account_id = ids.ACCOUNT.new()
         k = AccountKeys(account_id)
-        await self.redis.hset(k.account, mapping={"id": account_id, "name": name, "balance": 0, "held": 0,
-                                                  "created": int(time.time()), "rpm": rpm, "tpm": tpm,
-                                                  "max_concurrent": max_concurrent})
+        record = {"id": account_id, "name": name, "balance": 0, "held": 0, "created": int(time.time()), "rpm": rpm,
+                  "tpm": tpm, "max_concurrent": max_concurrent}
+        if self.directory is not None:
+            await self.directory.record_account(record)
+            # Checked under this Redis: the recovery fence (settle.lua) applies to it from now on.
+            record["synced"] = (await self.redis.info("server"))["run_id"]
+        await self.redis.hset(k.account, mapping=record)
         await self.redis.sadd(keys.ACCOUNTS, account_id)
         if credits_micro:
             await self.credits.credit(account_id, credits_micro, reference=f"initial:{account_id}", reason="initial",
@@ -178,6 +188,8 @@ class Accounts:
             value = given if given is not None else cap
             record[field] = cap if cap and (not value or value > cap) else value
         await self._claim_key_slot(account_id, key_id)
+        if self.directory is not None:
+            await self.directory.record_key(record, digest)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.api_key(digest), mapping=record)
             pipe.set(keys.api_key_id(key_id), digest)
@@ -242,6 +254,12 @@ class Accounts:
                 pipe.srem(AccountKeys(raw[b"account_id"].decode()).keys, key_id)
             pipe.publish(keys.REVOCATIONS, digest)
             await pipe.execute()
+        if self.directory is not None:
+            try:
+                await self.directory.revoke_key(key_id)
+            except DatabaseUnavailable as exc:
+                log.error("key revoked in Redis but not recorded in the database; revoke it again once the database "
+                          "is back, or a restore would bring it back", key_id=key_id, error=str(exc))
         return True
 
     async def list_keys(self, account_id: str) -> list[dict]:

@@ -14,7 +14,7 @@ import orjson
 from shared.catalog import Model
 from shared.contracts import ReserveStatus
 from shared.credits import KeyLimits, Reservation
-from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited
+from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited, unavailable
 from shared.money import micro_to_credits
 from shared.pricing import PPM, worst_case_micro
 from shared.protocol import ChatCompletionRequest
@@ -163,6 +163,9 @@ def refusal(r: Reservation, model: Model, limits: KeyLimits, estimated: int, flo
                                   "affected.")
     if r.status == ReserveStatus.NO_ACCOUNT:
         return insufficient_quota("The account of this API key no longer exists.")
+    if r.status == ReserveStatus.FENCED:
+        return unavailable("The credit store restarted; this account's balance is being recovered from the "
+                           "database. Please retry in a moment.", retry)
     return insufficient_quota(
         f"Insufficient credits: this request to '{model.id}' needs at least {micro_to_credits(floor_micro):g} "
         f"credits held (its prompt and a minimal answer, never less than the {micro_to_credits(model.base_cost_micro):g}"

@@ -103,6 +103,7 @@ class ReserveStatus(IntEnum):
     ACCOUNT_RPM_LIMITED = -7  # the account's requests/min, across its keys
     ACCOUNT_TPM_LIMITED = -8
     ACCOUNT_CONCURRENCY = -9
+    FENCED = -10  # Redis restarted; the account waits for the recovery to re-apply what Redis lost
 
     @property
     def label(self) -> str:
@@ -115,7 +116,7 @@ _RESERVE_LABELS = {
     ReserveStatus.TPM_LIMITED: "tpm_limited", ReserveStatus.TOO_MANY_INFLIGHT: "concurrency_limited",
     ReserveStatus.KEY_BUDGET: "key_credit_limit", ReserveStatus.ACCOUNT_RPM_LIMITED: "account_rpm_limited",
     ReserveStatus.ACCOUNT_TPM_LIMITED: "account_tpm_limited",
-    ReserveStatus.ACCOUNT_CONCURRENCY: "account_concurrency_limited",
+    ReserveStatus.ACCOUNT_CONCURRENCY: "account_concurrency_limited", ReserveStatus.FENCED: "recovering",
 }
 
 

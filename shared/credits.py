@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import audit, keys
 from shared.contracts import Hold, RequestStatus, ReserveStatus
+from shared.db.credits_record import CreditRecord
 from shared.keys import AccountKeys
 from shared.money import MICRO_PER_CREDIT, micro_to_credits
 from shared.scripts import Scripts
@@ -33,6 +34,10 @@ from shared.scripts import Scripts
 
 class AccountNotFound(Exception):
     pass
+
+
+class AccountFenced(Exception):
+    """Redis restarted and this account waits for the recovery; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -92,15 +97,17 @@ class SettleOrder:
 
 @dataclass(frozen=True)
 class Settlement:
-    applied: bool  # False: a replay (the request was settled or refunded already)
+    applied: bool  # False: a replay (the request was settled or refunded already), or fenced
     balance_micro: int
     charged_micro: int
     late: bool = False  # the reconciler had released its hold: charged within what was still free
+    fenced: bool = False  # not settled: the account waits for the recovery (Redis restarted); settle it later
 
     @classmethod
     def from_reply(cls, reply: list) -> Settlement:
         status, balance, charged = (int(v) for v in reply)
-        return cls(applied=status > 0, balance_micro=balance, charged_micro=charged, late=status == 2)
+        return cls(applied=status > 0, balance_micro=balance, charged_micro=charged, late=status == 2,
+                   fenced=status == -1)
 
 
 def _settle_args(request_id: str, charge_micro: int, ledger_reason: str, actual_tokens: int | None,
@@ -128,9 +135,11 @@ def settlement_pending_commands(account_id: str, request_id: str, now_ms: int | 
 
 
 class Credits:
-    def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
+    def __init__(self, redis: Redis, scripts: Scripts | None = None, record: CreditRecord | None = None) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis)
+        # Postgres: credits are recorded there before Redis applies them (None: Redis only, e.g. unit tests)
+        self.record = record
 
     # --- the request path -------------------------------------------------
     async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
@@ -194,9 +203,13 @@ class Credits:
     ) -> tuple[dict, bool]:
         """Top up (reason "topup", creates an order) or adjust; idempotent per reference.
 
-        Returns (order, created_now). This is the seam a payment provider's webhook calls.
+        Returns (order, created_now). This is the seam a payment provider's webhook calls. With a
+        record (Postgres), the credit is committed there first (raising ``DatabaseUnavailable``
+        when it cannot be), so an answered credit survives the loss of Redis' last writes: the
+        recovery applies what Postgres has and Redis lacks (worker/archiver/recovery.py).
         """
         k = AccountKeys(account_id)
+        listed = reason in ("topup", "initial")
         order = {
             "id": "order_" + uuid.uuid4().hex[:20],
             "object": "billing.order",
@@ -208,13 +221,21 @@ class Credits:
             "note": note,
             "created": int(time.time()),
         }
+        recorded_now = None
+        if self.record is not None:
+            if not await self.redis.exists(k.account):
+                raise AccountNotFound(account_id)
+            order, recorded_now = await self.record.record_credit(account_id, order, listed)
         status, stored, _balance = await self.scripts.credit(
-            keys=[k.account, k.ledger, k.orders, k.order_refs],
-            args=[reference, amount_micro, reason, orjson.dumps(order), "1" if reason in ("topup", "initial") else "0"],
-        )
+            keys=k.credit(), args=[reference, order["amount_micro"], order["kind"], orjson.dumps(order),
+                                   "1" if listed else "0"])
         if status == -1:
             raise AccountNotFound(account_id)
-        return orjson.loads(stored), status == 1
+        if status == -2:  # fenced: recorded, and the recovery will apply it
+            if recorded_now is None:
+                raise AccountFenced(account_id)
+            return order, recorded_now
+        return orjson.loads(stored), status == 1 if recorded_now is None else recorded_now
 
     # --- reads ------------------------------------------------------------
     async def balance(self, account_id: str) -> dict:
@@ -243,42 +264,11 @@ class Credits:
 
     # --- integrity --------------------------------------------------------
     async def audit_account(self, account_id: str) -> dict:
-        """Compare the balance with the sum of the ledger; report the difference.
-
-        Balance, holds and the newest ledger id are read in one MULTI, so money
-        that moves while the audit runs is not reported as a difference; the
-        ledger is append-only, so summing it up to that id reads the same snapshot.
-        """
-        k = AccountKeys(account_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(k.account, "balance", "held")
-            pipe.hvals(k.holds)
-            pipe.xrevrange(k.ledger, count=1)
-            raw, holds, newest = await pipe.execute()
-        total, last = 0, "-"
-        while newest:
-            rows = await self.redis.xrange(k.ledger, min=last, max=newest[0][0], count=1000)
-            if last != "-":
-                rows = rows[1:]
-            if not rows:
-                break
-            for rid, fields in rows:
-                total += int(fields[b"amount"])
-            last = rows[-1][0].decode()
-        balance, held = int(raw[0] or 0), int(raw[1] or 0)
-        held_sum = sum(Hold.parse(h).amount_micro for h in holds)
-        return {
-            "account_id": account_id,
-            "balance_micro": balance,
-            "ledger_sum_micro": total,
-            "held_micro": held,
-            "holds_sum_micro": held_sum,
-            "ok": balance == total and held == held_sum,
-        }
+        """``shared/audit.py``'s audit of one account, with this Credits' record (if any)."""
+        return await audit.audit_account(self.redis, self.record.db if self.record else None, account_id)
 
     async def audit(self) -> list[dict]:
-        ids = sorted(m.decode() for m in await self.redis.smembers(keys.ACCOUNTS))
-        return [await self.audit_account(a) for a in ids]
+        return await audit.audit(self.redis, self.record.db if self.record else None)
 
     async def reconcile_expired_holds(self, grace_ms: int, now_ms: int | None = None) -> int:
         """Release every hold whose deadline passed ``grace_ms`` ago; returns how many.
@@ -315,4 +305,4 @@ class Credits:
         row = {"request_id": request_id, "key_id": key_id, "status": RequestStatus.EXPIRED, "created": now_ms // 1000}
         args = [request_id, cutoff_ms, now_ms, *(str(v) for pair in row.items() for v in pair)]
         released, _balance = await self.scripts.expire(keys=k.money(key_id), args=args)
-        return int(released)
+        return max(0, int(released))  # -1: fenced (the recovery runs first); tried again next round

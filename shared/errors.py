@@ -64,5 +64,12 @@ def unavailable(message: str, retry_after: float | None = 1.0) -> ApiError:
     return ApiError(503, message, "service_unavailable", "service_unavailable", retry_after=retry_after)
 
 
+def database_unavailable(why: str = "") -> ApiError:
+    """The record (Postgres, DATABASE_URL) did not answer: nothing was changed, try again shortly."""
+    return ApiError(503, "The database (Postgres, DATABASE_URL) is unavailable" + (f": {why}" if why else "")
+                    + "; nothing was changed. Try again shortly.", "service_unavailable", "database_unavailable",
+                    retry_after=2.0)
+
+
 def upstream_error(status: int, message: str, code: str = "upstream_error", retry_after: float | None = None) -> ApiError:
     return ApiError(status, message, "api_error", code, retry_after=retry_after)

@@ -1,9 +1,13 @@
-"""An account's usage rows, read newest first: by the billing API and the dashboard alike.
+"""An account's usage rows and ledger, read newest first: by the billing API and the dashboard alike.
 
-Usage, ledger and orders are Redis streams (``shared/keys.py``); a row's id
-(``<ms>-<seq>``) is its time and the cursor of the next page. A usage scan
-filters rows as it goes and may be bounded (``budget`` rows read), so one
-page view never reads a whole history.
+Postgres holds what the archiver moved (``shared/db/history_reads.py``); Redis' per-account
+streams hold the tail not archived yet (``shared/keys.py``). A page merges both, so a row is
+readable the moment it is settled, whatever the archiver's lag: a row's id (``<ms>-<seq>``, its
+stream id in both stores) is its time and the cursor of the next page; a row in both (archived,
+not yet trimmed) is listed once. While Postgres is down a page the tail fills alone is served (the
+tail is the newest part); any other raises ``DatabaseUnavailable`` (a 503 naming the database),
+never a silently short history. A Redis scan filters rows as it goes and may be bounded
+(``budget`` rows read), so one page view never reads a whole tail.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import AsyncIterator, Protocol
 
 from redis.asyncio import Redis
 
+from shared.db.database import Database, DatabaseUnavailable
+from shared.db.history_reads import ledger_rows, usage_rows
 from shared.keys import AccountKeys
 
 ROW_ID_PATTERN = r"[0-9]{1,20}-[0-9]{1,20}"  # for documents; is_row_id also checks the range
@@ -75,9 +81,50 @@ class UsagePage:
     truncated: bool = False  # the scan budget ran out before the page filled
 
 
+def _key(row_id: str) -> tuple[int, int]:
+    ms, _, seq = row_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def usage_page(redis: Redis, account_id: str, f: RowFilter, after: str | None, limit: int,
-                     budget: int | None = 5000) -> UsagePage:
+                     budget: int | None = 5000, db: Database | None = None) -> UsagePage:
     """Newest first; ``after`` is the last row id of the previous page; ``budget=None`` reads until full."""
+    tail = await tail_usage_page(redis, account_id, f, after, limit, budget)
+    if db is None:
+        return tail
+    try:
+        archived = await usage_rows(db, account_id, f, after, limit + 1)
+    except DatabaseUnavailable:
+        if tail.next_after is not None and not tail.truncated:
+            return tail  # the tail alone fills this page: it is exact
+        raise
+    merged = sorted({r["id"]: r for r in archived + tail.rows}.values(), key=lambda r: _key(r["id"]), reverse=True)
+    more = len(merged) > limit or tail.next_after is not None
+    page = merged[:limit]
+    return UsagePage(page, page[-1]["id"] if more and page else None, tail.truncated)
+
+
+async def ledger_page(redis: Redis, db: Database | None, account_id: str, after: str | None, limit: int
+                      ) -> tuple[list[tuple[str, dict]], bool]:
+    """The account's ledger entries, newest first, merged as ``usage_page`` merges usage rows."""
+    upper = f"({after}" if after else "+"
+    raw = await redis.xrevrange(AccountKeys(account_id).ledger, max=upper, min="-", count=limit + 1)
+    tail = [(rid.decode(), decode(fields)) for rid, fields in raw if b"amount" in fields]
+    if db is None:
+        return tail[:limit], len(tail) > limit
+    try:
+        archived = await ledger_rows(db, account_id, after, limit + 1)
+    except DatabaseUnavailable:
+        if len(tail) > limit:
+            return tail[:limit], True
+        raise
+    merged = sorted(dict(archived + tail).items(), key=lambda item: _key(item[0]), reverse=True)
+    return merged[:limit], len(merged) > limit
+
+
+async def tail_usage_page(redis: Redis, account_id: str, f: RowFilter, after: str | None, limit: int,
+                          budget: int | None = 5000) -> UsagePage:
+    """The not-yet-archived rows of ``usage_page``, from Redis alone."""
     stream = AccountKeys(account_id).usage
     upper = f"({after}" if after else f.max_id
     out: list[dict] = []
@@ -100,22 +147,15 @@ async def usage_page(redis: Redis, account_id: str, f: RowFilter, after: str | N
     return UsagePage(out, last, truncated=True)
 
 
-async def usage_batches(redis: Redis, account_id: str, f: RowFilter, budget: int = 200_000
-                        ) -> AsyncIterator[list[dict]]:
-    """Every matching row, newest first, a batch at a time (for exports)."""
-    stream = AccountKeys(account_id).usage
-    upper, scanned = f.max_id, 0
-    while scanned < budget:
-        batch = await redis.xrevrange(stream, max=upper, min=f.min_id, count=1000)
-        rows = []
-        for rid, fields in batch:
-            row = decode(fields)
-            if f.matches(row):
-                row["id"] = rid.decode()
-                rows.append(row)
-        scanned += len(batch)
-        if rows:
-            yield rows
-        if len(batch) < 1000:
+async def usage_batches(redis: Redis, account_id: str, f: RowFilter, budget: int = 200_000,
+                        db: Database | None = None) -> AsyncIterator[list[dict]]:
+    """Every matching row, newest first, a page at a time (for exports)."""
+    after, seen = None, 0
+    while seen < budget:
+        page = await usage_page(redis, account_id, f, after, 1000, budget=None, db=db)
+        if page.rows:
+            yield page.rows
+        seen += len(page.rows)
+        if page.next_after is None:
             return
-        upper = "(" + batch[-1][0].decode()
+        after = page.next_after

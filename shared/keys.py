@@ -16,12 +16,15 @@ class AccountKeys:
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
         tag = f"{PREFIX}{{acct:{account_id}}}:"
-        self.account = tag + "account"  # hash: id, name, balance, held, created_at
+        # hash: id, name, balance, held, created_at; "synced" (the Redis run id the recovery checked it under)
+        # and "archive_pending" (it is in the archive index) for the record
+        self.account = tag + "account"
         self.holds = tag + "holds"  # hash: request id -> "amount:key_id:estimated tokens"
         self.deadlines = tag + "hold_deadlines"  # zset: request id -> deadline ms (later once its settlement is queued)
         # Holds the reconciler released, kept a week so a settlement that was only late still charges.
         self.released = tag + "released_holds"  # hash: request id -> "amount:key_id:"
         self.released_at = tag + "released_at"  # zset: request id -> release ms (to forget them)
+        # Both streams hold only what the archiver has not moved to Postgres yet (it trims them after).
         self.ledger = tag + "ledger"  # stream: every balance change
         self.usage = tag + "usage"  # stream: one row per settled request
         self.orders = tag + "orders"  # stream: top-up orders
@@ -53,10 +56,24 @@ class AccountKeys:
     def money(self, key_id: str) -> list[str]:
         """KEYS for settle.lua and expire.lua, in the order they expect."""
         return [self.account, self.holds, self.deadlines, self.ledger, self.usage, self.key_state(key_id),
-                self.released, self.released_at, self.limit_state]
+                self.released, self.released_at, self.limit_state, ARCHIVE_INDEX]
+
+    def credit(self) -> list[str]:
+        """KEYS for credit.lua."""
+        return [self.account, self.ledger, self.orders, self.order_refs, ARCHIVE_INDEX]
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids
+
+# --- the record (worker/archiver/) --------------------------------------------------------
+# stream: an entry {a: account id} when an account gets ledger/usage entries to archive (once until the
+# archiver takes it: the account hash's "archive_pending"). Its own slot: the one key of the money scripts
+# outside the account's (settle.lua says why).
+ARCHIVE_INDEX = PREFIX + "{archive}:dirty"
+ARCHIVE_GROUP = "archiver"  # the archivers' consumer group on ARCHIVE_INDEX
+# string: the Redis run id whose every account the recovery has checked against Postgres
+# (worker/archiver/recovery.py); accounts carry their own stamp in the hash field "synced".
+RECOVERED_RUN = PREFIX + "record:recovered_run"
 
 
 def api_key(key_hash: str) -> str:

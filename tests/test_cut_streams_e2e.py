@@ -27,6 +27,7 @@ from aiohttp import web
 from apiinone.launcher import Stack, free_port
 from shared import keys
 from shared.settings import Settings
+from tests.pg_session import new_database_url
 from tests.conftest import Admin, wait_settled
 
 CHUNKS, CUT = 40, 38
@@ -128,7 +129,7 @@ def shaped_stack(upstream):
     with tempfile.TemporaryDirectory(prefix="apiinone-cut-") as tmp:
         path = Path(tmp) / "catalog.toml"
         path.write_text(catalog(f"http://127.0.0.1:{upstream.port}/v1"))
-        settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(),
+        settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), database_url=new_database_url(),
                             simulator_port=free_port(), data_dir=Path(tmp) / "data", redis_url=None,
                             gemini_api_key="no-gemini-here", admin_token="adm_cut_" + uuid.uuid4().hex)
         st = Stack(settings, quiet=not os.environ.get("APIINONE_TEST_VERBOSE"))

@@ -48,7 +48,8 @@ CONVENTIONAL_VARS = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULT
                      "PIP_DISABLE_PIP_VERSION_CHECK", "TZ"}
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service"}
-ROLES = {"gateway", "worker", "billing-worker", "batch-worker", "simulator"}
+ROLES = {"gateway", "worker", "billing-worker", "batch-worker", "archiver", "simulator"}
+USES_DATABASE = {"gateway", "archiver"}  # the record's readers and writers (never the request path)
 
 
 WORKER_DRAIN_S = Settings.model_fields["worker_drain_s"].default  # how long SIGTERM lets in-flight streams finish
@@ -278,7 +279,7 @@ def test_compose_commands_env_and_ports(env, gateway_routes, monkeypatch):
             assert exposed == {settings.port}
             url = urlsplit(svc["healthcheck"]["test"][-1].split("'")[1])
             assert url.port == settings.port and ("GET", url.path) in gateway_routes
-        elif args.command in ("worker", "billing-worker", "batch-worker"):
+        elif args.command in ("worker", "billing-worker", "batch-worker", "archiver"):
             assert args.metrics_port and exposed == {args.metrics_port}
             assert settings.metrics_host == "0.0.0.0", f"{name}: metrics must bind 0.0.0.0 in a container"
             assert duration_s(svc["stop_grace_period"]) > WORKER_DRAIN_S
@@ -286,10 +287,17 @@ def test_compose_commands_env_and_ports(env, gateway_routes, monkeypatch):
             assert svc.get("profiles") == ["demo"]
             assert args.host == "0.0.0.0" and exposed == {args.port}
 
-        if args.command in ("gateway", "worker", "billing-worker", "batch-worker"):
+        if args.command in ("gateway", "worker", "billing-worker", "batch-worker", "archiver"):
             redis = urlsplit(settings.redis_url)
             assert redis.hostname in services and services[redis.hostname]["image"].startswith("valkey/valkey")
             assert svc["depends_on"][redis.hostname]["condition"] == "service_healthy"
+        if args.command in USES_DATABASE:
+            db = urlsplit(settings.database_url)
+            assert db.scheme == "postgresql" and db.hostname in services, f"{name}: DATABASE_URL names no service"
+            pg = services[db.hostname]
+            assert pg["image"].startswith("postgres:") and svc["depends_on"][db.hostname]["condition"] == "service_healthy"
+            assert db.path.lstrip("/") == service_env(pg)["POSTGRES_DB"] and db.username == service_env(pg)["POSTGRES_USER"]
+            assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"]), "Postgres keeps its data"
         if args.command != "worker":
             leaked = PROVIDER_KEY_VARS & set(senv)
             assert not leaked, f"{name} ({args.command}) gets a provider key: {leaked}"
@@ -477,7 +485,7 @@ def test_k8s_manifests_are_namespace_agnostic():
 
 def test_k8s_commands_env_ports_and_probes(gateway_routes, monkeypatch):
     roles = deployments_by_role()
-    assert set(roles) == {"gateway", "worker", "billing-worker", "batch-worker"}
+    assert set(roles) == {"gateway", "worker", "billing-worker", "batch-worker", "archiver"}
     for d in by_kind("Deployment").values():
         name = d["metadata"]["name"]
         template = d["spec"]["template"]
@@ -489,6 +497,8 @@ def test_k8s_commands_env_ports_and_probes(gateway_routes, monkeypatch):
         assert not unknown, f"{name} sets env vars no setting reads: {unknown}"
         settings = settings_from({k: v if v is not None else "x" for k, v in env.items()}, monkeypatch)
         assert env.get("REDIS_URL", "") is None, f"{name}: REDIS_URL (may carry a password) from a Secret"
+        if args.command in USES_DATABASE:
+            assert env.get("DATABASE_URL", "") is None, f"{name}: DATABASE_URL (carries a password) from a Secret"
 
         probes = {kind: c[kind] for kind in ("readinessProbe", "livenessProbe", "startupProbe") if kind in c}
         annotations = template["metadata"].get("annotations", {})

@@ -33,6 +33,7 @@ log = structlog.get_logger()
 
 NUMERIC_PRICE_FIELDS = ("input_tokens", "input_micro", "cached_input_micro", "output_micro")  # 0 when unbilled
 SETTLE_TRIES = 8
+FENCED_TRIES = 1200  # 10 minutes of 0.5 s waits for a recovery fence to lift
 BATCH = 256  # settlements claimed and settled in one pipeline
 LINGER_S = 0.025
 
@@ -148,19 +149,36 @@ class BillingWorker(BlockingPopWorker):
             except Exception:  # noqa: BLE001 - one unreadable job must not hold up the others
                 log.exception("unreadable settlement dropped; its hold will be reconciled", job=raw[:200])
         orders = [settle_order(self.catalog, s) for s in settlements]
+        for waited in range(FENCED_TRIES):
+            orders = await self._settle_orders(orders, len(jobs))
+            if not orders:
+                return
+            # Fenced: Redis restarted and these accounts wait for the recovery (the archiver's); soon done.
+            if waited == 0:
+                log.warning("settlements wait for the recovery of their accounts", count=len(orders))
+            await asyncio.sleep(0.5)
+        log.error("settlements gave up waiting for the recovery; the holds will be reconciled", count=len(orders))
+
+    async def _settle_orders(self, orders: list[SettleOrder], size: int) -> list[SettleOrder]:
+        """Settle; returns the orders refused by a recovery fence, to try again."""
         for attempt in range(SETTLE_TRIES):
             try:
                 results = await self.credits.settle_many(orders)
                 break
             except RedisError as exc:
                 SETTLE_FAILURES.inc()
-                log.warning("settle batch failed, retrying", size=len(jobs), error=str(exc))
+                log.warning("settle batch failed, retrying", size=size, error=str(exc))
                 await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
         else:
-            log.error("settle batch gave up; the holds will be reconciled", size=len(jobs))
-            return
+            log.error("settle batch gave up; the holds will be reconciled", size=size)
+            return []
+        fenced = []
         for order, result in zip(orders, results):
-            count_settlement(order, result)
+            if result.fenced:
+                fenced.append(order)
+            else:
+                count_settlement(order, result)
+        return fenced
 
     async def _reconcile_loop(self) -> None:
         grace_ms = int(self.settings.hold_grace_s * 1000)

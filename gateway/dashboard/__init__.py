@@ -35,7 +35,7 @@ def setup(app: web.Application) -> web.Application:
     env = aiohttp_jinja2.setup(sub, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                trim_blocks=True, lstrip_blocks=True)
     env.filters.update(FILTERS)
-    sub[USERS] = Users(gw.redis)
+    sub[USERS] = Users(gw.redis, gw.directory)
     sub[SESSIONS] = Sessions(gw.redis, idle_s=getattr(settings, "dashboard_session_idle_s", None) or IDLE_S,
                              max_age_s=getattr(settings, "dashboard_session_max_age_s", None) or MAX_AGE_S)
     sub[THROTTLE] = LoginThrottle(gw.redis, gw.credits.scripts)

@@ -22,7 +22,7 @@ LIST_FILTERS = (QueryParam("account_id", {"type": "string"}, "Only the users of 
 
 
 def _users(request: web.Request) -> Users:
-    return Users(request.app[GATEWAY].redis)
+    return Users(request.app[GATEWAY].redis, request.app[GATEWAY].directory)
 
 
 class NewUser(WireModel):

@@ -17,6 +17,9 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.accounts import Accounts
 from shared.contracts import Hold, RequestStatus
+from shared.db.database import Database
+from shared.db.history_reads import daily_usage
+from shared.db.history_reads import recent_failures as failures_since
 from shared.history import UsageFilter, decode
 from shared.keys import AccountKeys
 
@@ -99,8 +102,11 @@ class DailySeries:
 
 
 async def daily_series(redis: Redis, account_id: str, f: UsageFilters, default_days: int = 14,
-                       budget: int = 50_000) -> DailySeries:
-    """Credits charged, tokens and requests per UTC day over the filter's dates (default: the last 14 days)."""
+                       budget: int = 50_000, db: Database | None = None) -> DailySeries:
+    """Credits charged, tokens and requests per UTC day over the filter's dates (default: the last 14 days).
+
+    With the record: Postgres' sums per day, plus the Redis tail newer than its newest archived row.
+    """
     last_day = f.date_to or today()
     first_day = f.date_from or (last_day - timedelta(days=default_days - 1))
     if (last_day - first_day).days > 92:
@@ -111,6 +117,14 @@ async def daily_series(redis: Redis, account_id: str, f: UsageFilters, default_d
     stream = AccountKeys(account_id).usage
     lower, upper = str(day_start_ms(first_day)), str(day_start_ms(last_day) + DAY_MS - 1)
     scanned, truncated, keep = 0, False, f.scan()
+    if db is not None:
+        for day, credits_micro, tokens, requests in await daily_usage(db, account_id, keep, int(lower), int(upper)):
+            i = index.get(date(1970, 1, 1) + timedelta(days=day))
+            if i is not None:
+                cr[i], tk[i], rq[i] = credits_micro, tokens, requests
+        newest = await db.fetchval("SELECT max(ARRAY[sid_ms, sid_seq]) FROM usage WHERE account_id = $1", account_id)
+        if newest and tuple(newest) >= (int(lower), 0):  # the tail: only what Postgres does not have yet
+            lower = f"({newest[0]}-{newest[1]}"
     while True:
         batch = await redis.xrange(stream, min=lower, max=upper, count=1000)
         for rid, fields in batch:
@@ -197,11 +211,17 @@ async def account_rows(accounts: Accounts, query: str = "", limit: int = 500) ->
     return rows[:limit], len(rows)
 
 
-async def recent_failures(redis: Redis, minutes: int = 15, max_accounts: int = 2000) -> dict[str, dict[str, int]]:
-    """Failed requests per node and error code over the last minutes, from the usage streams (bounded)."""
-    ids = [m.decode() for m in await redis.srandmember(keys.ACCOUNTS, max_accounts) or []]
+async def recent_failures(redis: Redis, minutes: int = 15, max_accounts: int = 2000,
+                          db: Database | None = None) -> dict[str, dict[str, int]]:
+    """Failed requests per node and error code over the last minutes: from the record (every account),
+    else from the usage streams (bounded)."""
     since = str(int((time.time() - minutes * 60) * 1000))
     out: dict[str, dict[str, int]] = {}
+    if db is not None:
+        for node, code, n in await failures_since(db, int(since)):
+            out.setdefault(node, {})[code] = n
+        return out
+    ids = [m.decode() for m in await redis.srandmember(keys.ACCOUNTS, max_accounts) or []]
     if not ids:
         return out
     async with redis.pipeline(transaction=False) as pipe:

@@ -8,6 +8,8 @@ import uuid
 from aiohttp import web
 
 from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
+from shared.db.history_reads import order_rows
+from shared.history import ledger_page
 from gateway.dashboard.render import base_url, current_session, gateway, notify, render, see_other, sessions, users
 from gateway.files import BATCH_STORE
 from gateway.dashboard.views import _credit_amount
@@ -70,8 +72,11 @@ async def account_page(request: web.Request, errors: dict | None = None, form=No
     gw = gateway(request)
     account = await _account(request)
     k = AccountKeys(account["id"])
-    orders, _ = await gw.credits.page(k.orders, 10, None)
-    ledger, _ = await gw.credits.page(k.ledger, 15, None)
+    if gw.db is not None:
+        orders = [(rid, {"order": json.dumps(body)}) for rid, body in (await order_rows(gw.db, account["id"], None, 10))[0]]
+    else:
+        orders, _ = await gw.credits.page(k.orders, 10, None)
+    ledger, _ = await ledger_page(gw.redis, gw.db, account["id"], None, 15)
     notes = await ledger_notes(gw.redis, account["id"], ledger)
     return await render(request, "admin_account.html", {
         "account": account, "keys": await key_table(gw.redis, gw.accounts, account["id"]),
@@ -173,7 +178,7 @@ async def view_as(request: web.Request) -> web.Response:
 async def nodes_page(request: web.Request) -> web.Response:
     gw = gateway(request)
     nodes = await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s)
-    failures = await recent_failures(gw.redis)
+    failures = await recent_failures(gw.redis, db=gw.db)
     for n in nodes:
         n["breaker"] = gw.breaker.state(n["id"])
         n["failures"] = sorted(failures.get(n["id"], {}).items(), key=lambda kv: -kv[1])

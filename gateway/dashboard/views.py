@@ -23,7 +23,8 @@ from gateway.dashboard.session import client_address
 from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
 from shared.credits import AccountNotFound
-from shared.history import is_row_id, usage_batches, usage_page
+from shared.db.history_reads import order_rows
+from shared.history import is_row_id, ledger_page, usage_batches, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
 from shared.pricing import PPM, multiplier_text
@@ -50,8 +51,8 @@ async def overview(request: web.Request) -> web.Response:
     gw = gateway(request)
     acct = account_id(request)
     balance = await _balance(request)
-    series = await daily_series(gw.redis, acct, UsageFilters(), default_days=14, budget=20_000)
-    recent = await usage_page(gw.redis, acct, UsageFilters().scan(), None, limit=5, budget=500)
+    series = await daily_series(gw.redis, acct, UsageFilters(), default_days=14, budget=20_000, db=gw.db)
+    recent = await usage_page(gw.redis, acct, UsageFilters().scan(), None, limit=5, budget=500, db=gw.db)
     key_count = await gw.redis.scard(AccountKeys(acct).keys)
     names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
     return await render(request, "overview.html", {
@@ -173,7 +174,7 @@ async def credits_page(request: web.Request) -> web.Response:
     acct = account_id(request)
     balance = await _balance(request)
     after = _cursor(request)
-    rows, more = await gw.credits.page(AccountKeys(acct).ledger, PAGE, after)
+    rows, more = await ledger_page(gw.redis, gw.db, acct, after, PAGE)
     notes = await ledger_notes(gw.redis, acct, rows)
     entries = [{"id": rid, "time": rid, "amount_micro": int(f.get("amount", 0)), "reason": f.get("reason", ""),
                 "ref": f.get("ref", ""), "balance_micro": int(f.get("balance", 0)), "note": notes.get(f.get("ref"), "")}
@@ -186,8 +187,12 @@ async def credits_page(request: web.Request) -> web.Response:
 async def orders_page(request: web.Request) -> web.Response:
     gw = gateway(request)
     after = _cursor(request)
-    rows, more = await gw.credits.page(AccountKeys(account_id(request)).orders, PAGE, after)
-    orders = [{**json.loads(f["order"]), "row_id": rid} for rid, f in rows]
+    if gw.db is not None:
+        rows, more = await order_rows(gw.db, account_id(request), after, PAGE)
+        orders = [{**body, "row_id": rid} for rid, body in rows]
+    else:
+        rows, more = await gw.credits.page(AccountKeys(account_id(request)).orders, PAGE, after)
+        orders = [{**json.loads(f["order"]), "row_id": rid} for rid, f in rows]
     return await render(request, "orders.html", {
         "orders": orders, "balance": await _balance(request), "after": after,
         "next": rows[-1][0] if more and rows else None}, nav="orders")
@@ -206,8 +211,8 @@ async def usage_view(request: web.Request) -> web.Response:
     acct = account_id(request)
     f, error = await _usage_filters(request)
     after = _cursor(request)
-    page = await usage_page(gw.redis, acct, f.scan(), after, limit=PAGE)
-    series = await daily_series(gw.redis, acct, f)
+    page = await usage_page(gw.redis, acct, f.scan(), after, limit=PAGE, db=gw.db)
+    series = await daily_series(gw.redis, acct, f, db=gw.db)
     key_list = await gw.accounts.list_keys(acct)
     names = {k["id"]: k["name"] for k in key_list}
     return await render(request, "usage.html", {
@@ -247,7 +252,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(CSV_FIELDS)
-    async for rows in usage_batches(gw.redis, acct, f.scan()):
+    async for rows in usage_batches(gw.redis, acct, f.scan(), db=gw.db):
         for row in rows:
             ms = int(row["id"].split("-")[0])
             out.writerow([

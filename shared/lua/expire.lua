@@ -5,10 +5,14 @@
 -- refund (a zero ledger entry and an "expired" usage row for the trail); the hold is
 -- remembered (released holds hash and released-at zset) so a settlement that was only
 -- late still charges (settle.lua), until the reconciler forgets it.
--- KEYS: as settle.lua (shared/keys.py AccountKeys.money)   (one {acct:ID} slot)
+-- KEYS: as settle.lua (shared/keys.py AccountKeys.money): one {acct:ID} slot and the archive index
+--   (see settle.lua for both, and for the recovery fence)
 -- ARGV: request id, cutoff (ms), now (ms), then field/value pairs of the usage row
--- Returns {1, balance} released, {0, 0} not (settled meanwhile, or its settlement is pending).
+-- Returns {1, balance} released, {0, 0} not (settled meanwhile, or its settlement is pending),
+--   {-1, 0} fenced (the account waits for recovery).
 local function int(n) return string.format('%d', n) end
+local synced = redis.call('HGET', KEYS[1], 'synced')
+if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return {-1, 0} end
 local rid = ARGV[1]
 local hold = redis.call('HGET', KEYS[2], rid)
 local deadline = tonumber(redis.call('ZSCORE', KEYS[3], rid) or '0')
@@ -36,4 +40,7 @@ row[#row + 1] = '0'
 row[#row + 1] = 'hold_micro'
 row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
+if redis.call('HSETNX', KEYS[1], 'archive_pending', '1') == 1 then
+  redis.call('XADD', KEYS[10], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
+end
 return {1, balance}

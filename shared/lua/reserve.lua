@@ -19,6 +19,8 @@
 --           -6 key credit limit (the key's room is below the floor; the balance would cover it),
 --           -7 the account's requests/min, -8 the account's tokens/min, -9 the account's concurrency
 --   rpm_left/tpm_left and their resets: the tighter of the key's bucket and the account's.
+--           -10 the account is fenced: Redis restarted and the recovery has not re-applied what it may
+--              have lost yet (see settle.lua); the caller answers 503, retry shortly
 --   granted: the amount held (0 when refused).
 -- The hold is "<granted>:<key id>:<estimated tokens>" (shared/contracts.py Hold); the key state's
 -- `held` gains `granted` (settle.lua and expire.lua take it back).
@@ -36,6 +38,10 @@ end
 local balance = redis.call('HGET', KEYS[1], 'balance')
 if not balance then return {-1, 0, 0, 0, 0, 0, 0, 0, 0} end
 balance = tonumber(balance)
+local synced = redis.call('HGET', KEYS[1], 'synced')
+if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then
+  return {-10, 0, 0, 0, 0, 0, 0, 1000, 0}
+end
 local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
 local existing = redis.call('HGET', KEYS[2], rid)
 if existing then

@@ -6,16 +6,28 @@
 -- KEYS: account hash, holds hash, hold deadlines zset, ledger stream, usage stream,
 --       key state hash of the key that made the request, released holds hash, released-at zset,
 --       [the account's limit state hash (its own buckets, reserve.lua's KEYS[5])]
---       (one {acct:ID} slot; shared/keys.py AccountKeys.money)
+--       (one {acct:ID} slot), then the archive index stream (its own slot; shared/keys.py AccountKeys.money)
+-- The archive index: the ledger and usage entries written here reach Postgres through the archiver
+-- (worker/archiver/), which finds accounts with new entries in one stream, ``aio:{archive}:dirty``.
+-- The account's own streams stay in its slot (the audit reads balance, holds and the unarchived
+-- tail in one atomic snapshot); the index is a second slot, accepted consciously as enqueue.lua
+-- does: the money scripts need the account's primary and the index's on one Redis (no Cluster).
+-- An account is put in the index once until the archiver takes it out ("archive_pending"), so the
+-- index holds at most one entry per account with unarchived entries, however busy it is.
+-- Recovery fence: an account stamped "synced" with another Redis run id than this server's
+-- (Redis restarted, maybe losing its last writes) is not touched until the archiver has
+-- re-applied what Postgres has and Redis lost (worker/archiver/recovery.py): {-1, 0, 0}.
 -- ARGV: request id, charge (micro, >= 0), ledger reason ('' = no entry when charge is 0),
 --       actual tokens (corrects the key's tokens/min bucket), then field/value pairs of the usage row
 -- Returns {1, balance, charged} settled, {2, balance, charged} settled late (after reconciliation),
---   {0, 0, 0} when there was nothing to settle (a replay).
+--   {0, 0, 0} when there was nothing to settle (a replay), {-1, 0, 0} fenced (retry later).
 -- What is charged never exceeds the hold, nor the balance (usage never drives a balance below zero);
 -- a late charge never exceeds the released hold, the available balance, nor the key's limit room.
 -- Integers are written with '%d': Lua 5.1's tostring() gives "-0" for a zero
 -- charge and "1.2345678901235e+14" for amounts of 1e14 and more.
 local function int(n) return string.format('%d', n) end
+local synced = redis.call('HGET', KEYS[1], 'synced')
+if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return {-1, 0, 0} end
 local rid = ARGV[1]
 local charge = tonumber(ARGV[2])
 local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
@@ -86,4 +98,7 @@ row[#row + 1] = int(charge)
 row[#row + 1] = 'hold_micro'
 row[#row + 1] = int(amount)
 redis.call('XADD', KEYS[5], '*', unpack(row))
+if redis.call('HSETNX', KEYS[1], 'archive_pending', '1') == 1 then
+  redis.call('XADD', KEYS[10], '*', 'a', string.match(KEYS[1], '{acct:(.-)}'))
+end
 return {status, balance, charge}

@@ -139,7 +139,7 @@ def versions() -> dict:
 def start_stack(run_dir: Path) -> Stack:
     for name in ("REDIS_URL", "GEMINI_API_KEY", "GEMINI_BASE_URL"):
         os.environ.pop(name, None)  # the bench starts its own Valkey and simulator
-    settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(),
+    settings = Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), embedded_postgres_port=free_port(),
                         simulator_port=free_port(), data_dir=run_dir, redis_url=None, gemini_api_key=None,
                         admin_token="adm_bench_" + uuid.uuid4().hex)
     stack = Stack(settings, quiet=True)

@@ -134,7 +134,7 @@ def main() -> None:
     os.environ.pop("REDIS_URL", None)
     os.environ.pop("GEMINI_API_KEY", None)
     with tempfile.TemporaryDirectory(prefix="apiinone-batch-bench-") as tmp:
-        stack = Stack(Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(),
+        stack = Stack(Settings(host="127.0.0.1", port=free_port(), embedded_redis_port=free_port(), embedded_postgres_port=free_port(),
                                simulator_port=free_port(), data_dir=Path(tmp), redis_url=None, gemini_api_key=None,
                                admin_token="adm_bench_" + uuid.uuid4().hex), quiet=True)
         try:

@@ -27,7 +27,7 @@ LOADED_RATE = 150  # requests/s for "pickup under load"
 
 
 def _stack(tmp: str, **kw) -> Stack:
-    settings = Settings(port=free_port(), embedded_redis_port=free_port(), simulator_port=free_port(),
+    settings = Settings(port=free_port(), embedded_redis_port=free_port(), embedded_postgres_port=free_port(), simulator_port=free_port(),
                         data_dir=Path(tmp), redis_url=None, gemini_api_key=None, admin_token="adm_bench")
     return Stack(settings, quiet=True, **kw)
 

@@ -109,7 +109,8 @@ class LineSubmitter:
 
     async def _wait_for(self, r, admitted: Admitted) -> float | None:
         """How long to wait before trying a refused line again; None: the refusal is the line's answer."""
-        if r.status in (ReserveStatus.RPM_LIMITED, ReserveStatus.TPM_LIMITED, ReserveStatus.TOO_MANY_INFLIGHT):
+        if r.status in (ReserveStatus.RPM_LIMITED, ReserveStatus.TPM_LIMITED, ReserveStatus.TOO_MANY_INFLIGHT,
+                        ReserveStatus.FENCED):
             return max(0.05, r.retry_after_ms / 1000)
         if r.status == ReserveStatus.INSUFFICIENT:
             # Short only because of this batch's own holds? Wait for them to settle instead of failing.
