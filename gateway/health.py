@@ -1,4 +1,5 @@
-"""/healthz (alive), /readyz (Redis and Postgres answer, every node has a live worker), /metrics."""
+"""/healthz (alive), /readyz (Redis and Postgres answer, every node has a live worker, the credit store
+recovered after a Redis restart), /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
+from shared import keys
 from shared.db.database import DatabaseUnavailable
 from shared.nodes import live_worker_counts
 from shared.supervision import supervisor_metrics, supervisor_status
@@ -24,6 +26,9 @@ async def readyz(request: web.Request) -> web.Response:
         counts = await live_worker_counts(gw.redis, list(gw.catalog.nodes), gw.settings.worker_lease_s)
         gw.dispatch.liveness.live_workers = counts  # routing sees at least what readiness reported
         reasons += [f"node {n} has no live worker" for n, c in counts.items() if not c]
+        if gw.db is not None and not await credits_recovered(gw.redis):
+            reasons.append("credit store recovering: Redis restarted and the archiver has not yet re-applied "
+                           "the record (accounts answer 503 until it has)")
     except RedisError as exc:
         counts = {}
         reasons.append(f"redis unreachable: {exc.__class__.__name__}")
@@ -40,6 +45,14 @@ async def readyz(request: web.Request) -> web.Response:
     status = "not ready" if reasons else "degraded" if degraded else "ready"
     body = {"status": status, "reasons": reasons, "degraded": degraded, "nodes": counts}
     return web.json_response(body, status=200 if not reasons else 503)
+
+
+async def credits_recovered(redis) -> bool:
+    """Whether the archiver's recovery has run since this Redis started (worker/archiver/recovery.py): until
+    then the money scripts fence every account they recovered before, so serving would be 503s."""
+    run_id = (await redis.info("server"))["run_id"]
+    recovered = await redis.get(keys.RECOVERED_RUN)
+    return recovered is not None and recovered.decode() == run_id
 
 
 async def metrics(request: web.Request) -> web.Response:
