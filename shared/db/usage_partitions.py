@@ -9,7 +9,7 @@ lives at least N months. Dropping a partition is one ``DROP TABLE``: no row-by-r
 Stragglers in the default partition older than the window are deleted too. The ledger and orders
 are separate tables and are never touched: balance == sum of the ledger forever.
 
-One maintenance at a time across archivers: a transaction-level advisory lock, tried, not waited on.
+One maintenance at a time across archivers: an advisory lock, tried, not waited on.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
-from asyncpg import Connection
+from asyncpg import Connection, LockNotAvailableError
 
 from shared.db.database import Database
 
 AHEAD = 2  # months made ahead of the current one
 MAINTENANCE_LOCK = 0x61706970  # "apip": one partition maintenance at a time
+LOCK_WAIT = "2s"  # how long a drop waits for the table's readers before it is postponed
 _PARTITION = re.compile(r"usage_(\d{4})(\d{2})")
 
 
@@ -31,6 +32,7 @@ _PARTITION = re.compile(r"usage_(\d{4})(\d{2})")
 class Maintenance:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    postponed: list[str] = field(default_factory=list)  # to make or drop; a long read held a table
     stragglers_deleted: int = 0
     skipped: bool = False  # another archiver held the lock
 
@@ -60,22 +62,44 @@ async def maintain(db: Database, retention_months: int, today: date | None = Non
     """Make the coming months' partitions; drop those retention no longer keeps (0: keep every month)."""
     today = today or datetime.now(timezone.utc).date()
     done = Maintenance()
-    async with db.transaction() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK):
+    async with db.connection() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK):
             done.skipped = True
             return done
-        for ahead in range(AHEAD + 1):
-            first = month_start(today, -ahead)
+        try:
+            for ahead in range(AHEAD + 1):
+                await _ensure(conn, month_start(today, -ahead), done)
+            if retention_months > 0:
+                await _retire(conn, month_start(today, retention_months), done)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK)
+    return done
+
+
+async def _ensure(conn: Connection, first: date, done: Maintenance) -> None:
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")  # attaching locks usage_default
             if await conn.fetchval("SELECT usage_ensure_partition($1::date)", first):
                 done.created.append(partition_name(first))
-        if retention_months <= 0:
-            return done
-        keep_from = month_start(today, retention_months)
-        for name in await partitions(conn):
-            m = _PARTITION.fullmatch(name)
-            if m and date(int(m[1]), int(m[2]), 1) < keep_from:
+    except LockNotAvailableError:
+        done.postponed.append(partition_name(first))
+
+
+async def _retire(conn: Connection, keep_from: date, done: Maintenance) -> None:
+    """Drop the months before ``keep_from``, one transaction each. DROP TABLE needs the parent's
+    exclusive lock, which a long read (an export's cursor) holds off: rather than queue every other
+    read and insert behind it, a drop gives up after ``LOCK_WAIT`` and is tried again next round."""
+    for name in await partitions(conn):
+        m = _PARTITION.fullmatch(name)
+        if not m or date(int(m[1]), int(m[2]), 1) >= keep_from:
+            continue
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
                 await conn.execute(f'DROP TABLE "{name}"')  # name matched usage_NNNNNN: nothing to quote
-                done.dropped.append(name)
-        status = await conn.execute("DELETE FROM usage_default WHERE sid_ms < $1", month_ms(keep_from))
-        done.stragglers_deleted = int(status.split()[-1])
-    return done
+            done.dropped.append(name)
+        except LockNotAvailableError:
+            done.postponed.append(name)
+    status = await conn.execute("DELETE FROM usage_default WHERE sid_ms < $1", month_ms(keep_from))
+    done.stragglers_deleted = int(status.split()[-1])

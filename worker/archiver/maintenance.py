@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from asyncpg import PostgresError
 
 from shared.db.database import Database, DatabaseUnavailable
 from shared.db.usage_partitions import maintain
@@ -28,8 +29,15 @@ async def maintenance_loop(db: Database, retention_months: int, stopping: asynci
             if done.created or done.dropped or done.stragglers_deleted:
                 log.info("usage partitions maintained", created=done.created, dropped=done.dropped,
                          stragglers_deleted=done.stragglers_deleted, retention_months=retention_months)
+            if done.postponed:
+                log.warning("usage partition changes postponed: a long read held the table",
+                            postponed=done.postponed)
+                pause = RETRY_S
         except DatabaseUnavailable as exc:
             log.warning("usage partition maintenance: the database is unreachable; trying again", error=str(exc))
+            pause = RETRY_S
+        except PostgresError as exc:  # never the end of the loop: the next round tries again
+            log.error("usage partition maintenance failed; trying again", error=str(exc))
             pause = RETRY_S
         try:
             await asyncio.wait_for(stopping.wait(), pause)
