@@ -19,7 +19,7 @@ from shared.protocol import WireModel
 from shared.supervision import supervisor_status
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1)]  # the record keeps these as 32-bit integers
 MAX_CREDITS = 1_000_000_000  # per call; keeps every balance far inside Redis's 64-bit integers
 Credits = Annotated[int | float, Field(gt=0, le=MAX_CREDITS)]
 # A price multiplier: a JSON number or exact decimal text ("1.25"), above 0, at most 6 decimals (shared/pricing.py).

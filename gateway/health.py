@@ -1,5 +1,6 @@
 """/healthz (alive), /readyz (Redis and Postgres answer, every node has a live worker, the credit store
-recovered after a Redis restart), /metrics."""
+recovered after a Redis restart), /metrics (this process's, the supervisors' restarts, and what each
+account stores: ``shared/account_storage.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
 from shared import keys
+from shared.account_storage import all_accounts_stored, storage_metrics
 from shared.db.database import DatabaseUnavailable
 from shared.nodes import live_worker_counts
 from shared.supervision import supervisor_metrics, supervisor_status
@@ -57,8 +59,11 @@ async def credits_recovered(redis) -> bool:
 
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics, plus the restarts `apiinone run`'s supervisor reported to Redis."""
+    gw = request.app[GATEWAY]
     try:
-        supervised = supervisor_metrics(await supervisor_status(request.app[GATEWAY].redis))
+        supervised = supervisor_metrics(await supervisor_status(gw.redis))
+        storage = storage_metrics(await all_accounts_stored(gw.redis), gw.settings.account_max_files,
+                                  gw.settings.account_max_stored_bytes)
     except RedisError:
-        supervised = b""
-    return web.Response(body=generate_latest() + supervised, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        supervised = storage = b""
+    return web.Response(body=generate_latest() + supervised + storage, headers={"Content-Type": CONTENT_TYPE_LATEST})

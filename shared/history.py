@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from redis.asyncio import Redis
 
@@ -145,17 +145,3 @@ async def tail_usage_page(redis: Redis, account_id: str, f: RowFilter, after: st
             return UsagePage(out, None)
         upper = f"({last}"
     return UsagePage(out, last, truncated=True)
-
-
-async def usage_batches(redis: Redis, account_id: str, f: RowFilter, budget: int = 200_000,
-                        db: Database | None = None) -> AsyncIterator[list[dict]]:
-    """Every matching row, newest first, a page at a time (for exports)."""
-    after, seen = None, 0
-    while seen < budget:
-        page = await usage_page(redis, account_id, f, after, 1000, budget=None, db=db)
-        if page.rows:
-            yield page.rows
-        seen += len(page.rows)
-        if page.next_after is None:
-            return
-        after = page.next_after

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     embedded_postgres_port: int = 6391
     database_pool_size: int = 4  # connections per process; the request path never uses them
     archive_batch: int = 2000  # ledger/usage entries the archiver moves to Postgres per transaction
+    # Usage rows are kept this many whole months before the current one; older monthly partitions are
+    # dropped by the archiver's maintenance (0: keep forever). The ledger and orders are never dropped.
+    usage_retention_months: int = Field(default=13, ge=0)
 
     # Provider credentials: only workers read these.
     gemini_api_key: str | None = Field(

@@ -544,3 +544,36 @@ def test_operator_sets_a_price_multiplier_and_the_user_sees_prices_and_breakdown
     breakdown = page.get_by_test_id("price-breakdown").first
     expect(breakdown).to_contain_text("cached 400")
     expect(breakdown).to_contain_text("×1.25")
+
+
+def test_operator_sees_what_each_account_stores_on_its_pages_and_in_metrics(stack, admin, context_factory, shots):
+    """Issue 18 (4): per-account files and bytes beside the caps, on the accounts list, the account's page and
+    /metrics."""
+    account, key = admin.account_with_key(5)
+    client = OpenAI(base_url=stack.base_url + "/api/v1", api_key=key, max_retries=0)
+    line = b'{"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gemini"}}\n'
+    for n in (3, 5):
+        client.files.create(file=("in.jsonl", line * n), purpose="batch")
+    stored = len(line) * 8
+
+    operator = make_user(admin, admin.account(1)["id"], role="operator")
+    page = context_factory().new_page()
+    sign_in(page, stack.base_url, operator)
+    page.goto(stack.base_url + f"/dashboard/admin/accounts?q={account['id']}")
+    expect(page.get_by_test_id(f"files-{account['id']}")).to_have_text("2")
+    expect(page.get_by_test_id(f"stored-{account['id']}")).to_have_text(f"{stored} B")
+    page.goto(stack.base_url + f"/dashboard/admin/accounts/{account['id']}")
+    card = page.get_by_test_id("storage")
+    expect(page.get_by_test_id("stored-bytes")).to_have_text(f"{stored} B")
+    expect(page.get_by_test_id("stored-files")).to_have_text("2")
+    expect(card).to_contain_text("caps 1,000 files, 10.0 GB")
+    page.screenshot(path=shots / "operator-account-storage.png", full_page=True)
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, s.labels.get("account", "")): s.value for family in
+               text_string_to_metric_families(httpx.get(stack.base_url + "/metrics").text) for s in family.samples}
+    assert samples[("apiinone_account_stored_files", account["id"])] == 2
+    assert samples[("apiinone_account_stored_bytes", account["id"])] == stored
+    assert samples[("apiinone_account_max_files", "")] == 1000
+    assert samples[("apiinone_account_max_stored_bytes", "")] == 10 * 1024**3

@@ -15,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.account_storage import stored_by_account
 from shared.accounts import Accounts
 from shared.contracts import Hold, RequestStatus
 from shared.db.database import Database
@@ -208,7 +209,11 @@ async def account_rows(accounts: Accounts, query: str = "", limit: int = 500) ->
     rows = [{"id": a["id"], "name": a["name"], "balance_micro": a["balance_micro"], "held_micro": a["held_micro"],
              "created": a["created"], "keys": len(a["keys"]), "users": n} for a, n in zip(listed, user_counts)]
     rows.sort(key=lambda r: (-r["created"], r["id"]))
-    return rows[:limit], len(rows)
+    shown = rows[:limit]
+    stored = await stored_by_account(accounts.redis, [r["id"] for r in shown])
+    for r in shown:
+        r["files"], r["stored_bytes"] = stored[r["id"]].files, stored[r["id"]].bytes
+    return shown, len(rows)
 
 
 async def recent_failures(redis: Redis, minutes: int = 15, max_accounts: int = 2000,

@@ -14,6 +14,7 @@ from gateway.dashboard.render import base_url, current_session, gateway, notify,
 from gateway.files import BATCH_STORE
 from gateway.dashboard.views import _credit_amount
 from shared import ids
+from shared.account_storage import stored_by_account
 from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
@@ -87,6 +88,8 @@ async def account_page(request: web.Request, errors: dict | None = None, form=No
                     "note": notes.get(f.get("ref"), "")} for rid, f in ledger],
         "errors": errors or {}, "form": form or {}, "roles": ROLES,
         "topup_ref": "dash-topup-" + uuid.uuid4().hex[:16], "adjust_ref": uuid.uuid4().hex,
+        "stored": (await stored_by_account(gw.redis, [account["id"]]))[account["id"]],
+        "max_files": gw.settings.account_max_files, "max_stored_bytes": gw.settings.account_max_stored_bytes,
     }, status=status, nav="admin_accounts")
 
 

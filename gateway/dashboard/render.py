@@ -95,8 +95,18 @@ def multiplier(ppm: int | str | None) -> str:
     return "×" + multiplier_text(int(ppm) if ppm not in (None, "") else PPM)
 
 
+def size(n: int | None) -> str:
+    """Bytes as people read them: "0 B", "512 B", "1.5 MB", "10.0 GB" (powers of 1024)."""
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
 FILTERS = {"credits": credits, "usd": usd, "signed_credits": signed_credits, "when": when, "when_id": when_id,
-           "ago": ago, "number": number, "multiplier": multiplier}
+           "ago": ago, "number": number, "multiplier": multiplier, "size": size}
 
 
 # --- request context -------------------------------------------------------------------

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import time
+from contextlib import aclosing
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
@@ -24,11 +25,12 @@ from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.db.history_reads import order_rows
-from shared.history import is_row_id, ledger_page, usage_batches, usage_page
+from shared.history import is_row_id, ledger_page, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
 from shared.pricing import PPM, multiplier_text
 from shared.accounts import TooManyKeys
+from shared.usage_export import usage_export
 from shared.users import UserError
 
 PAGE = 25
@@ -252,25 +254,31 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(CSV_FIELDS)
-    async for rows in usage_batches(gw.redis, acct, f.scan(), db=gw.db):
-        for row in rows:
-            ms = int(row["id"].split("-")[0])
-            out.writerow([
-                datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
-                row.get("request_id", ""), row.get("key_id", ""), _cell(names.get(row.get("key_id", ""), "")),
-                row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
-                row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
-                row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
-                str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
-                row.get("ttft_ms", ""), row.get("queue_ms", ""), row.get("price_tier", ""),
-                multiplier_text(int(row.get("price_multiplier_ppm") or PPM)),
-                *(str(micro_to_decimal(row.get(f) or 0)) for f in ("input_micro", "cached_input_micro", "output_micro"))])
-        await resp.write(buf.getvalue().encode())
-        buf.seek(0)
-        buf.truncate()
+    # Streamed as Postgres hands the rows over (a server-side cursor): memory stays flat for any range.
+    async with aclosing(usage_export(gw.redis, gw.db, acct, f.scan())) as batches:
+        async for rows in batches:
+            _write_rows(out, rows, names)
+            await resp.write(buf.getvalue().encode())
+            buf.seek(0)
+            buf.truncate()
     await resp.write(buf.getvalue().encode())
     await resp.write_eof()
     return resp
+
+
+def _write_rows(out, rows: list[dict], names: dict[str, str]) -> None:
+    for row in rows:
+        ms = int(row["id"].split("-")[0])
+        out.writerow([
+            datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
+            row.get("request_id", ""), row.get("key_id", ""), _cell(names.get(row.get("key_id", ""), "")),
+            row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
+            row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
+            row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
+            str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
+            row.get("ttft_ms", ""), row.get("queue_ms", ""), row.get("price_tier", ""),
+            multiplier_text(int(row.get("price_multiplier_ppm") or PPM)),
+            *(str(micro_to_decimal(row.get(f) or 0)) for f in ("input_micro", "cached_input_micro", "output_micro"))])
 
 
 # --- models, playground ---------------------------------------------------------------------------

@@ -65,6 +65,25 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
+    @asynccontextmanager
+    async def dedicated(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own, outside the pool, for a long read (an export streaming millions of rows
+        at the client's pace) that must not hold a pooled connection the pages need."""
+        try:
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S)
+        except UNAVAILABLE as exc:
+            raise DatabaseUnavailable(_why(exc)) from exc
+        try:
+            await _init_connection(conn)
+            yield conn
+        except UNAVAILABLE as exc:
+            raise DatabaseUnavailable(_why(exc)) from exc
+        finally:
+            try:
+                await conn.close(timeout=5)
+            except (asyncio.TimeoutError, *UNAVAILABLE):
+                conn.terminate()
+
     async def fetch(self, query: str, *args) -> list[asyncpg.Record]:
         async with self.connection() as conn:
             return await conn.fetch(query, *args)

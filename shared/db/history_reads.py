@@ -29,13 +29,32 @@ def _until(max_id: str) -> int:
     return MAX_ID if max_id in ("+", "") else min(int(max_id.partition("-")[0]), MAX_ID)
 
 
-async def usage_rows(db: Database, account_id: str, f, after: str | None, limit: int) -> list[dict]:
-    """Up to ``limit`` rows matching ``f`` (a ``shared.history.UsageFilter``) older than ``after``."""
+def _matching(account_id: str, f) -> tuple[list[str], list]:
+    """WHERE clauses and their arguments for ``f``'s key, model and status (``$1`` is the account)."""
     clauses, args = ["account_id = $1"], [account_id]
     for column, value in (("key_id", f.key_id), ("model", f.model), ("status", f.status)):
         if value:
             args.append(value)
             clauses.append(f"{column} = ${len(args)}")
+    return clauses, args
+
+
+def usage_export_query(account_id: str, f, before: str | None) -> tuple[str, list]:
+    """Every row matching ``f`` older than ``before`` (None: the newest), newest first: the statement
+    ``shared/usage_export.py`` runs through a server-side cursor (never ``fetch``: it may be millions)."""
+    clauses, args = _matching(account_id, f)
+    ms, seq = _bound(before)
+    args += [ms, seq, _since(f.min_id), _until(f.max_id)]
+    n = len(args)
+    return (f"""SELECT fields, sid_ms, sid_seq FROM usage
+                 WHERE {' AND '.join(clauses)} AND (sid_ms, sid_seq) < (${n - 3}::bigint, ${n - 2}::bigint)
+                   AND sid_ms >= ${n - 1} AND sid_ms <= ${n}
+                 ORDER BY sid_ms DESC, sid_seq DESC""", args)
+
+
+async def usage_rows(db: Database, account_id: str, f, after: str | None, limit: int) -> list[dict]:
+    """Up to ``limit`` rows matching ``f`` (a ``shared.history.UsageFilter``) older than ``after``."""
+    clauses, args = _matching(account_id, f)
     ms, seq = _bound(after)
     args += [ms, seq, _since(f.min_id), _until(f.max_id), limit]
     n = len(args)
@@ -69,11 +88,9 @@ async def order_rows(db: Database, account_id: str, after: str | None, limit: in
 
 async def daily_usage(db: Database, account_id: str, f, first_ms: int, last_ms: int) -> list[tuple[int, int, int, int]]:
     """(day number, credits charged, tokens, requests) per UTC day with usage in the range."""
-    clauses, args = ["account_id = $1", "sid_ms >= $2", "sid_ms <= $3"], [account_id, first_ms, last_ms]
-    for column, value in (("key_id", f.key_id), ("model", f.model), ("status", f.status)):
-        if value:
-            args.append(value)
-            clauses.append(f"{column} = ${len(args)}")
+    clauses, args = _matching(account_id, f)
+    args += [first_ms, last_ms]
+    clauses += [f"sid_ms >= ${len(args) - 1}", f"sid_ms <= ${len(args)}"]
     rows = await db.fetch(
         f"""SELECT sid_ms / 86400000 AS day, sum(charged_micro) AS credits, count(*) AS requests,
                    sum(COALESCE(NULLIF(fields->>'prompt_tokens', '')::bigint, 0)

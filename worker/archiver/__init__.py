@@ -4,6 +4,7 @@
 - ``rows.py``     stream entries as rows; the insert path (also the benchmark's, for 1,000,000 rows)
 - ``recovery.py`` after Redis restarts: re-apply what Postgres has and Redis lost, lift the fences
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
+- ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from shared.db.migrations import migrate
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
 from worker.archiver.archive import Archiver
+from worker.archiver.maintenance import maintenance_loop
 from worker.archiver.recovery import Recovery
 
 log = structlog.get_logger()
@@ -57,8 +59,9 @@ async def serve(settings: Settings | None = None) -> None:
     await _migrated(db, stopping)
     archiver = Archiver(redis, db, per_account=settings.archive_batch)
     log.info("archiver started", consumer=archiver.consumer)
-    tasks = [asyncio.create_task(archiver.run(stopping)), asyncio.create_task(recovery_loop(Recovery(redis, db),
-                                                                                            stopping))]
+    tasks = [asyncio.create_task(archiver.run(stopping)),
+             asyncio.create_task(recovery_loop(Recovery(redis, db), stopping)),
+             asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping))]
     try:
         await stopping.wait()
     finally:

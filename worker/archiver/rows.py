@@ -3,7 +3,10 @@
 A ledger row's identity is (account, reason, reference) and a usage row's (account, request id,
 status): an entry read twice (a crash between commit and trim) or written again by Redis under a
 new stream id (after Redis lost it and it was re-applied) is still one row. The stream id is kept
-as the page cursor; a row moves to a newer id, never back.
+as the page cursor; a row moves to a newer id, never back. Usage is partitioned by month of its
+stream id (``sql/0002_usage_partitions.sql``), so its identity is checked across every partition
+(NOT EXISTS; the primary key, which must hold the partition key, holds the stream id too), and a
+batch keeps the first row of each identity.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ INSERT INTO usage (account_id, request_id, status, sid_ms, sid_seq, key_id, mode
 SELECT a, r, s, ms, seq, k, m, c, f::jsonb
   FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
               $8::bigint[], $9::text[]) AS t(a, r, s, ms, seq, k, m, c, f)
-ON CONFLICT (account_id, request_id, status) DO NOTHING
+ WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.account_id = t.a AND u.request_id = t.r AND u.status = t.s)
+ON CONFLICT (account_id, request_id, status, sid_ms) DO NOTHING
 """
 
 
@@ -73,5 +77,8 @@ async def insert_ledger(conn: Connection, rows: list[tuple]) -> None:
 
 
 async def insert_usage(conn: Connection, rows: list[tuple]) -> None:
-    if rows:
-        await conn.execute(USAGE_INSERT, *_columns(rows, 9))
+    first: dict[tuple, tuple] = {}
+    for row in rows:
+        first.setdefault(row[:3], row)
+    if first:
+        await conn.execute(USAGE_INSERT, *_columns(list(first.values()), 9))
