@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
     max_keys_per_account: int = Field(default=100, ge=1)  # API keys one account may hold at once
+    # Redemption codes (shared/redemption.py): unknown codes an account, or a client address, may try per window
+    # before POST /billing/redeem answers 429 until the window ends.
+    redeem_failures_per_account: int = Field(default=10, ge=1)
+    redeem_failures_per_client: int = Field(default=30, ge=1)
+    redeem_throttle_window_s: int = Field(default=900, ge=1)
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
