@@ -1,4 +1,4 @@
-"""Redemption codes over HTTP: the operator makes and disables batches, the customer redeems (``shared/redemption.py``)."""
+"""Redemption codes over HTTP: the operator makes and disables batches, the customer redeems (shared/redemption.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field
 
-from gateway.admin import Credits, _micro
+from gateway.admin import Credits, credits_param
 from gateway.auth import request_key
 from gateway.edge import edge
 from gateway.inputs import QueryParam, read_body
@@ -60,7 +60,7 @@ async def create_codes(request: web.Request) -> web.Response:
     if body.expires_at is not None and body.expires_at <= time.time():
         raise bad_request("expires_at is in the past.", param="expires_at")
     gw = request.app[GATEWAY]
-    batch = await gw.redemptions.create_batch(body.count, _micro(body.credits, "credits"), body.uses,
+    batch = await gw.redemptions.create_batch(body.count, credits_param(body.credits, "credits"), body.uses,
                                               body.expires_at or 0)
     if fmt == "csv":
         return _csv(batch)

@@ -171,7 +171,8 @@ class RedemptionCodes:
         try:
             order, _ = await self.credits.credit(
                 account_id, credits_micro, f"redeem:{digest}:{value}", reason="redeem",
-                note=f"redemption code ...{normalize(code)[-4:]}", also_record=self._use_recorder(account_id, digest, value))
+                note=f"redemption code ...{normalize(code)[-4:]}",
+                also_record=self._use_recorder(account_id, digest, value))
         except (DatabaseUnavailable, AccountNotFound, AccountFenced):
             # nothing was recorded: the use goes back to the code for the next redemption
             await self.redis.rpush(keys.redemption_returned(digest), value)
