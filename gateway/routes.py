@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Literal
 
 from aiohttp import web
 
-from gateway import admin, batches, billing, chat, files, health, models, openapi, redemption
+from gateway import admin, batches, billing, chat, files, health, models, openapi, payments, redemption
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
 from gateway.gemini_api import handlers as gemini
@@ -201,6 +201,15 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/billing/redeem", redemption.redeem,
           "Redeem a code: one use credits the account (an order); answers the balance, as GET /billing/credits",
           body=redemption.Redeem, errors=(400, 401, 404, 429)),
+    Route("GET", "/billing/packages", payments.packages, "The credit packages a customer may buy"),
+    Route("POST", "/billing/checkout", payments.checkout,
+          "Buy a package: a pending order and the payment provider's checkout URL", body=payments.NewCheckout,
+          ok=(201,), errors=(400, 401, 503)),
+    Route("GET", "/billing/payments", payments.payment_orders,
+          "Payment orders, newest first: pending, paid, refunded, failed or expired", errors=(401, 503)),
+    Route("POST", "/billing/webhooks/stripe", payments.stripe_webhook,
+          "Stripe's events (no API key: the Stripe-Signature header is verified over the raw body)", PUBLIC,
+          errors=(400, 409, 503)),
     # --- the operator's admin API (APIINONE_ADMIN_TOKEN) ---
     Route("POST", "/admin/accounts", admin.create_account, "Create an account", ADMIN, body=admin.NewAccount,
           ok=(201,), errors=(400, 401)),
