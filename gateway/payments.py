@@ -12,7 +12,7 @@ from gateway.inputs import read_body
 from gateway.state import GATEWAY
 from shared.errors import ApiError, bad_request
 from shared.payments.orders import NotYet, PaymentOrders
-from shared.payments.provider import InvalidEvent
+from shared.payments.provider import InvalidEvent, ProviderUnavailable
 from shared.protocol import WireModel
 
 
@@ -45,8 +45,12 @@ async def checkout(request: web.Request) -> web.Response:
         raise bad_request(f"No package {body.package!r}; see GET /billing/packages.", param="package")
     gw = request.app[GATEWAY]
     return_url = gw.settings.payment_return_url or (gw.settings.public_base_url or
-                                                    f"http://{gw.settings.host}:{gw.settings.port}") + "/dashboard"
-    order, url = await payments.create(request_key(request).account_id, package, return_url)
+                                                    f"http://{gw.settings.host}:{gw.settings.port}") + "/dashboard/credits"
+    try:
+        order, url = await payments.create(request_key(request).account_id, package, return_url)
+    except ProviderUnavailable as exc:
+        raise ApiError(502, f"The payment provider could not start the checkout ({exc}); try again.",
+                       "api_error", "provider_unavailable") from None
     return web.json_response({**order, "url": url}, status=201)
 
 

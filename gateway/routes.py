@@ -204,7 +204,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/billing/packages", payments.packages, "The credit packages a customer may buy"),
     Route("POST", "/billing/checkout", payments.checkout,
           "Buy a package: a pending order and the payment provider's checkout URL", body=payments.NewCheckout,
-          ok=(201,), errors=(400, 401, 503)),
+          ok=(201,), errors=(400, 401, 502, 503)),
     Route("GET", "/billing/payments", payments.payment_orders,
           "Payment orders, newest first: pending, paid, refunded, failed or expired", errors=(401, 503)),
     Route("POST", "/billing/webhooks/stripe", payments.stripe_webhook,

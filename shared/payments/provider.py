@@ -19,6 +19,10 @@ class InvalidEvent(Exception):
     """A webhook whose signature (or timestamp, or body) does not verify: 400, nothing changes."""
 
 
+class ProviderUnavailable(Exception):
+    """The provider refused or did not answer a call (a checkout could not start): 502."""
+
+
 @dataclass(frozen=True)
 class Package:
     """What a customer may buy: credits for an amount in a currency's minor units."""
@@ -74,7 +78,7 @@ class PaymentProvider(abc.ABC):
 
     @abc.abstractmethod
     async def create_checkout(self, order_id: str, package: Package, return_url: str) -> Checkout:
-        """Start the provider's checkout for a pending order."""
+        """Start the provider's checkout for a pending order; raises ``ProviderUnavailable``."""
 
     @abc.abstractmethod
     def parse_event(self, body: bytes, headers: dict[str, str]) -> list[PaymentEvent]:

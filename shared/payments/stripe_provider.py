@@ -19,7 +19,8 @@ import time
 import orjson
 import stripe
 
-from shared.payments.provider import Checkout, EventKind, InvalidEvent, Package, PaymentEvent, PaymentProvider
+from shared.payments.provider import (Checkout, EventKind, InvalidEvent, Package, PaymentEvent, PaymentProvider,
+                                     ProviderUnavailable)
 
 
 def _session_event(kind: EventKind, event_id: str, session: dict) -> PaymentEvent:
@@ -75,14 +76,20 @@ class StripeProvider(PaymentProvider):
         self.tolerance_s = tolerance_s
 
     async def create_checkout(self, order_id: str, package: Package, return_url: str) -> Checkout:
-        session = await self.client.v1.checkout.sessions.create_async(params={
+        try:
+            session = await self._create_session(order_id, package, return_url)
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe: {exc.user_message or type(exc).__name__}") from None
+        return Checkout(session.id, session.url or "")
+
+    async def _create_session(self, order_id: str, package: Package, return_url: str):
+        return await self.client.v1.checkout.sessions.create_async(params={
             "mode": "payment", "client_reference_id": order_id, "metadata": {"order_id": order_id},
             "line_items": [{"quantity": 1, "price_data": {
                 "currency": package.currency, "unit_amount": package.amount,
                 "product_data": {"name": f"{package.credits_micro // 1_000_000} credits ({package.name})"}}}],
             "success_url": return_url + "?checkout=success", "cancel_url": return_url + "?checkout=cancelled",
         }, options={"idempotency_key": "checkout-" + order_id})
-        return Checkout(session.id, session.url or "")
 
     def parse_event(self, body: bytes, headers: dict[str, str]) -> list[PaymentEvent]:
         if not self.webhook_secret:
