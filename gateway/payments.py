@@ -44,8 +44,8 @@ async def checkout(request: web.Request) -> web.Response:
     if package is None:
         raise bad_request(f"No package {body.package!r}; see GET /billing/packages.", param="package")
     gw = request.app[GATEWAY]
-    return_url = gw.settings.payment_return_url or (gw.settings.public_base_url or
-                                                    f"http://{gw.settings.host}:{gw.settings.port}") + "/dashboard/credits"
+    base = gw.settings.public_base_url or f"http://{gw.settings.host}:{gw.settings.port}"
+    return_url = gw.settings.payment_return_url or base + "/dashboard/credits"
     try:
         order, url = await payments.create(request_key(request).account_id, package, return_url)
     except ProviderUnavailable as exc:
