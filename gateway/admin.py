@@ -55,7 +55,7 @@ class NewTopup(WireModel):
     reference: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _micro(credits: int | float, param: str) -> int:
+def credits_param(credits: int | float, param: str) -> int:
     try:
         return credits_to_micro(credits)
     except ValueError as exc:
@@ -73,7 +73,7 @@ async def create_account(request: web.Request) -> web.Response:
     body = await read_body(request, NewAccount)
     gw = request.app[GATEWAY]
     multiplier = PPM if body.price_multiplier is None else _multiplier(body.price_multiplier)
-    account = await gw.accounts.create_account(body.name, _micro(body.credits, "credits"), rpm=body.rpm or 0,
+    account = await gw.accounts.create_account(body.name, credits_param(body.credits, "credits"), rpm=body.rpm or 0,
                                                tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
     if multiplier != PPM:
         account = await gw.accounts.set_price_multiplier(account["id"], multiplier)
@@ -112,8 +112,8 @@ async def create_key(request: web.Request) -> web.Response:
         key = await gw.accounts.create_key(
             request.match_info["account_id"], body.name, expires_at=body.expires_at or 0, rpm=body.rpm, tpm=body.tpm,
             max_concurrent=body.max_concurrent,
-            credit_limit_micro=_micro(body.credit_limit, "credit_limit") if body.credit_limit else None,
-            daily_credit_limit_micro=(_micro(body.daily_credit_limit, "daily_credit_limit")
+            credit_limit_micro=credits_param(body.credit_limit, "credit_limit") if body.credit_limit else None,
+            daily_credit_limit_micro=(credits_param(body.daily_credit_limit, "daily_credit_limit")
                                       if body.daily_credit_limit else None))
     except AccountNotFound:
         raise not_found(f"No account {request.match_info['account_id']!r}.") from None
@@ -140,7 +140,8 @@ async def create_topup(request: web.Request) -> web.Response:
     body = await read_body(request, NewTopup)
     gw = request.app[GATEWAY]
     try:
-        order, created = await gw.credits.credit(request.match_info["account_id"], _micro(body.credits, "credits"),
+        order, created = await gw.credits.credit(request.match_info["account_id"],
+                                                 credits_param(body.credits, "credits"),
                                                  body.reference)
     except AccountNotFound:
         raise not_found(f"No account {request.match_info['account_id']!r}.") from None

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam, int_param
 from gateway.state import GATEWAY
+from shared.errors import bad_request
 from shared.db.history_reads import order_rows
 from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, ledger_page, usage_page
 from shared.keys import AccountKeys
@@ -18,6 +19,7 @@ INT_FIELDS = {"prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_
               "price_multiplier_ppm", "input_tokens", "input_micro", "cached_input_micro", "output_micro"}
 # A malformed row id (or "0-0") is refused by Redis: that is the client's 400, never a 5xx.
 PAGING = Paging(20, 100, "The id of the last row of the previous page.", is_row_id, ROW_ID_PATTERN)
+MAX_SINCE_S = 10**12  # unix seconds: year 33,000
 USAGE_FILTERS = (
     QueryParam("since", {"type": "integer"}, "Only rows from this time on (unix seconds)."),
     QueryParam("model", {"type": "string"}, "Only rows of this model."),
@@ -40,7 +42,10 @@ async def credits(request: web.Request) -> web.Response:
 async def usage(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
-    rows = UsageFilter.since(int_param(request, "since", None), model=request.query.get("model") or "",
+    since = int_param(request, "since", None)
+    if since is not None and abs(since) > MAX_SINCE_S:  # its milliseconds would overflow Redis' and Postgres' ids
+        raise bad_request(f"Invalid value for 'since': at most {MAX_SINCE_S} (unix seconds).", param="since")
+    rows = UsageFilter.since(since, model=request.query.get("model") or "",
                              key_id=request.query.get("key") or "")
     page = await usage_page(gw.redis, request_key(request).account_id, rows, after, limit, budget=None, db=gw.db)
     return web.json_response({"object": "list", "data": [_row(r["id"], r, "billing.usage") for r in page.rows],

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Literal
 
 from aiohttp import web
 
-from gateway import admin, batches, billing, chat, files, health, models, openapi
+from gateway import admin, batches, billing, chat, files, health, models, openapi, payments, redemption
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
 from gateway.gemini_api import handlers as gemini
@@ -99,6 +99,9 @@ BATCH_ID = PathParam("batch_id", ids.BATCH, lambda v: not_found(f"No such Batch 
 ACCOUNT_ID = PathParam("account_id", ids.ACCOUNT, lambda v: not_found(f"No account {v!r}."),
                        "An account's id (acct_...)")
 KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An API key's id (key_...)")
+REDEMPTION_BATCH_ID = PathParam("batch_id", ids.REDEMPTION_BATCH,
+                                lambda v: not_found(f"No redemption code batch {v!r}."),
+                                "A batch of redemption codes' id (rcb_...)")
 RESPONSE_ID = PathParam("response_id", ids.RESPONSE, lambda v: not_found(f"Response with id '{v}' not found."),
                         "A stored response's id (resp_...)")
 GEMINI_REQUEST = JsonBody({
@@ -195,6 +198,18 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 401)),
     Route("GET", "/billing/ledger", billing.ledger, "Every balance change, newest first",
           query=billing.PAGING.params, errors=(400, 401)),
+    Route("POST", "/billing/redeem", redemption.redeem,
+          "Redeem a code: one use credits the account (an order); answers the balance, as GET /billing/credits",
+          body=redemption.Redeem, errors=(400, 401, 404, 429)),
+    Route("GET", "/billing/packages", payments.packages, "The credit packages a customer may buy"),
+    Route("POST", "/billing/checkout", payments.checkout,
+          "Buy a package: a pending order and the payment provider's checkout URL", body=payments.NewCheckout,
+          ok=(201,), errors=(400, 401, 502, 503)),
+    Route("GET", "/billing/payments", payments.payment_orders,
+          "Payment orders, newest first: pending, paid, refunded, failed or expired", errors=(401, 503)),
+    Route("POST", "/billing/webhooks/stripe", payments.stripe_webhook,
+          "Stripe's events (no API key: the Stripe-Signature header is verified over the raw body)", PUBLIC,
+          errors=(400, 409, 503)),
     # --- the operator's admin API (APIINONE_ADMIN_TOKEN) ---
     Route("POST", "/admin/accounts", admin.create_account, "Create an account", ADMIN, body=admin.NewAccount,
           ok=(201,), errors=(400, 401)),
@@ -212,6 +227,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/accounts/{account_id}/topups", admin.create_topup,
           "Top up, once per reference (a repeated reference answers 200 with the first order)", ADMIN,
           body=admin.NewTopup, params=(ACCOUNT_ID,), ok=(201, 200), errors=(400, 401, 404)),
+    Route("POST", "/admin/redemption-codes", redemption.create_codes,
+          "Generate a batch of redemption codes, shown only in this answer (?format=csv: as a CSV file)", ADMIN,
+          body=redemption.NewCodes, query=(redemption.FORMAT,), ok=(201,), errors=(400, 401)),
+    Route("POST", "/admin/redemption-codes/{batch_id}/disable", redemption.disable_codes,
+          "Disable every code of a batch at once", ADMIN, params=(REDEMPTION_BATCH_ID,), errors=(401, 404)),
     Route("DELETE", "/admin/keys/{key_id}", admin.delete_key, "Revoke a key on every gateway at once", ADMIN,
           params=(KEY_ID,), errors=(401, 404)),
     Route("POST", "/admin/users", adminapi.create_user, "Create a dashboard user", ADMIN, body=adminapi.NewUser,

@@ -16,6 +16,10 @@ from shared.db.database import Database, DatabaseUnavailable
 from shared.db.directory import Directory
 from shared.db.migrations import migrate
 from shared.dispatch import Dispatcher
+from shared.payments.orders import PaymentOrders
+from shared.payments.provider import parse_packages
+from shared.payments.stripe_provider import StripeProvider
+from shared.redemption import RedemptionCodes, ThrottlePolicy
 from shared.response_store import RedisResponseStore
 from shared.settings import Settings
 
@@ -43,7 +47,16 @@ class Gateway:
             self.credits.record = CreditRecord(self.db)
         self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
+        self.redemptions = RedemptionCodes(self.redis, self.scripts, self.credits, self.db, ThrottlePolicy(
+            settings.redeem_failures_per_account, settings.redeem_failures_per_client,
+            settings.redeem_throttle_window_s))
         # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL.
+        # Top-ups through Stripe (shared/payments/): with a secret key and the record only.
+        self.payments = None
+        if settings.stripe_secret_key and self.db is not None:
+            self.payments = PaymentOrders(self.db, self.credits, StripeProvider(
+                settings.stripe_secret_key, settings.stripe_webhook_secret, settings.stripe_api_base,
+                settings.stripe_webhook_tolerance_s), parse_packages(settings.payment_packages))
         self.responses = RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
                                             settings.responses_max_bytes_per_account)
         self._migrating: asyncio.Task | None = None

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from shared import audit, keys
 from shared.contracts import Hold, RequestStatus, ReserveStatus
-from shared.db.credits_record import CreditRecord
+from shared.db.credits_record import AlsoRecord, CreditRecord
 from shared.keys import AccountKeys
 from shared.money import MICRO_PER_CREDIT, micro_to_credits
 from shared.scripts import Scripts
@@ -52,6 +52,7 @@ class KeyLimits:
 
 
 NO_LIMITS = KeyLimits()
+LISTED_REASONS = ("topup", "initial", "redeem")  # credits that are orders the customer sees (/billing/orders)
 SETTLEMENT_PENDING_MS = 24 * 3600 * 1000  # a queued settlement keeps its hold this long before reconciliation
 RELEASED_HOLD_TTL_MS = 7 * 24 * 3600 * 1000  # how long a released hold still takes a late settlement
 
@@ -199,7 +200,8 @@ class Credits:
 
     # --- credits in -------------------------------------------------------
     async def credit(
-        self, account_id: str, amount_micro: int, reference: str, reason: str = "topup", note: str = ""
+        self, account_id: str, amount_micro: int, reference: str, reason: str = "topup", note: str = "",
+        also_record: AlsoRecord | None = None,
     ) -> tuple[dict, bool]:
         """Top up (reason "topup", creates an order) or adjust; idempotent per reference.
 
@@ -207,9 +209,10 @@ class Credits:
         record (Postgres), the credit is committed there first (raising ``DatabaseUnavailable``
         when it cannot be), so an answered credit survives the loss of Redis' last writes: the
         recovery applies what Postgres has and Redis lacks (worker/archiver/recovery.py).
+        ``also_record`` records more in that transaction (a redemption's use), when it is recorded now.
         """
         k = AccountKeys(account_id)
-        listed = reason in ("topup", "initial")
+        listed = reason in LISTED_REASONS
         order = {
             "id": "order_" + uuid.uuid4().hex[:20],
             "object": "billing.order",
@@ -225,7 +228,7 @@ class Credits:
         if self.record is not None:
             if not await self.redis.exists(k.account):
                 raise AccountNotFound(account_id)
-            order, recorded_now = await self.record.record_credit(account_id, order, listed)
+            order, recorded_now = await self.record.record_credit(account_id, order, listed, also_record)
         status, stored, _balance = await self.scripts.credit(
             keys=k.credit(), args=[reference, order["amount_micro"], order["kind"], orjson.dumps(order),
                                    "1" if listed else "0"])

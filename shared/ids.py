@@ -61,6 +61,7 @@ BATCH = IdFormat("batch_", 24)  # shared/batch_store.py
 ACCOUNT = IdFormat("acct_", 16)  # shared/accounts.py
 KEY = IdFormat("key_", 16)  # shared/accounts.py: an API key's id (never the key)
 USER = IdFormat("user_", 16)  # shared/users.py: a dashboard user
+REDEMPTION_BATCH = IdFormat("rcb_", 16)  # shared/redemption.py: a batch of redemption codes (never a code)
 RESPONSE = IdFormat("resp_", 32)  # shared/response_store.py: a stored OpenAI Responses object
 # A catalog model id (shared/catalog.py refuses others): letters, digits, and . _ : - inside.
 MODEL = NameFormat(r"[A-Za-z0-9](?:[A-Za-z0-9._:\-]{0,126}[A-Za-z0-9])?")

@@ -206,3 +206,21 @@ class BatchKeys:
 def callback_budget(account_id: str, minute: int) -> str:
     """counter with TTL: an account's completion callback attempts in one clock minute (epoch minutes)."""
     return f"{PREFIX}callback_budget:{account_id}:{minute}"
+
+
+# --- redemption codes (shared/redemption.py): one hash tag, so redeem.lua's keys share a slot ---
+def redemption_code(code_hash: str) -> str:
+    # hash: batch, credits_micro, uses, used, expires_at (unix s, 0 never), disabled ("1")
+    return f"{PREFIX}{{redeem}}:code:{code_hash}"
+
+
+def redemption_returned(code_hash: str) -> str:
+    return f"{PREFIX}{{redeem}}:returned:{code_hash}"  # list: use numbers handed back (their credit failed)
+
+
+def redemption_batch(batch_id: str) -> str:
+    return f"{PREFIX}{{redeem}}:batch:{batch_id}"  # set: the batch's code hashes (to disable them)
+
+
+def redeem_failures(scope: str) -> str:
+    return f"{PREFIX}{{redeem}}:fails:{scope}"  # string with TTL: unknown codes tried, per account or client address

@@ -39,6 +39,23 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
     max_keys_per_account: int = Field(default=100, ge=1)  # API keys one account may hold at once
+    # Redemption codes (shared/redemption.py): unknown codes an account, or a client address, may try per window
+    # before POST /billing/redeem answers 429 until the window ends.
+    redeem_failures_per_account: int = Field(default=10, ge=1)
+    redeem_failures_per_client: int = Field(default=30, ge=1)
+    redeem_throttle_window_s: int = Field(default=900, ge=1)
+
+    # Payments (shared/payments/): Stripe Checkout top-ups, on when STRIPE_SECRET_KEY is set. Packages the customer
+    # may buy: "name=credits:amount:currency" comma-separated, amount in minor units (cents): "starter=1000:1000:usd".
+    stripe_secret_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY", "APIINONE_STRIPE_SECRET_KEY"))
+    stripe_webhook_secret: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "APIINONE_STRIPE_WEBHOOK_SECRET"))
+    stripe_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_API_BASE", "APIINONE_STRIPE_API_BASE"))
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=1)  # how old a signed event's timestamp may be
+    payment_packages: str = "starter=1000:1000:usd,pro=5500:5000:usd"
+    payment_return_url: str | None = None  # where the checkout sends the customer back (default: the dashboard)
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))

@@ -130,7 +130,7 @@ async def test_migration_0002_moves_a_filled_usage_table_into_months(monkeypatch
                    fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
                 rows_of_month("acct_m", old, 4) + rows_of_month("acct_m", TODAY, 3))
         monkeypatch.undo()
-        assert await migrations.migrate(db) == ["0002_usage_partitions"]
+        assert (await migrations.migrate(db))[0] == "0002_usage_partitions"  # the later ones follow it
         rows = await db.fetch("SELECT tableoid::regclass::text AS part, count(*) AS n FROM usage GROUP BY 1 ORDER BY 1")
         assert [(r["part"], r["n"]) for r in rows] == [(partition_name(old), 4), (partition_name(TODAY), 3)]
         assert partition_name(month_start(TODAY, -1)) in await partitions(db)

@@ -8,15 +8,25 @@ credit Redis may not have applied, which the recovery applies (worker/archiver/r
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
+import asyncpg
+
 from shared.db.database import Database
+
+# More to record with a credit, in its transaction (a redemption's use: shared/redemption.py): (conn, order).
+AlsoRecord = Callable[[asyncpg.Connection, dict], Awaitable[None]]
 
 
 class CreditRecord:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def record_credit(self, account_id: str, order: dict, listed: bool) -> tuple[dict, bool]:
-        """(the order as recorded, True when recorded now); raises ``DatabaseUnavailable``."""
+    async def record_credit(self, account_id: str, order: dict, listed: bool,
+                            also: AlsoRecord | None = None) -> tuple[dict, bool]:
+        """(the order as recorded, True when recorded now); raises ``DatabaseUnavailable``.
+
+        ``also`` runs in the same transaction when the order is recorded now (not on a repeat)."""
         async with self.db.transaction() as conn:
             inserted = await conn.fetchval(
                 """INSERT INTO orders (id, account_id, reference, kind, amount_micro, listed, body, created)
@@ -32,4 +42,6 @@ class CreditRecord:
                 """INSERT INTO ledger (account_id, reason, reference, amount_micro) VALUES ($1, $2, $3, $4)
                    ON CONFLICT (account_id, reason, reference) DO NOTHING""",
                 account_id, order["kind"], order["reference"], order["amount_micro"])
+            if also is not None:
+                await also(conn, order)
         return order, True

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.db.database import Database
 from shared.keys import AccountKeys
+from shared.redemption import restore_codes
 
 DAY_S = 86400
 
@@ -36,9 +37,11 @@ class Restorer:
                 restored += 1
                 keys_ += counts["keys"]
                 users += counts["users"]
+        codes = await restore_codes(self.redis, self.db)
         newest = await self.db.fetchrow("SELECT max(sid_ms) AS ms FROM ledger")
         unapplied = await self.db.fetchrow("SELECT count(*) AS n FROM ledger WHERE sid_ms IS NULL")
         return {"accounts_restored": restored, "keys_restored": keys_, "users_restored": users,
+                "redemption_codes_restored": codes,
                 "credits_never_archived": unapplied["n"],
                 "unarchived_charges": {
                     "count": "unknown: Redis held them and was lost before the archiver committed them",

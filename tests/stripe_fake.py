@@ -1,0 +1,71 @@
+"""A local fake of the Stripe endpoints the product calls, and events signed as Stripe signs them.
+
+Runs on a free loopback port in a thread of its own (the stack's gateway calls it as STRIPE_API_BASE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header: t=<unix s>,v1=<HMAC-SHA256 of "<t>.<payload>" with the secret>."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def event(etype: str, obj: dict) -> bytes:
+    return orjson.dumps({"id": "evt_" + uuid.uuid4().hex[:24], "object": "event", "type": etype,
+                         "api_version": "2025-01-01", "created": int(time.time()), "data": {"object": obj}})
+
+
+class FakeStripe:
+    def __init__(self) -> None:
+        self.sessions: dict[str, dict] = {}
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _create_session(self, request: web.Request) -> web.Response:
+        form = dict(parse_qsl(await request.text()))
+        if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
+            return web.json_response({"error": {"type": "invalid_request_error", "message": "no key"}}, status=401)
+        sid = "cs_test_" + uuid.uuid4().hex
+        session = {"id": sid, "object": "checkout.session", "url": f"https://checkout.fake/{sid}",
+                   "amount_total": int(form["line_items[0][price_data][unit_amount]"]),
+                   "currency": form["line_items[0][price_data][currency]"], "payment_status": "unpaid",
+                   "status": "open", "client_reference_id": form.get("client_reference_id"), "payment_intent": None,
+                   "metadata": {"order_id": form.get("metadata[order_id]")}}
+        self.sessions[sid] = session
+        return web.json_response(session)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/checkout/sessions", self._create_session)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    def start(self) -> FakeStripe:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,100 @@
+"""Redemption codes (shared/redemption.py) in process against real Valkey and real Postgres: the per-client
+throttle, a redemption while Postgres is down (nothing credited, the use handed back), and the restore of
+codes and their use counts into a wiped Redis."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.accounts import Accounts
+from shared.audit import audit_account
+from shared.credits import Credits
+from shared.db.credits_record import CreditRecord
+from shared.db.database import Database, DatabaseUnavailable
+from shared.db.directory import Directory
+from shared.redemption import Outcome, RedemptionCodes, ThrottlePolicy, code_hash, normalize, restore_codes
+from shared.scripts import Scripts
+from tests.pg_session import new_database_url
+
+M = 1_000_000
+
+
+@pytest.fixture
+async def stores(valkey_port):
+    redis = Redis(port=valkey_port)
+    await redis.flushall()
+    db = Database(new_database_url())
+    yield redis, db
+    await db.close()
+    await redis.aclose()
+
+
+def codes_on(redis: Redis, db: Database, throttle: ThrottlePolicy = ThrottlePolicy()) -> RedemptionCodes:
+    scripts = Scripts(redis)
+    return RedemptionCodes(redis, scripts, Credits(redis, scripts, record=CreditRecord(db)), db, throttle)
+
+
+async def new_account(redis: Redis, db: Database) -> str:
+    credits = Credits(redis, Scripts(redis), record=CreditRecord(db))
+    return (await Accounts(redis, credits, Directory(db)).create_account("a", 0))["id"]
+
+
+def test_codes_carry_140_random_bits_and_read_forgivingly():
+    from shared.redemption import ALPHABET, CODE_CHARS, new_code
+    assert len(ALPHABET) == 32 and CODE_CHARS * 5 >= 100
+    code = new_code()
+    assert normalize(code) == normalize(" " + code.lower().replace("-", " - ") + "\n")
+    assert code_hash(code) == code_hash(code.lower()) and len(code_hash(code)) == 64
+
+
+async def test_unknown_codes_are_throttled_per_client_address_across_accounts(stores):
+    redis, db = stores
+    codes = codes_on(redis, db, ThrottlePolicy(per_account=3, per_client=5, window_s=60))
+    good = (await codes.create_batch(1, 1 * M, 1))["codes"][0]
+    accounts = [await new_account(redis, db) for _ in range(3)]
+    outcomes = [(await codes.redeem(accounts[i % 3], f"guess{i}", "203.0.113.9")).outcome for i in range(5)]
+    assert outcomes == [Outcome.UNKNOWN] * 5  # no account reached 3; the address reached 5
+    throttled = await codes.redeem(accounts[0], good, "203.0.113.9")
+    assert throttled.outcome == Outcome.THROTTLED and 0 < throttled.retry_after_s <= 60
+    assert (await codes.redeem(accounts[1], good, "198.51.100.7")).outcome == Outcome.CLAIMED  # another address
+
+
+async def test_postgres_down_credits_nothing_and_hands_the_use_back(stores, free_db_url):
+    redis, db = stores
+    codes = codes_on(redis, db)
+    account = await new_account(redis, db)
+    code = (await codes.create_batch(1, 4 * M, 1))["codes"][0]
+    down = Database(free_db_url)
+    codes.credits.record = CreditRecord(down)
+    for _ in range(3):
+        with pytest.raises(DatabaseUnavailable):
+            await codes.redeem(account, code, "c")
+    assert (await codes.credits.balance(account))["balance_micro"] == 0
+    codes.credits.record = CreditRecord(db)  # the database is back: the one use is still there
+    assert (await codes.redeem(account, code, "c")).outcome == Outcome.CLAIMED
+    assert (await codes.redeem(account, code, "c")).outcome == Outcome.NO_USE_LEFT
+    assert (await codes.credits.balance(account))["balance_micro"] == 4 * M
+    assert await db.fetchval("SELECT used FROM redemption_codes WHERE code_hash = $1", code_hash(code)) == 1
+    assert (await audit_account(redis, db, account))["ok"]
+    await down.close()
+
+
+async def test_a_wiped_redis_gets_its_codes_and_use_counts_back(stores):
+    redis, db = stores
+    codes = codes_on(redis, db)
+    account = await new_account(redis, db)
+    multi = await codes.create_batch(2, 1 * M, 3)
+    disabled = await codes.create_batch(1, 1 * M, 1)
+    await codes.disable_batch(disabled["id"])
+    for _ in range(2):
+        assert (await codes.redeem(account, multi["codes"][0], "c")).outcome == Outcome.CLAIMED
+    await redis.flushall()
+    assert await restore_codes(redis, db) == 3
+    assert await restore_codes(redis, db) == 0  # what Redis has is left alone
+    await new_account(redis, db)  # (the restore of accounts is tests/test_record.py's)
+    other = await new_account(redis, db)
+    assert (await codes.redeem(other, multi["codes"][0], "c")).outcome == Outcome.CLAIMED  # its third use
+    assert (await codes.redeem(other, multi["codes"][0], "c")).outcome == Outcome.NO_USE_LEFT
+    assert (await codes.redeem(other, disabled["codes"][0], "c")).outcome == Outcome.NO_USE_LEFT
+    assert (await codes.redeem(other, multi["codes"][1], "c")).outcome == Outcome.CLAIMED
