@@ -15,7 +15,7 @@ from shared.errors import ApiError, bad_request, not_found
 from shared.money import credits_to_micro
 from shared.pricing import PPM, parse_multiplier
 from shared.nodes import node_status
-from shared.protocol import WireModel
+from shared.protocol import RECORD_TEXT, WireModel
 from shared.supervision import supervisor_status
 
 
@@ -27,7 +27,7 @@ Multiplier = int | float | Annotated[str, Field(max_length=32)]
 
 
 class NewAccount(WireModel):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=RECORD_TEXT)]
     credits: Annotated[int | float, Field(ge=0, le=MAX_CREDITS)] = 0
     # defaults for the account's new keys
     rpm: PositiveInt | None = None
@@ -41,7 +41,7 @@ class AccountUpdate(WireModel):
 
 
 class NewKey(WireModel):
-    name: Annotated[str, Field(max_length=200)] = "default"
+    name: Annotated[str, Field(max_length=200, pattern=RECORD_TEXT)] = "default"
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
@@ -52,7 +52,7 @@ class NewKey(WireModel):
 
 class NewTopup(WireModel):
     credits: Credits
-    reference: Annotated[str, Field(min_length=1, max_length=200)]
+    reference: Annotated[str, Field(min_length=1, max_length=200, pattern=RECORD_TEXT)]
 
 
 def credits_param(credits: int | float, param: str) -> int:

@@ -18,6 +18,11 @@ from shared.schema_bounds import (MAX_INLINED_CHARS, MAX_INLINED_VALUES, MAX_REQ
                                   MAX_REQUEST_INLINED_VALUES, SchemaTooLarge, check_schema)
 
 
+# Text the record (Postgres) keeps: names, references, emails. Postgres text cannot hold NUL, and no
+# name needs a control character, so they are a 400 naming the field, not a 500 at the database.
+RECORD_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
 class WireModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
 

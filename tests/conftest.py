@@ -89,6 +89,22 @@ def audited_stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
             st.stop()
 
 
+@pytest.fixture
+async def stores(valkey_port):
+    """An empty throwaway Valkey and a fresh Postgres database (cloned from the session's template)."""
+    from redis.asyncio import Redis
+
+    from shared.db.database import Database
+    from tests.pg_session import new_database_url
+
+    redis = Redis(port=valkey_port)
+    await redis.flushall()
+    db = Database(new_database_url())
+    yield redis, db
+    await db.close()
+    await redis.aclose()
+
+
 @pytest.fixture(scope="session")
 def stack():
     with audited_stack() as st:

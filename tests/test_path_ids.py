@@ -113,3 +113,21 @@ async def test_redis_errors_other_than_unavailability_are_500_and_logged(error, 
     if status == 500:
         assert "WRONGTYPE" not in body["error"]["message"] and "stream" not in body["error"]["message"]
         assert any(e["log_level"] == "error" and e.get("path") == "/x" for e in logs), logs
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/admin/accounts", {"name": "\x00"}, "name"),
+    ("/admin/accounts", {"name": "a\nb"}, "name"),
+])
+def test_control_characters_in_record_text_are_400_not_500(admin, path, body, param):
+    """Postgres text cannot hold NUL: the fuzz run found POST /admin/accounts {"name": "\\x00"} answering 500."""
+    r = admin.http.post(path, json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_control_characters_in_a_key_name_or_topup_reference_are_400(admin):
+    account = admin.account(1)
+    r = admin.http.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k\x00"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name", r.text
+    r = admin.http.post(f"/admin/accounts/{account['id']}/topups", json={"credits": 1, "reference": "r\x00"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "reference", r.text

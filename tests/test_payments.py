@@ -4,19 +4,16 @@ fits by adding one class (run against real Valkey and Postgres through PaymentOr
 from __future__ import annotations
 
 import pytest
-from redis.asyncio import Redis
 
 from shared.accounts import Accounts
 from shared.audit import audit_account
 from shared.credits import Credits
 from shared.db.credits_record import CreditRecord
-from shared.db.database import Database
 from shared.db.directory import Directory
 from shared.payments.orders import NotYet, PaymentOrders
 from shared.payments.provider import (Checkout, EventKind, Package, PaymentEvent, PaymentProvider, parse_packages)
 from shared.payments.stripe_provider import events_of
 from shared.scripts import Scripts
-from tests.pg_session import new_database_url
 
 M = 1_000_000
 
@@ -55,16 +52,6 @@ class LedgerPay(PaymentProvider):
 
     def parse_event(self, body: bytes, headers: dict[str, str]) -> list[PaymentEvent]:
         raise NotImplementedError
-
-
-@pytest.fixture
-async def stores(valkey_port):
-    redis = Redis(port=valkey_port)
-    await redis.flushall()
-    db = Database(new_database_url())
-    yield redis, db
-    await db.close()
-    await redis.aclose()
 
 
 async def test_a_second_provider_fits_by_adding_one_class(stores):

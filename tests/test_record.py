@@ -19,23 +19,12 @@ from shared.db.database import Database
 from shared.db.directory import Directory
 from shared.keys import AccountKeys
 from shared.scripts import Scripts
-from tests.pg_session import new_database_url
 from worker.archiver import archive as archive_mod
 from worker.archiver.archive import Archiver
 from worker.archiver.recovery import Recovery
 from worker.archiver.restore import Restorer
 
 M = 1_000_000
-
-
-@pytest.fixture
-async def stores(valkey_port):
-    redis = Redis(port=valkey_port)
-    await redis.flushall()
-    db = Database(new_database_url())
-    yield redis, db
-    await db.close()
-    await redis.aclose()
 
 
 def parts(redis: Redis, db: Database):

@@ -15,19 +15,8 @@ from shared.db.database import Database, DatabaseUnavailable
 from shared.db.directory import Directory
 from shared.redemption import Outcome, RedemptionCodes, ThrottlePolicy, code_hash, normalize, restore_codes
 from shared.scripts import Scripts
-from tests.pg_session import new_database_url
 
 M = 1_000_000
-
-
-@pytest.fixture
-async def stores(valkey_port):
-    redis = Redis(port=valkey_port)
-    await redis.flushall()
-    db = Database(new_database_url())
-    yield redis, db
-    await db.close()
-    await redis.aclose()
 
 
 def codes_on(redis: Redis, db: Database, throttle: ThrottlePolicy = ThrottlePolicy()) -> RedemptionCodes:

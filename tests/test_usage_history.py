@@ -7,8 +7,6 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timezone
 
-import pytest
-from redis.asyncio import Redis
 
 from apiinone import postgres
 from shared import keys
@@ -20,23 +18,12 @@ from shared.history import UsageFilter
 from shared.keys import AccountKeys
 from shared.usage_export import usage_export
 from tests import pg_session
-from tests.pg_session import new_database_url
 from tests.test_record import M, drain, parts, spend
 from worker.archiver.archive import Archiver
 from worker.archiver.rows import insert_usage, usage_row
 
 TODAY = datetime.now(timezone.utc).date()
 PER_MONTH = 20
-
-
-@pytest.fixture
-async def stores(valkey_port):
-    redis = Redis(port=valkey_port)
-    await redis.flushall()
-    db = Database(new_database_url())
-    yield redis, db
-    await db.close()
-    await redis.aclose()
 
 
 def rows_of_month(account_id: str, first_day: date, n: int, prefix: str = "h") -> list[tuple]:

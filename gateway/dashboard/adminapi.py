@@ -15,7 +15,7 @@ from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
-from shared.protocol import WireModel
+from shared.protocol import RECORD_TEXT, WireModel
 from shared.users import UserError, UserExists, Users
 
 LIST_FILTERS = (QueryParam("account_id", {"type": "string"}, "Only the users of this account."),)
@@ -26,7 +26,7 @@ def _users(request: web.Request) -> Users:
 
 
 class NewUser(WireModel):
-    email: Annotated[str, Field(min_length=3, max_length=254)]
+    email: Annotated[str, Field(min_length=3, max_length=254, pattern=RECORD_TEXT)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     account_id: str
     role: Literal["user", "operator"] = "user"
