@@ -271,14 +271,20 @@ def final_frames(job: ChatJob, gen: Generation, charge_micro: int) -> tuple[byte
     return frames + (final or b""), final
 
 
-async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
+def start_job(rt: JobRuntime, job: ChatJob, claimed: list) -> tuple[Model, ReplyPublisher, float, float]:
+    """A claimed job begins: its log context, its model, its publisher (announcing the worker running it),
+    when it started (monotonic) and how long it waited between enqueue and start (ms)."""
     rid = job["id"]
     structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
-    model = rt.catalog.models[job["model"]]
+    model = rt.catalog.models[job["model"]]  # first: a job for a model this worker lacks announces nothing
     publisher = ReplyPublisher(rt.coalescer, job["reply_to"], rid, first=claimed)
     publisher.announce(relay.frame(relay.STARTED, rt.worker_id.encode()))
-    started = time.monotonic()
     queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
+    return model, publisher, time.monotonic(), queue_ms
+
+
+async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
+    model, publisher, started, queue_ms = start_job(rt, job, claimed)
     labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
 
     gen = await _generate(rt, job, model, publisher)

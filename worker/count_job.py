@@ -17,10 +17,9 @@ import structlog
 from shared import relay
 from shared.contracts import ChatJob, JobKind, RequestStatus
 from shared.metrics import JOBS, UPSTREAM_ERRORS, labelled
-from worker.chat_job import Generation, JobOutcome, JobRuntime, build_settlement
+from worker.chat_job import Generation, JobOutcome, JobRuntime, build_settlement, start_job
 from worker.chunks import ChunkBuilder
 from worker.provider import ProviderError
-from worker.publisher import ReplyPublisher
 
 log = structlog.get_logger()
 
@@ -48,12 +47,7 @@ def _as_provider_error(exc: BaseException) -> ProviderError:
 
 async def run_count(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
     rid = job["id"]
-    structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
-    model = rt.catalog.models[job["model"]]
-    publisher = ReplyPublisher(rt.coalescer, job["reply_to"], rid, first=claimed)
-    publisher.announce(relay.frame(relay.STARTED, rt.worker_id.encode()))
-    started = time.monotonic()
-    queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)
+    model, publisher, started, queue_ms = start_job(rt, job, claimed)
     gen = Generation(ChunkBuilder(rid, model.id, job["created"]))
     gen.builder.finish_reason = FINISH
     try:
