@@ -17,7 +17,7 @@ from gateway.inputs import read_body
 from gateway.state import GATEWAY, Gateway
 from shared.accounts import KeyRecord
 from shared.admission import check_request, count_hold, estimated_tokens, plan_hold, prompt_token_bound
-from shared.catalog import Model
+from shared.catalog import Catalog, Model
 from shared.contracts import COUNT_KINDS, Api, JobKind
 from shared.dispatch import Admitted
 from shared.errors import ApiError, not_found
@@ -48,8 +48,9 @@ async def admit(request: web.Request, gw: Gateway) -> Admitted:
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
 
 
-def find_model(gw: Gateway, model_id: str) -> Model:
-    model = gw.catalog.models.get(model_id)
+def find_model(catalog: Catalog, model_id: str) -> Model:
+    """The model a request names (an alias names its target: served and billed as it)."""
+    model = catalog.resolve(model_id)
     if model is None:
         raise not_found(f"The model '{model_id}' does not exist. GET /api/v1/models lists the models.",
                         code="model_not_found", param="model")
@@ -61,7 +62,8 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, req: Chat
     """A chat body (the client's, or one a front end translated its request into) as an ``Admitted``:
     the model's checks, the job every attempt shares, the tokens/min estimate and the worst-case hold.
     A count (``kind`` COUNT) is free: a token hold settled at 0; only its request counts against the key."""
-    model = find_model(gw, req.model)
+    catalog = gw.catalog  # read once: the request keeps this version to its end
+    model = find_model(catalog, req.model)
     prompt_estimate = check_request(req, model, gw.settings.max_messages)
     job = {
         "account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
@@ -69,9 +71,9 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, req: Chat
         "body": req.model_dump(exclude_none=True, by_alias=True),
     }
     if kind in COUNT_KINDS:
-        return Admitted(key, model, job, 0, count_hold(prompt_token_bound(req)))
+        return Admitted(key, model, job, 0, count_hold(prompt_token_bound(req)), catalog.version)
     return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, gw.settings.min_output_tokens, key.price_multiplier_ppm))
+                    plan_hold(req, model, gw.settings.min_output_tokens, key.price_multiplier_ppm), catalog.version)
 
 
 class ChatRenderer:

@@ -7,15 +7,19 @@ import uuid
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.auth import KeyCache
 from shared.accounts import Accounts
-from shared.catalog import Catalog
+from shared.catalog import Catalog, load_document
+from shared.catalog_store import CatalogStore
 from shared.db.credits_record import CreditRecord
 from shared.db.database import Database, DatabaseUnavailable
 from shared.db.directory import Directory
 from shared.db.migrations import migrate
 from shared.dispatch import Dispatcher
+from shared.live_catalog import open_live_catalog
+from shared.operator_audit import OperatorAudit
 from shared.payments.orders import PaymentOrders
 from shared.payments.provider import parse_packages
 from shared.payments.stripe_provider import StripeProvider
@@ -29,7 +33,6 @@ log = structlog.get_logger()
 class Gateway:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         self.settings = settings
-        self.catalog = catalog
         self.gateway_id = uuid.uuid4().hex[:12]
         self.keys: KeyCache | None = None
         # The request lifecycle (shared/dispatch.py); revocations arrive on its reply channel.
@@ -38,6 +41,9 @@ class Gateway:
         self.redis = self.dispatch.redis
         self.scripts = self.dispatch.scripts
         self.credits = self.dispatch.credits
+        # The catalog, live: ``self.catalog`` is the current version; a request reads it once, at admission.
+        self.live = open_live_catalog(settings, self.redis, self.scripts, catalog)
+        self.live.on_swap(self.dispatch.use_catalog)
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
         # Postgres, the record: admin writes and history reads; never the request path.
@@ -45,6 +51,9 @@ class Gateway:
         self.directory = Directory(self.db) if self.db else None
         if self.db is not None:
             self.credits.record = CreditRecord(self.db)
+        # Catalog changes (the admin API, the dashboard) go through this store: each version recorded in Postgres.
+        self.catalog_store = CatalogStore(self.redis, self.scripts, self.db)
+        self.operator_audit = OperatorAudit(self.db)
         self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
         self.redemptions = RedemptionCodes(self.redis, self.scripts, self.credits, self.db, ThrottlePolicy(
@@ -62,11 +71,16 @@ class Gateway:
         self._migrating: asyncio.Task | None = None
 
     @property
+    def catalog(self) -> Catalog:
+        return self.live.current
+
+    @property
     def live_workers(self) -> dict[str, int]:
         return self.dispatch.liveness.live_workers
 
     async def start(self) -> None:
         await self.dispatch.start()
+        await self.live.start(load_document(self.settings.catalog))
         if self.db is not None:  # in the background: the gateway serves (and /readyz says why not) meanwhile
             self._migrating = asyncio.create_task(self._migrate())
 
@@ -74,14 +88,20 @@ class Gateway:
         while True:
             try:
                 await migrate(self.db)
-                return
+                break
             except DatabaseUnavailable as exc:
                 log.warning("database unreachable; migrations wait for it", error=str(exc))
                 await asyncio.sleep(2)
+        if self.live.live:  # the record and the live store level (a version it lacks, a wiped Redis)
+            try:
+                await self.catalog_store.seed(load_document(self.settings.catalog))
+            except (RedisError, DatabaseUnavailable) as exc:
+                log.warning("catalog record not levelled with the store", error=str(exc))
 
     async def stop(self) -> None:
         if self._migrating is not None:
             self._migrating.cancel()
+        await self.live.stop()
         await self.dispatch.stop()
         if self.db is not None:
             await self.db.close()

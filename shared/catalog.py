@@ -1,11 +1,16 @@
-"""The catalog: models, providers and nodes, loaded once from a TOML file."""
+"""The catalog: models, providers, nodes and aliases; one immutable ``Catalog`` per version.
+
+``parse_catalog`` is the one reader of a catalog document (the TOML file, or a version stored live:
+shared/catalog_store.py); ``validate_catalog`` wraps it for documents an operator sends, so every
+mistake is one ``CatalogInvalid`` naming where it is.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from shared import ids
@@ -66,6 +71,16 @@ class Model:
     def nodes(self) -> tuple[str, ...]:
         return tuple(r.node for r in self.routes)
 
+    @cached_property
+    def price_version(self) -> str:
+        """Its price sheet's digest (computed once per catalog version, not per request)."""
+        return self.prices.version
+
+    @cached_property
+    def prices_wire(self) -> dict:
+        """Its price sheet as a job carries it to the worker and billing (shared/pricing.py ``to_wire``)."""
+        return self.prices.to_wire()
+
     def public(self) -> dict:
         """The OpenAI model object plus the catalog data the product page shows."""
         return {
@@ -92,9 +107,22 @@ class Catalog:
     models: dict[str, Model]
     providers: dict[str, Provider]
     nodes: dict[str, Node]
+    aliases: dict[str, str] = field(default_factory=dict)  # public id -> model id
+    version: int = 0  # the live store's version (0: the file, not stored)
 
     def provider_of_node(self, node: str) -> Provider:
         return self.providers[self.nodes[node].provider]
+
+    def resolve(self, model_id: str) -> Model | None:
+        """The model a request names: a model id, or an alias of one."""
+        model = self.models.get(model_id)
+        if model is None and model_id in self.aliases:
+            model = self.models.get(self.aliases[model_id])
+        return model
+
+
+class CatalogInvalid(ValueError):
+    """A catalog document that cannot be served; the message says where it is wrong."""
 
 
 def _routes(model_id: str, m: dict) -> tuple[Route, ...]:
@@ -135,7 +163,21 @@ def _price_sheet(model_id: str, m: dict) -> PriceSheet:
         raise ValueError(f"model {model_id!r}: bad prices ({exc})") from None
 
 
-def parse_catalog(data: dict) -> Catalog:
+def _aliases(data: dict, models: dict[str, Model]) -> dict[str, str]:
+    aliases = data.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise ValueError("aliases must be a table of public id = model id")
+    for alias, target in aliases.items():
+        if not ids.MODEL.matches(alias):
+            raise ValueError(f"alias {alias!r}: use letters, digits and . _ : - (at most 128)")
+        if alias in models:
+            raise ValueError(f"alias {alias!r} is also a model id")
+        if target not in models:
+            raise ValueError(f"alias {alias!r} names unknown model {target!r}")
+    return dict(aliases)
+
+
+def parse_catalog(data: dict, version: int = 0) -> Catalog:
     providers = {
         pid: Provider(
             id=pid,
@@ -173,13 +215,51 @@ def parse_catalog(data: dict) -> Catalog:
             output_types=tuple(m.get("output_types", ["text"])),
             capabilities=tuple(m.get("capabilities", [])),
         )
-    return Catalog(models=models, providers=providers, nodes=nodes)
+    return Catalog(models=models, providers=providers, nodes=nodes, aliases=_aliases(data, models), version=version)
+
+
+ADAPTERS = ("gemini", "openai")
+
+
+def validate_catalog(data: object, version: int = 0) -> Catalog:
+    """``parse_catalog`` for a document an operator sent: every mistake is a ``CatalogInvalid``."""
+    if not isinstance(data, dict):
+        raise CatalogInvalid("the catalog is a JSON object with providers, nodes, models and aliases")
+    try:
+        catalog = parse_catalog(data, version)
+    except KeyError as exc:
+        raise CatalogInvalid(f"a required field is missing: {exc}") from None
+    except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+        raise CatalogInvalid(str(exc)) from None
+    if not catalog.models:
+        raise CatalogInvalid("the catalog needs at least one model")
+    for provider in catalog.providers.values():
+        if provider.adapter not in ADAPTERS:
+            raise CatalogInvalid(f"provider {provider.id!r}: adapter must be one of {', '.join(ADAPTERS)}")
+    for node in catalog.nodes.values():
+        if node.provider not in catalog.providers:
+            raise CatalogInvalid(f"node {node.id!r} names unknown provider {node.provider!r}")
+    for model in catalog.models.values():
+        if model.provider not in catalog.providers:
+            raise CatalogInvalid(f"model {model.id!r} names unknown provider {model.provider!r}")
+        if model.base_cost_micro < 0 or model.context_window < 1 or model.max_output_tokens < 1:
+            raise CatalogInvalid(f"model {model.id!r}: base_cost_credits, context_window and max_output_tokens "
+                                 "must be positive")
+    return catalog
+
+
+def catalog_path(path: Path | str | None = None) -> Path:
+    return Path(path or os.environ.get("APIINONE_CATALOG") or BUNDLED_CATALOG)
+
+
+def load_document(path: Path | str | None = None) -> dict:
+    """The TOML file as a document (what seeds an empty live store)."""
+    with catalog_path(path).open("rb") as fh:
+        return tomllib.load(fh)
 
 
 def load_catalog(path: Path | str | None = None) -> Catalog:
-    path = Path(path or os.environ.get("APIINONE_CATALOG") or BUNDLED_CATALOG)
-    with path.open("rb") as fh:
-        return parse_catalog(tomllib.load(fh))
+    return parse_catalog(load_document(path))
 
 
 @lru_cache(maxsize=1)

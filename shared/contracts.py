@@ -150,6 +150,8 @@ class ChatJob(TypedDict):
     prompt_bound_tokens: int  # the upper bound of its prompt the hold was planned with
     price_multiplier_ppm: int  # the account's price multiplier at admission: the hold, clamp and charge use it
     price_version: str  # the model's price sheet version (shared/pricing.py) the hold was planned with
+    prices: dict  # that price sheet (PriceSheet.to_wire): the worker's clamp and charge, and billing, price with it
+    catalog_version: int  # the live catalog version it was admitted under (0: the file, no live store)
     id: str  # the request id: also the hold's id and the settlement's
     account_id: str
     key_id: str
@@ -188,6 +190,8 @@ class Settlement(TypedDict):
     cached_tokens: int
     price_multiplier_ppm: int  # from the job: what the request was admitted at
     price_version: str  # from the job: the prices its hold was planned with
+    prices: dict  # from the job: that price sheet, which billing charges at (absent: the current catalog's)
+    catalog_version: int  # from the job: the catalog version it was admitted under
     latency_ms: int
     ttft_ms: int | str  # "" when no token came
     queue_ms: int
@@ -208,4 +212,4 @@ PRICE_FIELDS = ("price_tier", "price_multiplier_ppm", "price_version", "input_to
                 "cached_input_micro", "output_micro")
 USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
-                "queue_ms", "created", "batch_id", "trace_id", "api", *PRICE_FIELDS)
+                "queue_ms", "created", "batch_id", "trace_id", "api", "catalog_version", *PRICE_FIELDS)

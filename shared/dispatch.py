@@ -75,6 +75,7 @@ class Admitted:
     job: dict  # the ChatJob fields every attempt shares (the attempt adds id, node, reply_to, times)
     estimated_tokens: int  # charged to the key's tokens/min bucket at admission
     hold: HoldPlan  # the worst case and the floor of its hold (shared/admission.py)
+    catalog_version: int = 0  # the catalog version it was admitted under (its model is of that version)
 
 
 class Dispatcher:
@@ -95,6 +96,11 @@ class Dispatcher:
         self.liveness = Liveness(self.redis, list(catalog.nodes), settings.worker_lease_s)
         self._tasks: set[asyncio.Task] = set()
         self._refresher: asyncio.Task | None = None
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """A new catalog version: its nodes are the ones watched from now on (routes come with each request's model)."""
+        self.catalog = catalog
+        self.liveness.nodes = list(catalog.nodes)
 
     async def start(self) -> None:
         try:
@@ -155,10 +161,12 @@ class InFlight:
         # hold_micro comes first: enqueue.lua writes the granted hold over its placeholder (the first
         # occurrence in the job's bytes, so nothing a client sent can stand in its place).
         # The prices it was admitted with travel with it: the worker clamps and prices, and billing charges,
-        # with the same multiplier the hold was planned with (shared/pricing.py).
+        # with the price sheet and multiplier the hold was planned with (shared/pricing.py), whatever
+        # catalog version is current by then.
+        model = admitted.model
         self.job = {"hold_micro": HOLD_PLACEHOLDER, "prompt_bound_tokens": admitted.hold.prompt_bound_tokens,
-                    "price_multiplier_ppm": admitted.hold.multiplier_ppm,
-                    "price_version": admitted.model.prices.version, **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
+                    "price_multiplier_ppm": admitted.hold.multiplier_ppm, "price_version": model.price_version,
+                    "prices": model.prices_wire, "catalog_version": admitted.catalog_version, **admitted.job, "id": request_id, "node": node, "reply_to": d.hub.channel,
                     "created": int(now), "enqueued_ms": round(now * 1000, 3), **job_extra}
         self.batch = batch
         self.queue_name = keys.node_batch_queue(node) if batch else keys.node_queue(node)

@@ -224,3 +224,8 @@ def redemption_batch(batch_id: str) -> str:
 
 def redeem_failures(scope: str) -> str:
     return f"{PREFIX}{{redeem}}:fails:{scope}"  # string with TTL: unknown codes tried, per account or client address
+
+# The live catalog (shared/catalog_store.py): the current version's document and its number, one hash so
+# that both change together; every change is announced on the channel (its payload: the new version).
+CATALOG = PREFIX + "catalog"  # hash: version, document (JSON)
+CATALOG_CHANNEL = PREFIX + "catalog:changed"  # pub/sub: a new catalog version is current

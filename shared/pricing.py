@@ -100,6 +100,24 @@ class PriceSheet:
             text += f";>{self.long_context.above_prompt_tokens}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def to_wire(self) -> dict:
+        """Integers only (micro-credits per 1M tokens): how a job and its settlement carry the prices it was
+        admitted at, so the worker's clamp and the billing worker's charge use them whatever the catalog is now."""
+        s = self.standard
+        out = {"version": self.version, "input": s.input_micro, "cached_input": s.cached_input_micro,
+               "output": s.output_micro}
+        if self.long_context:
+            r = self.long_context.rates
+            out["long_context"] = [self.long_context.above_prompt_tokens, r.input_micro, r.cached_input_micro,
+                                   r.output_micro]
+        return out
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> PriceSheet:
+        lc = wire.get("long_context")
+        return cls(Rates(int(wire["input"]), int(wire["cached_input"]), int(wire["output"])),
+                   LongContextTier(int(lc[0]), Rates(int(lc[1]), int(lc[2]), int(lc[3]))) if lc else None)
+
     def public(self) -> dict:
         out = {"unit": "credits per 1M tokens", **self.standard.public(), "thinking": "billed as output",
                "version": self.version}

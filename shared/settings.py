@@ -82,8 +82,13 @@ class Settings(BaseSettings):
     )
     simulator_port: int = 8090
 
-    # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`.
+    # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`. With catalog_live
+    # (the default) the file only seeds an empty live store (Redis, recorded in Postgres), which the admin API
+    # and the dashboard change and every process follows (shared/live_catalog.py); false: the file is the
+    # catalog, fixed (edits are refused).
     catalog: Path | None = None
+    catalog_live: bool = True
+    catalog_check_s: float = Field(default=5.0, gt=0)  # the follower's safety net beside the change notices
 
     # Request lifecycle
     queue_timeout_s: float = 10.0  # how long a request may wait for a worker before 503

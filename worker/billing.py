@@ -2,7 +2,8 @@
 
 Settlement is one Lua script per request (``shared/credits.py``): charge the
 token cost, release the hold, append ledger and usage rows; idempotent per
-request id. The price is computed here from the catalog, the one authority.
+request id. The price is computed here, with the price sheet the request was admitted at (its job
+carried it to the settlement): a catalog change between admission and settlement does not reprice it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from arq.jobs import deserialize_job_raw
 from shared import keys
 from shared.catalog import Catalog, get_catalog
 from shared.contracts import BILLABLE, USAGE_FIELDS
-from shared.pricing import PPM, Charge, TokenCounts, price
+from shared.pricing import PPM, Charge, PriceSheet, TokenCounts, price
 from shared.credits import Credits, SettleOrder, Settlement
+from shared.live_catalog import LiveCatalog, start_live_catalog
 from shared.metrics import (CREDITS_CHARGED, LATE_SHORTFALL, RECONCILED_HOLDS, SETTLE_FAILURES, SETTLEMENTS,
                             labelled)
 from shared.queue import deserialize
@@ -38,17 +40,29 @@ BATCH = 256  # settlements claimed and settled in one pipeline
 LINGER_S = 0.025
 
 
-def charge_for(catalog: Catalog, settlement: dict) -> Charge | None:
-    """The price of a settled request: the one pricing function, with the multiplier it was admitted with.
-    None when nothing is billed (a failed or rejected request, or a model gone from the catalog)."""
+def admitted_prices(catalog: Catalog, settlement: dict) -> PriceSheet | None:
+    """The price sheet a request was admitted at: the one its settlement carries (a settlement from before
+    jobs carried prices: the catalog's, now); None when its model is gone."""
+    if settlement.get("prices"):
+        return PriceSheet.from_wire(settlement["prices"])
     model = catalog.models.get(settlement["model"])
-    if model is None or settlement["status"] not in BILLABLE:
+    if model is None:
         return None
-    if settlement.get("price_version") and settlement["price_version"] != model.prices.version:
-        # Admitted under other prices (the catalog changed in between): priced with these, within its hold.
+    if settlement.get("price_version") and settlement["price_version"] != model.price_version:
         log.warning("settlement priced with a newer catalog than its hold", request_id=settlement["request_id"],
-                    admitted=settlement["price_version"], pricing=model.prices.version)
-    return price(model.prices, int(settlement.get("price_multiplier_ppm") or PPM),
+                    admitted=settlement["price_version"], pricing=model.price_version)
+    return model.prices
+
+
+def charge_for(catalog: Catalog, settlement: dict) -> Charge | None:
+    """The price of a settled request: the one pricing function, with the prices and multiplier it was admitted
+    with. None when nothing is billed (a failed or rejected request, or an unpriceable one)."""
+    if settlement["status"] not in BILLABLE:
+        return None
+    sheet = admitted_prices(catalog, settlement)
+    if sheet is None:
+        return None
+    return price(sheet, int(settlement.get("price_multiplier_ppm") or PPM),
                  TokenCounts(int(settlement["prompt_tokens"]), int(settlement["completion_tokens"]),
                              int(settlement.get("cached_tokens") or 0)))
 
@@ -89,9 +103,10 @@ async def settle(ctx: dict, settlement: dict) -> int:
 
 
 class BillingWorker(BlockingPopWorker):
-    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None,
+                 live: LiveCatalog | None = None) -> None:
         self.settings = settings or get_settings()
-        self.catalog = catalog or get_catalog()
+        self.live = live or LiveCatalog(catalog or get_catalog(), None, None)  # default: a fixed catalog
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
         self.credits = Credits(pool)
         super().__init__(
@@ -107,6 +122,10 @@ class BillingWorker(BlockingPopWorker):
             ctx={},
         )
         self.ctx["worker"] = self
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.current
 
     async def background(self) -> list:
         return [self._reconcile_loop()]
@@ -194,7 +213,9 @@ class BillingWorker(BlockingPopWorker):
 
 
 async def serve() -> None:
-    worker = BillingWorker()
+    settings = get_settings()
+    live = await start_live_catalog(settings)
+    worker = BillingWorker(settings, live=live)
     log.info("billing worker starting", started=int(time.time()))
     try:
         await worker.async_run()
@@ -202,3 +223,4 @@ async def serve() -> None:
         pass
     finally:
         await worker.close()
+        await live.stop()

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Protocol
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import orjson
 import structlog
@@ -29,7 +29,7 @@ from shared.catalog import Catalog, Model
 from shared.coalesce import Coalescer
 from shared.contracts import BILLABLE, USAGE_ESTIMATED, Api, ChatJob, ErrorCode, JobKind, RequestStatus, Settlement
 from shared.metrics import JOB_DURATION, JOBS, QUEUE_WAIT, TOKENS, TTFT, UPSTREAM_ERRORS, labelled
-from shared.pricing import Charge, TokenCounts, price
+from shared.pricing import Charge, PriceSheet, TokenCounts, price
 from shared.settings import Settings
 from worker.chunks import ChunkBuilder
 from worker.hold_clamp import clamp_native, clamp_to_hold, job_multiplier
@@ -104,6 +104,10 @@ class JobRuntime:
     coalescer: Coalescer  # the worker's shared pipeline (publishes)
     sink: SettlementSink
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    # The live catalog (shared/live_catalog.py): ``catalog`` is swapped to each new version; these read the
+    # versions jobs were admitted under, and catch up with a newer one a job names (None: a fixed catalog).
+    catalog_at: Callable[[int], Catalog | None] | None = None
+    follow_catalog: Callable[[], Awaitable[object]] | None = None
 
 
 @dataclass
@@ -168,6 +172,7 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "reasoning_tokens": u.reasoning_tokens, "cached_tokens": u.cached_tokens,
         "price_multiplier_ppm": job_multiplier(job), "price_version": job.get("price_version", ""),
+        "prices": job.get("prices") or model.prices_wire, "catalog_version": job.get("catalog_version", 0),
         "latency_ms": latency_ms, "ttft_ms": gen.ttft_ms if gen.ttft_ms is not None else "",
         "queue_ms": int(queue_ms), "created": job["created"], "batch_id": job.get("batch_id", ""),
         "trace_id": job.get("trace_id", ""), "api": job.get("api", Api.CHAT),
@@ -276,14 +281,30 @@ def start_job(rt: JobRuntime, job: ChatJob, claimed: list) -> tuple[Model, Reply
     when it started (monotonic) and how long it waited between enqueue and start (ms)."""
     rid = job["id"]
     structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
-    model = rt.catalog.models[job["model"]]  # first: a job for a model this worker lacks announces nothing
+    model = job_model(rt, job)  # first: a job for a model this worker lacks announces nothing
     publisher = ReplyPublisher(rt.coalescer, job["reply_to"], rid, first=claimed)
     publisher.announce(relay.frame(relay.STARTED, rt.worker_id.encode()))
     queue_ms = round(max(0.0, time.time() * 1000 - job["enqueued_ms"]), 2)  # enqueue to start (pickup)
     return model, publisher, time.monotonic(), queue_ms
 
 
+def job_model(rt: JobRuntime, job: ChatJob) -> Model:
+    """The job's model as it was admitted: from the catalog version it names when this worker holds it
+    (else the current one), priced with the price sheet the job carries (its hold was planned with it)."""
+    catalog = rt.catalog
+    version = job.get("catalog_version")
+    if version is not None and version != catalog.version and rt.catalog_at is not None:
+        catalog = rt.catalog_at(version) or catalog
+    model = catalog.models[job["model"]]
+    wire = job.get("prices")
+    if wire and job.get("price_version") != model.price_version:
+        model = replace(model, prices=PriceSheet.from_wire(wire))
+    return model
+
+
 async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
+    if rt.follow_catalog is not None and job.get("catalog_version", 0) > rt.catalog.version:
+        await rt.follow_catalog()  # admitted under a version this worker has not swapped to yet: read it now
     model, publisher, started, queue_ms = start_job(rt, job, claimed)
     labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
 

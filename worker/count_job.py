@@ -17,7 +17,7 @@ import structlog
 from shared import relay
 from shared.contracts import ChatJob, JobKind, RequestStatus
 from shared.metrics import JOBS, UPSTREAM_ERRORS, labelled
-from worker.chat_job import Generation, JobOutcome, JobRuntime, build_settlement, start_job
+from worker.chat_job import Generation, JobOutcome, JobRuntime, build_settlement, job_model, start_job
 from worker.chunks import ChunkBuilder
 from worker.provider import ProviderError
 
@@ -27,7 +27,7 @@ FINISH = "count_tokens"  # the usage row's finish_reason of a count
 
 
 async def _count(rt: JobRuntime, job: ChatJob) -> int:
-    model = rt.catalog.models[job["model"]]
+    model = job_model(rt, job)
     adapter = rt.adapter(job["node"])
     async with asyncio.timeout(rt.settings.request_timeout_s):
         return await adapter.count(job["body"], model, native=job.get("kind") == JobKind.GEMINI_COUNT)

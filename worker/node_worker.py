@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog, get_catalog
+from shared.live_catalog import LiveCatalog, start_live_catalog
 from shared.contracts import COUNT_KINDS
 from shared.coalesce import Coalescer
 from shared.metrics import WORKER_INFLIGHT
@@ -64,9 +65,9 @@ async def chat(ctx: dict, job: dict) -> str:
 
 class NodeWorker(BlockingPopWorker):
     def __init__(self, node: str, concurrency: int, settings: Settings | None = None,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, live: LiveCatalog | None = None) -> None:
         self.settings = settings or get_settings()
-        self.catalog = catalog or get_catalog()
+        self.live = live or LiveCatalog(catalog or get_catalog(), None, None)  # default: a fixed catalog
         if node not in self.catalog.nodes:
             raise SystemExit(f"unknown node {node!r}; the catalog has: {', '.join(self.catalog.nodes)}")
         self.node = node
@@ -93,7 +94,23 @@ class NodeWorker(BlockingPopWorker):
         self.queue = NodeQueue(pool)
         self.coalescer = Coalescer(pool)  # every job's Redis commands share one pipeline at a time
         self.runtime = JobRuntime(self.catalog, self.settings, self.worker_id, self.adapter, self.coalescer,
-                                  BillingQueueSink(pool), CancelRegistry())
+                                  BillingQueueSink(pool), CancelRegistry(), catalog_at=self.live.at,
+                                  follow_catalog=self.live.refresh)
+        self.live.on_swap(self._use_catalog)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.current
+
+    def _use_catalog(self, catalog: Catalog) -> None:
+        """A new catalog version: jobs admitted under it run with it; a changed provider gets a new adapter."""
+        before = self.runtime.catalog
+        self.runtime.catalog = catalog
+        if self._adapter is not None and _node_provider(catalog, self.node) != _node_provider(before, self.node):
+            old, self._adapter = self._adapter, None
+            # Streams in flight keep the old adapter to their end; it closes once they are surely over.
+            asyncio.get_running_loop().call_later(self.settings.request_timeout_s + 30,
+                                                  lambda: asyncio.ensure_future(old.close()))
 
     def claimed_commands(self, job_id: str, job: dict) -> list[tuple]:
         """A batch line's key says which worker runs it from its first write on: a batch worker that
@@ -161,8 +178,14 @@ class NodeWorker(BlockingPopWorker):
             await self._adapter.close()
 
 
+def _node_provider(catalog: Catalog, node: str):
+    return catalog.providers.get(catalog.nodes[node].provider) if node in catalog.nodes else None
+
+
 async def serve(node: str, concurrency: int) -> None:
-    worker = NodeWorker(node, concurrency)
+    settings = get_settings()
+    live = await start_live_catalog(settings)
+    worker = NodeWorker(node, concurrency, settings, live=live)
     log.info("worker starting", node=node, worker_id=worker.worker_id, concurrency=concurrency)
     try:
         await worker.async_run()
@@ -171,3 +194,4 @@ async def serve(node: str, concurrency: int) -> None:
     finally:
         await worker.deregister()
         await worker.close()
+        await live.stop()

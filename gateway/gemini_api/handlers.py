@@ -14,7 +14,7 @@ from gateway.gemini_api.wire import NativeRequest, parse_count, parse_generate
 from gateway.inputs import QueryParam, read_json
 from gateway.state import GATEWAY, Gateway
 from shared.admission import OUTPUT_ESTIMATE, count_hold, plan_hold_for
-from shared.catalog import Model
+from shared.catalog import Catalog, Model
 from shared.contracts import Api, JobKind
 from shared.dispatch import Admitted
 from shared.errors import ApiError, not_found
@@ -31,30 +31,30 @@ def missing_model(name: str, method: str = "generateContent") -> ApiError:
                      code="model_not_found", param="model")
 
 
-def served_natively(gw: Gateway, model: Model) -> bool:
+def served_natively(catalog: Catalog, model: Model) -> bool:
     """Models whose provider speaks Gemini's API (an OpenAI-compatible upstream has no native form)."""
-    return gw.catalog.providers[model.provider].adapter == "gemini"
+    return catalog.providers[model.provider].adapter == "gemini"
 
 
-def _model(request: web.Request, gw: Gateway, method: str) -> Model:
+def _model(request: web.Request, catalog: Catalog, method: str) -> Model:
     name = request.match_info["model"]
-    model = gw.catalog.models.get(name)
-    if model is None or not served_natively(gw, model):
+    model = catalog.resolve(name)  # an alias names its target
+    if model is None or not served_natively(catalog, model):
         raise missing_model(name, method)
     return model
 
 
-def _admit(request: web.Request, gw: Gateway, model: Model, native: NativeRequest, kind: JobKind,
+def _admit(request: web.Request, gw: Gateway, catalog: Catalog, model: Model, native: NativeRequest, kind: JobKind,
            stream: bool) -> Admitted:
     key = request_key(request)
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
            "stream": stream, "include_usage": False, "api": Api.GEMINI, "kind": kind, "body": native.body}
     if kind == JobKind.GEMINI_COUNT:
-        return Admitted(key, model, job, 0, count_hold(native.prompt_bound))
+        return Admitted(key, model, job, 0, count_hold(native.prompt_bound), catalog.version)
     estimate = native.prompt_estimate + (native.max_output_tokens or OUTPUT_ESTIMATE)
     hold = plan_hold_for(native.prompt_bound, native.max_output_tokens, model, gw.settings.min_output_tokens,
                          key.price_multiplier_ppm)
-    return Admitted(key, model, job, estimate, hold)
+    return Admitted(key, model, job, estimate, hold, catalog.version)
 
 
 class GeminiRenderer:
@@ -96,9 +96,10 @@ class CountRenderer(GeminiRenderer):
 
 async def _generate(request: web.Request, stream: bool) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY]
-    model = _model(request, gw, "streamGenerateContent" if stream else "generateContent")
+    catalog = gw.catalog  # read once: the request keeps this version to its end
+    model = _model(request, catalog, "streamGenerateContent" if stream else "generateContent")
     native = parse_generate(await read_json(request), model, gw.settings.max_messages)
-    admitted = _admit(request, gw, model, native, JobKind.GEMINI, stream)
+    admitted = _admit(request, gw, catalog, model, native, JobKind.GEMINI, stream)
     sse = request.query.get("alt") == "sse"
     return await exchange(request, admitted, lambda: GeminiRenderer(sse), "gen-")
 
@@ -113,9 +114,10 @@ async def stream_generate_content(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY]
-    model = _model(request, gw, "countTokens")
+    catalog = gw.catalog
+    model = _model(request, catalog, "countTokens")
     native = parse_count(await read_json(request), model, gw.settings.max_messages)
-    admitted = _admit(request, gw, model, native, JobKind.GEMINI_COUNT, False)
+    admitted = _admit(request, gw, catalog, model, native, JobKind.GEMINI_COUNT, False)
     return await exchange(request, admitted, lambda: CountRenderer(False), "count-")
 
 
@@ -128,5 +130,5 @@ def model_entry(model: Model) -> dict:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    gw: Gateway = request.app[GATEWAY]
-    return json_response({"models": [model_entry(m) for m in gw.catalog.models.values() if served_natively(gw, m)]})
+    catalog = request.app[GATEWAY].catalog
+    return json_response({"models": [model_entry(m) for m in catalog.models.values() if served_natively(catalog, m)]})

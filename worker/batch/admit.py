@@ -53,12 +53,13 @@ class KeyWatch:
         return self._record
 
 
-def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, settings: Settings) -> Admitted:
+def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, settings: Settings,
+                  catalog_version: int = 0) -> Admitted:
     prompt_estimate = check_request(req, model, settings.max_messages)  # validated already: cannot refuse now
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "stream": False,
            "include_usage": False, "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}}
     return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, settings.min_output_tokens, key.price_multiplier_ppm))
+                    plan_hold(req, model, settings.min_output_tokens, key.price_multiplier_ppm), catalog_version)
 
 
 class LineSubmitter:

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from shared.batch_store import TERMINAL, BatchStatus, BatchStore
 from shared.catalog import Catalog, get_catalog
+from shared.live_catalog import LiveCatalog, start_live_catalog
 from shared.accounts import Accounts
 from shared.dispatch import Dispatcher
 from shared.keys import BATCHES_ACTIVE, BATCHES_WAKE, BatchKeys
@@ -40,9 +41,10 @@ RUNNABLE = (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING, BatchStatus.FINALIZ
 
 
 class BatchWorker:
-    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None,
+                 live: LiveCatalog | None = None) -> None:
         self.settings = settings or get_settings()
-        self.catalog = catalog or get_catalog()
+        self.live = live or LiveCatalog(catalog or get_catalog(), None, None)  # default: a fixed catalog
         url = self.settings.redis_url
         self.redis = make_redis(url)
         self.blocking = make_redis(url, max_connections=2, socket_timeout=None)
@@ -55,6 +57,11 @@ class BatchWorker:
         self.callbacks = Callbacks(self.redis, self.store, self.settings)
         self.total_slots = asyncio.Semaphore(self.settings.batch_inflight_total)
         self.running: dict[str, asyncio.Task] = {}
+        self.live.on_swap(self.dispatch.use_catalog)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.current
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.callbacks.start()
@@ -137,7 +144,8 @@ class BatchWorker:
 
 
 async def serve() -> None:
-    worker = BatchWorker()
+    settings = get_settings()
+    worker = BatchWorker(settings, live=await start_live_catalog(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

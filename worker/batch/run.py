@@ -163,7 +163,9 @@ class BatchRun:
                 obj = orjson.loads(line)
                 custom_id = obj["custom_id"]
                 req = parse_chat_request(obj["body"])
-                model = self.w.catalog.models[req.model]
+                model = self.w.catalog.resolve(req.model)  # an alias: its target
+                if model is None:
+                    raise KeyError(req.model)
             except Exception:  # validated already: only a file deleted under a running batch gets here
                 await self._write(line_no, line_request_id(self.b.id, line_no, attempt), "", 0, lines.unreadable())
                 return
@@ -225,7 +227,7 @@ class BatchRun:
         submitter = self.submitter
         state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, started=started, recorded=started,
                           flight=submitter.flight(admitted_line(await submitter.keys.current(), req, model,
-                                                                self.w.settings), "", rid))
+                                                                self.w.settings, self.w.catalog.version), "", rid))
         state.flight.listen()
         self.lines[line_no] = state
         try:

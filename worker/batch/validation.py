@@ -47,7 +47,8 @@ class LineRules:
 
     @classmethod
     def of(cls, endpoint: str, catalog: Catalog, settings: Settings) -> LineRules:
-        return cls(endpoint, catalog.models, settings.batch_max_lines, settings.batch_max_line_bytes,
+        models = {**catalog.models, **{alias: catalog.models[target] for alias, target in catalog.aliases.items()}}
+        return cls(endpoint, models, settings.batch_max_lines, settings.batch_max_line_bytes,
                    settings.max_messages)
 
 
