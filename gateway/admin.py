@@ -1,4 +1,7 @@
-"""The operator's admin API (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``, checked by the route table)."""
+"""The operator's admin API (``Authorization: Bearer $APIINONE_ADMIN_TOKEN``, checked by the route table).
+
+Each change is written to the operator audit log (gateway/audit_log.py) once it took effect.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field
 
+from gateway.audit_log import admin_actor
 from gateway.inputs import read_body
 from gateway.state import GATEWAY
 from shared.accounts import TooManyKeys
@@ -15,6 +19,7 @@ from shared.errors import ApiError, bad_request, not_found
 from shared.money import credits_to_micro
 from shared.pricing import PPM, parse_multiplier
 from shared.nodes import node_status
+from shared.operator_audit import Action
 from shared.protocol import RECORD_TEXT, WireModel
 from shared.supervision import supervisor_status
 
@@ -55,6 +60,13 @@ class NewTopup(WireModel):
     reference: Annotated[str, Field(min_length=1, max_length=200, pattern=RECORD_TEXT)]
 
 
+def account_state(account: dict | None) -> dict | None:
+    """An account as the audit log keeps it before and after a change."""
+    if account is None:
+        return None
+    return {f: account[f] for f in ("id", "name", "balance_micro", "held_micro", "price_multiplier_ppm")}
+
+
 def credits_param(credits: int | float, param: str) -> int:
     try:
         return credits_to_micro(credits)
@@ -77,6 +89,8 @@ async def create_account(request: web.Request) -> web.Response:
                                                tpm=body.tpm or 0, max_concurrent=body.max_concurrent or 0)
     if multiplier != PPM:
         account = await gw.accounts.set_price_multiplier(account["id"], multiplier)
+    await gw.operator_audit.record(admin_actor(request), Action.ACCOUNT_CREATE, account["id"], None,
+                                   account_state(account))
     return web.json_response(account, status=201)
 
 
@@ -84,11 +98,14 @@ async def update_account(request: web.Request) -> web.Response:
     """The account's price multiplier: its next request is held and charged at it (in flight ones keep theirs)."""
     body = await read_body(request, AccountUpdate)
     gw = request.app[GATEWAY]
+    account_id = request.match_info["account_id"]
     try:
-        account = await gw.accounts.set_price_multiplier(request.match_info["account_id"],
-                                                         _multiplier(body.price_multiplier))
+        before = await gw.accounts.get_account(account_id)
+        account = await gw.accounts.set_price_multiplier(account_id, _multiplier(body.price_multiplier))
     except AccountNotFound:
-        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+        raise not_found(f"No account {account_id!r}.") from None
+    await gw.operator_audit.record(admin_actor(request), Action.ACCOUNT_UPDATE, account_id, account_state(before),
+                                   account_state(account))
     return web.json_response(account)
 
 
@@ -119,6 +136,8 @@ async def create_key(request: web.Request) -> web.Response:
         raise not_found(f"No account {request.match_info['account_id']!r}.") from None
     except TooManyKeys as exc:
         raise ApiError(409, str(exc), "invalid_request_error", "too_many_keys") from None
+    await gw.operator_audit.record(admin_actor(request), Action.KEY_CREATE, key["id"], None,
+                                   {f: v for f, v in key.items() if f != "key"})  # never the key itself
     return web.json_response(key, status=201)
 
 
@@ -131,20 +150,27 @@ async def list_keys(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     key_id = request.match_info["key_id"]
+    record = await gw.accounts.key_by_id(key_id)
     if not await gw.accounts.revoke_key(key_id):
         raise not_found(f"No key {key_id!r}.")
+    await gw.operator_audit.record(admin_actor(request), Action.KEY_REVOKE, key_id,
+                                   record.public() if record else {"id": key_id}, {"id": key_id, "revoked": True})
     return web.json_response({"id": key_id, "object": "api_key", "deleted": True})
 
 
 async def create_topup(request: web.Request) -> web.Response:
     body = await read_body(request, NewTopup)
     gw = request.app[GATEWAY]
+    account_id = request.match_info["account_id"]
     try:
-        order, created = await gw.credits.credit(request.match_info["account_id"],
-                                                 credits_param(body.credits, "credits"),
-                                                 body.reference)
+        before = await gw.accounts.get_account(account_id)
+        order, created = await gw.credits.credit(account_id, credits_param(body.credits, "credits"), body.reference)
+        if created:  # a repeated reference changed nothing: nothing to audit
+            await gw.operator_audit.record(admin_actor(request), Action.CREDITS_TOPUP, account_id,
+                                           account_state(before), {**account_state(await gw.accounts.get_account(
+                                               account_id)), "order": order})
     except AccountNotFound:
-        raise not_found(f"No account {request.match_info['account_id']!r}.") from None
+        raise not_found(f"No account {account_id!r}.") from None
     return web.json_response(order, status=201 if created else 200)
 
 

@@ -16,7 +16,8 @@ from shared.keys import AccountKeys
 
 INT_FIELDS = {"prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
               "queue_ms", "created", "charged_micro", "hold_micro", "stream", "amount", "balance",
-              "price_multiplier_ppm", "input_tokens", "input_micro", "cached_input_micro", "output_micro"}
+              "price_multiplier_ppm", "input_tokens", "input_micro", "cached_input_micro", "output_micro",
+              "catalog_version"}
 # A malformed row id (or "0-0") is refused by Redis: that is the client's 400, never a 5xx.
 PAGING = Paging(20, 100, "The id of the last row of the previous page.", is_row_id, ROW_ID_PATTERN)
 MAX_SINCE_S = 10**12  # unix seconds: year 33,000

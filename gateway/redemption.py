@@ -12,11 +12,13 @@ from aiohttp import web
 from pydantic import Field
 
 from gateway.admin import Credits, credits_param
+from gateway.audit_log import admin_actor
 from gateway.auth import request_key
 from gateway.edge import edge
 from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
 from shared.errors import ApiError, bad_request, not_found, rate_limited
+from shared.operator_audit import Action
 from shared.protocol import WireModel
 from shared.redemption import MAX_CODE_TEXT, Outcome
 
@@ -62,6 +64,8 @@ async def create_codes(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     batch = await gw.redemptions.create_batch(body.count, credits_param(body.credits, "credits"), body.uses,
                                               body.expires_at or 0)
+    await gw.operator_audit.record(admin_actor(request), Action.REDEMPTION_CREATE, batch["id"], None,
+                                   {f: v for f, v in batch.items() if f != "codes"})  # never the codes
     if fmt == "csv":
         return _csv(batch)
     return web.json_response(batch, status=201, headers={"Cache-Control": "no-store"})
@@ -74,6 +78,7 @@ async def disable_codes(request: web.Request) -> web.Response:
     result = await gw.redemptions.disable_batch(batch_id)
     if result is None:
         raise not_found(f"No redemption code batch {batch_id!r}.")
+    await gw.operator_audit.record(admin_actor(request), Action.REDEMPTION_DISABLE, batch_id, None, result)
     return web.json_response(result)
 
 

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Literal
 
 from aiohttp import web
 
-from gateway import admin, batches, billing, chat, files, health, models, openapi, payments, redemption
+from gateway import admin, admin_catalog, audit_log, batches, billing, chat, files, health, models, openapi, payments, redemption
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
 from gateway.gemini_api import handlers as gemini
@@ -121,6 +121,17 @@ GEMINI_MODEL = PathParam("model", ids.MODEL, gemini.missing_model, "A model id f
 MODEL_ID = PathParam("model_id", ids.MODEL, lambda v: not_found(f"The model '{v}' does not exist.",
                                                                  code="model_not_found", param="model"),
                      "A model id from GET /api/v1/models")
+
+CATALOG_VERSION = PathParam("version", ids.NameFormat(r"[0-9]{1,9}"),
+                            lambda v: not_found(f"No catalog version {v!r}.", param="version"), "A catalog version number")
+CATALOG_DOCUMENT = JsonBody({
+    "type": "object", "required": ["document"], "description": "The whole catalog, as the TOML file has it (JSON)",
+    "properties": {"document": {"type": "object", "properties": {
+        "providers": {"type": "object"}, "nodes": {"type": "object"}, "models": {"type": "object"},
+        "aliases": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "note": {"type": "string", "maxLength": 500}}})
+ALIAS_PATCH = JsonBody({"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                        "description": "alias -> model id to set it; alias -> null to remove it"})
 
 UPLOAD_FORM = Multipart({"type": "object", "required": ["file", "purpose"], "properties": {
     "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(files.PURPOSES)}}})
@@ -241,6 +252,25 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s "
           "supervised processes and their restarts", ADMIN),
     Route("GET", "/admin/audit", admin.audit, "Check balance == sum(ledger) for every account", ADMIN),
+    Route("GET", "/admin/audit-log", audit_log.audit_log,
+          "Operator actions (catalog, accounts, credits, keys, codes): who, what, when, from where, before and "
+          "after; newest first", ADMIN, query=audit_log.PAGING.params + audit_log.FILTERS, errors=(400, 401, 503)),
+    # --- the live catalog (every gateway and worker follows a change within a second) ---
+    Route("GET", "/admin/catalog", admin_catalog.get_catalog,
+          "The current catalog version and its document (ETag: the version)", ADMIN),
+    Route("PUT", "/admin/catalog", admin_catalog.put_catalog,
+          "Replace the catalog (If-Match: the version it replaces); validated before it is stored", ADMIN,
+          body=CATALOG_DOCUMENT, errors=(400, 401, 409, 412, 503)),
+    Route("PATCH", "/admin/catalog/models/{model_id}", admin_catalog.patch_model,
+          "Change a model's pricing, routes or base cost (If-Match optional)", ADMIN, body=admin_catalog.ModelChange,
+          params=(MODEL_ID,), errors=(400, 401, 404, 409, 412, 503)),
+    Route("PATCH", "/admin/catalog/aliases", admin_catalog.patch_aliases,
+          "Set ({alias: model}) or remove ({alias: null}) aliases (If-Match optional)", ADMIN, body=ALIAS_PATCH,
+          errors=(400, 401, 409, 412, 503)),
+    Route("GET", "/admin/catalog/versions", admin_catalog.list_versions, "The catalog's versions, newest first",
+          ADMIN, query=admin_catalog.VERSIONS.params, errors=(400, 401)),
+    Route("GET", "/admin/catalog/versions/{version}", admin_catalog.get_version, "One catalog version's document",
+          ADMIN, params=(CATALOG_VERSION,), errors=(401, 404)),
     # --- operations (no credentials) ---
     Route("GET", "/healthz", health.healthz, "The process is alive", PUBLIC, errors=()),
     Route("GET", "/readyz", health.readyz, "Redis answers and every node has a live worker", PUBLIC,

@@ -71,6 +71,7 @@ async def node_status(redis: Redis, catalog: Catalog, lease_s: float) -> list[di
                     "concurrency": int(info.get("concurrency", 0)), "inflight": int(info.get("inflight", 0)),
                     "draining": info.get("draining") == "1", "started": int(info.get("started", 0)),
                     "last_heartbeat_ms": int(info.get("heartbeat_ms", 0)),
+                    "catalog_version": int(info.get("catalog_version", 0)),  # the version it serves
                 })
         out.append({
             "id": node,

@@ -106,6 +106,7 @@ class NodeWorker(BlockingPopWorker):
         """A new catalog version: jobs admitted under it run with it; a changed provider gets a new adapter."""
         before = self.runtime.catalog
         self.runtime.catalog = catalog
+        asyncio.ensure_future(self._report_catalog_version(catalog.version))
         if self._adapter is not None and _node_provider(catalog, self.node) != _node_provider(before, self.node):
             old, self._adapter = self._adapter, None
             # Streams in flight keep the old adapter to their end; it closes once they are surely over.
@@ -126,6 +127,13 @@ class NodeWorker(BlockingPopWorker):
             self._adapter = build_adapter(self.catalog, node, self.settings)
         return self._adapter
 
+    async def _report_catalog_version(self, version: int) -> None:
+        """The nodes page shows which catalog version each worker serves, at once (not at the next heartbeat)."""
+        try:
+            await self.pool.hset(keys.worker_info(self.worker_id), "catalog_version", version)
+        except RedisError as exc:
+            log.warning("catalog version not reported", error=str(exc))
+
     async def background(self) -> list:
         return [self._heartbeat(), self._listen_for_cancels()]
 
@@ -140,6 +148,7 @@ class NodeWorker(BlockingPopWorker):
                         "id": self.worker_id, "node": self.node, "host": socket.gethostname(), "pid": os.getpid(),
                         "concurrency": self.max_jobs, "inflight": self.inflight(), "started": self.started_at,
                         "heartbeat_ms": now_ms, "draining": int(not self.allow_pick_jobs),
+                        "catalog_version": self.catalog.version,
                     })
                     pipe.pexpire(info_key, lease_ms)
                     pipe.zadd(keys.node_workers(self.node), {self.worker_id: now_ms})

@@ -11,10 +11,12 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import Field
 
+from gateway.audit_log import admin_actor
 from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
+from shared.operator_audit import Action
 from shared.protocol import RECORD_TEXT, WireModel
 from shared.users import UserError, UserExists, Users
 
@@ -43,6 +45,8 @@ async def create_user(request: web.Request) -> web.Response:
         raise ApiError(409, str(exc), "invalid_request_error", "user_exists", "email") from None
     except UserError as exc:
         raise bad_request(str(exc)) from None
+    await request.app[GATEWAY].operator_audit.record(admin_actor(request), Action.USER_CREATE, user.id, None,
+                                                     user.public())
     return web.json_response(user.public(), status=201)
 
 

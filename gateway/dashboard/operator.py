@@ -7,6 +7,8 @@ import uuid
 
 from aiohttp import web
 
+from gateway.admin import account_state
+from gateway.audit_log import operator_actor
 from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
 from shared.db.history_reads import order_rows
 from shared.history import ledger_page
@@ -19,6 +21,7 @@ from shared.credits import AccountNotFound
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.nodes import node_status
+from shared.operator_audit import Action
 from shared.pricing import multiplier_text, parse_multiplier
 from shared.users import ROLES, UserError
 
@@ -47,10 +50,13 @@ async def create_account(request: web.Request) -> web.Response:
         return await accounts_page(request, form, errors, status=400)
     gw = gateway(request)
     account = await gw.accounts.create_account(name, initial)
+    await gw.operator_audit.record(operator_actor(request), Action.ACCOUNT_CREATE, account["id"], None,
+                                   account_state(account))
     message = f"Account “{name}” created with {micro_to_credits(initial):g} credits."
     if email:
         try:
             user = await users(request).create(email, password, account["id"], "user")
+            await gw.operator_audit.record(operator_actor(request), Action.USER_CREATE, user.id, None, user.public())
             message += f" {user.email} can sign in now."
         except UserError as exc:
             await notify(request, f"{message} The user was not added: {exc}", "error")
@@ -108,9 +114,13 @@ async def topup(request: web.Request) -> web.Response:
     if errors:
         return await account_page(request, errors, form, status=400)
     reference = _reference(form, "dash-topup")
-    order, created = await gateway(request).credits.credit(account["id"], amount, reference, reason="topup",
-                                                           note=str(form.get("note", "")).strip()[:500])
+    gw = gateway(request)
+    order, created = await gw.credits.credit(account["id"], amount, reference, reason="topup",
+                                             note=str(form.get("note", "")).strip()[:500])
     if created:
+        await gw.operator_audit.record(operator_actor(request), Action.CREDITS_TOPUP, account["id"],
+                                       account_state(account), {**account_state(await gw.accounts.get_account(
+                                           account["id"])), "order": order})
         await notify(request, f"Added {micro_to_credits(amount):g} credits to “{account['name']}” (order {order['id']}).")
     else:
         await notify(request, f"That top-up (reference {reference}) was already recorded; nothing was added twice.",
@@ -127,7 +137,10 @@ async def price_multiplier(request: web.Request) -> web.Response:
     except ValueError as exc:
         return await account_page(request, {"price_multiplier": f"Enter a multiplier such as 1 or 1.25 ({exc})."},
                                   form, status=400)
-    await gateway(request).accounts.set_price_multiplier(account["id"], ppm)
+    gw = gateway(request)
+    after = await gw.accounts.set_price_multiplier(account["id"], ppm)
+    await gw.operator_audit.record(operator_actor(request), Action.ACCOUNT_UPDATE, account["id"],
+                                   account_state(account), account_state(after))
     await notify(request, f"“{account['name']}” now pays ×{multiplier_text(ppm)} the catalog prices.")
     return see_other(f"/dashboard/admin/accounts/{account['id']}")
 
@@ -150,8 +163,12 @@ async def adjust(request: web.Request) -> web.Response:
     if errors:
         return await account_page(request, errors, form, status=400)
     ref = "adjust-" + (str(form.get("idempotency", "")).strip()[:64] or uuid.uuid4().hex)
-    _, created = await gateway(request).credits.credit(account["id"], amount, ref, reason="adjust", note=reason)
+    gw = gateway(request)
+    _, created = await gw.credits.credit(account["id"], amount, ref, reason="adjust", note=reason)
     if created:
+        await gw.operator_audit.record(operator_actor(request), Action.CREDITS_ADJUST, account["id"],
+                                       account_state(account), {**account_state(await gw.accounts.get_account(
+                                           account["id"])), "adjustment_micro": amount, "reason": reason})
         await notify(request, f"Adjusted “{account['name']}” by {micro_to_credits(amount):+g} credits: {reason}")
     else:
         await notify(request, "That adjustment was already recorded; nothing changed twice.", "error")
@@ -167,6 +184,8 @@ async def create_user(request: web.Request) -> web.Response:
                                            role)
     except UserError as exc:
         return await account_page(request, {"user": str(exc)}, form, status=400)
+    await gateway(request).operator_audit.record(operator_actor(request), Action.USER_CREATE, user.id, None,
+                                                 user.public())
     await notify(request, f"{user.email} ({user.role}) can now sign in to “{account['name']}”.")
     return see_other(f"/dashboard/admin/accounts/{account['id']}")
 

@@ -1,0 +1,229 @@
+"""The live catalog on real processes: two gateways, a worker per node, changes under load.
+
+Its own stack (a change here must not reach other tests' stacks): model `gemini` on node62, and
+node63 (also the simulator) that a route change moves it to. Each change goes through the admin
+API; the tests check what every process serves, what each request was billed, and the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from apiinone.launcher import Stack
+from shared.catalog import parse_catalog
+from shared.pricing import PPM, PriceSheet, TokenCounts, price
+from tests.conftest import Admin, make_settings
+from tests.pool_helpers import wait_until
+
+URL = "/api/v1/chat/completions"
+
+CATALOG = """
+[providers.google]
+adapter = "gemini"
+base_url_env = "GEMINI_BASE_URL"
+api_key_env = "GEMINI_API_KEY"
+
+[nodes.node62]
+provider = "google"
+
+[nodes.node63]
+provider = "google"
+
+[models.gemini]
+provider = "google"
+nodes = ["node62"]
+upstream_model = "gemini-3-flash-preview"
+thinking = "level"
+base_cost_credits = 5
+context_window = 131072
+max_output_tokens = 8192
+
+[models.gemini.pricing]
+input = "50"
+cached_input = "5"
+output = "300"
+"""
+
+
+@pytest.fixture(scope="module")
+def live():
+    with tempfile.TemporaryDirectory(prefix="apiinone-catalog-") as tmp:
+        catalog = Path(tmp) / "catalog.toml"
+        catalog.write_text(CATALOG)
+        st = Stack(make_settings(Path(tmp) / "data"), gateways=2, quiet=True,
+                   env={"APIINONE_CATALOG": str(catalog)})
+        try:
+            st.start()
+            yield st
+        finally:
+            st.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(live) -> Admin:
+    return Admin(live.base_url, live.settings.admin_token)
+
+
+def gateways(live) -> list[str]:
+    return [f"http://127.0.0.1:{p}" for p in live.gateway_ports]
+
+
+def current_version(admin: Admin) -> int:
+    return admin.http.get("/admin/catalog").json()["version"]
+
+
+def chat(directive: str, model: str = "gemini") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": f"hi [[sim {directive}]]"}]}
+
+
+def charge_at(sheet: PriceSheet, row: dict) -> int:
+    return price(sheet, PPM, TokenCounts(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])).total_micro
+
+
+async def usage(http: httpx.AsyncClient, key: str, count: int) -> list[dict]:
+    async def enough():
+        rows = (await http.get("/billing/usage", params={"limit": 100},
+                               headers={"Authorization": f"Bearer {key}"})).json()["data"]
+        return rows if len(rows) >= count else None
+    return await wait_until(enough, 10)
+
+
+async def test_price_and_route_change_under_load_bills_each_request_at_its_version(live, admin):
+    _, key = admin.account_with_key(1000)
+    before = admin.http.get("/admin/catalog").json()
+    v1 = before["version"]
+    results: list[int] = []
+    stop = asyncio.Event()
+
+    async def client(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            while not stop.is_set():
+                r = await http.post(URL, json=chat("output_tokens=40 delay_ms=25"),
+                                    headers={"Authorization": f"Bearer {key}"})
+                results.append(r.status_code)
+
+    load = [asyncio.create_task(client(base)) for base in gateways(live) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {live.settings.admin_token}"}) as http:
+        r = await http.patch("/admin/catalog/models/gemini", headers={"If-Match": f'"{v1}"'}, json={
+            "pricing": {"input": "100", "cached_input": "10", "output": "900"}, "routes": [{"node": "node63"}],
+            "note": "price up, move to node63"})
+        assert r.status_code == 200, r.text
+        v2 = r.json()["version"]
+    assert v2 == v1 + 1
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*load)
+
+    assert results and set(results) == {200}, results  # no request failed across the change
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        rows = await usage(http, key, len(results))
+    assert len(rows) == len(results)
+    by_version = {v: [r for r in rows if r["catalog_version"] == v] for v in (v1, v2)}
+    assert by_version[v1] and by_version[v2] and len(by_version[v1]) + len(by_version[v2]) == len(rows)
+    old = PriceSheet.from_wire({"input": 50_000_000, "cached_input": 5_000_000, "output": 300_000_000})
+    new = PriceSheet.from_wire({"input": 100_000_000, "cached_input": 10_000_000, "output": 900_000_000})
+    for row in by_version[v1]:  # admitted before the change: its route and its prices, whenever it settled
+        assert (row["node"], row["charged_micro"], row["price_version"]) == ("node62", charge_at(old, row), old.version)
+    for row in by_version[v2]:
+        assert (row["node"], row["charged_micro"], row["price_version"]) == ("node63", charge_at(new, row), new.version)
+    assert admin.audit()["ok"]
+
+
+async def test_a_new_version_reaches_both_gateways_and_every_worker_within_a_second(live, admin):
+    version = current_version(admin)
+    started = time.monotonic()
+    r = admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"})
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == version + 1
+
+    async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {live.settings.admin_token}"}) as http:
+        async def everyone_serves_it():
+            serving = [(await http.get(base + "/admin/catalog")).json()["serving"] for base in gateways(live)]
+            nodes = (await http.get(live.base_url + "/admin/nodes")).json()["data"]
+            serving += [w["catalog_version"] for n in nodes for w in n["workers"]]
+            return len(serving) == 4 and set(serving) == {version + 1}
+        await wait_until(everyone_serves_it, 5, interval=0.02)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"})
+    _, key = admin.account_with_key(100)
+    sdk = AsyncOpenAI(base_url=gateways(live)[1] + "/api/v1", api_key=key, max_retries=0)
+    completion = await sdk.chat.completions.create(model="gemini-latest",
+                                                   messages=[{"role": "user", "content": "hi [[sim output_tokens=5]]"}])
+    assert completion.model == "gemini"  # the model actually used
+    listed = {m.id: m for m in (await sdk.models.list()).data}
+    assert listed["gemini-latest"].model_extra["alias_for"] == "gemini"
+    assert "gemini-latest" in listed["gemini"].model_extra["aliases"]
+    assert (await sdk.models.retrieve("gemini-latest")).model_extra["alias_for"] == "gemini"
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        (row,) = await usage(http, key, 1)
+    sheet = parse_catalog(admin.http.get("/admin/catalog").json()["document"]).models["gemini"].prices
+    assert (row["model"], row["status"]) == ("gemini", "succeeded")
+    assert row["charged_micro"] == charge_at(sheet, row) > 0
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"routes": [{"node": "node99"}]}, "node99"),
+    ({"pricing": {"input": "1", "cached_input": "5", "output": "1"}}, "cached input"),
+    ({"pricing": {"output": "1"}}, "input"),
+])
+def test_invalid_changes_are_refused_and_nothing_is_stored(live, admin, change, named):
+    version = current_version(admin)
+    r = admin.http.patch("/admin/catalog/models/gemini", json=change)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_catalog" and named in r.json()["error"]["message"]
+    assert current_version(admin) == version
+
+
+def test_put_needs_the_current_version_and_a_valid_document(live, admin):
+    current = admin.http.get("/admin/catalog").json()
+    document, version = current["document"], current["version"]
+    assert admin.http.put("/admin/catalog", json={"document": document}).status_code == 400  # no If-Match
+    stale = admin.http.put("/admin/catalog", json={"document": document}, headers={"If-Match": str(version - 1)})
+    assert stale.status_code == 412 and stale.json()["error"]["code"] == "catalog_version_conflict"
+    broken = {**document, "aliases": {"typo": "gemnii"}}
+    r = admin.http.put("/admin/catalog", json={"document": broken}, headers={"If-Match": str(version)})
+    assert r.status_code == 400 and "gemnii" in r.json()["error"]["message"]
+    assert current_version(admin) == version
+    ok = admin.http.put("/admin/catalog", json={"document": document, "note": "same again"},
+                        headers={"If-Match": f'"{version}"'})
+    assert ok.status_code == 200 and ok.json()["version"] == version + 1
+    versions = admin.http.get("/admin/catalog/versions", params={"limit": 2}).json()
+    assert [v["version"] for v in versions["data"]] == [version + 1, version] and versions["has_more"]
+    assert admin.http.get(f"/admin/catalog/versions/{version}").json()["document"] == document
+
+
+def test_the_audit_log_records_operator_actions_with_before_and_after(live, admin):
+    account = admin.account(5)
+    admin.http.post(f"/admin/accounts/{account['id']}/topups", json={"credits": 7, "reference": "audit-1"})
+    key = admin.key(account["id"])
+    assert admin.http.delete(f"/admin/keys/{key['id']}").status_code == 200
+
+    entries = admin.http.get("/admin/audit-log", params={"target": account["id"]}).json()["data"]
+    assert [e["action"] for e in entries] == ["credits.topup", "account.create"]
+    topup = entries[0]
+    assert topup["before"]["balance_micro"] == 5_000_000 and topup["after"]["balance_micro"] == 12_000_000
+    assert topup["actor"] == "admin token" and topup["client"] == "127.0.0.1"
+    (revoke,) = admin.http.get("/admin/audit-log", params={"target": key["id"], "action": "key.revoke"}).json()["data"]
+    assert revoke["before"]["id"] == key["id"] and "key" not in (revoke["before"] | revoke["after"])
+
+    changes = admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 50}).json()["data"]
+    price_change = next(e for e in changes if "price up" in (e["after"].get("note") or ""))
+    assert price_change["before"]["models.gemini"]["pricing"]["output"] == "300"
+    assert price_change["after"]["models.gemini"]["pricing"]["output"] == "900"
+    assert price_change["after"]["models.gemini"]["routes"] == [{"node": "node63"}]
+    page = admin.http.get("/admin/audit-log", params={"limit": 1}).json()
+    older = admin.http.get("/admin/audit-log", params={"limit": 1, "after": page["data"][0]["id"]}).json()
+    assert page["has_more"] and int(older["data"][0]["id"]) < int(page["data"][0]["id"])
+    assert admin.http.get("/admin/audit-log", params={"action": "nope"}).status_code == 400
