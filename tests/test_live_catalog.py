@@ -8,6 +8,7 @@ API; the tests check what every process serves, what each request was billed, an
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -227,3 +228,42 @@ def test_the_audit_log_records_operator_actions_with_before_and_after(live, admi
     older = admin.http.get("/admin/audit-log", params={"limit": 1, "after": page["data"][0]["id"]}).json()
     assert page["has_more"] and int(older["data"][0]["id"]) < int(page["data"][0]["id"])
     assert admin.http.get("/admin/audit-log", params={"action": "nope"}).status_code == 400
+
+
+def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admin):
+    email = f"op-{time.time_ns()}@example.com"
+    password = "correct horse battery"
+    assert admin.http.post("/admin/users", json={"email": email, "password": password, "role": "operator",
+                                                 "account_id": admin.account(1)["id"]}).status_code == 201
+    base = live.base_url
+    with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as c:
+        login = c.get("/dashboard/login").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+        assert c.post("/dashboard/login", data={"email": email, "password": password,
+                                                "csrf_token": csrf}).status_code == 303
+        page = c.get("/dashboard/admin/catalog")
+        assert page.status_code == 200 and "Versions" in page.text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        version = int(re.search(r'name="version" value="(\d+)"', page.text).group(1))
+        form = {"csrf_token": csrf, "version": str(version), "input": "60", "cached_input": "6", "output": "360",
+                "base_cost_credits": "5"}
+        bad = c.post("/dashboard/admin/catalog/models/gemini", data={**form, "routes": "node99 0 1"})
+        assert bad.status_code == 400 and "node99" in bad.text
+        ok = c.post("/dashboard/admin/catalog/models/gemini", data={**form, "routes": "node62 0 1\nnode63 1"})
+        assert ok.status_code == 303
+        stale = c.post("/dashboard/admin/catalog/aliases", data={"csrf_token": csrf, "version": str(version),
+                                                                 "aliases": "flash = gemini"})
+        assert stale.status_code == 409  # drawn from the version before the price change: not overwritten
+        assert c.post("/dashboard/admin/catalog/aliases", data={"csrf_token": csrf, "version": str(version + 1),
+                                                                "aliases": "flash = gemini"}).status_code == 303
+        log_page = c.get("/dashboard/admin/audit-log", params={"action": "catalog.update"})
+        assert log_page.status_code == 200 and email in log_page.text
+    current = admin.http.get("/admin/catalog").json()
+    gemini = current["document"]["models"]["gemini"]
+    assert current["version"] == version + 2 and current["aliases"] == {"flash": "gemini"}
+    assert gemini["pricing"] == {"input": "60", "cached_input": "6", "output": "360"}
+    assert gemini["routes"] == [{"node": "node62", "priority": 0, "weight": 1}, {"node": "node63", "priority": 1,
+                                                                                   "weight": 1}]
+    (entry, _) = admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 2}).json()["data"]
+    assert entry["actor"] == email and entry["before"]["aliases.flash"] is None
+    assert entry["after"]["aliases.flash"] == "gemini" and entry["after"].get("aliases.gemini-latest") is None

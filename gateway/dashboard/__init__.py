@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import operator, signin, views
+from gateway.dashboard import catalog_pages, operator, signin, views
 from gateway.dashboard.render import FILTERS, SESSIONS, THROTTLE, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from gateway.dashboard.throttle import LoginThrottle
@@ -67,6 +67,10 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/admin/accounts/{account_id}/view", operator.view_as)
     r.add_get("/admin/nodes", operator.nodes_page, name="admin_nodes")
     r.add_get("/admin/batches", operator.batches_page, name="admin_batches")
+    r.add_get("/admin/catalog", catalog_pages.catalog_page, name="admin_catalog")
+    r.add_post("/admin/catalog/models/{model_id}", catalog_pages.update_model)
+    r.add_post("/admin/catalog/aliases", catalog_pages.update_aliases)
+    r.add_get("/admin/audit-log", catalog_pages.audit_log_page, name="admin_audit_log")
     r.add_route("*", "/{tail:.*}", views.not_found)
     app.add_subapp("/dashboard", sub)
     app[DASHBOARD_APP] = sub
