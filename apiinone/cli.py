@@ -125,6 +125,28 @@ def cmd_simulator(args) -> None:
     serve(args.host, args.port or _settings().simulator_port)
 
 
+async def _current_catalog(redis):
+    """The live catalog's current version (None: the store is empty or off)."""
+    from shared.catalog import parse_catalog
+    from shared.catalog_store import CatalogStore
+    from shared.scripts import Scripts
+
+    stored = await CatalogStore(redis, Scripts(redis)).current()
+    return parse_catalog(stored.document, stored.version) if stored else None
+
+
+async def _audit(db, action: str, target: str, after: dict) -> None:
+    """An operator action made from this command line, in the operator audit log (who: the shell's user)."""
+    import getpass
+    import socket
+
+    from shared.operator_audit import Action, Actor, OperatorAudit
+
+    if db is not None:  # without the record there is no log to write (and stdout is the command's answer)
+        actor = Actor(f"cli {getpass.getuser()}@{socket.gethostname()}")
+        await OperatorAudit(db).record(actor, Action(action), target, None, after)
+
+
 async def _admin(args) -> object:
     from decimal import Decimal
 
@@ -151,24 +173,33 @@ async def _admin(args) -> object:
             return await _record_command(args.noun, redis, db)
         what = (args.noun, getattr(args, "verb", None))
         if what == ("accounts", "create"):
-            return await accounts.create_account(args.name, credits_to_micro(Decimal(args.credits)))
+            account = await accounts.create_account(args.name, credits_to_micro(Decimal(args.credits)))
+            await _audit(db, "account.create", account["id"], account)
+            return account
         if what == ("accounts", "show"):
             return await accounts.get_account(args.account_id)
         if what == ("accounts", "list"):
             return await accounts.list_accounts()
         if what == ("keys", "create"):
-            return await accounts.create_key(
+            key = await accounts.create_key(
                 args.account_id, args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent,
                 credit_limit_micro=credits_to_micro(Decimal(args.credit_limit)) if args.credit_limit else None,
                 daily_credit_limit_micro=(credits_to_micro(Decimal(args.daily_credit_limit))
                                           if args.daily_credit_limit else None))
+            await _audit(db, "key.create", key["id"], {f: v for f, v in key.items() if f != "key"})
+            return key
         if what == ("keys", "list"):
             return await accounts.list_keys(args.account_id)
         if what == ("keys", "revoke"):
-            return {"id": args.key_id, "deleted": await accounts.revoke_key(args.key_id)}
+            deleted = await accounts.revoke_key(args.key_id)
+            if deleted:
+                await _audit(db, "key.revoke", args.key_id, {"id": args.key_id, "revoked": True})
+            return {"id": args.key_id, "deleted": deleted}
         if args.noun == "topup":
             order, created = await accounts.credits.credit(args.account_id, credits_to_micro(Decimal(args.credits)),
                                                            args.reference)
+            if created:
+                await _audit(db, "credits.topup", args.account_id, {"order": order})
             return {**order, "created_now": created}
         if args.noun == "users":  # dashboard users (shared/users.py)
             from shared.users import UserError, Users
@@ -182,7 +213,7 @@ async def _admin(args) -> object:
             except UserError as exc:
                 sys.exit(f"error: {exc}")
         if args.noun == "nodes":
-            return await node_status(redis, get_catalog(), settings.worker_lease_s)
+            return await node_status(redis, await _current_catalog(redis) or get_catalog(), settings.worker_lease_s)
         raise SystemExit("unknown admin command; see `apiinone admin --help`")
     finally:
         await redis.aclose()

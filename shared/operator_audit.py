@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+import asyncpg
 import structlog
 
 from shared.db.database import Database, DatabaseUnavailable
@@ -47,15 +48,15 @@ class OperatorAudit:
     async def record(self, actor: Actor, action: Action, target: str, before: object = None,
                      after: object = None) -> None:
         """One entry; the action already happened, so a database outage loses the entry, loudly, not the action."""
-        log.info("operator action", actor=actor.name, client=actor.client, action=str(action), target=target)
-        if self.db is None:
+        if self.db is None:  # the log line is the only trace
+            log.info("operator action", actor=actor.name, client=actor.client, action=str(action), target=target)
             return
         try:
             await self.db.execute(
                 "INSERT INTO operator_audit (actor, action, target, client, before, after) "
                 "VALUES ($1, $2, $3, $4, $5, $6)", actor.name, str(action), target, actor.client, before, after)
-        except DatabaseUnavailable as exc:
-            log.error("operator audit entry lost: the database is unreachable", action=str(action), target=target,
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.error("operator audit entry lost: the database did not take it", action=str(action), target=target,
                       error=str(exc))
 
     async def page(self, before_id: int | None, limit: int, action: str | None = None,
