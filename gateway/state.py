@@ -41,9 +41,6 @@ class Gateway:
         self.redis = self.dispatch.redis
         self.scripts = self.dispatch.scripts
         self.credits = self.dispatch.credits
-        # The catalog, live: ``self.catalog`` is the current version; a request reads it once, at admission.
-        self.live = open_live_catalog(settings, self.redis, self.scripts, catalog)
-        self.live.on_swap(self.dispatch.use_catalog)
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
         # Postgres, the record: admin writes and history reads; never the request path.
@@ -51,8 +48,11 @@ class Gateway:
         self.directory = Directory(self.db) if self.db else None
         if self.db is not None:
             self.credits.record = CreditRecord(self.db)
-        # Catalog changes (the admin API, the dashboard) go through this store: each version recorded in Postgres.
-        self.catalog_store = CatalogStore(self.redis, self.scripts, self.db)
+        # The catalog, live: ``self.catalog`` is the current version; a request reads it once, at admission.
+        # Changes (the admin API, the dashboard) go through ``catalog_store``: each version recorded in Postgres.
+        self.live = open_live_catalog(settings, self.redis, self.scripts, catalog, self.db)
+        self.live.on_swap(self.dispatch.use_catalog)
+        self.catalog_store = self.live.store or CatalogStore(self.redis, self.scripts, self.db)
         self.operator_audit = OperatorAudit(self.db)
         self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
@@ -94,7 +94,7 @@ class Gateway:
                 await asyncio.sleep(2)
         if self.live.live:  # the record and the live store level (a version it lacks, a wiped Redis)
             try:
-                await self.catalog_store.seed(load_document(self.settings.catalog))
+                await self.live.level()
             except (RedisError, DatabaseUnavailable) as exc:
                 log.warning("catalog record not levelled with the store", error=str(exc))
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 import orjson
 import structlog
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.catalog import Catalog, validate_catalog
-from shared.db.database import Database
+from shared.db.database import Database, DatabaseUnavailable
 from shared.scripts import Scripts
 
 log = structlog.get_logger()
@@ -87,19 +88,20 @@ class CatalogStore:
                 raise VersionConflict(current)
         return catalog
 
-    async def seed(self, file_document: dict) -> None:
-        """Fill an empty store (the newest recorded version, else the file as version 1); with the record,
-        also bring the record and Redis level: record a current version it lacks, restore a newer one."""
+    async def seed(self, held: StoredCatalog) -> None:
+        """Fill an empty store with the newest of the recorded versions and ``held`` (what the caller serves: the
+        file as version 1 at a first start, its current version after Redis was wiped); with the record, also
+        bring the record and Redis level: record a current version it lacks, restore a newer one."""
         stored = await self.current()
-        latest = await self.latest_recorded() if self.db is not None else None
+        readable, latest = await self._latest_recorded()
         if stored is None:
-            source = latest or StoredCatalog(1, file_document)
+            source = latest if latest is not None and latest.version >= held.version else held
             validate_catalog(source.document, source.version)  # a broken file fails the process loudly
             ok, _ = await self._compare_and_set(0, source.version, source.document)
             if ok:
-                log.info("catalog store seeded", version=source.version, source="record" if latest else "file")
+                log.info("catalog store seeded", version=source.version, source="record" if source is latest else "held")
             stored = source if ok else await self.current()
-        if self.db is None or stored is None:
+        if not readable or stored is None:
             return
         if latest is None or latest.version < stored.version:
             await self.db.execute("INSERT INTO catalog_versions (version, document, actor, note) VALUES ($1, $2, $3, $4) "
@@ -110,9 +112,17 @@ class CatalogStore:
             if ok:
                 log.warning("catalog store restored from the record", version=latest.version, was=stored.version)
 
-    async def latest_recorded(self) -> StoredCatalog | None:
-        row = await self.db.fetchrow("SELECT version, document FROM catalog_versions ORDER BY version DESC LIMIT 1")
-        return StoredCatalog(row["version"], row["document"]) if row else None
+    async def _latest_recorded(self) -> tuple[bool, StoredCatalog | None]:
+        """(readable, the newest recorded version or None). Not readable without the record, or while it is
+        unreachable or not migrated yet: it is levelled later (the gateway seeds again after its migrations)."""
+        if self.db is None:
+            return False, None
+        try:
+            row = await self.db.fetchrow("SELECT version, document FROM catalog_versions ORDER BY version DESC LIMIT 1")
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.info("catalog record not readable yet", error=str(exc))
+            return False, None
+        return True, (StoredCatalog(row["version"], row["document"]) if row else None)
 
     async def recorded(self, version: int) -> StoredCatalog | None:
         if self.db is None:

@@ -21,7 +21,8 @@ from shared import keys
 from redis.asyncio import Redis
 
 from shared.catalog import Catalog, CatalogInvalid, load_catalog, load_document, validate_catalog
-from shared.catalog_store import CatalogStore
+from shared.catalog_store import CatalogStore, StoredCatalog
+from shared.db.database import Database
 from shared.redis_client import make_redis
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -41,7 +42,7 @@ class LiveCatalog:
         self._recent: dict[int, Catalog] = {initial.version: initial}
         self._listeners: list[Callable[[Catalog], None]] = []
         self._refreshing = asyncio.Lock()
-        self._seed_document: dict | None = None
+        self._document: dict | None = None  # the current version's document (the file's, until a store version)
         self._task: asyncio.Task | None = None
 
     @property
@@ -59,7 +60,7 @@ class LiveCatalog:
     async def start(self, seed_document: dict) -> None:
         if self.store is None:
             return
-        self._seed_document = seed_document
+        self._document = seed_document
         try:
             await self.refresh()
         except RedisError as exc:  # the follower keeps trying; meanwhile the file's catalog serves
@@ -71,16 +72,23 @@ class LiveCatalog:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    async def level(self) -> None:
+        """Bring the store and its record level (a version the record lacks, a store behind it), then follow."""
+        await self.store.seed(StoredCatalog(self.current.version or 1, self._document))
+        await self.refresh()
+
     async def refresh(self) -> Catalog:
         """Read the store's version; on a change, parse the new one and swap it in."""
         if self.store is None:
             return self.current
         async with self._refreshing:
-            if await self.store.version() == self.current.version:
+            version = await self.store.version()  # 0: the store is empty
+            if version and version == self.current.version:
                 return self.current
             stored = await self.store.current()
-            if stored is None:
-                await self.store.seed(self._seed_document)
+            if stored is None:  # a first start (the file, as version 1), or Redis was wiped: what we serve
+                held = self.current.version or 1
+                await self.store.seed(StoredCatalog(held, self._document))
                 stored = await self.store.current()
             if stored is None or stored.version == self.current.version:
                 return self.current
@@ -90,6 +98,7 @@ class LiveCatalog:
                 log.error("catalog version refused; keeping the current one", version=stored.version, error=str(exc),
                           current=self.current.version)
                 return self.current
+            self._document = stored.document
             self._swap(catalog)
             return catalog
 
@@ -128,9 +137,11 @@ class LiveCatalog:
             await listener.aclose()
 
 
-def open_live_catalog(settings: Settings, redis: Redis, scripts: Scripts, initial: Catalog) -> LiveCatalog:
-    """The process's catalog: followed from the live store, or (``catalog_live`` off) the file for good."""
-    store = CatalogStore(redis, scripts) if settings.catalog_live else None
+def open_live_catalog(settings: Settings, redis: Redis, scripts: Scripts, initial: Catalog,
+                      db: Database | None = None) -> LiveCatalog:
+    """The process's catalog: followed from the live store (seeded from the record too, with ``db``), or
+    (``catalog_live`` off) the file for good."""
+    store = CatalogStore(redis, scripts, db) if settings.catalog_live else None
     return LiveCatalog(initial, store, settings.redis_url, settings.catalog_check_s)
 
 

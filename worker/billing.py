@@ -40,11 +40,21 @@ BATCH = 256  # settlements claimed and settled in one pipeline
 LINGER_S = 0.025
 
 
+_SHEETS: dict[str, PriceSheet] = {}  # price sheets by digest: settlements of one version share one
+MAX_SHEETS = 64
+
+
 def admitted_prices(catalog: Catalog, settlement: dict) -> PriceSheet | None:
     """The price sheet a request was admitted at: the one its settlement carries (a settlement from before
     jobs carried prices: the catalog's, now); None when its model is gone."""
-    if settlement.get("prices"):
-        return PriceSheet.from_wire(settlement["prices"])
+    wire = settlement.get("prices")
+    if wire:
+        sheet = _SHEETS.get(wire["version"])
+        if sheet is None:
+            if len(_SHEETS) >= MAX_SHEETS:
+                _SHEETS.clear()
+            sheet = _SHEETS[wire["version"]] = PriceSheet.from_wire(wire)
+        return sheet
     model = catalog.models.get(settlement["model"])
     if model is None:
         return None

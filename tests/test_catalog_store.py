@@ -1,0 +1,74 @@
+"""The live catalog's store and follower against a real Valkey and Postgres: seeding, the record, conflicts,
+a wiped Redis, and refusals of documents that cannot be served."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from shared.catalog import BUNDLED_CATALOG, CatalogInvalid, load_catalog, load_document
+from shared.catalog_store import CatalogStore, StoredCatalog, VersionConflict
+from shared.live_catalog import LiveCatalog
+from shared.scripts import Scripts
+
+FILE = load_document(BUNDLED_CATALOG)
+
+
+def with_output_price(document: dict, output: str) -> dict:
+    changed = copy.deepcopy(document)
+    changed["models"]["gemini"]["pricing"]["output"] = output
+    return changed
+
+
+async def test_seeding_recording_and_compare_and_set(stores):
+    redis, db = stores
+    store = CatalogStore(redis, Scripts(redis), db)
+    await store.seed(StoredCatalog(1, FILE))
+    assert (await store.current()).version == 1
+    assert [v["version"] for v in await store.history(None, 10)] == [1]  # the seed is recorded
+    await store.put(with_output_price(FILE, "400"), 1, "admin token", "price up")
+    with pytest.raises(VersionConflict) as conflict:
+        await store.put(with_output_price(FILE, "500"), 1, "admin token", "too late")
+    assert conflict.value.current == 2
+    assert (await store.recorded(2)).document["models"]["gemini"]["pricing"]["output"] == "400"
+    assert [(v["version"], v["note"]) for v in await store.history(None, 10)] == [(2, "price up"), (1, "recorded from "
+                                                                                                      "the live store")]
+
+
+@pytest.mark.parametrize("breakage, named", [
+    (lambda d: d["models"]["gemini"].update(nodes=["nowhere"]), "nowhere"),
+    (lambda d: d["models"]["gemini"].pop("upstream_model"), "upstream_model"),
+    (lambda d: d.update(aliases={"gemini": "gemini"}), "also a model id"),
+    (lambda d: d["models"]["gemini"]["pricing"].update(output="lots"), "gemini"),
+    (lambda d: d["providers"]["google"].update(adapter="carrier-pigeon"), "adapter"),
+])
+async def test_a_document_that_cannot_be_served_is_refused_and_nothing_is_stored(stores, breakage, named):
+    redis, db = stores
+    store = CatalogStore(redis, Scripts(redis), db)
+    await store.seed(StoredCatalog(1, FILE))
+    broken = copy.deepcopy(FILE)
+    breakage(broken)
+    with pytest.raises(CatalogInvalid, match=named):
+        await store.put(broken, 1, "admin token")
+    assert (await store.current()).version == 1 and len(await store.history(None, 10)) == 1
+
+
+async def test_a_wiped_redis_is_seeded_with_the_newest_version_not_the_file(stores):
+    redis, db = stores
+    scripts = Scripts(redis)
+    live = LiveCatalog(load_catalog(BUNDLED_CATALOG), CatalogStore(redis, scripts), None)  # a worker: no record
+    live._document = FILE
+    await live.refresh()
+    await CatalogStore(redis, scripts, db).put(with_output_price(FILE, "400"), 1, "admin token")
+    await live.refresh()
+    assert live.current.version == 2 and live.at(1) is not None
+    await redis.flushall()  # Redis lost everything: the worker puts back what it serves, not the file
+    await live.refresh()
+    assert live.current.version == 2 and (await CatalogStore(redis, scripts).current()).version == 2
+    await redis.flushall()  # and a gateway with the record restores the newest recorded version
+    gateway_side = LiveCatalog(load_catalog(BUNDLED_CATALOG), CatalogStore(redis, scripts, db), None)
+    gateway_side._document = FILE
+    await gateway_side.refresh()
+    assert gateway_side.current.version == 2
+    assert gateway_side.current.models["gemini"].prices.standard.output_micro == 400_000_000
