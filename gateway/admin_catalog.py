@@ -7,7 +7,8 @@
     GET   /admin/catalog/versions[/{n}]      the recorded versions, newest first; one version's document
 
 A document is validated by the catalog's own parser before it is stored: a 400 naming what is wrong,
-nothing stored. A change against a version that is no longer current is a 412. Every change is in
+nothing stored. Every change names the version it was made against (If-Match); a change against a
+version that is no longer current is a 412. Every change is in
 the operator audit log. The answer comes once this gateway serves the new version; the others follow
 within a second (their pub/sub notice).
 """
@@ -55,13 +56,12 @@ def catalog_answer(gw: Gateway, catalog: Catalog, document: dict | None) -> web.
     return web.json_response(body, headers={"ETag": f'"{catalog.version}"'})
 
 
-def if_match(request: web.Request, required: bool) -> int | None:
+def if_match(request: web.Request) -> int:
+    """The version a change was made against: every change names it, so none overwrites one it never saw."""
     raw = request.headers.get("If-Match")
     if raw is None:
-        if required:
-            raise bad_request("Send If-Match with the catalog version this document replaces (GET /admin/catalog "
-                              "answers it as its ETag).", param="If-Match", code="missing_if_match")
-        return None
+        raise bad_request("Send If-Match with the catalog version this change is made against (GET /admin/catalog "
+                          "answers it as its ETag).", param="If-Match", code="missing_if_match")
     text = raw.strip().removeprefix("W/").strip('"')
     if not text.isdigit() or len(text) > 9:
         raise bad_request("If-Match must be a catalog version, such as \"3\".", param="If-Match")
@@ -98,13 +98,13 @@ async def get_catalog(request: web.Request) -> web.Response:
 
 
 async def put_catalog(request: web.Request) -> web.Response:
-    expected = if_match(request, required=True)
+    expected = if_match(request)
     body = await read_body(request, NewCatalog)
     return await _change(request, replace_with(body.document), expected, body.note or "replaced")
 
 
 async def patch_model(request: web.Request) -> web.Response:
-    expected = if_match(request, required=False)
+    expected = if_match(request)
     body = await read_body(request, ModelChange)
     fields = body.model_dump(exclude_none=True, exclude={"note"})
     if not fields:
@@ -117,7 +117,7 @@ async def patch_model(request: web.Request) -> web.Response:
 
 
 async def patch_aliases(request: web.Request) -> web.Response:
-    expected = if_match(request, required=False)
+    expected = if_match(request)
     body = await read_json(request)
     if not isinstance(body, dict) or not all(isinstance(v, str) or v is None for v in body.values()):
         raise bad_request("Send {\"alias\": \"model id\"} to set an alias, {\"alias\": null} to remove one.",

@@ -163,6 +163,13 @@ def _price_sheet(model_id: str, m: dict) -> PriceSheet:
         raise ValueError(f"model {model_id!r}: bad prices ({exc})") from None
 
 
+def _names(model_id: str, m: dict, field_name: str, default: list[str]) -> tuple[str, ...]:
+    names = m.get(field_name, default)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"model {model_id!r}: {field_name} must be a list of names")
+    return tuple(names)
+
+
 def _aliases(data: dict, models: dict[str, Model]) -> dict[str, str]:
     aliases = data.get("aliases", {})
     if not isinstance(aliases, dict):
@@ -211,9 +218,9 @@ def parse_catalog(data: dict, version: int = 0) -> Catalog:
             prices=_price_sheet(mid, m),
             context_window=int(m["context_window"]),
             max_output_tokens=int(m.get("max_output_tokens", 8192)),
-            input_types=tuple(m.get("input_types", ["text"])),
-            output_types=tuple(m.get("output_types", ["text"])),
-            capabilities=tuple(m.get("capabilities", [])),
+            input_types=_names(mid, m, "input_types", ["text"]),
+            output_types=_names(mid, m, "output_types", ["text"]),
+            capabilities=_names(mid, m, "capabilities", []),
         )
     return Catalog(models=models, providers=providers, nodes=nodes, aliases=_aliases(data, models), version=version)
 
@@ -240,12 +247,32 @@ def validate_catalog(data: object, version: int = 0) -> Catalog:
         if node.provider not in catalog.providers:
             raise CatalogInvalid(f"node {node.id!r} names unknown provider {node.provider!r}")
     for model in catalog.models.values():
-        if model.provider not in catalog.providers:
-            raise CatalogInvalid(f"model {model.id!r} names unknown provider {model.provider!r}")
-        if model.base_cost_micro < 0 or model.context_window < 1 or model.max_output_tokens < 1:
-            raise CatalogInvalid(f"model {model.id!r}: base_cost_credits, context_window and max_output_tokens "
-                                 "must be positive")
+        _check_model(catalog, model)
     return catalog
+
+
+MAX_PRICE_MICRO = 10**12  # a million credits per 1M tokens: far above any real price, far inside 64-bit holds
+MAX_TOKENS = 100_000_000  # context window, output
+MAX_ROUTE_NUMBER = 1000  # priority, weight
+THINKING_KINDS = ("level", "budget", "none")
+
+
+def _check_model(catalog: Catalog, model: Model) -> None:
+    """Bounds the parser leaves open: every amount stays a sane integer in holds, Redis and the record."""
+    where = f"model {model.id!r}"
+    if model.provider not in catalog.providers:
+        raise CatalogInvalid(f"{where} names unknown provider {model.provider!r}")
+    sheet = model.prices
+    rates = [sheet.standard] + ([sheet.long_context.rates] if sheet.long_context else [])
+    if not 0 <= model.base_cost_micro <= MAX_PRICE_MICRO or any(
+            max(r.input_micro, r.cached_input_micro, r.output_micro) > MAX_PRICE_MICRO for r in rates):
+        raise CatalogInvalid(f"{where}: prices and base_cost_credits must be between 0 and 1000000 credits")
+    if not (1 <= model.context_window <= MAX_TOKENS and 1 <= model.max_output_tokens <= MAX_TOKENS):
+        raise CatalogInvalid(f"{where}: context_window and max_output_tokens must be between 1 and {MAX_TOKENS}")
+    if any(not 0 <= n <= MAX_ROUTE_NUMBER for r in model.routes for n in (r.priority, r.weight)):
+        raise CatalogInvalid(f"{where}: route priorities and weights must be between 0 and {MAX_ROUTE_NUMBER}")
+    if model.thinking not in THINKING_KINDS:
+        raise CatalogInvalid(f"{where}: thinking must be one of {', '.join(THINKING_KINDS)}")
 
 
 def catalog_path(path: Path | str | None = None) -> Path:

@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-from shared.catalog import BUNDLED_CATALOG, CatalogInvalid, load_catalog, load_document
+from shared.catalog import BUNDLED_CATALOG, CatalogInvalid, load_catalog, load_document, validate_catalog
+from shared.catalog_edits import set_model_fields
 from shared.catalog_store import CatalogStore, StoredCatalog, VersionConflict
 from shared.live_catalog import LiveCatalog
 from shared.scripts import Scripts
@@ -72,3 +73,17 @@ async def test_a_wiped_redis_is_seeded_with_the_newest_version_not_the_file(stor
     await gateway_side.refresh()
     assert gateway_side.current.version == 2
     assert gateway_side.current.models["gemini"].prices.standard.output_micro == 400_000_000
+
+
+@pytest.mark.parametrize("fields", [
+    {"pricing": {"input": "1e400", "output": "1"}}, {"pricing": {"input": "NaN", "output": "1"}},
+    {"pricing": {"input": None, "output": "1"}}, {"pricing": {"input": "1", "output": "1", "long_context": 5}},
+    {"pricing": []}, {"routes": [1]}, {"routes": [{"node": "node62", "weight": 10**100}]}, {"routes": None},
+    {"routes": [{"node": ["node62"]}]}, {"base_cost_credits": "1e400"}, {"base_cost_credits": -5},
+    {"context_window": "x"}, {"max_output_tokens": 10**30}, {"capabilities": "abc"}, {"thinking": 5},
+])
+def test_out_of_bounds_and_mistyped_fields_are_invalid_never_a_crash(fields):
+    document = copy.deepcopy(FILE)
+    set_model_fields("gemini", fields)(document)
+    with pytest.raises(CatalogInvalid):
+        validate_catalog(document, 2)

@@ -142,7 +142,8 @@ async def test_price_and_route_change_under_load_bills_each_request_at_its_versi
 async def test_a_new_version_reaches_both_gateways_and_every_worker_within_a_second(live, admin):
     version = current_version(admin)
     started = time.monotonic()
-    r = admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"})
+    assert admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"}).status_code == 400
+    r = admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"}, headers={"If-Match": str(version)})
     assert r.status_code == 200, r.text
     assert r.json()["version"] == version + 1
 
@@ -157,7 +158,8 @@ async def test_a_new_version_reaches_both_gateways_and_every_worker_within_a_sec
 
 
 async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
-    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"})
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
     _, key = admin.account_with_key(100)
     sdk = AsyncOpenAI(base_url=gateways(live)[1] + "/api/v1", api_key=key, max_retries=0)
     completion = await sdk.chat.completions.create(model="gemini-latest",
@@ -181,7 +183,7 @@ async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
 ])
 def test_invalid_changes_are_refused_and_nothing_is_stored(live, admin, change, named):
     version = current_version(admin)
-    r = admin.http.patch("/admin/catalog/models/gemini", json=change)
+    r = admin.http.patch("/admin/catalog/models/gemini", json=change, headers={"If-Match": str(version)})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "invalid_catalog" and named in r.json()["error"]["message"]
     assert current_version(admin) == version
