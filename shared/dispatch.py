@@ -223,7 +223,7 @@ class InFlight:
         row = {"request_id": self.request_id, "model": self.model.id, "node": self.node, "key_id": key.id,
                "status": status, "error_code": code, "created": int(time.time()),
                "batch_id": self.job.get("batch_id", ""), "trace_id": self.job.get("trace_id", ""),
-               "api": self.job.get("api", Api.CHAT)}
+               "api": self.job.get("api", Api.CHAT), "catalog_version": self.job.get("catalog_version", 0)}
         try:
             await self.d.credits.settle(key.account_id, self.request_id, 0, row, key_id=key.id, actual_tokens=0)
         except RedisError as exc:  # the reconciler releases the hold later
