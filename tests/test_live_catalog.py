@@ -258,6 +258,7 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
         assert stale.status_code == 409  # drawn from the version before the price change: not overwritten
         assert c.post("/dashboard/admin/catalog/aliases", data={"csrf_token": csrf, "version": str(version + 1),
                                                                 "aliases": "flash = gemini"}).status_code == 303
+        assert "<code>flash</code>" in c.get("/dashboard/models").text  # users see the alias on their Models page
         log_page = c.get("/dashboard/admin/audit-log", params={"action": "catalog.update"})
         assert log_page.status_code == 200 and email in log_page.text
     current = admin.http.get("/admin/catalog").json()

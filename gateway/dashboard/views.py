@@ -330,10 +330,12 @@ async def models_page(request: web.Request) -> web.Response:
     gw = gateway(request)
     base = base_url(request)
     models = []
-    for m in gw.catalog.models.values():
+    catalog = gw.catalog  # one version for the whole page
+    for m in catalog.models.values():
         info = m.public()
-        provider = gw.catalog.providers.get(m.provider)
+        provider = catalog.providers.get(m.provider)
         models.append({**info, "provider_name": provider.display_name if provider else m.provider,
+                       "aliases": sorted(a for a, target in catalog.aliases.items() if target == m.id),
                        "base_cost_micro": m.base_cost_micro, "rates": m.prices.standard,
                        "long_context": m.prices.long_context,
                        "node_status": [{"id": n, "workers": gw.live_workers.get(n, 0)} for n in m.nodes],
