@@ -87,3 +87,27 @@ def test_out_of_bounds_and_mistyped_fields_are_invalid_never_a_crash(fields):
     set_model_fields("gemini", fields)(document)
     with pytest.raises(CatalogInvalid):
         validate_catalog(document, 2)
+
+
+async def test_a_fixed_deployment_serves_the_file_and_refuses_changes(valkey_port):
+    """APIINONE_CATALOG_LIVE=false: the file is the catalog (nothing stored in Redis), changes are a 409."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from redis.asyncio import Redis
+
+    from gateway.app import create_app
+    from shared import keys
+    from shared.settings import Settings
+
+    redis = Redis(port=valkey_port)
+    await redis.flushall()
+    token = "adm_fixed_catalog_test_token"
+    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{valkey_port}/0", admin_token=token, database_url=None,
+                              catalog_live=False))
+    auth = {"Authorization": f"Bearer {token}"}
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        current = await (await client.get("/admin/catalog", headers=auth)).json()
+        assert (current["version"], current["live"]) == (0, False) and "gemini" in current["document"]["models"]
+        r = await client.patch("/admin/catalog/aliases", json={"latest": "gemini"}, headers={**auth, "If-Match": "0"})
+        assert r.status == 409 and (await r.json())["error"]["code"] == "catalog_fixed"
+    assert not await redis.exists(keys.CATALOG)
+    await redis.aclose()
