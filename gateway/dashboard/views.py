@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway.audit_log import operator_actor
 from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
                                     ledger_notes)
@@ -28,6 +29,7 @@ from shared.db.history_reads import order_rows
 from shared.history import is_row_id, ledger_page, usage_page
 from shared.keys import AccountKeys
 from shared.money import credits_to_micro, micro_to_decimal
+from shared.operator_audit import Action
 from shared.pricing import PPM, multiplier_text
 from shared.accounts import TooManyKeys
 from shared.usage_export import usage_export
@@ -141,9 +143,18 @@ async def create_key(request: web.Request) -> web.Response:
     if errors:
         return await render(request, "keys.html", {**context, "form": form, "errors": errors}, status=400,
                             nav="keys")
+    await audit_if_operator(request, Action.KEY_CREATE, created["id"], None,
+                            {f: v for f, v in created.items() if f != "key"})  # never the key itself
     # Shown once, in this answer only: the key is stored hashed and never displayed again.
     return await render(request, "keys.html", {**await _keys_context(request), "form": {}, "errors": {},
                                                "new_key": created}, status=201, nav="keys")
+
+
+async def audit_if_operator(request: web.Request, action: Action, target: str, before, after) -> None:
+    """An operator acting on an account's own pages (viewing as it) is an operator action; its user's is not."""
+    user = request.get("user")
+    if user is not None and user.is_operator:
+        await gateway(request).operator_audit.record(operator_actor(request), action, target, before, after)
 
 
 async def _own_key(request: web.Request, key_id: str) -> dict | None:
@@ -166,6 +177,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         await notify(request, "That key was not found: it may have been revoked already.", "error")
         return see_other("/dashboard/keys")
     await gateway(request).accounts.revoke_key(key_id)
+    await audit_if_operator(request, Action.KEY_REVOKE, key_id, key, {"id": key_id, "revoked": True})
     await notify(request, f"Key “{key['name']}” ({key['prefix']}) is revoked: the API refuses it from now on.")
     return see_other("/dashboard/keys")
 
