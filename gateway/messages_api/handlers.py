@@ -22,7 +22,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     check_request(req)
     admitted = admit_chat_body(request, gw, request_key(request), parse_chat_request(chat_body(req)),
                                api=Api.MESSAGES, stream=bool(req.stream), include_usage=True)
-    return await exchange(request, admitted, lambda: MessagesRenderer(req.model), "msg-")
+    # The model actually used (an alias names its target).
+    return await exchange(request, admitted, lambda: MessagesRenderer(admitted.model.id), "msg-")
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:

@@ -28,11 +28,11 @@ def missing(response_id: str, param: str | None = None) -> Exception:
     return not_found(f"Response with id '{response_id}' not found.", param=param)
 
 
-def _shell(req: ResponsesRequest, response_id: str, store: bool) -> dict:
-    """The response object's fields that echo the request."""
+def _shell(req: ResponsesRequest, response_id: str, store: bool, model: str) -> dict:
+    """The response object's fields that echo the request (``model``: the one actually used, an alias's target)."""
     reasoning = req.reasoning
     return {
-        "id": response_id, "object": "response", "created_at": int(time.time()), "model": req.model,
+        "id": response_id, "object": "response", "created_at": int(time.time()), "model": model,
         "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "metadata": req.metadata or {},
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": req.previous_response_id,
@@ -78,7 +78,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         if not kept:
             log.info("response larger than the account's stored-responses cap; not stored", response_id=response_id)
 
-    shell = _shell(req, response_id, store)
+    shell = _shell(req, response_id, store, admitted.model.id)
     return await exchange(request, admitted, lambda: ResponsesRenderer(shell, keep), "resp-")
 
 
