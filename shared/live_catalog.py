@@ -15,11 +15,10 @@ import asyncio
 from typing import Callable
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from redis.asyncio import Redis
-
 from shared.catalog import Catalog, CatalogInvalid, load_catalog, load_document, validate_catalog
 from shared.catalog_store import CatalogStore, StoredCatalog
 from shared.db.database import Database
@@ -44,6 +43,7 @@ class LiveCatalog:
         self._refreshing = asyncio.Lock()
         self._document: dict | None = None  # the current version's document (the file's, until a store version)
         self._task: asyncio.Task | None = None
+        self.owned_redis: Redis | None = None  # a client made for this follower alone (closed with it)
 
     @property
     def live(self) -> bool:
@@ -71,6 +71,8 @@ class LiveCatalog:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.owned_redis is not None:
+            await self.owned_redis.aclose()
 
     async def level(self) -> None:
         """Bring the store and its record level (a version the record lacks, a store behind it), then follow."""
@@ -149,5 +151,6 @@ async def start_live_catalog(settings: Settings) -> LiveCatalog:
     """A worker process's catalog, with its own Redis client, started (the current version read)."""
     redis = make_redis(settings.redis_url, max_connections=2)
     live = open_live_catalog(settings, redis, Scripts(redis), load_catalog(settings.catalog))
+    live.owned_redis = redis
     await live.start(load_document(settings.catalog))
     return live
