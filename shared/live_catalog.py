@@ -22,6 +22,7 @@ from shared import keys
 from shared.catalog import Catalog, CatalogInvalid, load_catalog, load_document, validate_catalog
 from shared.catalog_store import CatalogStore, StoredCatalog
 from shared.db.database import Database
+from shared.metrics import CATALOG_VERSION
 from shared.redis_client import make_redis
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -110,6 +111,7 @@ class LiveCatalog:
         for old in sorted(self._recent)[:-KEEP_VERSIONS]:
             del self._recent[old]
         self.current = catalog
+        CATALOG_VERSION.set(catalog.version)
         for listener in self._listeners:
             listener(catalog)
         log.info("catalog version now current", version=catalog.version, previous=previous)

@@ -37,6 +37,7 @@ TTFT = Histogram("apiinone_time_to_first_token_seconds", "Job start to first tok
 JOB_DURATION = Histogram("apiinone_job_duration_seconds", "Job start to end", ["node", "model"],
                          buckets=LATENCY_BUCKETS)
 QUEUE_WAIT = Histogram("apiinone_queue_wait_seconds", "Enqueue to job start", ["node"], buckets=LATENCY_BUCKETS)
+CATALOG_VERSION = Gauge("apiinone_catalog_version", "The live catalog version this process serves (0: the file)")
 WORKER_INFLIGHT = Gauge("apiinone_worker_inflight_jobs", "Jobs running in this worker", ["node"])
 TOKENS = Counter("apiinone_tokens_total", "Tokens processed", ["node", "model", "kind"])
 UPSTREAM_ERRORS = Counter("apiinone_upstream_errors_total", "Upstream failures by mapped code", ["node", "code"])

@@ -155,6 +155,8 @@ async def test_a_new_version_reaches_both_gateways_and_every_worker_within_a_sec
             return len(serving) == 4 and set(serving) == {version + 1}
         await wait_until(everyone_serves_it, 5, interval=0.02)
     assert time.monotonic() - started < 1.0
+    for base in gateways(live):
+        assert f"apiinone_catalog_version {float(version + 1)}" in httpx.get(base + "/metrics").text
 
 
 async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
