@@ -111,3 +111,39 @@ async def test_a_fixed_deployment_serves_the_file_and_refuses_changes(valkey_por
         assert r.status == 409 and (await r.json())["error"]["code"] == "catalog_fixed"
     assert not await redis.exists(keys.CATALOG)
     await redis.aclose()
+
+
+async def test_a_worker_runs_a_job_with_the_version_and_prices_it_was_admitted_under():
+    """The job's own version when the worker holds it, the job's price sheet always; a job from a newer version
+    than the worker's makes it read that version first (once, not per request)."""
+    import fakeredis
+
+    from shared.coalesce import Coalescer
+    from worker.chat_job import JobRuntime, job_model, start_job
+
+    v1 = validate_catalog(FILE, 1)
+    v2_document = with_output_price(FILE, "900")
+    v2_document["models"]["gemini"]["upstream_model"] = "gemini-next"
+    v2 = validate_catalog(v2_document, 2)
+    held = {1: v1}
+    followed = []
+
+    async def follow():
+        followed.append(True)
+        held[2] = rt.catalog = v2
+
+    rt = JobRuntime(v1, None, "w", None, None, None, catalog_at=held.get, follow_catalog=follow)
+    old_job = {"model": "gemini", "catalog_version": 1, "price_version": v1.models["gemini"].price_version,
+               "prices": v1.models["gemini"].prices_wire}
+    assert job_model(rt, old_job) is v1.models["gemini"]
+    rt.catalog = v2  # the worker moved on; a job admitted under version 1 still runs as version 1
+    assert job_model(rt, old_job).upstream_model == "gemini-3-flash-preview"
+    held.clear()  # a version this worker never held: the current model, at the job's prices
+    model = job_model(rt, old_job)
+    assert model.upstream_model == "gemini-next" and model.prices == v1.models["gemini"].prices
+    rt.catalog = v1
+    rt.coalescer = Coalescer(fakeredis.FakeAsyncRedis())
+    new_job = {"id": "chatcmpl-x", "model": "gemini", "catalog_version": 2, "reply_to": "r", "enqueued_ms": 0}
+    model, publisher, _, _ = await start_job(rt, new_job, [])
+    publisher.send(b"")
+    assert followed == [True] and model.upstream_model == "gemini-next"

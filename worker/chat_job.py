@@ -276,11 +276,13 @@ def final_frames(job: ChatJob, gen: Generation, charge_micro: int) -> tuple[byte
     return frames + (final or b""), final
 
 
-def start_job(rt: JobRuntime, job: ChatJob, claimed: list) -> tuple[Model, ReplyPublisher, float, float]:
+async def start_job(rt: JobRuntime, job: ChatJob, claimed: list) -> tuple[Model, ReplyPublisher, float, float]:
     """A claimed job begins: its log context, its model, its publisher (announcing the worker running it),
     when it started (monotonic) and how long it waited between enqueue and start (ms)."""
     rid = job["id"]
     structlog.contextvars.bind_contextvars(request_id=job.get("trace_id"), completion_id=rid)
+    if rt.follow_catalog is not None and job.get("catalog_version", 0) > rt.catalog.version:
+        await rt.follow_catalog()  # admitted under a version this worker has not swapped to yet: read it now
     model = job_model(rt, job)  # first: a job for a model this worker lacks announces nothing
     publisher = ReplyPublisher(rt.coalescer, job["reply_to"], rid, first=claimed)
     publisher.announce(relay.frame(relay.STARTED, rt.worker_id.encode()))
@@ -303,9 +305,7 @@ def job_model(rt: JobRuntime, job: ChatJob) -> Model:
 
 
 async def run_chat(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
-    if rt.follow_catalog is not None and job.get("catalog_version", 0) > rt.catalog.version:
-        await rt.follow_catalog()  # admitted under a version this worker has not swapped to yet: read it now
-    model, publisher, started, queue_ms = start_job(rt, job, claimed)
+    model, publisher, started, queue_ms = await start_job(rt, job, claimed)
     labelled(QUEUE_WAIT, job["node"]).observe(queue_ms / 1000)
 
     gen = await _generate(rt, job, model, publisher)

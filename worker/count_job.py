@@ -47,7 +47,7 @@ def _as_provider_error(exc: BaseException) -> ProviderError:
 
 async def run_count(rt: JobRuntime, job: ChatJob, claimed: list = ()) -> JobOutcome:
     rid = job["id"]
-    model, publisher, started, queue_ms = start_job(rt, job, claimed)
+    model, publisher, started, queue_ms = await start_job(rt, job, claimed)
     gen = Generation(ChunkBuilder(rid, model.id, job["created"]))
     gen.builder.finish_reason = FINISH
     try:
