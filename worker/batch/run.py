@@ -163,7 +163,8 @@ class BatchRun:
                 obj = orjson.loads(line)
                 custom_id = obj["custom_id"]
                 req = parse_chat_request(obj["body"])
-                model = self.w.catalog.resolve(req.model)  # an alias: its target
+                catalog = self.w.catalog  # the line's attempts run at this version (its model and prices)
+                model = catalog.resolve(req.model)  # an alias: its target
                 if model is None:
                     raise KeyError(req.model)
             except Exception:  # validated already: only a file deleted under a running batch gets here
@@ -172,7 +173,8 @@ class BatchRun:
             while True:
                 rid = line_request_id(self.b.id, line_no, attempt)
                 try:
-                    outcome = await self._attempt(line_no, attempt, rid, req, model, resumed, started)
+                    outcome = await self._attempt(line_no, attempt, rid, req, model, catalog.version, resumed,
+                                                  started)
                 except KeyRevoked:
                     await self._stop_for_revoked_key()
                     outcome = lines.stopped(StopReason.CANCELLED)
@@ -222,12 +224,12 @@ class BatchRun:
 
     # --- one attempt of one line ------------------------------------------------------------------
     async def _attempt(self, line_no: int, attempt: int, rid: str, req: ChatCompletionRequest, model: Model,
-                       resumed: bool, started: str | None) -> Outcome:
+                       catalog_version: int, resumed: bool, started: str | None) -> Outcome:
         """Resume the attempt where its durable state says it is, or submit it; then wait for its end."""
         submitter = self.submitter
         state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, started=started, recorded=started,
                           flight=submitter.flight(admitted_line(await submitter.keys.current(), req, model,
-                                                                self.w.settings, self.w.catalog.version), "", rid))
+                                                                self.w.settings, catalog_version), "", rid))
         state.flight.listen()
         self.lines[line_no] = state
         try:
