@@ -275,15 +275,16 @@ def parse_body(model: type[W], body: object) -> W:
 
 def parse_chat_request(body: object) -> ChatCompletionRequest:
     req = parse_body(ChatCompletionRequest, body)
-    _check_schemas_together(req)
-    return req
-
-
-def _check_schemas_together(req: ChatCompletionRequest) -> None:
-    """Each schema passed its own bounds; together they must fit one request's translation budget."""
     schemas = [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(req.tools or [])]
     if isinstance(req.response_format, ResponseFormatJsonSchema):
         schemas.append(("response_format.json_schema.schema", req.response_format.json_schema.schema_))
+    check_schemas_together(schemas)
+    return req
+
+
+def check_schemas_together(schemas: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """Each schema (``(param, schema)``, as the client named it) passed its own bounds; together they must
+    fit one request's translation budget. Every front end's tools and response schema pass here."""
     n = len(schemas)
     if n * MAX_INLINED_VALUES <= MAX_REQUEST_INLINED_VALUES and n * MAX_INLINED_CHARS <= MAX_REQUEST_INLINED_CHARS:
         return  # within the budget whatever their sizes: no need to measure them again
