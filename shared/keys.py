@@ -71,6 +71,11 @@ ACCOUNTS = PREFIX + "accounts"  # set of account ids
 # outside the account's (settle.lua says why).
 ARCHIVE_INDEX = PREFIX + "{archive}:dirty"
 ARCHIVE_GROUP = "archiver"  # the archivers' consumer group on ARCHIVE_INDEX
+# stream: stored Responses to archive ({op: put|delete, a: account id, id: response id, rec: record}), written
+# by response_put.lua / response_delete.lua when the record is on, trimmed as the archiver commits them
+# (worker/archiver/responses.py). Its own slot, as ARCHIVE_INDEX.
+RESPONSE_ARCHIVE = PREFIX + "{archive}:responses"
+RESPONSE_ARCHIVE_GROUP = "response-archiver"
 # string: the Redis run id whose every account the recovery has checked against Postgres
 # (worker/archiver/recovery.py); accounts carry their own stamp in the hash field "synced".
 RECOVERED_RUN = PREFIX + "record:recovered_run"

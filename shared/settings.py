@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # bytes per account (the oldest are dropped first to make room).
     responses_ttl_s: float = 7 * 86400
     responses_max_bytes_per_account: int = 32 * 1024 * 1024
+    # With a database, the record keeps every stored response this long (past Redis' TTL and cap): the
+    # archiver writes it to Postgres off the request path; reads that miss Redis find it there.
+    responses_retention_days: float = Field(default=30, gt=0)
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.
