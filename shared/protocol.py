@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ApiError, bad_request
@@ -103,26 +103,25 @@ Message = Annotated[
 
 
 # --- tools and formats ----------------------------------------------------
-def bounded_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+def bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A client's JSON Schema within ``shared/schema_bounds.py``'s bounds, or a 400 naming its field."""
-    if schema is not None:
-        try:
-            check_schema(schema)
-        except SchemaTooLarge as exc:
-            raise PydanticCustomError("schema_too_large", str(exc)) from None
+    try:
+        check_schema(schema)
+    except SchemaTooLarge as exc:
+        raise PydanticCustomError("schema_too_large", str(exc)) from None
     return schema
 
 
-class FunctionDefinition(WireModel):
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+# What every front end's tools and response schemas are validated as (Responses, Messages too).
+BoundedSchema = Annotated[dict[str, Any], AfterValidator(bounded_schema)]
+ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
 
-    @field_validator("parameters")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
+
+class FunctionDefinition(WireModel):
+    name: ToolName
+    description: str | None = None
+    parameters: BoundedSchema | None = None
+    strict: bool | None = None
 
 
 class Tool(WireModel):
@@ -141,14 +140,9 @@ class NamedToolChoice(WireModel):
 
 class JsonSchemaSpec(WireModel):
     name: str
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: BoundedSchema | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
 
 
 class ResponseFormatText(WireModel):

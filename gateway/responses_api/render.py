@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from gateway.delta_renderer import DeltaRenderer
 from gateway.exchange import SSE_HEADERS, json_response
 from shared.errors import ApiError
 
@@ -36,7 +37,7 @@ def responses_usage(usage: dict | None) -> dict | None:
             "total_tokens": usage["total_tokens"], "credits_charged": usage["credits_charged"]}
 
 
-class ResponsesRenderer:
+class ResponsesRenderer(DeltaRenderer):
     headers = SSE_HEADERS
 
     def __init__(self, shell: dict, on_final: Callable[[dict, dict], Awaitable[None]] | None = None) -> None:
@@ -47,8 +48,6 @@ class ResponsesRenderer:
         self.output: list[dict] = []  # finished items, in order
         self.open: dict | None = None  # the item being streamed
         self.calls: dict[int, dict] = {}  # chat tool call index -> its function_call item
-        self.usage: dict | None = None
-        self.finish_reason: str | None = None
         self.final: dict | None = None
 
     # --- the object ------------------------------------------------------------------------
@@ -95,7 +94,7 @@ class ResponsesRenderer:
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
-    def _start(self) -> list[bytes]:
+    def start(self) -> list[bytes]:
         if self.started:
             return []
         self.started = True
@@ -153,33 +152,26 @@ class ResponsesRenderer:
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
-    def chunk(self, payload: bytes) -> list[bytes]:
-        chunk = orjson.loads(payload)
-        if not chunk["choices"]:
-            self.usage = chunk.get("usage") or self.usage
-            return []
-        out = self._start()
-        choice = chunk["choices"][0]
-        delta = choice["delta"]
-        if text := delta.get("reasoning_content"):
-            if self.open is None or self.open["type"] != "reasoning":
-                out += self._open({"type": "reasoning", "id": new_id("rs_"),
-                                   "summary": [{"type": "summary_text", "text": ""}]})
-            self.open["summary"][0]["text"] += text
-            out.append(self._event("response.reasoning_summary_text.delta", item_id=self.open["id"],
-                                   output_index=len(self.output), summary_index=0, delta=text))
-        if text := delta.get("content"):
-            if self.open is None or self.open["type"] != "message":
-                out += self._open(self._message("", "in_progress"))
-            self.open["content"][0]["text"] += text
-            out.append(self._event("response.output_text.delta", item_id=self.open["id"],
-                                   output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
-        for call in delta.get("tool_calls") or []:
-            out += self._tool_call_delta(call)
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+    def thinking(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            out += self._open({"type": "reasoning", "id": new_id("rs_"),
+                               "summary": [{"type": "summary_text", "text": ""}]})
+        self.open["summary"][0]["text"] += text
+        out.append(self._event("response.reasoning_summary_text.delta", item_id=self.open["id"],
+                               output_index=len(self.output), summary_index=0, delta=text))
         return out
 
-    def _tool_call_delta(self, call: dict) -> list[bytes]:
+    def text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "message":
+            out += self._open(self._message("", "in_progress"))
+        self.open["content"][0]["text"] += text
+        out.append(self._event("response.output_text.delta", item_id=self.open["id"],
+                               output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
+        return out
+
+    def tool_call(self, call: dict) -> list[bytes]:
         out: list[bytes] = []
         if call.get("id"):
             item = self._call(call["id"], call["function"]["name"], "", "in_progress")
@@ -196,7 +188,7 @@ class ResponsesRenderer:
         return out
 
     def done(self) -> list[bytes]:
-        out = self._start() + self._close()
+        out = self.start() + self._close()
         status = self._status()
         self.final = self.response(status, self.output, self.usage)
         out.append(self._event("response.completed" if status == "completed" else "response.incomplete",
