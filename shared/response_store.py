@@ -88,5 +88,8 @@ class RecordedResponseStore(RedisResponseStore):
         return orjson.loads(raw) if raw else None
 
     async def delete(self, account_id: str, response_id: str) -> bool:
-        hot = await super().delete(account_id, response_id)
-        return await stored_responses.delete(self.db, account_id, response_id) or hot
+        # Postgres first: the Redis delete hands the archiver a delete entry, which it may apply before
+        # this call's own delete would run (and then this would not know the response existed). A put
+        # the archiver had not written yet is undone by that entry, moments later.
+        cold = await stored_responses.delete(self.db, account_id, response_id)
+        return await super().delete(account_id, response_id) or cold

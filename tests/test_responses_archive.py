@@ -53,6 +53,33 @@ async def test_archived_responses_outlive_redis_and_deletes_are_never_undone(sto
     assert await store.get("acct_a", "resp_1") is None and not await store.delete("acct_a", "resp_1")
 
 
+class ArchiverFirst:
+    """Scripts whose response_delete is followed at once by the archiver applying its delete entry."""
+
+    def __init__(self, scripts: Scripts, archiver: ResponseArchiver) -> None:
+        self.scripts, self.archiver = scripts, archiver
+
+    def __getattr__(self, name: str):
+        return getattr(self.scripts, name)
+
+    async def response_delete(self, **kw):
+        deleted = await self.scripts.response_delete(**kw)
+        await drain(self.archiver)
+        return deleted
+
+
+async def test_a_delete_the_archiver_applies_first_still_answers_deleted(stores):
+    redis, db = stores
+    store = RecordedResponseStore(redis, Scripts(redis), 60, 1 << 20, db)
+    archiver = ResponseArchiver(redis, db, 30 * DAY_S, "test")
+    await store.put("acct_a", "resp_1", record("one"))
+    await drain(archiver)
+    await redis.delete(AccountKeys("acct_a").response("resp_1"))  # only the record has it
+    store.scripts = ArchiverFirst(store.scripts, archiver)
+    assert await store.delete("acct_a", "resp_1")  # not a 404 because the archiver was quicker
+    assert await store.get("acct_a", "resp_1") is None
+
+
 async def test_a_kill_before_the_ack_archives_once_and_retention_removes(stores, monkeypatch):
     redis, db = stores
     store = RecordedResponseStore(redis, Scripts(redis), 60, 1 << 20, db)
