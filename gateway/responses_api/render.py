@@ -47,6 +47,7 @@ class ResponsesRenderer(DeltaRenderer):
         self.started = False
         self.output: list[dict] = []  # finished items, in order
         self.open: dict | None = None  # the item being streamed
+        self.pieces: list[str] = []  # its text (or arguments) so far, joined once when it closes
         self.calls: dict[int, dict] = {}  # chat tool call index -> its function_call item
         self.final: dict | None = None
 
@@ -114,6 +115,7 @@ class ResponsesRenderer(DeltaRenderer):
     def _open(self, item: dict) -> list[bytes]:
         out = self._close()
         self.open = item
+        self.pieces = []
         index = len(self.output)
         added = {**item, "content": []} if item["type"] == "message" else \
             {**item, "summary": []} if item["type"] == "reasoning" else item
@@ -130,22 +132,24 @@ class ResponsesRenderer(DeltaRenderer):
         item, self.open = self.open, None
         if item is None:
             return []
-        index, out = len(self.output), []
+        index, out, text = len(self.output), [], "".join(self.pieces)
         if item["type"] == "reasoning":
             part = item["summary"][0]
+            part["text"] = text
             out += [self._event("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
                                 summary_index=0, text=part["text"]),
                     self._event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
                                 summary_index=0, part=part)]
         elif item["type"] == "message":
             part = item["content"][0]
+            part["text"] = text
             item["status"] = "completed"
             out += [self._event("response.output_text.done", item_id=item["id"], output_index=index,
                                 content_index=0, text=part["text"], logprobs=[]),
                     self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part)]
         else:
-            item["status"] = "completed"
+            item["status"], item["arguments"] = "completed", text
             out.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                    name=item["name"], arguments=item["arguments"]))
         self.output.append(item)
@@ -157,7 +161,7 @@ class ResponsesRenderer(DeltaRenderer):
         if self.open is None or self.open["type"] != "reasoning":
             out += self._open({"type": "reasoning", "id": new_id("rs_"),
                                "summary": [{"type": "summary_text", "text": ""}]})
-        self.open["summary"][0]["text"] += text
+        self.pieces.append(text)
         out.append(self._event("response.reasoning_summary_text.delta", item_id=self.open["id"],
                                output_index=len(self.output), summary_index=0, delta=text))
         return out
@@ -166,7 +170,7 @@ class ResponsesRenderer(DeltaRenderer):
         out: list[bytes] = []
         if self.open is None or self.open["type"] != "message":
             out += self._open(self._message("", "in_progress"))
-        self.open["content"][0]["text"] += text
+        self.pieces.append(text)
         out.append(self._event("response.output_text.delta", item_id=self.open["id"],
                                output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
         return out
@@ -182,7 +186,7 @@ class ResponsesRenderer(DeltaRenderer):
         if item is not None and arguments:
             if self.open is not item:  # arguments of an earlier call (upstreams that interleave): reopen
                 return out
-            item["arguments"] += arguments
+            self.pieces.append(arguments)
             out.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
                                    output_index=len(self.output), delta=arguments))
         return out
