@@ -59,7 +59,8 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host)
 
 # the archiver (Redis -> Postgres) and the recovery
-ARCHIVED = Counter("apiinone_archived_entries_total", "Ledger and usage entries committed to Postgres", ["kind"])
+ARCHIVED = Counter("apiinone_archived_entries_total",
+                   "Ledger and usage entries (and stored responses' puts and deletes) committed to Postgres", ["kind"])
 ARCHIVE_LAG = Histogram("apiinone_archiver_lag_seconds", "An entry's time in Redis before its commit to Postgres",
                         buckets=LATENCY_BUCKETS)
 ARCHIVE_DATABASE_UP = Gauge("apiinone_archiver_database_up",

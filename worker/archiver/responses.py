@@ -24,6 +24,7 @@ from shared import keys
 from shared.db import stored_responses
 from shared.db.database import Database, DatabaseUnavailable
 from shared.db.stored_responses import ArchiveOp
+from shared.metrics import ARCHIVED, labelled
 from worker.archiver.rows import split_id
 
 log = structlog.get_logger()
@@ -77,6 +78,7 @@ class ResponseArchiver:
             entries = reply[0][1] if reply else []
         if entries:
             await self._write([archive_op(i, f) for i, f in entries])
+            labelled(ARCHIVED, "responses").inc(len(entries))
             ids = [i for i, _ in entries]
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.xack(keys.RESPONSE_ARCHIVE, keys.RESPONSE_ARCHIVE_GROUP, *ids)
