@@ -112,7 +112,7 @@ def _messages(req: CountTokensRequest) -> list[dict]:
             messages.extend(_user(blocks, f"messages.{i}.content", renamed))
         else:
             messages.append(_assistant(blocks, renamed))
-    if len(messages) == bool(req.system):
+    if all(m["role"] == "system" for m in messages):  # (the chat schema's own refusal, in this API's words)
         raise bad_request("messages: at least one message must have content.", param="messages")
     return messages
 
