@@ -7,7 +7,7 @@ OpenAI's model list and object. The two are told apart by what only Google's cli
 errors); any other (the openai SDKs: Bearer, no such parameter) gets OpenAI's. Under ``/api/v1beta``
 it is always Gemini's.
 
-The entries are built once per catalog (the catalog is replaced, never changed, when it is reloaded).
+The entries are built once per catalog object (a Catalog is frozen: a new one is a new object).
 """
 
 from __future__ import annotations
