@@ -223,6 +223,25 @@ async def test_a_prompt_too_long_for_the_model_goes_to_a_fallback_that_takes_it(
     assert_books_balance(fb_admin, account, 100_000_000, rows)
 
 
+async def test_the_other_wire_apis_fall_back_alike(fb_stack, fb_admin):
+    account, key = fb_admin.account_with_key(100)
+    h = {"Authorization": f"Bearer {key}"}
+    prompt = f"Hello {OUT_OF_CAPACITY}"
+    async with httpx.AsyncClient(base_url=fb_stack.base_url, timeout=30) as http:
+        message = await http.post("/api/v1/messages", headers={**h, "anthropic-version": "2023-06-01"},
+                                  json={"model": "primary", "max_tokens": 256,
+                                        "messages": [{"role": "user", "content": prompt}]})
+        response = await http.post("/api/v1/responses", headers=h, json={"model": "primary", "input": prompt})
+        assert (message.status_code, response.status_code) == (200, 200), (message.text, response.text)
+        assert (message.json()["model"], response.json()["model"]) == ("backup", "backup")
+        rows = await wait_settled(http, key, 6)
+    served = [r for r in rows if r["status"] == "succeeded"]
+    assert sorted((r["api"], r["model"], r["requested_model"]) for r in served) == [
+        ("messages", "backup", "primary"), ("responses", "backup", "primary")]
+    assert all(r["charged_micro"] == priced(r) for r in served)
+    assert_books_balance(fb_admin, account, 100_000_000, rows)
+
+
 def test_the_model_list_shows_fallbacks(fb_stack, fb_admin):
     _, key = fb_admin.account_with_key(1)
     models = httpx.get(fb_stack.base_url + "/api/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
