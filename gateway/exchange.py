@@ -80,7 +80,7 @@ class ModelUnavailable(Exception):
 
 async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[[], Renderer],
                    id_prefix: str) -> web.StreamResponse:
-    """Run ``admitted`` on its model's nodes (``on_model``); when none can serve it before any output, on
+    """Run ``admitted`` on its model's nodes (``_on_model``); when none can serve it before any output, on
     its fallback models in turn (catalog fallbacks). Each fallback's hold replaces the last attempt's in
     one step (reserve.lua); one the account cannot cover is skipped. None left: the first model's error."""
     gw: Gateway = request.app[GATEWAY]
@@ -89,7 +89,7 @@ async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[
     while True:
         fallback = candidate.model.id != requested
         try:
-            response = await on_model(request, gw, candidate, renderer, id_prefix, replaces)
+            response = await _on_model(request, gw, candidate, renderer, id_prefix, replaces)
         except Refused as refused:
             if candidate is admitted:
                 raise refused.error from None
@@ -113,7 +113,7 @@ def _count_fallback(requested: str, fallback: Admitted, outcome: str) -> None:
     FALLBACKS.labels(requested, fallback.model.id, outcome).inc()
 
 
-async def on_model(request: web.Request, gw: Gateway, admitted: Admitted, renderer: Callable[[], Renderer],
+async def _on_model(request: web.Request, gw: Gateway, admitted: Admitted, renderer: Callable[[], Renderer],
                    id_prefix: str, replaces: str) -> web.StreamResponse:
     """Run ``admitted`` on a node of its model, failing over as ``retry_kind`` allows; the answer in
     ``renderer``'s words. Each attempt takes over the hold of the one before it (``replaces``)."""

@@ -77,7 +77,7 @@ class Admitted:
     hold: HoldPlan  # the worst case and the floor of its hold (shared/admission.py)
     # The models to try next when this one cannot serve it (catalog fallbacks), in order, and how the
     # same request is admitted for one of them (its checks, job and hold; raises ApiError when that
-    # model cannot take it). No refit: the front end has no fallbacks (counts, batch lines).
+    # model cannot take it). No refit: no fallbacks (token counts, native Gemini calls, batch lines).
     fallbacks: tuple[str, ...] = ()
     refit: Callable[[Model, tuple[str, ...]], Admitted] | None = None
 
@@ -158,9 +158,7 @@ class Dispatcher:
         on the node's batch queue, and a lost reply channel is silence to it: it has a durable state
         to look at (worker/batch/probe.py) where an HTTP relay can only give up. ``replaces``: the
         request id of the previous attempt (failed before any output), whose hold this one takes over."""
-        flight = InFlight(self, admitted, node, request_id, batch, queue_allowance_s, job_extra)
-        flight.replaces = replaces
-        return flight
+        return InFlight(self, admitted, node, request_id, batch, queue_allowance_s, job_extra, replaces)
 
 
 class InFlight:
@@ -172,7 +170,7 @@ class InFlight:
     """
 
     def __init__(self, d: Dispatcher, admitted: Admitted, node: str, request_id: str, batch: bool,
-                 queue_allowance_s: float | None, job_extra: dict) -> None:
+                 queue_allowance_s: float | None, job_extra: dict, replaces: str = "") -> None:
         s = d.settings
         self.d = d
         self.admitted = admitted
@@ -194,7 +192,7 @@ class InFlight:
         self.hold_deadline_ms = int((now + allowance + s.request_timeout_s) * 1000)
         self.worker_id: str | None = None  # from the STARTED frame: whose lease to watch
         self.replies: asyncio.Queue | None = None
-        self.replaces = ""  # a previous attempt's request id: its hold is released as this one's is taken
+        self.replaces = replaces  # a previous attempt's request id: its hold is released as this one's is taken
 
     @property
     def key(self) -> KeyRecord:

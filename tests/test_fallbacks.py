@@ -188,6 +188,19 @@ async def test_a_model_out_of_capacity_on_every_node_is_served_by_its_fallback(f
     assert_books_balance(fb_admin, account, 100_000_000, rows)
 
 
+async def test_a_stream_that_failed_after_its_first_byte_does_not_fall_back(fb_stack, fb_admin):
+    account, key = fb_admin.account_with_key(100)
+    h = {"Authorization": f"Bearer {key}"}
+    broken = "Tell me a story [[sim output_tokens=60 fail_after=2]]"  # node64 sends two chunks, then breaks
+    async with httpx.AsyncClient(base_url=fb_stack.base_url, timeout=30) as http:
+        async with http.stream("POST", URL, json=chat("primary", broken, stream=True), headers=h) as r:
+            events, end = await read_sse(r)
+        rows = await wait_settled(http, key, 1)
+    assert end == "error" and json.loads(events[0])["model"] == "primary"
+    assert [(r["model"], r["status"], r["charged_micro"]) for r in rows] == [("primary", "failed", 0)]
+    assert_books_balance(fb_admin, account, 100_000_000, rows)
+
+
 async def test_a_fallback_the_account_cannot_cover_is_skipped(fb_stack, fb_admin):
     account, key = fb_admin.account_with_key(60)  # `pricey` holds at least 500 credits
     h = {"Authorization": f"Bearer {key}"}
@@ -258,9 +271,9 @@ async def test_a_model_whose_workers_are_all_down_is_served_by_its_fallback(fb_s
         worker.send_signal(signal.SIGTERM)  # a graceful stop takes its heartbeat away at once
         worker.wait(30)
 
-    def primary_nodes_down() -> bool:
-        nodes = fb_admin.http.get("/admin/nodes").json()["data"]
-        return all(n["workers_alive"] == 0 for n in nodes if n["id"] in ("node63", "node64"))
+    def primary_nodes_down() -> bool:  # /readyz also brings the gateway's routing view up to date
+        nodes = httpx.get(fb_stack.base_url + "/readyz").json()["nodes"]
+        return nodes["node63"] == nodes["node64"] == 0 and nodes["node62"] > 0
 
     await wait_until(primary_nodes_down, 10)
     h = {"Authorization": f"Bearer {key}"}
