@@ -31,6 +31,7 @@ from shared.admission import refusal
 from shared.contracts import ErrorCode, RequestStatus, RetryKind
 from shared.dispatch import SILENT, WATCH_S, Admitted, InFlight, Retryable, error_from_frame
 from shared.errors import ApiError, unavailable
+from shared.fallback_counts import record_fallback
 from shared.metrics import FAILOVERS, FALLBACKS, GATEWAY_INFLIGHT
 
 log = structlog.get_logger()
@@ -93,14 +94,14 @@ async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[
         except Refused as refused:
             if candidate is admitted:
                 raise refused.error from None
-            _count_fallback(requested, candidate, "skipped")
+            _count_fallback(gw, requested, candidate, "skipped")
         except ModelUnavailable as down:
             first_error, replaces = first_error or down.error, down.request_id
             if fallback:
-                _count_fallback(requested, candidate, "failed")
+                _count_fallback(gw, requested, candidate, "failed")
         else:
             if fallback:
-                _count_fallback(requested, candidate, "served")
+                _count_fallback(gw, requested, candidate, "served")
             return response
         candidate = candidate.next_fallback(gw.catalog)
         if candidate is None:
@@ -109,8 +110,10 @@ async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[
                  code=first_error.code)
 
 
-def _count_fallback(requested: str, fallback: Admitted, outcome: str) -> None:
+def _count_fallback(gw: Gateway, requested: str, fallback: Admitted, outcome: str) -> None:
+    """This process's metric, and the count every gateway shares (the nodes page), off the answer's path."""
     FALLBACKS.labels(requested, fallback.model.id, outcome).inc()
+    gw.dispatch.spawn(record_fallback(gw.redis, requested, fallback.model.id, outcome))
 
 
 async def _on_model(request: web.Request, gw: Gateway, admitted: Admitted, renderer: Callable[[], Renderer],

@@ -185,6 +185,8 @@ async def test_a_model_out_of_capacity_on_every_node_is_served_by_its_fallback(f
     assert all(r["model"] == "primary" and r["charged_micro"] == 0 for r in failed)
     assert {r["error_code"] for r in failed if r["node"] == "node64"} == {"upstream_rate_limited"}
     assert 'apiinone_fallbacks_total{from_model="primary",outcome="served",to_model="backup"} 2.0' in metrics
+    shared_counts = fb_admin.http.get("/admin/nodes").json()["fallbacks"]  # every gateway's, for the nodes page
+    assert {"model": "primary", "fallback": "backup", "served": 2, "failed": 0, "skipped": 0} in shared_counts
     assert_books_balance(fb_admin, account, 100_000_000, rows)
 
 
