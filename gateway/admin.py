@@ -14,6 +14,7 @@ from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
 from shared.money import credits_to_micro
 from shared.pricing import PPM, parse_multiplier
+from shared.fallback_counts import fallback_counts
 from shared.nodes import node_status
 from shared.protocol import RECORD_TEXT, WireModel
 from shared.supervision import supervisor_status
@@ -149,11 +150,13 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    """The nodes' worker pools, and (under `apiinone run`) the supervised processes with their restarts."""
+    """The nodes' worker pools, (under `apiinone run`) the supervised processes with their restarts, and the
+    requests moved to a fallback model, per model and fallback."""
     gw = request.app[GATEWAY]
     return web.json_response({"object": "list",
                               "data": await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s),
-                              "supervisors": await supervisor_status(gw.redis)})
+                              "supervisors": await supervisor_status(gw.redis),
+                              "fallbacks": await fallback_counts(gw.redis)})
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 
 from shared.catalog import Model
-from shared.contracts import ReserveStatus
+from shared.contracts import ErrorCode, ReserveStatus
 from shared.credits import KeyLimits, Reservation
 from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited, unavailable
 from shared.money import micro_to_credits
@@ -57,7 +57,7 @@ def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -
     if estimate > model.context_window:
         raise bad_request(
             f"This model's maximum context length is {model.context_window} tokens; your messages come to about "
-            f"{estimate} tokens.", param="messages", code="context_length_exceeded")
+            f"{estimate} tokens.", param="messages", code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
     return estimate
 
 

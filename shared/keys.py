@@ -64,6 +64,9 @@ class AccountKeys:
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids
+# hash: "<from model>|<to model>|<outcome>" -> requests moved to a fallback, across every gateway
+# (shared/fallback_counts.py; the operator's nodes page). At most models x models x 3 fields.
+FALLBACKS_TAKEN = PREFIX + "fallbacks_taken"
 
 # --- the record (worker/archiver/) --------------------------------------------------------
 # stream: an entry {a: account id} when an account gets ledger/usage entries to archive (once until the

@@ -16,6 +16,7 @@ from gateway.dashboard.views import _credit_amount
 from shared import ids
 from shared.account_storage import stored_by_account
 from shared.credits import AccountNotFound
+from shared.fallback_counts import fallback_counts
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.nodes import node_status
@@ -186,7 +187,8 @@ async def nodes_page(request: web.Request) -> web.Response:
         n["breaker"] = gw.breaker.state(n["id"])
         n["failures"] = sorted(failures.get(n["id"], {}).items(), key=lambda kv: -kv[1])
         n["failed_total"] = sum(c for _, c in n["failures"])
-    return await render(request, "admin_nodes.html", {"nodes": nodes}, nav="admin_nodes")
+    return await render(request, "admin_nodes.html", {"nodes": nodes, "fallbacks": await fallback_counts(gw.redis)},
+                        nav="admin_nodes")
 
 
 BATCHES_PER_ACCOUNT = 20

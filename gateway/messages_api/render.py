@@ -64,6 +64,7 @@ class MessagesRenderer:
     # --- one answer ------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self.model = completion.get("model") or self.model  # the model that answered (maybe a catalog fallback)
         choice = completion["choices"][0]
         message = choice["message"]
         calls = message.get("tool_calls") or []
@@ -118,6 +119,8 @@ class MessagesRenderer:
         if not chunk["choices"]:
             self.usage = chunk.get("usage") or self.usage
             return []
+        if not self.started:
+            self.model = chunk.get("model") or self.model  # the model that answers (maybe a catalog fallback)
         out = self._start()
         choice = chunk["choices"][0]
         delta = choice["delta"]

@@ -71,6 +71,7 @@ class ResponsesRenderer:
     # --- one answer -------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self._served_by(completion.get("model"))
         choice = completion["choices"][0]
         message = choice["message"]
         self.finish_reason = choice.get("finish_reason")
@@ -153,11 +154,18 @@ class ResponsesRenderer:
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
+    def _served_by(self, model: str | None) -> None:
+        """The model that answers (a catalog fallback may serve a request for another)."""
+        if model and model != self.shell.get("model"):
+            self.shell = {**self.shell, "model": model}
+
     def chunk(self, payload: bytes) -> list[bytes]:
         chunk = orjson.loads(payload)
         if not chunk["choices"]:
             self.usage = chunk.get("usage") or self.usage
             return []
+        if not self.started:
+            self._served_by(chunk.get("model"))
         out = self._start()
         choice = chunk["choices"][0]
         delta = choice["delta"]

@@ -135,7 +135,7 @@ async def model_method(request: web.Request) -> web.StreamResponse:
             }))
         gen = parse_generate(model, body)
         directives = parse_directives(gen.last_user_texts)
-        if directives.error is not None:
+        if directives.error is not None and directives.error_model in (None, model):
             raise canned(directives.error)
         plan = build_plan(gen, directives)
     except SimError as err:
