@@ -94,10 +94,19 @@ def parse_specs(raw: dict) -> list[KeySpec]:
     return sorted(specs, key=lambda s: s.label)
 
 
-async def register_specs(redis: Redis, node: str, specs: list[KeySpec]) -> None:
-    """A worker tells the gateways which keys its node has (labels only)."""
-    if specs:
-        await redis.hset(keys.key_pool_specs(node), mapping={s.label: s.model_dump_json() for s in specs})
+def spec_mapping(specs: list[KeySpec]) -> dict[str, str]:
+    return {s.label: s.model_dump_json() for s in specs}
+
+
+async def register_specs(redis: Redis, node: str, specs: list[KeySpec], replace: bool = False) -> None:
+    """A worker tells the gateways which keys its node has (labels only); ``replace``: a starting worker's
+    configuration is the node's (keys an operator removed disappear)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        if replace:
+            pipe.delete(keys.key_pool_specs(node))
+        if specs:
+            pipe.hset(keys.key_pool_specs(node), mapping=spec_mapping(specs))
+        await pipe.execute()
 
 
 def key_row(spec: KeySpec, state: KeyState, now_ms: int) -> dict:
@@ -107,7 +116,7 @@ def key_row(spec: KeySpec, state: KeyState, now_ms: int) -> dict:
         "key": spec.label, "state": status, "weight": spec.weight, "rpm": spec.rpm, "tpm": spec.tpm,
         "cooling_down_until": state.cool_until_ms / 1000 if status == COOLING else None,
         "cooling_down_s": round((state.cool_until_ms - now_ms) / 1000, 1) if status == COOLING else None,
-        "probing": state.probing, "disabled_reason": state.disabled or None,
+        "probing": state.probing and status == COOLING, "disabled_reason": state.disabled or None,
         "disabled_since": state.disabled_at_ms / 1000 if state.disabled else None,
         "requests": state.requests, "rate_limited": state.rate_limited,
     }

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.key_state import KeySpec, KeyState, key_label, parse_states, register_specs
+from shared.key_state import KeySpec, KeyState, key_label, parse_states, register_specs, spec_mapping
 from shared.scripts import Scripts
 from shared.settings import Settings
 from worker.key_config import PoolKey
@@ -30,6 +30,7 @@ from worker.provider import ProviderError
 log = structlog.get_logger()
 
 REFRESH_S = 1.0
+REGISTER_EVERY = 30  # refreshes: the specs are written again (after a Redis restart lost them)
 SUSPECT_HOLD_S = 15.0  # a key Google condemned is held back this long while one probe confirms it
 MIN_COOLDOWN_S = 1.0  # Google's retryDelay is whole seconds, rounded down: "0s" still means wait
 USAGE_TTL_S = 180
@@ -87,6 +88,7 @@ class KeyPool:
         self._shared_use: dict[int, dict[str, KeyUse]] = {}  # minute -> label -> node-wide use, as last read
         self._pending: dict[tuple[int, str], KeyUse] = {}  # (minute, label) -> this worker's use, not yet flushed
         self._wake = asyncio.Event()
+        self._refreshes = 0
         self._tasks: set[asyncio.Task] = set()
         self._state_key = keys.key_pool_state(node)
         self._channel = keys.key_pool_channel(node)
@@ -175,13 +177,19 @@ class KeyPool:
         except RedisError as exc:
             log.warning("key pool: cannot share a suspected key", node=self.node, key=key.label, error=str(exc))
             return
-        log.warning("upstream key got a verdict from Google; probing it", node=self.node, key=key.label,
-                    reason=reason, probing_here=bool(mine))
+        log.warning("upstream key got a verdict from Google; held back while a probe confirms it",
+                    node=self.node, key=key.label, reason=reason, probing_here=bool(mine))
         if mine and self.probe is not None:
             self._spawn(self.confirm(key, reason))
 
     async def confirm(self, key: PoolKey, reason: str) -> None:
         """One fixed probe request with the key: only its own verdict disables the key."""
+        try:
+            await self._confirm(key, reason)
+        except Exception:  # a bug must not end silently in a task nobody awaits
+            log.exception("key pool: probe failed", node=self.node, key=key.label)
+
+    async def _confirm(self, key: PoolKey, reason: str) -> None:
         error = await self.probe(key) if self.probe is not None else None
         lock = keys.key_probe_lock(self.node, key.label)
         try:
@@ -205,18 +213,22 @@ class KeyPool:
         while True:
             await asyncio.sleep(interval_s)
             for label, state in list(self.states.items()):
-                if not state.disabled or label not in self.keys or self.probe is None:
-                    continue
-                try:
-                    lock = keys.key_probe_lock(self.node, label)
-                    if not await self.redis.set(lock, self.worker_id, nx=True, px=int(interval_s * 1000)):
-                        continue
-                    if await self.probe(self.keys[label]) is None:
-                        await self.scripts.key_enable(keys=[self._state_key, lock], args=[label, self._channel])
-                        log.warning("upstream key re-enabled by its health probe", node=self.node, key=label)
-                        self.notify()
-                except RedisError as exc:
-                    log.warning("key pool: health probe skipped", node=self.node, key=label, error=str(exc))
+                if state.disabled and label in self.keys and self.probe is not None:
+                    try:
+                        await self._health_probe(label, interval_s)
+                    except RedisError as exc:
+                        log.warning("key pool: health probe skipped", node=self.node, key=label, error=str(exc))
+                    except Exception:
+                        log.exception("key pool: health probe failed", node=self.node, key=label)
+
+    async def _health_probe(self, label: str, interval_s: float) -> None:
+        lock = keys.key_probe_lock(self.node, label)
+        if not await self.redis.set(lock, self.worker_id, nx=True, px=int(interval_s * 1000)):
+            return  # another worker of the node probes it this round
+        if await self.probe(self.keys[label]) is None:
+            await self.scripts.key_enable(keys=[self._state_key, lock], args=[label, self._channel])
+            log.warning("upstream key re-enabled by its health probe", node=self.node, key=label)
+            self.notify()
 
     # --- the shared view -----------------------------------------------------------------------
     def notify(self) -> None:
@@ -226,7 +238,10 @@ class KeyPool:
     async def run(self) -> None:
         await self._register()
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # keep the last view; the next refresh tries again
+                log.exception("key pool: refresh failed", node=self.node)
             try:
                 await asyncio.wait_for(self._wake.wait(), REFRESH_S)
             except TimeoutError:
@@ -235,7 +250,7 @@ class KeyPool:
 
     async def _register(self) -> None:
         try:
-            await register_specs(self.redis, self.node, self.specs)
+            await register_specs(self.redis, self.node, self.specs, replace=True)
         except RedisError as exc:
             log.warning("key pool: cannot register the node's keys", node=self.node, error=str(exc))
 
@@ -246,6 +261,9 @@ class KeyPool:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 self._queue_flush(pipe, flushing)
+                self._refreshes += 1
+                if self._refreshes % REGISTER_EVERY == 0 and self.specs:
+                    pipe.hset(keys.key_pool_specs(self.node), mapping=spec_mapping(self.specs))
                 pipe.hgetall(self._state_key)
                 pipe.hgetall(keys.key_pool_usage(self.node, minute - 1))
                 pipe.hgetall(keys.key_pool_usage(self.node, minute))
