@@ -260,3 +260,64 @@ async def test_own_limits_count_every_worker_of_the_node_through_the_refresh(val
     state = parse_states(await redis.hgetall(keys.key_pool_state("n1")))
     assert state["aaaa"].requests == 5
     await redis.aclose()
+
+
+# --- the simulator's answers per key, read by the real adapter -----------------------------------
+@pytest.fixture
+async def faulty_simulator(monkeypatch):
+    from aiohttp.test_utils import TestServer
+
+    from worker.simulator.app import create_app
+
+    monkeypatch.setenv("APIINONE_SIMULATOR_KEY_FAULTS", "AIzaLIMITED0001=429:30s,AIzaSUSPENDED002=suspended,"
+                                                        "AIzaOFF0003=disabled,AIzaBAD0004=invalid")
+    server = TestServer(create_app(), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url(""))
+    await server.close()
+
+
+async def test_the_simulator_answers_each_key_as_google_does(faulty_simulator):
+    import httpx
+
+    url = faulty_simulator + "/v1beta/models/gemini-3-flash-preview:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    async with httpx.AsyncClient() as http:
+        async def ask(key: str) -> tuple[int, dict]:
+            r = await http.post(url, json=body, headers={"x-goog-api-key": key})
+            return r.status_code, r.json().get("error", {})
+
+        status, err = await ask("AIzaLIMITED0001")
+        assert (status, err["status"]) == (429, "RESOURCE_EXHAUSTED")
+        types = [d["@type"].rsplit(".", 1)[-1] for d in err["details"]]
+        assert types == ["Help", "QuotaFailure", "RetryInfo"] and err["details"][-1]["retryDelay"] == "30s"
+        assert err["details"][1]["violations"][0]["quotaDimensions"]["model"] == "gemini-3-flash-preview"
+        status, err = await ask("AIzaSUSPENDED002")
+        assert (status, err["status"], err["details"][0]["reason"]) == (403, "PERMISSION_DENIED", "CONSUMER_SUSPENDED")
+        assert "AIzaSUSPENDED002" in err["message"]  # Google quotes the key: the adapter must not pass it on
+        status, err = await ask("AIzaOFF0003")
+        assert (status, err["details"][0]["reason"]) == (403, "SERVICE_DISABLED")
+        status, err = await ask("AIzaBAD0004")
+        assert (status, err["status"], err["message"]) == (400, "INVALID_ARGUMENT",
+                                                          "API key not valid. Please pass a valid API key.")
+        assert (await ask("AIzaFINE0005"))[0] == 200
+        count = await http.post(url.replace("generateContent", "countTokens"), json=body,
+                                headers={"x-goog-api-key": "AIzaLIMITED0001"})
+        assert count.status_code == 200  # generation quota only
+
+
+async def test_the_adapter_never_relays_the_key_google_quoted(faulty_simulator):
+    from shared.catalog import get_catalog
+    from worker.gemini import GeminiAdapter
+
+    model = get_catalog().models["gemini"]
+    adapter = GeminiAdapter(faulty_simulator, "AIzaSUSPENDED002")
+    try:
+        with pytest.raises(ProviderError) as exc:
+            async for _ in adapter.stream({"messages": [{"role": "user", "content": "hi"}]}, model):
+                pass
+        assert exc.value.key_verdict == "CONSUMER_SUSPENDED" and exc.value.status == 502
+        assert "AIzaSUSPENDED002" not in exc.value.message and "AIzaSUSPENDED002" not in str(exc.value)
+        assert await adapter.probe(adapter.keys.key) is not None
+    finally:
+        await adapter.close()

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from shared.catalog import Model
-from worker.gemini_errors import map_error
+from worker.gemini_errors import map_error, redact
 from worker.gemini_request import prompt_token_bound, to_gemini, tool_call_id
 from worker.key_config import PoolKey
 from worker.key_pool import KeySource, SingleKey
@@ -131,6 +131,7 @@ class GeminiAdapter:
             try:
                 return await call(key)
             except ProviderError as exc:
+                redact(exc, key.secret, key.label)
                 if not await self.keys.failed(key, exc):
                     raise
                 tried.append(key.label)
@@ -201,6 +202,7 @@ class GeminiAdapter:
                     yield delta
                 return
             except ProviderError as exc:
+                redact(exc, key.secret, key.label)
                 if produced or not await self.keys.failed(key, exc):
                     raise
                 tried.append(key.label)

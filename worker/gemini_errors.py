@@ -90,6 +90,10 @@ def map_error(status: int, body: bytes, headers: dict) -> ProviderError:
 
 def _client_error(g: GoogleError) -> ProviderError:
     status, message, retry_after = g.status, g.message, g.retry_delay
+    if g.key_verdict and status != 429:
+        # Google's own text may quote the key ("Consumer 'api_key:AIza...' has been suspended."): never relayed.
+        return ProviderError(502, f"The upstream provider refused this node's key ({g.key_verdict}).",
+                             "upstream_permission_denied" if status == 403 else "upstream_auth_error")
     if status == 401 or g.reasons & _CREDENTIAL_REFUSED:
         return ProviderError(502, "The upstream provider refused this node's credentials.", "upstream_auth_error")
     if status == 400 and g.google_status == "FAILED_PRECONDITION":
@@ -116,3 +120,11 @@ def _client_error(g: GoogleError) -> ProviderError:
                              retry_after=retry_after)
     return ProviderError(502, f"The upstream provider failed (HTTP {status}): " + message, "upstream_error",
                          retryable=status >= 500, retry_after=retry_after)
+
+
+def redact(error: ProviderError, secret: str, label: str) -> ProviderError:
+    """The error with the key it was made with replaced by its label, wherever the upstream quoted it."""
+    if secret and secret in error.message:
+        error.message = error.message.replace(secret, "..." + label)
+        error.args = (error.message,)
+    return error
