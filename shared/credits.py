@@ -154,7 +154,7 @@ class Credits:
         """
         script, keys_, args = self.reserve_call(account_id, request_id, amount_micro, deadline_ms, key_id, limits,
                                                 estimated_tokens, min_amount_micro=min_amount_micro)
-        return Reservation.from_reply(await script(keys=keys_, args=args))
+        return Reservation.from_reply(await self.scripts.run(script, keys_, args))
 
     def reserve_call(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,

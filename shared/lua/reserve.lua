@@ -29,20 +29,22 @@ local rid, amount = ARGV[1], tonumber(ARGV[2])
 local rpm, tpm, est = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local max_conc, limit, daily = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local floor = math.max(1, tonumber(ARGV[11] or '') or amount)  -- a hold is never empty
+-- One read of the account: its balance, fence stamp, open holds and own limits.
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'synced', 'held', 'rpm', 'tpm', 'max_concurrent')
 local a_rpm, a_tpm, a_conc = 0, 0, 0
 if KEYS[5] then
-  local own = redis.call('HMGET', KEYS[1], 'rpm', 'tpm', 'max_concurrent')
-  a_rpm, a_tpm, a_conc = tonumber(own[1] or '') or 0, tonumber(own[2] or '') or 0, tonumber(own[3] or '') or 0
+  a_rpm, a_tpm, a_conc = tonumber(acct[4] or '') or 0, tonumber(acct[5] or '') or 0, tonumber(acct[6] or '') or 0
 end
 
-local balance = redis.call('HGET', KEYS[1], 'balance')
+local balance = acct[1]
 if not balance then return {-1, 0, 0, 0, 0, 0, 0, 0, 0} end
 balance = tonumber(balance)
-local synced = redis.call('HGET', KEYS[1], 'synced')
-if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then
+local RUN_ID = '__SERVER_RUN_ID__'  -- this server run's id, written in at load (shared/scripts.py)
+local synced = acct[2]
+if synced and synced ~= RUN_ID then
   return {-10, 0, 0, 0, 0, 0, 0, 1000, 0}
 end
-local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+local held = tonumber(acct[3] or '0')
 local existing = redis.call('HGET', KEYS[2], rid)
 if existing then
   return {0, balance, held, 0, 0, 0, 0, 0, tonumber(string.match(existing, '^(%d+)'))}
