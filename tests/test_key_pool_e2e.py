@@ -10,7 +10,10 @@ disabled until an operator re-enables it; nothing is billed twice; keys show onl
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -18,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apiinone.launcher import Stack
+from apiinone.launcher import Stack, apiinone_command
 from tests.conftest import Admin, make_settings, wait_settled
 from tests.pool_helpers import wait_until
 
@@ -125,6 +128,10 @@ async def test_operators_see_key_state_by_last_four_and_re_enable(keyed, keyed_a
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = admin.http.post("/admin/nodes/node62/keys/bbbb/enable")
     assert r.status_code == 200 and r.json()["state"] == "active"
+    env = {**os.environ, "REDIS_URL": keyed.settings.redis_url}
+    done = subprocess.run(apiinone_command() + ["admin", "upstream-keys", "enable", "node62", "bbbb"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout)["state"] == "active", done.stderr
 
     _, key = admin.account_with_key(1000)  # four worst-case holds at once
     assert await wave(keyed, key, 8) == [200] * 8
