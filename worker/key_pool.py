@@ -135,7 +135,8 @@ class KeyPool:
             return last_error
         if wait is None:
             return ProviderError(502, "Every upstream key of this node is disabled.", "upstream_auth_error")
-        return ProviderError(429, "Every upstream key of this node is rate limited.", "upstream_rate_limited",
+        return ProviderError(429, "No upstream key of this node is available now (rate limited, at its own limits "
+                             "or being checked).", "upstream_rate_limited",
                              retryable=True, retry_after=max(wait, 0.2), error_type="rate_limit_error")
 
     # --- faults: the only writes --------------------------------------------------------------
