@@ -321,3 +321,87 @@ async def test_the_adapter_never_relays_the_key_google_quoted(faulty_simulator):
         assert await adapter.probe(adapter.keys.key) is not None
     finally:
         await adapter.close()
+
+
+# --- another key before output, never after -----------------------------------------------------
+class RecordingKeys:
+    """A KeySource that hands out keys in order and records what the adapter reports."""
+
+    def __init__(self, *secrets: str) -> None:
+        from worker.key_config import parse_env_keys as keys_of
+
+        self.pool = keys_of(",".join(secrets), "test")
+        self.failures: list[tuple[str, str]] = []
+        self.picked: list[str] = []
+
+    def pick(self, exclude=()):
+        key = next((k for k in self.pool if k.label not in set(exclude)), None)
+        self.picked.append(key.label if key else None)
+        return key
+
+    def unavailable(self, last_error):
+        return last_error or ProviderError(429, "none left", "upstream_rate_limited")
+
+    async def failed(self, key, error):
+        self.failures.append((key.label, error.code))
+        return error.key_limited or bool(error.key_verdict)
+
+    def used(self, key, tokens):
+        pass
+
+
+@pytest.fixture
+async def scripted_upstream():
+    """Key ...0429 answers 429 at once; ...0cut streams a line then a 429 error event; others answer."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        key = request.headers["x-goog-api-key"]
+        if key.endswith("0429"):
+            return web.Response(status=429, body=key_rate_limited("m", 3).body(), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        text = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hello"}]}}]}
+        await resp.write(b"data: " + orjson.dumps(text) + b"\r\n\r\n")
+        if key.endswith("0cut"):
+            await resp.write(b"data: " + key_rate_limited("m", 3).body() + b"\r\n\r\n")
+        else:
+            end = {"candidates": [{"content": {"role": "model", "parts": [{"text": "!"}]}, "finishReason": "STOP"}],
+                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2}}
+            await resp.write(b"data: " + orjson.dumps(end) + b"\r\n\r\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1beta/models/{name}", generate)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url(""))
+    await server.close()
+
+
+async def test_a_429_before_output_moves_to_another_key_never_after(scripted_upstream):
+    from shared.catalog import get_catalog
+    from worker.gemini import GeminiAdapter
+
+    model = get_catalog().models["gemini"]
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    keys_before = RecordingKeys("k-0429", "k-good")
+    adapter = GeminiAdapter(scripted_upstream, keys_before)
+    try:
+        text = "".join([d.content async for d in adapter.stream(body, model)])
+        assert text == "Hello!" and keys_before.failures == [("0429", "upstream_rate_limited")]
+        assert keys_before.picked == ["0429", "good"]
+
+        keys_after = RecordingKeys("k-0cut", "k-good")
+        adapter.keys = keys_after
+        seen = []
+        with pytest.raises(ProviderError) as exc:
+            async for delta in adapter.stream(body, model):
+                seen.append(delta.content)
+        assert seen == ["Hello"] and exc.value.status == 429  # output went out: the error ends the request
+        assert keys_after.failures == [("0cut", "upstream_rate_limited")]  # the key cools down
+        assert keys_after.picked == ["0cut"]  # and no other key was tried
+    finally:
+        await adapter.close()

@@ -203,7 +203,7 @@ class GeminiAdapter:
                 return
             except ProviderError as exc:
                 redact(exc, key.secret, key.label)
-                if produced or not await self.keys.failed(key, exc):
+                if not await self.keys.failed(key, exc) or produced:  # the key is cooled down either way
                     raise
                 tried.append(key.label)
                 last = exc
