@@ -194,6 +194,10 @@ async def test_a_stream_that_failed_after_its_first_byte_does_not_fall_back(fb_s
     account, key = fb_admin.account_with_key(100)
     h = {"Authorization": f"Bearer {key}"}
     broken = "Tell me a story [[sim output_tokens=60 fail_after=2]]"  # node64 sends two chunks, then breaks
+    # The tests before made node64's one upstream key answer 429 (RetryInfo 3 s): it cools down first
+    # (key pools, worker/key_pool), or primary could not start on node64 and would rightly fall back.
+    await wait_until(lambda: all(k["state"] == "active" for n in fb_admin.http.get("/admin/nodes").json()["data"]
+                                 if n["id"] == "node64" for k in n["keys"]), 10)
     async with httpx.AsyncClient(base_url=fb_stack.base_url, timeout=30) as http:
         async with http.stream("POST", URL, json=chat("primary", broken, stream=True), headers=h) as r:
             events, end = await read_sse(r)
