@@ -19,8 +19,8 @@ from gateway.state import GATEWAY, Gateway
 from shared.accounts import KeyRecord
 from shared.admission import check_request, count_hold, estimated_tokens, plan_hold, prompt_token_bound
 from shared.catalog import Model
-from shared.contracts import COUNT_KINDS, Api, JobKind
-from shared.dispatch import Admitted
+from shared.contracts import COUNT_KINDS, Api, ErrorCode, JobKind
+from shared.dispatch import Admitted, first_fallback
 from shared.errors import ApiError, not_found
 from shared.protocol import ChatCompletionRequest
 
@@ -62,15 +62,31 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, body: dic
     """A validated chat body as JSON (the client's request dumped, or what a front end translated its own
     validated request into) as an ``Admitted``: the model's checks, the job every attempt shares, the
     tokens/min estimate and the worst-case hold. A count (``kind`` COUNT) is free: a token hold settled
-    at 0; only its request counts against the key."""
-    model = find_model(gw, body["model"])
-    prompt_estimate = check_request(body, model, gw.settings.max_messages)
-    job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
-           "stream": stream, "include_usage": include_usage, "api": api, "kind": kind, "body": body}
-    if kind in COUNT_KINDS:
-        return Admitted(key, model, job, 0, count_hold(prompt_token_bound(body)))
-    return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),
-                    plan_hold(body, model, gw.settings.min_output_tokens, key.price_multiplier_ppm))
+    at 0; only its request counts against the key. A prompt too long for the model goes to the first of
+    its fallbacks that takes it (catalog fallbacks)."""
+    requested = find_model(gw, body["model"])
+
+    def admit_for(model: Model, fallbacks: tuple[str, ...]) -> Admitted:
+        prompt_estimate = check_request(body, model, gw.settings.max_messages)
+        job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
+               "stream": stream, "include_usage": include_usage, "api": api, "kind": kind, "body": body}
+        if model is not requested:
+            job["requested_model"] = requested.id
+        if kind in COUNT_KINDS:
+            return Admitted(key, model, job, 0, count_hold(prompt_token_bound(body)))
+        return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),
+                        plan_hold(body, model, gw.settings.min_output_tokens, key.price_multiplier_ppm),
+                        fallbacks, admit_for)
+
+    try:
+        return admit_for(requested, requested.fallbacks)
+    except ApiError as exc:
+        if exc.code != ErrorCode.CONTEXT_LENGTH_EXCEEDED or kind in COUNT_KINDS:
+            raise
+        admitted = first_fallback(gw.catalog, requested.fallbacks, admit_for)
+        if admitted is None:
+            raise
+        return admitted
 
 
 class ChatRenderer:

@@ -2,8 +2,9 @@
 
 The Responses and Messages renderers (gateway/responses_api/render.py, gateway/messages_api/render.py)
 word the same chat chunks differently; how a chunk is taken apart is the same for both: a chunk
-without choices carries the usage, the others a delta of thinking, text and tool call fragments, in
-that order, and perhaps the finish reason. A subclass says what each piece becomes in its API.
+without choices carries the usage; the first of the others names the model that answers, and each
+a delta of thinking, text and tool call fragments, in that order, and perhaps the finish reason.
+A subclass says what each piece becomes in its API.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class DeltaRenderer:
         if not choices:
             self.usage = chunk.get("usage") or self.usage
             return []
-        out = self.start()
+        out = self.start(chunk.get("model"))
         choice = choices[0]
         delta = choice["delta"]
         if text := delta.get("reasoning_content"):
@@ -33,8 +34,9 @@ class DeltaRenderer:
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
         return out
 
-    def start(self) -> list[bytes]:
-        """The events that open the stream, the first time only."""
+    def start(self, model: str | None = None) -> list[bytes]:
+        """The events that open the stream, the first time only; ``model`` is the model that answers (a
+        catalog fallback may serve a request for another)."""
         raise NotImplementedError
 
     def thinking(self, text: str) -> list[bytes]:

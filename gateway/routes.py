@@ -106,6 +106,9 @@ KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An
 REDEMPTION_BATCH_ID = PathParam("batch_id", ids.REDEMPTION_BATCH,
                                 lambda v: not_found(f"No redemption code batch {v!r}."),
                                 "A batch of redemption codes' id (rcb_...)")
+NODE_ID = PathParam("node", ids.NODE, lambda v: not_found(f"No node {v!r}."), "A node of the catalog")
+UPSTREAM_KEY = PathParam("key", ids.UPSTREAM_KEY_LABEL, lambda v: not_found(f"The node has no upstream key {v!r}."),
+                         "An upstream key of the node, by its last 4 characters")
 RESPONSE_ID = PathParam("response_id", ids.RESPONSE, lambda v: not_found(f"Response with id '{v}' not found."),
                         "A stored response's id (resp_...)")
 GEMINI_REQUEST = JsonBody({
@@ -248,7 +251,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/users", adminapi.list_users, "List dashboard users", ADMIN,
           query=adminapi.LIST_FILTERS),
     Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s "
-          "supervised processes and their restarts", ADMIN),
+          "supervised processes and their restarts; each upstream key's state", ADMIN),
+    Route("POST", "/admin/nodes/{node}/keys/{key}/enable", admin.enable_upstream_key,
+          "Put a disabled (or cooling down) upstream key back in its node's rotation", ADMIN,
+          params=(NODE_ID, UPSTREAM_KEY), errors=(401, 404)),
     Route("GET", "/admin/audit", admin.audit, "Check balance == sum(ledger) for every account", ADMIN),
     # --- operations (no credentials) ---
     Route("GET", "/healthz", health.healthz, "The process is alive", PUBLIC, errors=()),

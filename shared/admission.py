@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 
 from shared.catalog import Model
-from shared.contracts import ReserveStatus
+from shared.contracts import ErrorCode, ReserveStatus
 from shared.credits import KeyLimits, Reservation
 from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited, unavailable
 from shared.money import micro_to_credits
@@ -62,7 +62,7 @@ def check_request(body: dict, model: Model, max_messages: int) -> int:
     if estimate > model.context_window:
         raise bad_request(
             f"This model's maximum context length is {model.context_window} tokens; your messages come to about "
-            f"{estimate} tokens.", param="messages", code="context_length_exceeded")
+            f"{estimate} tokens.", param="messages", code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
     return estimate
 
 

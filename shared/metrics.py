@@ -29,6 +29,10 @@ HTTP_DURATION = Histogram("apiinone_http_request_duration_seconds", "Gateway req
 GATEWAY_INFLIGHT = Gauge("apiinone_gateway_inflight_requests", "Chat requests this gateway is relaying")
 RESERVATIONS = Counter("apiinone_reservations_total", "Credit reservations by result", ["result"])
 FAILOVERS = Counter("apiinone_failovers_total", "Attempts retried on another node or worker", ["reason"])
+# outcome: served (the fallback answered), failed (it could not either), skipped (its hold was refused:
+# the account or the key could not cover it)
+FALLBACKS = Counter("apiinone_fallbacks_total", "Requests moved to a fallback model (catalog fallbacks)",
+                    ["from_model", "to_model", "outcome"])
 
 # node workers
 JOBS = Counter("apiinone_jobs_total", "Chat jobs by outcome", ["node", "model", "status"])

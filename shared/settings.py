@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GEMINI_BASE_URL", "APIINONE_GEMINI_BASE_URL"),
     )
     simulator_port: int = 8090
+    # Key pools (worker/key_config.py, README "Key pools"): a node's upstream keys come from
+    # APIINONE_NODE_KEYS_<NODE> ("key1,key2 weight=2 rpm=60 tpm=100000"), from this secrets file (TOML or
+    # JSON: APIINONE_KEYS_FILE), or else from its provider's api_key_env (a pool of one). Never from the catalog.
+    keys_file: Path | None = None
+    key_backoff_base_s: float = Field(default=1.0, gt=0)  # a 429 without RetryInfo: 1, 2, 4, ... s
+    key_backoff_max_s: float = Field(default=60.0, gt=0)
+    key_probe_interval_s: float = Field(default=0.0, ge=0)  # health probes of disabled keys (0: off)
 
     # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`.
     catalog: Path | None = None

@@ -63,6 +63,7 @@ class MessagesRenderer(DeltaRenderer):
     # --- one answer ------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self.model = completion.get("model") or self.model  # the model that answered (maybe a catalog fallback)
         choice = completion["choices"][0]
         message = choice["message"]
         calls = message.get("tool_calls") or []
@@ -86,10 +87,11 @@ class MessagesRenderer(DeltaRenderer):
     def _event(kind: str, **fields) -> bytes:
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
 
-    def start(self) -> list[bytes]:
+    def start(self, model: str | None = None) -> list[bytes]:
         if self.started:
             return []
         self.started = True
+        self.model = model or self.model  # the model that answers (maybe a catalog fallback)
         return [self._event("message_start", message=self._message([], None, {"input_tokens": 0, "output_tokens": 0}))]
 
     def _open(self, block: dict, signature: str | None = None) -> list[bytes]:

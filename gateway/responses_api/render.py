@@ -71,6 +71,7 @@ class ResponsesRenderer(DeltaRenderer):
     # --- one answer -------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self._served_by(completion.get("model"))
         choice = completion["choices"][0]
         message = choice["message"]
         self.finish_reason = choice.get("finish_reason")
@@ -95,10 +96,16 @@ class ResponsesRenderer(DeltaRenderer):
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
-    def start(self) -> list[bytes]:
+    def _served_by(self, model: str | None) -> None:
+        """The model that answers (a catalog fallback may serve a request for another)."""
+        if model and model != self.shell.get("model"):
+            self.shell = {**self.shell, "model": model}
+
+    def start(self, model: str | None = None) -> list[bytes]:
         if self.started:
             return []
         self.started = True
+        self._served_by(model)
         shell = self.response("in_progress", [])
         return [self._event("response.created", response=shell), self._event("response.in_progress", response=shell)]
 
