@@ -44,7 +44,19 @@ def test_keys_cooling_down_disabled_or_tried_are_skipped():
               "k3": KeyState(cool_until_ms=NOW - 1)}  # its cooldown is over
     rotation = WeightedRotation()
     assert {pick(pool, states, {}, NOW, rotation, exclude=["k2"]).label for _ in range(4)} == {"k3"}
-    assert pick(pool, states, {}, NOW, rotation, exclude=["k2", "k3"]) is None
+    assert pick(pool, states, {}, NOW, rotation, exclude=["k0", "k2", "k3"]) is None
+
+
+def test_when_every_key_left_is_cooling_down_the_first_to_recover_is_asked():
+    """A 429's cooldown steers traffic to other keys; with none left it must not refuse every tenant."""
+    pool = specs(1, 1, 1, 1)
+    states = {"k0": KeyState(cool_until_ms=NOW + 9000), "k1": KeyState(cool_until_ms=NOW + 4000),
+              "k2": KeyState(disabled="API_KEY_INVALID"), "k3": KeyState(cool_until_ms=NOW + 1000, probing=True)}
+    rotation = WeightedRotation()
+    assert pick(pool, states, {}, NOW, rotation).label == "k1"  # not the disabled one, not the one being checked
+    assert pick(pool, states, {}, NOW, rotation, exclude=["k1"]).label == "k0"  # never a key the request tried
+    assert pick(pool, states, {}, NOW, rotation, exclude=["k0", "k1"]) is None
+    assert pick(specs(1), {"k0": KeyState(cool_until_ms=NOW + 60_000)}, {}, NOW, rotation).label == "k0"
 
 
 def test_least_recently_rate_limited_first():

@@ -1,7 +1,11 @@
 """Which pool key a request uses: a pure function of the pool's state, tested without a network.
 
 Skipped: disabled keys, keys cooling down, keys at their own requests/min or tokens/min, keys the
-request already tried. Of the rest, the keys rate limited least recently go first (a key whose
+request already tried. When the only keys left are cooling down after a 429, the one that recovers
+first is asked anyway (``least_cooling``): a cooldown steers traffic to the pool's other keys, it must
+not turn one request's 429 into a local refusal of every tenant's requests for the whole delay (a
+pool of one key then behaves as no pool; LiteLLM, likewise, never cools down a model's only
+deployment). Of the rest, the keys rate limited least recently go first (a key whose
 last 429 is older than ``RECENT_LIMIT_MS``, or that never had one, counts as never limited);
 among equals, traffic follows the weights (smooth weighted round robin, so a key of weight 3
 gets three requests in every four next to one of weight 1, evenly spread).
@@ -61,10 +65,21 @@ def pick(specs: Sequence[KeySpec], states: dict[str, KeyState], uses: dict[str, 
     eligible = [s for s in specs if s.label not in excluded
                 and usable(s, states.get(s.label, KeyState()), uses.get(s.label, KeyUse()), now_ms)]
     if not eligible:
-        return None
+        return least_cooling(specs, states, uses, excluded)
     ranks = {s.label: limited_recency(states.get(s.label, KeyState()), now_ms) for s in eligible}
     first = min(ranks.values())
     return rotation.choose([s for s in eligible if ranks[s.label] == first])
+
+
+def least_cooling(specs: Sequence[KeySpec], states: dict[str, KeyState], uses: dict[str, KeyUse],
+                  excluded: set[str]) -> KeySpec | None:
+    """Of the keys held back only by a 429's cooldown (not disabled, not being checked after Google's verdict,
+    not at their own limits, not tried by this request), the one whose cooldown ends first."""
+    cooling = [s for s in specs if s.label not in excluded and not states.get(s.label, KeyState()).disabled
+               and not states.get(s.label, KeyState()).probing and not over_own_limit(s, uses.get(s.label, KeyUse()))]
+    if not cooling:
+        return None
+    return min(cooling, key=lambda s: states.get(s.label, KeyState()).cool_until_ms)
 
 
 def seconds_until_usable(specs: Sequence[KeySpec], states: dict[str, KeyState], uses: dict[str, KeyUse],
