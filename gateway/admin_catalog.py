@@ -2,7 +2,7 @@
 
     GET   /admin/catalog                     the current version and its document (ETag: the version)
     PUT   /admin/catalog                     a whole new document; If-Match: the version it replaces
-    PATCH /admin/catalog/models/{model_id}   some fields of one model (pricing, routes, base cost)
+    PATCH /admin/catalog/models/{model_id}   some fields of one model (pricing, routes, base cost, fallbacks)
     PATCH /admin/catalog/aliases             a JSON merge patch of the aliases
     GET   /admin/catalog/versions[/{n}]      the recorded versions, newest first; one version's document
 
@@ -39,6 +39,7 @@ class ModelChange(WireModel):
     pricing: dict | None = None  # {input, cached_input?, output, long_context?}
     routes: list[dict] | None = None  # [{node, priority?, weight?}, ...]
     base_cost_credits: int | float | str | None = None
+    fallbacks: list[str] | None = None  # other models, in order (README "Fallbacks")
     note: NOTE = ""
 
 
@@ -108,7 +109,7 @@ async def patch_model(request: web.Request) -> web.Response:
     body = await read_body(request, ModelChange)
     fields = body.model_dump(exclude_none=True, exclude={"note"})
     if not fields:
-        raise bad_request("Name at least one of pricing, routes, base_cost_credits.", param="pricing")
+        raise bad_request("Name at least one of pricing, routes, base_cost_credits, fallbacks.", param="pricing")
     model_id = request.match_info["model_id"]
     if model_id not in request.app[GATEWAY].catalog.models:
         raise not_found(f"The model '{model_id}' does not exist.", code="model_not_found", param="model")

@@ -5,6 +5,7 @@
 - ``recovery.py`` after Redis restarts: re-apply what Postgres has and Redis lost, lift the fences
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
 - ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
+- ``responses.py`` stored Responses (the response archive stream) to Postgres, and past their retention out
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shared.settings import Settings, get_settings
 from worker.archiver.archive import Archiver
 from worker.archiver.maintenance import maintenance_loop
 from worker.archiver.recovery import Recovery
+from worker.archiver.responses import ResponseArchiver
 
 log = structlog.get_logger()
 RECOVERY_CHECK_S = 0.25
@@ -61,7 +63,9 @@ async def serve(settings: Settings | None = None) -> None:
     log.info("archiver started", consumer=archiver.consumer)
     tasks = [asyncio.create_task(archiver.run(stopping)),
              asyncio.create_task(recovery_loop(Recovery(redis, db), stopping)),
-             asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping))]
+             asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping)),
+             asyncio.create_task(ResponseArchiver(redis, db, settings.responses_retention_days * 86400,
+                                                  archiver.consumer).run(stopping))]
     try:
         await stopping.wait()
     finally:

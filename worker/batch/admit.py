@@ -17,7 +17,7 @@ from typing import Callable
 
 from shared.accounts import Accounts, KeyRecord
 from shared.admission import check_request, estimated_tokens, plan_hold, refusal
-from shared.catalog import Model
+from shared.catalog import Catalog, Model
 from shared.contracts import Hold, ReserveStatus
 from shared.dispatch import Admitted, Dispatcher, InFlight
 from shared.keys import AccountKeys
@@ -54,12 +54,13 @@ class KeyWatch:
 
 
 def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, settings: Settings,
-                  catalog_version: int = 0) -> Admitted:
-    prompt_estimate = check_request(req, model, settings.max_messages)  # validated already: cannot refuse now
+                  catalog: Catalog | None = None) -> Admitted:
+    body = {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}
+    prompt_estimate = check_request(body, model, settings.max_messages)  # validated already: cannot refuse now
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "stream": False,
-           "include_usage": False, "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}}
-    return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, settings.min_output_tokens, key.price_multiplier_ppm), catalog_version)
+           "include_usage": False, "body": body}
+    return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),
+                    plan_hold(body, model, settings.min_output_tokens, key.price_multiplier_ppm), catalog=catalog)
 
 
 class LineSubmitter:

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, relay
 from shared.batch_store import BatchStatus, line_request_id
-from shared.catalog import Model
+from shared.catalog import Catalog, Model
 from shared.contracts import ErrorCode, RequestStatus
 from shared.dispatch import SILENT, WATCH_S, InFlight
 from shared.keys import BatchKeys
@@ -173,8 +173,7 @@ class BatchRun:
             while True:
                 rid = line_request_id(self.b.id, line_no, attempt)
                 try:
-                    outcome = await self._attempt(line_no, attempt, rid, req, model, catalog.version, resumed,
-                                                  started)
+                    outcome = await self._attempt(line_no, attempt, rid, req, model, catalog, resumed, started)
                 except KeyRevoked:
                     await self._stop_for_revoked_key()
                     outcome = lines.stopped(StopReason.CANCELLED)
@@ -224,12 +223,12 @@ class BatchRun:
 
     # --- one attempt of one line ------------------------------------------------------------------
     async def _attempt(self, line_no: int, attempt: int, rid: str, req: ChatCompletionRequest, model: Model,
-                       catalog_version: int, resumed: bool, started: str | None) -> Outcome:
+                       catalog: Catalog, resumed: bool, started: str | None) -> Outcome:
         """Resume the attempt where its durable state says it is, or submit it; then wait for its end."""
         submitter = self.submitter
         state = LineState(line=line_no, attempt=attempt, rid=rid, model=model, started=started, recorded=started,
                           flight=submitter.flight(admitted_line(await submitter.keys.current(), req, model,
-                                                                self.w.settings, catalog_version), "", rid))
+                                                                self.w.settings, catalog), "", rid))
         state.flight.listen()
         self.lines[line_no] = state
         try:
