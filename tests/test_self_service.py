@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 import uuid
 from email import message_from_bytes
@@ -24,6 +25,11 @@ from apiinone.launcher import free_port
 from tests.conftest import Admin, audited_stack
 from tests.stripe_fake import FakeStripe
 from tests.test_dashboard import PASSWORD, browser, browser_needed, context_factory, sign_in  # noqa: F401
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the browser tests skip
+    expect = None
 
 SECRET = "whsec_test_" + uuid.uuid4().hex
 GRANT = 25
@@ -158,3 +164,134 @@ def test_password_reset_by_mail(shop, inbox, context_factory):
     assert "/dashboard/login" in page.url
     page.goto(link)  # and the link was used up
     assert "does not work any more" in page.content()
+
+
+# --- what the forms do not tell, and their limits (HTTP) ---------------------------------------------
+def post_form(st, path: str, data: dict, client_ip: str | None = None) -> httpx.Response:
+    """GET the form (its CSRF cookie and token), then POST it from this origin, as a browser does."""
+    with httpx.Client(base_url=st.base_url, timeout=30) as http:
+        page = http.get(path)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        return http.post(path, data={**data, "csrf_token": token}, headers={"Origin": st.base_url})
+
+
+def test_reset_and_sign_up_answer_alike_whether_or_not_the_address_exists(shop, inbox):
+    st, admin = shop
+    box, _ = inbox
+    known = new_email()
+    account = admin.account(credits=0)
+    r = admin.http.post("/admin/users", json={"email": known, "password": PASSWORD, "account_id": account["id"]})
+    assert r.status_code == 201, r.text
+    unknown = new_email()
+
+    answers = [post_form(st, "/dashboard/reset", {"email": e}) for e in (known, unknown)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].text.replace(known, "ADDRESS") == answers[1].text.replace(unknown, "ADDRESS")
+    assert len(box.wait(known)) == 1
+    # a sign-up with a known address: the same page as a new one; its mail says "you have an account"
+    signups = [post_form(st, "/dashboard/signup", {"email": e, "password": PASSWORD, "confirm": PASSWORD})
+               for e in (known, unknown)]
+    assert [a.status_code for a in signups] == [200, 200]
+    assert signups[0].text.replace(known, "ADDRESS") == signups[1].text.replace(unknown, "ADDRESS")
+    assert box.wait(known, 2)[1]["Subject"] == "You already have an API in One account"
+    assert box.wait(unknown)[0]["Subject"] == "Confirm your email for API in One"
+    time.sleep(0.3)
+    assert len(box.to(unknown)) == 1  # the reset for the unknown address mailed nobody
+
+
+def test_mail_requests_are_limited_per_address_and_forms_need_their_token(shop, inbox):
+    st, _ = shop
+    email = new_email()
+    codes = [post_form(st, "/dashboard/reset", {"email": email}).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # three per address and hour
+    refused = post_form(st, "/dashboard/signup", {"email": email, "password": PASSWORD, "confirm": PASSWORD})
+    assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+    forged = httpx.post(st.base_url + "/dashboard/reset", data={"email": new_email()})
+    assert forged.status_code == 403
+    bad = post_form(st, "/dashboard/signup", {"email": new_email(), "password": "short", "confirm": "short"})
+    assert bad.status_code == 400 and "at least 8 characters" in bad.text
+
+
+def test_verification_links_are_single_use_under_concurrency_and_grants_are_capped(shop, inbox):
+    st, admin = shop
+    box, _ = inbox
+    links = []
+    for _ in range(3):  # the stack allows 2 grants per client address and day; all come from 127.0.0.1
+        email = new_email()
+        assert post_form(st, "/dashboard/signup", {"email": email, "password": PASSWORD,
+                                                   "confirm": PASSWORD}).status_code == 200
+        links.append((email, link_in(box.wait(email)[0], "/dashboard/signup/verify")))
+    email, link = links[0]
+    with ThreadPoolExecutor(6) as pool:  # the same link followed six times at once: one account
+        results = list(pool.map(lambda _: httpx.get(link, timeout=30).status_code, range(6)))
+    assert sorted(results) == [303] + [400] * 5, results
+    for _email, other in links[1:]:
+        assert httpx.get(other, timeout=30).status_code == 303
+    users = admin.http.get("/admin/users").json()["data"]
+    assert sum(1 for u in users if u["email"] == email) == 1
+    # Every account made by a sign-up from 127.0.0.1 in this stack: at most two got the starting grant today.
+    balances = [admin.get_account(u["account_id"])["balance"] for u in users if u["email"].startswith("new-")]
+    assert set(balances) <= {0, GRANT} and balances.count(GRANT) <= 2 and 0 in balances
+
+
+# --- buying and redeeming, in the browser ---------------------------------------------------------
+def customer_page(shop, context_factory, credits: float = 0):
+    st, admin = shop
+    account = admin.account(credits=credits)
+    email = new_email()
+    r = admin.http.post("/admin/users", json={"email": email, "password": PASSWORD, "account_id": account["id"]})
+    assert r.status_code == 201, r.text
+    page = context_factory().new_page()
+    sign_in(page, st.base_url, email)
+    return page, account
+
+
+@browser_needed
+def test_buy_a_package_through_the_checkout_and_see_the_order_paid(shop, fake, context_factory):
+    st, admin = shop
+    page, account = customer_page(shop, context_factory)
+    page.goto(st.base_url + "/dashboard/credits")
+    page.get_by_role("link", name="Add credits").click()
+    fake.hold_webhooks = True  # the customer is back before the provider's webhook lands
+    try:
+        page.get_by_role("button", name="Buy pro").click()
+        page.get_by_role("heading", name="Pay 50.00 USD").wait_for()  # the provider's (fake's) checkout page
+        page.get_by_role("button", name="Pay").click()
+        page.wait_for_url(re.compile(re.escape(st.base_url) + r"/dashboard/credits/checkout\?checkout=success"))
+        status = page.get_by_test_id("order-status")
+        assert status.inner_text() == "pending" and page.get_by_test_id("balance").inner_text() == "0.00"
+    finally:
+        fake.hold_webhooks = False
+        fake.release()
+    expect(status).to_have_text("paid")  # the page follows the order as the webhook lands
+    expect(page.get_by_test_id("balance")).to_have_text("5,500.00")
+    assert admin.get_account(account["id"])["balance"] == 5500
+
+    page.goto(st.base_url + "/dashboard/orders")
+    expect(page.get_by_test_id("orders-table")).to_contain_text("stripe payment")
+
+    # Cancelled at the provider: back on the dashboard, nothing charged.
+    page.goto(st.base_url + "/dashboard/credits/add")
+    page.get_by_role("button", name="Buy starter").click()
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_role("heading", name="Checkout cancelled").wait_for()
+    expect(page.get_by_test_id("order-status")).to_have_text("pending")
+    assert admin.get_account(account["id"])["balance"] == 5500
+
+
+@browser_needed
+def test_redeem_a_code_on_the_dashboard(shop, context_factory):
+    st, admin = shop
+    batch = admin.http.post("/admin/redemption-codes", json={"count": 1, "credits": 12.5}).json()
+    page, account = customer_page(shop, context_factory)
+    page.goto(st.base_url + "/dashboard/credits/add")
+    page.get_by_label("Code").fill(batch["codes"][0].lower().replace("-", " "))
+    page.get_by_role("button", name="Redeem").click()
+    expect(page.get_by_test_id("redeemed")).to_contain_text("+12.50")
+    expect(page.get_by_test_id("balance")).to_have_text("12.50")
+    page.get_by_label("Code").fill(batch["codes"][0])  # used up now
+    page.get_by_role("button", name="Redeem").click()
+    expect(page.get_by_test_id("add-error")).to_contain_text("unknown, used up, disabled or expired")
+    page.goto(st.base_url + "/dashboard/credits")
+    expect(page.get_by_test_id("ledger-table")).to_contain_text("Code redeemed")
+    assert admin.get_account(account["id"])["balance"] == 12.5

@@ -54,11 +54,14 @@ async def buy(request: web.Request) -> web.Response:
     s = gw.settings
     back = (s.public_base_url or f"http://{s.host}:{s.port}").rstrip("/") + "/dashboard/credits/checkout"
     try:
-        _order, url = await gw.payments.create(account_id(request), package, back)
+        order, url = await gw.payments.create(account_id(request), package, back)
     except (ProviderUnavailable, DatabaseUnavailable) as exc:
         return await add_page(request, error=f"The checkout could not be started ({exc}). Try again in a moment.",
                               status=502)
-    return web.Response(status=303, headers={"Location": url})
+    # A page that moves on by itself, not a redirect: the pages' CSP (form-action 'self') stops a form's redirect
+    # to another origin, and the provider's checkout is one.
+    return await render(request, "checkout_redirect.html", {"order": order, "checkout_url": url},
+                        nav="credits")
 
 
 async def _own_order(request: web.Request) -> dict:
