@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     redeem_failures_per_account: int = Field(default=10, ge=1)
     redeem_failures_per_client: int = Field(default=30, ge=1)
     redeem_throttle_window_s: int = Field(default=900, ge=1)
+    # A claimed use no gateway recorded this long after (it died) is recorded by the archiver's reconciler.
+    redemption_reconcile_after_s: float = Field(default=60.0, gt=0)
 
     # Payments (shared/payments/): Stripe Checkout top-ups, on when STRIPE_SECRET_KEY is set. Packages the customer
     # may buy: "name=credits:amount:currency" comma-separated, amount in minor units (cents): "starter=1000:1000:usd".

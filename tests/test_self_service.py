@@ -9,6 +9,7 @@ tests/test_dashboard.py does, and skip (saying why) without them; the rest is pl
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -295,3 +296,31 @@ def test_redeem_a_code_on_the_dashboard(shop, context_factory):
     page.goto(st.base_url + "/dashboard/credits")
     expect(page.get_by_test_id("ledger-table")).to_contain_text("Code redeemed")
     assert admin.get_account(account["id"])["balance"] == 12.5
+
+
+# --- a redemption whose gateway died between claim and record ---------------------------------------
+async def test_the_archiver_credits_a_use_a_dead_gateway_claimed(shop):
+    from redis.asyncio import Redis
+
+    from shared import keys
+    from shared.redemption import code_hash
+    from shared.scripts import Scripts
+    from tests.test_redemption import claim_and_die
+
+    st, admin = shop
+    account, key = admin.account_with_key(0)
+    code = admin.http.post("/admin/redemption-codes", json={"count": 1, "credits": 4}).json()["codes"][0]
+    redis = Redis.from_url(st.settings.redis_url)
+    try:
+        await claim_and_die(Scripts(redis), account["id"], code)
+        deadline = time.monotonic() + 15  # the stack's reconciler takes claims older than 1 s
+        while admin.get_account(account["id"])["balance"] != 4:
+            assert time.monotonic() < deadline, "the claimed use was never credited"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # and only once
+        assert admin.get_account(account["id"])["balance"] == 4
+        assert not await redis.hexists(keys.REDEMPTION_CLAIMS, f"{code_hash(code)}:1")
+    finally:
+        await redis.aclose()
+    r = httpx.post(st.base_url + "/billing/redeem", json={"code": code}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 404  # its one use is taken
