@@ -324,3 +324,54 @@ async def test_the_archiver_credits_a_use_a_dead_gateway_claimed(shop):
         await redis.aclose()
     r = httpx.post(st.base_url + "/billing/redeem", json={"code": code}, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 404  # its one use is taken
+
+
+# --- low-balance alerts ---------------------------------------------------------------------------------
+def spend(st, key: str, n: int) -> None:
+    for _ in range(n):
+        r = httpx.post(st.base_url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "gemini", "messages": [{"role": "user", "content": "hi [[sim output_tokens=8]]"}]},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+
+
+def balance_micro(st, key: str) -> int:
+    """The balance once every request so far is settled (no holds left)."""
+    deadline = time.monotonic() + 5
+    while (body := httpx.get(st.base_url + "/billing/credits", headers={"Authorization": f"Bearer {key}"}).json())[
+            "held_micro"]:
+        assert time.monotonic() < deadline, "a request was never settled"
+        time.sleep(0.05)
+    return body["balance_micro"]
+
+
+@browser_needed
+def test_one_low_balance_mail_per_crossing_rearmed_by_a_top_up(shop, inbox, context_factory):
+    st, admin = shop
+    box, _ = inbox
+    page, account = customer_page(shop, context_factory, credits=10)
+    email = page.locator(".user-chip span").first.inner_text()
+    key = admin.key(account["id"])["key"]
+    spend(st, key, 1)
+    charge = 10 * M - balance_micro(st, key)  # what one such request costs (settled: the next read sees it)
+    threshold = balance_micro(st, key) - charge // 2  # the next charge crosses it
+    page.goto(st.base_url + "/dashboard/credits")
+    page.get_by_label("Threshold (credits)").fill(f"{threshold / M:.6f}")
+    page.get_by_role("button", name="Save alert").click()
+    expect(page.locator("#alert")).to_contain_text("Now: below")
+
+    spend(st, key, 3)  # the first charge crosses the threshold; the next two stay below it: one mail
+    mail = box.wait(email)[0]
+    assert mail["Subject"] == "Your API in One balance is low" and account["name"] in mail.get_payload()
+    time.sleep(2)  # the archiver moves entries within milliseconds: the other two were walked long ago
+    assert len(box.to(email)) == 1
+
+    # A top-up that lifts the balance just above the threshold re-arms it; the next charge mails again.
+    lift = threshold - balance_micro(st, key) + charge // 4
+    r = admin.http.post(f"/admin/accounts/{account['id']}/topups",
+                        json={"credits": lift / M, "reference": uuid.uuid4().hex})
+    assert r.status_code == 201, r.text
+    spend(st, key, 2)
+    box.wait(email, 2)
+    time.sleep(1.5)
+    assert len(box.to(email)) == 2

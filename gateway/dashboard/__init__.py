@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import operator, selfserve, signin, topup, views
+from gateway.dashboard import alerts, operator, selfserve, signin, topup, views
 from gateway.dashboard.render import FILTERS, SESSIONS, THROTTLE, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from gateway.dashboard.throttle import LoginThrottle
@@ -54,6 +54,7 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/keys/{key_id}/revoke", views.revoke_key)
     r.add_get("/credits", views.credits_page, name="credits")
     topup.setup(sub)
+    alerts.setup(sub)
     r.add_get("/usage", views.usage_view, name="usage")
     r.add_get("/usage.csv", views.usage_csv, name="usage_csv")
     r.add_get("/orders", views.orders_page, name="orders")

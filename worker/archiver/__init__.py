@@ -6,6 +6,7 @@
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
 - ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
 - ``redemption_reconcile.py`` redemption-code uses a dead gateway claimed and never recorded: credited once
+- ``outbox.py``     mail the record queued (low-balance alerts), sent off the request path
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from shared.credits import Credits
 from shared.db.credits_record import CreditRecord
 from shared.db.database import Database, DatabaseUnavailable
+from shared.mail import Mailer
 from shared.db.migrations import migrate
 from shared.redemption import RedemptionCodes
 from shared.redis_client import make_redis
@@ -26,6 +28,7 @@ from shared.scripts import Scripts
 from shared.settings import Settings, get_settings
 from worker.archiver.archive import Archiver
 from worker.archiver.maintenance import maintenance_loop
+from worker.archiver.outbox import Outbox, outbox_loop
 from worker.archiver.recovery import Recovery
 from worker.archiver.redemption_reconcile import reconcile_loop
 
@@ -74,7 +77,8 @@ async def serve(settings: Settings | None = None) -> None:
              asyncio.create_task(recovery_loop(Recovery(redis, db), stopping)),
              asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping)),
              asyncio.create_task(reconcile_loop(_redemption_codes(redis, db), settings.redemption_reconcile_after_s,
-                                                stopping))]
+                                                stopping)),
+             asyncio.create_task(outbox_loop(Outbox(db, Mailer(settings), settings.public_base_url), stopping))]
     try:
         await stopping.wait()
     finally:
