@@ -330,7 +330,8 @@ async def test_the_archiver_credits_a_use_a_dead_gateway_claimed(shop):
 def spend(st, key: str, n: int) -> None:
     for _ in range(n):
         r = httpx.post(st.base_url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                       json={"model": "gemini", "messages": [{"role": "user", "content": "hi [[sim output_tokens=8]]"}]},
+                       json={"model": "gemini", "messages": [{"role": "user",
+                                                                "content": "hi [[sim output_tokens=8]]"}]},
                        timeout=30)
         assert r.status_code == 200, r.text
 
