@@ -1,12 +1,13 @@
-"""Low-balance alerts: one mail when a debit takes the balance below the account's threshold.
+"""Low-balance alerts: one mail (and one signed webhook, if set) when a debit takes the balance below
+the account's threshold.
 
 Nothing on the request path: the archiver already reads every ledger entry, in stream order, with
 the balance right after it (settle.lua and credit.lua write it), to move it to Postgres. In the
 same transaction it walks the new entries of the accounts that have a threshold (``note_crossings``):
 
 * an *armed* alert and a debit (a charge, a refund taken back, ...) that leaves the balance below
-  the threshold: one message is queued in ``mail_outbox`` and the alert is disarmed, so a thousand
-  requests below the line make one mail, not a thousand;
+  the threshold: one mail (and, with a webhook URL, one event) is queued in ``alert_outbox`` and the
+  alert is disarmed, so a thousand requests below the line make one mail, not a thousand;
 * a *disarmed* alert and a credit that lifts the balance to the threshold or above: re-armed.
 
 The threshold is on the balance, not on what is available (that dips with every open hold). The
@@ -29,12 +30,17 @@ from shared.money import micro_to_credits
 KIND = "low_balance"
 
 
+MAIL, WEBHOOK = "mail", "webhook"  # alert_outbox.channel
+EVENT_TYPE = "billing.low_balance"
+
+
 @dataclass
 class AlertState:
     account_id: str
     threshold_micro: int
     armed: bool
     seen: tuple[int, int]  # the last ledger entry walked (stream id)
+    webhook_url: str | None = None
 
 
 def walk(state: AlertState, rows: list[tuple]) -> list[dict]:
@@ -60,7 +66,7 @@ async def note_crossings(conn: asyncpg.Connection, ledger_rows: list[tuple]) -> 
     if not accounts:
         return 0
     states = {r["account_id"]: AlertState(r["account_id"], r["threshold_micro"], r["armed"],
-                                          (r["seen_sid_ms"], r["seen_sid_seq"]))
+                                          (r["seen_sid_ms"], r["seen_sid_seq"]), r["webhook_url"])
               for r in await conn.fetch("SELECT * FROM balance_alerts WHERE account_id = ANY($1::text[]) "
                                         "ORDER BY account_id FOR UPDATE", accounts)}
     queued, now = 0, int(time.time())
@@ -75,10 +81,20 @@ async def note_crossings(conn: asyncpg.Connection, ledger_rows: list[tuple]) -> 
                       alerted_at = CASE WHEN $5 THEN $6 ELSE alerted_at END WHERE account_id = $1""",
             account_id, state.armed, state.seen[0], state.seen[1], bool(alerts), now)
         for facts in alerts:
-            await conn.execute("INSERT INTO mail_outbox (kind, account_id, facts, created, next_at) "
-                               "VALUES ($1, $2, $3, $4, $4)", KIND, account_id, facts, now)
+            channels = [(MAIL, facts)] + ([(WEBHOOK, {**facts, "url": state.webhook_url})] if state.webhook_url else [])
+            for channel, what in channels:
+                await conn.execute("INSERT INTO alert_outbox (kind, channel, account_id, facts, created, next_at) "
+                                   "VALUES ($1, $2, $3, $4, $5, $5)", KIND, channel, account_id, what, now)
             queued += 1
     return queued
+
+
+def alert_event(event_id: str, account_id: str, facts: dict, created: int) -> dict:
+    """The webhook's event (signed and sent like batch callbacks: ``worker/archiver/outbox.py``)."""
+    return {"id": event_id, "object": "event", "type": EVENT_TYPE, "created_at": created, "data": {
+        "account_id": account_id, "balance": micro_to_credits(facts["balance_micro"]),
+        "balance_micro": facts["balance_micro"], "threshold": micro_to_credits(facts["threshold_micro"]),
+        "threshold_micro": facts["threshold_micro"]}}
 
 
 def alert_mail(to: str, account_name: str, facts: dict, base_url: str | None) -> Mail:
@@ -99,16 +115,18 @@ class BalanceAlerts:
         self.db = db
 
     async def get(self, account_id: str) -> dict | None:
-        row = await self.db.fetchrow("SELECT threshold_micro, armed, alerted_at FROM balance_alerts WHERE "
-                                     "account_id = $1", account_id)
+        row = await self.db.fetchrow("SELECT threshold_micro, armed, alerted_at, webhook_url FROM balance_alerts "
+                                     "WHERE account_id = $1", account_id)
         return dict(row) if row else None
 
-    async def set(self, account_id: str, threshold_micro: int | None) -> None:
-        """Set (and arm) the threshold; None turns the alert off."""
+    async def set(self, account_id: str, threshold_micro: int | None, webhook_url: str | None = None) -> None:
+        """Set (and arm) the threshold, and the webhook URL (None: mail only); a None threshold turns it off."""
         if threshold_micro is None:
             await self.db.execute("DELETE FROM balance_alerts WHERE account_id = $1", account_id)
             return
         await self.db.execute(
-            """INSERT INTO balance_alerts (account_id, threshold_micro, armed, updated) VALUES ($1, $2, true, $3)
-               ON CONFLICT (account_id) DO UPDATE SET threshold_micro = $2, armed = true, updated = $3""",
-            account_id, threshold_micro, int(time.time()))
+            """INSERT INTO balance_alerts (account_id, threshold_micro, armed, webhook_url, updated)
+               VALUES ($1, $2, true, $3, $4)
+               ON CONFLICT (account_id) DO UPDATE SET threshold_micro = $2, armed = true, webhook_url = $3,
+                                                      updated = $4""",
+            account_id, threshold_micro, webhook_url, int(time.time()))

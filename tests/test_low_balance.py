@@ -31,7 +31,7 @@ async def test_the_archivers_walk_in_postgres_alerts_once_under_replays(stores):
     _redis, db = stores
     from shared.db.migrations import migrate
     await migrate(db)
-    await BalanceAlerts(db).set("acct_a", 10 * M)
+    await BalanceAlerts(db).set("acct_a", 10 * M, webhook_url="https://hooks.example.com/low")
     await BalanceAlerts(db).set("acct_b", 1 * M)
     batch = [row(-2 * M, 9 * M, 1), row(-1 * M, 8 * M, 2), row(-1 * M, 5 * M, 1, account="acct_b"),
              row(-1 * M, 3 * M, 1, account="acct_c")]  # b stays above its threshold; c has none
@@ -42,11 +42,12 @@ async def test_the_archivers_walk_in_postgres_alerts_once_under_replays(stores):
 
     assert sum(await asyncio.gather(*(archive() for _ in range(4)))) == 1  # read four times, at once
     assert await archive() == 0
-    assert await db.fetchval("SELECT count(*) FROM mail_outbox") == 1
-    facts = await db.fetchval("SELECT facts FROM mail_outbox WHERE account_id = 'acct_a'")
-    assert facts["balance_micro"] == 9 * M
+    rows = await db.fetch("SELECT channel, facts FROM alert_outbox WHERE account_id = 'acct_a' ORDER BY channel")
+    assert [r["channel"] for r in rows] == ["mail", "webhook"]  # one mail and one event, for the one crossing
+    assert await db.fetchval("SELECT count(*) FROM alert_outbox") == 2
+    assert rows[0]["facts"]["balance_micro"] == 9 * M and rows[1]["facts"]["url"] == "https://hooks.example.com/low"
     assert (await BalanceAlerts(db).get("acct_a"))["armed"] is False
-    await BalanceAlerts(db).set("acct_a", 7 * M)  # a new threshold is armed: the next debit below it mails
+    await BalanceAlerts(db).set("acct_a", 7 * M)  # a new threshold is armed: the next debit below it mails (only)
     async with db.transaction() as conn:
         assert await note_crossings(conn, [row(-1 * M, 6 * M, 3)]) == 1
     await BalanceAlerts(db).set("acct_a", None)

@@ -10,6 +10,10 @@ tests/test_dashboard.py does, and skip (saying why) without them; the rest is pl
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +21,7 @@ import time
 import uuid
 from email import message_from_bytes
 from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -90,7 +95,8 @@ def shop(inbox, fake):
            "APIINONE_PAYMENT_PACKAGES": "starter=1000:1000:usd,pro=5500:5000:usd",
            "APIINONE_SMTP_HOST": "127.0.0.1", "APIINONE_SMTP_PORT": str(inbox[1]), "APIINONE_SMTP_SECURITY": "none",
            "APIINONE_SIGNUP_ENABLED": "true", "APIINONE_SIGNUP_GRANT_CREDITS": str(GRANT),
-           "APIINONE_SIGNUP_GRANTS_PER_IP_DAILY": "2", "APIINONE_REDEMPTION_RECONCILE_AFTER_S": "1"}
+           "APIINONE_SIGNUP_GRANTS_PER_IP_DAILY": "2", "APIINONE_REDEMPTION_RECONCILE_AFTER_S": "1",
+           "APIINONE_CALLBACK_ALLOW_PRIVATE": "true"}  # the low-balance webhook goes to a loopback receiver
     with audited_stack(env) as st:
         fake.webhook_url = st.base_url + "/billing/webhooks/stripe"
         fake.webhook_secret = SECRET
@@ -351,6 +357,37 @@ def spend(st, key: str, n: int) -> None:
         assert r.status_code == 200, r.text
 
 
+class HookReceiver:
+    """Signed events POSTed to a loopback address: (headers, body) each."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict, bytes]] = []
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                events.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def signed_by(secret: str, headers: dict, body: bytes) -> bool:
+    message = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    mac = hmac.new(base64.b64decode(secret.removeprefix("whsec_")), message, hashlib.sha256).digest()
+    return headers["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+
+
 def balance_micro(st, key: str) -> int:
     """The balance once every request so far is settled (no holds left)."""
     deadline = time.monotonic() + 5
@@ -371,16 +408,27 @@ def test_one_low_balance_mail_per_crossing_rearmed_by_a_top_up(shop, inbox, cont
     spend(st, key, 1)
     charge = 10 * M - balance_micro(st, key)  # what one such request costs (settled: the next read sees it)
     threshold = balance_micro(st, key) - charge // 2  # the next charge crosses it
+    hooks = HookReceiver()
     page.goto(st.base_url + "/dashboard/credits")
     page.get_by_label("Threshold (credits)").fill(f"{threshold / M:.6f}")
+    page.get_by_label("Webhook URL").fill(hooks.url)
     page.get_by_role("button", name="Save alert").click()
     expect(page.locator("#alert")).to_contain_text("Now: below")
 
-    spend(st, key, 3)  # the first charge crosses the threshold; the next two stay below it: one mail
-    mail = box.wait(email)[0]
-    assert mail["Subject"] == "Your API in One balance is low" and account["name"] in mail.get_payload()
-    time.sleep(1.2)  # the archiver moves entries within milliseconds: the other two were walked long ago
-    assert len(box.to(email)) == 1
+    try:
+        spend(st, key, 3)  # the first charge crosses the threshold; the next two stay below it: one mail
+        mail = box.wait(email)[0]
+        assert mail["Subject"] == "Your API in One balance is low" and account["name"] in mail.get_payload()
+        time.sleep(1.2)  # the archiver moves entries within milliseconds: the other two were walked long ago
+        assert len(box.to(email)) == 1 and len(hooks.events) == 1
+    finally:
+        hooks.close()
+    headers, body = hooks.events[0]
+    event = json.loads(body)
+    assert event["type"] == "billing.low_balance" and event["data"]["account_id"] == account["id"]
+    assert event["data"]["threshold_micro"] == threshold and event["data"]["balance_micro"] < threshold
+    secret = httpx.get(st.base_url + "/api/v1/webhook_secret", headers={"Authorization": f"Bearer {key}"}).json()
+    assert signed_by(secret["secret"], headers, body)  # as batch callbacks are signed
 
     # A top-up that lifts the balance just above the threshold re-arms it; the next charge mails again.
     lift = threshold - balance_micro(st, key) + charge // 4

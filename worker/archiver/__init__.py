@@ -6,7 +6,7 @@
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
 - ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
 - ``redemption_reconcile.py`` redemption-code uses a dead gateway claimed and never recorded: credited once
-- ``outbox.py``     mail the record queued (low-balance alerts), sent off the request path
+- ``outbox.py``     low-balance alerts the record queued (mail, signed webhooks), sent off the request path
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from worker.archiver.maintenance import maintenance_loop
 from worker.archiver.outbox import Outbox, outbox_loop
 from worker.archiver.recovery import Recovery
 from worker.archiver.redemption_reconcile import reconcile_loop
+from worker.batch.egress import CallbackSender
 
 log = structlog.get_logger()
 RECOVERY_CHECK_S = 0.25
@@ -60,6 +61,11 @@ def _redemption_codes(redis, db: Database) -> RedemptionCodes:
     return RedemptionCodes(redis, scripts, Credits(redis, scripts, CreditRecord(db)), db)
 
 
+def _outbox(settings: Settings, redis, db: Database) -> Outbox:
+    sender = CallbackSender(settings.batch_callback_timeout_s, settings.callback_allow_private)
+    return Outbox(db, redis, Mailer(settings), sender, settings.public_base_url)
+
+
 async def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
@@ -78,7 +84,7 @@ async def serve(settings: Settings | None = None) -> None:
              asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping)),
              asyncio.create_task(reconcile_loop(_redemption_codes(redis, db), settings.redemption_reconcile_after_s,
                                                 stopping)),
-             asyncio.create_task(outbox_loop(Outbox(db, Mailer(settings), settings.public_base_url), stopping))]
+             asyncio.create_task(outbox_loop(_outbox(settings, redis, db), stopping))]
     try:
         await stopping.wait()
     finally:
