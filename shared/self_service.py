@@ -145,7 +145,11 @@ class SelfService:
         return pending["email"] if pending else None
 
     async def reset_password(self, token: str | None, password: str) -> User | None:
-        """Set the new (already checked) password with a live link, using it up; None when it is not live."""
+        """Set the new (already checked) password with a live link, using it up; None when it is not live.
+
+        The link is looked at before the password is hashed: a made-up token costs no argon2 work."""
+        if await self.resets.peek(token) is None:
+            return None
         digest = await self.users.hash_new_password(password)
         pending = await self.resets.consume(token)
         if pending is None:

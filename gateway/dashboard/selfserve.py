@@ -21,7 +21,7 @@ from gateway.dashboard.session import client_address, same_origin, set_cookie, t
 from gateway.dashboard.signin import LOGIN_PATH, wait_text
 from shared.mail import Mail, MailFailed, Mailer
 from shared.self_service import SelfService
-from shared.users import MAX_PASSWORD, UserError, check_email, check_password, normalize_email
+from shared.users import MAX_PASSWORD, PasswordWorkBusy, UserError, check_email, check_password, normalize_email
 
 log = structlog.get_logger()
 
@@ -57,8 +57,8 @@ async def _checked_form(request: web.Request):
     return None
 
 
-def _expired_form(request: web.Request):
-    return error_page(request, 403, "This form has expired",
+async def _expired_form(request: web.Request) -> web.Response:
+    return await error_page(request, 403, "This form has expired",
                       "Reload the page and try again. (The form's security token was missing or did not match.)")
 
 
@@ -200,7 +200,11 @@ async def reset_confirm(request: web.Request) -> web.Response:
             return await _dead_reset_link(request)
         return await _form(request, "reset_confirm.html", {"token": token, "email": email, "errors": errors},
                            status=400)
-    user = await _service(request).reset_password(token, password)
+    try:
+        user = await _service(request).reset_password(token, password)
+    except PasswordWorkBusy:
+        return await error_page(request, 503, "Busy right now", "Too many passwords are being set or checked at "
+                                "once. Go back and try again in a moment; the link still works.", {"Retry-After": "2"})
     if user is None:
         return await _dead_reset_link(request)
     await sessions(request).drop_all(user.id)  # a thief signed in with the old password is out
