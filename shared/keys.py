@@ -236,6 +236,11 @@ def redemption_code(code_hash: str) -> str:
     return f"{PREFIX}{{redeem}}:code:{code_hash}"
 
 
+# Uses redeem.lua claimed and the gateway has not yet recorded; the archiver's reconciler records (credits) the ones
+# a dead gateway left behind (worker/archiver/redemption_reconcile.py).
+REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<claimed ms>"
+
+
 def redemption_returned(code_hash: str) -> str:
     return f"{PREFIX}{{redeem}}:returned:{code_hash}"  # list: use numbers handed back (their credit failed)
 
@@ -244,11 +249,5 @@ def redemption_batch(batch_id: str) -> str:
     return f"{PREFIX}{{redeem}}:batch:{batch_id}"  # set: the batch's code hashes (to disable them)
 
 
-# Uses redeem.lua claimed and the gateway has not yet recorded; the archiver's reconciler records (credits) the ones
-# a dead gateway left behind (worker/archiver/redemption_reconcile.py).
-REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<claimed ms>"
-
-
 def redeem_failures(scope: str) -> str:
     return f"{PREFIX}{{redeem}}:fails:{scope}"  # string with TTL: unknown codes tried, per account or client address
-
