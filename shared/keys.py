@@ -238,7 +238,7 @@ def redemption_code(code_hash: str) -> str:
 
 # Uses redeem.lua claimed and the gateway has not yet recorded; the archiver's reconciler records (credits) the ones
 # a dead gateway left behind (worker/archiver/redemption_reconcile.py).
-REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<claimed ms>"
+REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<unix s>"
 
 
 def redemption_returned(code_hash: str) -> str:
