@@ -148,6 +148,13 @@ def base_url(request: web.Request) -> str:
     return f"{'https' if edge(request).is_https(request) else 'http'}://{request.host}"
 
 
+def own_base_url(request: web.Request) -> str:
+    """The service's address from its settings, never from the request's Host header: for links that leave
+    the browser (mails, the payment provider's way back), which a forged Host must not redirect."""
+    s = gateway(request).settings
+    return (s.public_base_url or f"http://{s.host}:{s.port}").rstrip("/")
+
+
 def safe_next(target: str | None) -> str:
     if target and NEXT_PATH.fullmatch(target) and "//" not in target and ".." not in target:
         return target

@@ -16,7 +16,7 @@ import secrets
 import structlog
 from aiohttp import web
 
-from gateway.dashboard.render import error_page, gateway, render, see_other, sessions
+from gateway.dashboard.render import error_page, gateway, own_base_url, render, see_other, sessions
 from gateway.dashboard.session import client_address, same_origin, set_cookie, tokens_match
 from gateway.dashboard.signin import LOGIN_PATH, wait_text
 from shared.mail import Mail, MailFailed, Mailer
@@ -33,11 +33,6 @@ _background: set[asyncio.Task] = set()  # mail tasks, kept referenced until done
 
 def _service(request: web.Request) -> SelfService:
     return request.config_dict[SELF_SERVICE]
-
-
-def _links_base(request: web.Request) -> str:
-    s = gateway(request).settings
-    return (s.public_base_url or f"http://{s.host}:{s.port}").rstrip("/")
 
 
 async def _form(request: web.Request, template: str, context: dict, status: int = 200,
@@ -59,7 +54,8 @@ async def _checked_form(request: web.Request):
 
 async def _expired_form(request: web.Request) -> web.Response:
     return await error_page(request, 403, "This form has expired",
-                      "Reload the page and try again. (The form's security token was missing or did not match.)")
+                            "Reload the page and try again. (The form's security token was missing or did not "
+                            "match.)")
 
 
 def _mail_later(request: web.Request, make_mail) -> None:
@@ -131,7 +127,7 @@ async def signup(request: web.Request) -> web.Response:
     if (refused := await _admitted(request, email, "signup.html", context)) is not None:
         return refused
     _mail_later(request, _service(request).request_signup(email, password, client_address(request),
-                                                          _links_base(request)))
+                                                          own_base_url(request)))
     return await render(request, "mail_sent.html", {"email": email, "what": "signup"})
 
 
@@ -165,7 +161,7 @@ async def reset(request: web.Request) -> web.Response:
     context = {"form": {"email": email}, "errors": {}}
     if (refused := await _admitted(request, email, "reset_request.html", context)) is not None:
         return refused
-    _mail_later(request, _service(request).request_reset(email, _links_base(request)))
+    _mail_later(request, _service(request).request_reset(email, own_base_url(request)))
     return await render(request, "mail_sent.html", {"email": email, "what": "reset"})
 
 

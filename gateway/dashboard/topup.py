@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.dashboard.render import account_id, error_page, gateway, render
+from gateway.dashboard.render import account_id, error_page, gateway, own_base_url, render
 from gateway.dashboard.session import client_address
 from gateway.dashboard.signin import wait_text
 from shared.credits import AccountFenced, AccountNotFound
@@ -51,8 +51,7 @@ async def buy(request: web.Request) -> web.Response:
     package = gw.payments.packages.get(str(form.get("package", "")))
     if package is None:
         return await add_page(request, error="Pick one of the packages below.", status=400)
-    s = gw.settings
-    back = (s.public_base_url or f"http://{s.host}:{s.port}").rstrip("/") + "/dashboard/credits/checkout"
+    back = own_base_url(request) + "/dashboard/credits/checkout"
     try:
         order, url = await gw.payments.create(account_id(request), package, back)
     except (ProviderUnavailable, DatabaseUnavailable) as exc:
