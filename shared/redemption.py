@@ -149,6 +149,14 @@ class RedemptionCodes:
             await conn.executemany("INSERT INTO redemption_codes (code_hash, batch_id) VALUES ($1, $2)",
                                    [(h, batch["id"]) for h in hashes])
 
+    async def list_batches(self, limit: int = 100) -> list[dict]:
+        """The newest batches from the record, with the uses recorded so far (never the codes)."""
+        rows = await self.db.fetch(
+            """SELECT b.*, COALESCE(SUM(c.used), 0)::bigint AS used FROM redemption_batches b
+                 LEFT JOIN redemption_codes c ON c.batch_id = b.id
+                GROUP BY b.id ORDER BY b.created DESC, b.id LIMIT $1""", limit)
+        return [{**dict(r), "credits": micro_to_credits(r["credits_micro"])} for r in rows]
+
     async def disable_batch(self, batch_id: str) -> dict | None:
         """Every code of the batch stops working at once; None when there is no such batch."""
         if self.db is not None:

@@ -1,6 +1,7 @@
 """Customers serve themselves, tried as a new user would: sign up and confirm by mail, reset a forgotten
 password by mail, buy a package through the checkout (the local Stripe fake's hosted page) and come back to
-see the order go from pending to paid, redeem a code, and get one low-balance mail after spending down.
+see the order go from pending to paid, redeem a code, and get one low-balance mail after spending down; an
+operator makes a batch of codes, downloads it once and disables it.
 
 One stack of its own, with sign-up on, a starting grant, the Stripe fake, and its mail going to a real SMTP
 server on loopback (aiosmtpd). The browser tests use Playwright with Debian's Chromium, as
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import hashlib
 import hmac
+import io
 import json
 import re
 import threading
@@ -22,6 +25,7 @@ import uuid
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -439,3 +443,36 @@ def test_one_low_balance_mail_per_crossing_rearmed_by_a_top_up(shop, inbox, cont
     box.wait(email, 2)
     time.sleep(1.2)
     assert len(box.to(email)) == 2
+
+
+# --- the operator's code batches on the dashboard ------------------------------------------------------
+@browser_needed
+def test_an_operator_makes_downloads_and_disables_a_code_batch(shop, context_factory):
+    st, admin = shop
+    operator = new_email()
+    home = admin.account(credits=0)
+    r = admin.http.post("/admin/users", json={"email": operator, "password": PASSWORD, "account_id": home["id"],
+                                              "role": "operator"})
+    assert r.status_code == 201, r.text
+    page = context_factory().new_page()
+    sign_in(page, st.base_url, operator)
+    page.get_by_role("link", name="Redemption codes").click()
+    page.get_by_label("Number of codes").fill("3")
+    page.get_by_label("Credits per use").fill("2")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Create and download").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == 3 and {r["credits"] for r in rows} == {"2"} and rows[0]["batch_id"].startswith("rcb_")
+    batch_id = rows[0]["batch_id"]
+
+    _, key = admin.account_with_key(0)
+    redeem = lambda code: httpx.post(st.base_url + "/billing/redeem", json={"code": code},  # noqa: E731
+                                     headers={"Authorization": f"Bearer {key}"}).status_code
+    assert redeem(rows[0]["code"]) == 200
+    page.goto(st.base_url + "/dashboard/admin/codes")
+    row = page.locator(f"tr[data-batch='{batch_id}']")
+    expect(row).to_contain_text("1 / 3")
+    page.on("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Disable").click()
+    expect(page.locator(f"tr[data-batch='{batch_id}']")).to_contain_text("disabled")
+    assert redeem(rows[1]["code"]) == 404

@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import alerts, operator, selfserve, signin, topup, views
+from gateway.dashboard import alerts, codes, operator, selfserve, signin, topup, views
 from gateway.dashboard.render import FILTERS, SESSIONS, THROTTLE, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from gateway.dashboard.throttle import LoginThrottle
@@ -72,6 +72,7 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/admin/accounts/{account_id}/view", operator.view_as)
     r.add_get("/admin/nodes", operator.nodes_page, name="admin_nodes")
     r.add_get("/admin/batches", operator.batches_page, name="admin_batches")
+    codes.setup(sub)
     r.add_route("*", "/{tail:.*}", views.not_found)
     app.add_subapp("/dashboard", sub)
     app[DASHBOARD_APP] = sub
