@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GEMINI_BASE_URL", "APIINONE_GEMINI_BASE_URL"),
     )
     simulator_port: int = 8090
+    # Key pools (worker/key_config.py, README "Key pools"): a node's upstream keys come from
+    # APIINONE_NODE_KEYS_<NODE> ("key1,key2 weight=2 rpm=60 tpm=100000"), from this secrets file (TOML or
+    # JSON: APIINONE_KEYS_FILE), or else from its provider's api_key_env (a pool of one). Never from the catalog.
+    keys_file: Path | None = None
+    key_backoff_base_s: float = Field(default=1.0, gt=0)  # a 429 without RetryInfo: 1, 2, 4, ... s
+    key_backoff_max_s: float = Field(default=60.0, gt=0)
+    key_probe_interval_s: float = Field(default=0.0, ge=0)  # health probes of disabled keys (0: off)
 
     # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`.
     catalog: Path | None = None
@@ -150,6 +157,9 @@ class Settings(BaseSettings):
     # bytes per account (the oldest are dropped first to make room).
     responses_ttl_s: float = 7 * 86400
     responses_max_bytes_per_account: int = 32 * 1024 * 1024
+    # With a database, the record keeps every stored response this long (past Redis' TTL and cap): the
+    # archiver writes it to Postgres off the request path; reads that miss Redis find it there.
+    responses_retention_days: float = Field(default=30, gt=0)
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.

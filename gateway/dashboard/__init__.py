@@ -71,6 +71,7 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/admin/accounts/{account_id}/users", operator.create_user)
     r.add_post("/admin/accounts/{account_id}/view", operator.view_as)
     r.add_get("/admin/nodes", operator.nodes_page, name="admin_nodes")
+    r.add_post("/admin/nodes/{node}/keys/{key}/enable", operator.enable_upstream_key)
     r.add_get("/admin/batches", operator.batches_page, name="admin_batches")
     codes.setup(sub)
     r.add_route("*", "/{tail:.*}", views.not_found)

@@ -5,6 +5,7 @@
 - ``recovery.py`` after Redis restarts: re-apply what Postgres has and Redis lost, lift the fences
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
 - ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
+- ``responses.py`` stored Responses (the response archive stream) to Postgres, and past their retention out
 - ``redemption_reconcile.py`` redemption-code uses a dead gateway claimed and never recorded: credited once
 - ``outbox.py``     low-balance alerts the record queued (mail, signed webhooks), sent off the request path
 """
@@ -31,6 +32,7 @@ from worker.archiver.maintenance import maintenance_loop
 from worker.archiver.outbox import Outbox, outbox_loop
 from worker.archiver.recovery import Recovery
 from worker.archiver.redemption_reconcile import reconcile_loop
+from worker.archiver.responses import ResponseArchiver
 from worker.batch.egress import CallbackSender
 
 log = structlog.get_logger()
@@ -82,6 +84,8 @@ async def serve(settings: Settings | None = None) -> None:
     tasks = [asyncio.create_task(archiver.run(stopping)),
              asyncio.create_task(recovery_loop(Recovery(redis, db), stopping)),
              asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping)),
+             asyncio.create_task(ResponseArchiver(redis, db, settings.responses_retention_days * 86400,
+                                                  archiver.consumer).run(stopping)),
              asyncio.create_task(reconcile_loop(_redemption_codes(redis, db), settings.redemption_reconcile_after_s,
                                                 stopping)),
              asyncio.create_task(outbox_loop(_outbox(settings, redis, db), stopping))]
