@@ -43,7 +43,9 @@ class Mail:
         msg["Subject"] = self.subject
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[-1].strip("> ") or "localhost")
-        msg.set_content(self.text)
+        # ASCII text as it is (7bit), so a link in a .eml under var/mail reads and copies as it will be followed;
+        # the default would be quoted-printable, where every "=" of a link shows as "=3D".
+        msg.set_content(self.text, cte="7bit" if self.text.isascii() else None)
         return msg
 
 

@@ -15,12 +15,20 @@ from shared.settings import Settings
 
 async def test_without_smtp_settings_mail_is_an_eml_file_under_var_mail(tmp_path: Path):
     mailer = Mailer(Settings(data_dir=tmp_path, smtp_host=None))
-    where = await mailer.send(Mail("someone@example.com", "Hello", "Open http://127.0.0.1:8080/x?token=abc\n"))
+    link = "http://127.0.0.1:8080/dashboard/signup/verify?token=" + "abc" * 20  # longer than a mail line (78)
+    where = await mailer.send(Mail("someone@example.com", "Hello", f"Open {link}\n"))
     path = Path(where)
     assert path.parent == (tmp_path / "mail").resolve() and path.suffix == ".eml"
     msg = message_from_bytes(path.read_bytes())
     assert msg["To"] == "someone@example.com" and msg["Subject"] == "Hello" and msg["Message-ID"]
-    assert "token=abc" in msg.get_payload(decode=True).decode()
+    assert link in msg.get_payload(decode=True).decode()
+    assert link in path.read_text()  # as it is in the file, not quoted-printable ("=3D", soft breaks) for editors
+
+
+async def test_non_ascii_text_is_still_mailable(tmp_path: Path):
+    mailer = Mailer(Settings(data_dir=tmp_path, smtp_host=None))
+    path = Path(await mailer.send(Mail("someone@example.com", "Hello", "Konto Müller: 5 credits left\n")))
+    assert "Müller" in message_from_bytes(path.read_bytes()).get_payload(decode=True).decode()
 
 
 async def test_an_smtp_server_that_does_not_answer_is_mail_failed(tmp_path: Path):
