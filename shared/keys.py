@@ -157,6 +157,28 @@ def login_inflight(scope: str) -> str:
     return f"{PREFIX}{{login}}:inflight:{scope}"  # zset: attempt id -> start ms, passwords being verified
 
 
+# --- self-service sign-up and password reset (shared/self_service.py, gateway/dashboard/selfserve.py) ------
+def email_token(purpose: str, token_hash: str) -> str:
+    # hash with TTL: a mailed link's token (stored as its SHA-256): what it is for (email, user id, ...)
+    return f"{PREFIX}email_token:{purpose}:{token_hash}"
+
+
+def email_token_subject(purpose: str, subject: str) -> str:
+    return f"{PREFIX}email_token_of:{purpose}:{subject}"  # string with TTL: the subject's one live token hash
+
+
+def signup_verifying(email: str) -> str:
+    return f"{PREFIX}signup_verifying:{email}"  # string with short TTL: one verification of an email at a time
+
+
+def mail_requests(scope: str, hour: int) -> str:
+    return f"{PREFIX}mail_requests:{scope}:{hour}"  # counter with TTL: mail-sending forms per address or client
+
+
+def signup_grants(client: str, day: int) -> str:
+    return f"{PREFIX}signup_grants:{client}:{day}"  # counter with TTL: starting grants paid per client address
+
+
 # --- `apiinone run`'s supervisor (apiinone/supervisor.py, shared/supervision.py) ------------
 SUPERVISORS = PREFIX + "supervisors"  # zset: supervisor id (host:pid) -> last report ms
 
@@ -220,6 +242,11 @@ def callback_budget(account_id: str, minute: int) -> str:
 def redemption_code(code_hash: str) -> str:
     # hash: batch, credits_micro, uses, used, expires_at (unix s, 0 never), disabled ("1")
     return f"{PREFIX}{{redeem}}:code:{code_hash}"
+
+
+# Uses redeem.lua claimed and the gateway has not yet recorded; the archiver's reconciler records (credits) the ones
+# a dead gateway left behind (worker/archiver/redemption_reconcile.py).
+REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<unix s>"
 
 
 def redemption_returned(code_hash: str) -> str:

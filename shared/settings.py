@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     redeem_failures_per_account: int = Field(default=10, ge=1)
     redeem_failures_per_client: int = Field(default=30, ge=1)
     redeem_throttle_window_s: int = Field(default=900, ge=1)
+    # A claimed use no gateway recorded this long after (it died) is recorded by the archiver's reconciler.
+    redemption_reconcile_after_s: float = Field(default=60.0, gt=0)
 
     # Payments (shared/payments/): Stripe Checkout top-ups, on when STRIPE_SECRET_KEY is set. Packages the customer
     # may buy: "name=credits:amount:currency" comma-separated, amount in minor units (cents): "starter=1000:1000:usd".
@@ -56,6 +58,28 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1)  # how old a signed event's timestamp may be
     payment_packages: str = "starter=1000:1000:usd,pro=5500:5000:usd"
     payment_return_url: str | None = None  # where the checkout sends the customer back (default: the dashboard)
+
+    # Mail (shared/mail.py): sign-up verification, password reset, low-balance alerts. Without smtp_host every
+    # message is written to <data_dir>/mail/*.eml (and the log says where), so a `make run` user can open it.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: str = Field(default="starttls", pattern="^(starttls|tls|none)$")  # tls: implicit TLS (port 465)
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    mail_from: str = "API in One <no-reply@localhost>"
+
+    # Self-service sign-up (gateway/dashboard/selfserve.py), off by default: email and password, verified by a
+    # mailed link; a starting grant of credits paid on verification, to at most signup_grants_per_ip_daily new
+    # accounts per client address and day (more sign-ups from one address get accounts without the grant).
+    signup_enabled: bool = False
+    signup_grant_credits: int = Field(default=0, ge=0, le=10**9)
+    signup_grants_per_ip_daily: int = Field(default=3, ge=0)
+    # Mail-sending forms (sign-up, password reset): per address and per client address, per hour.
+    mail_requests_per_address_hourly: int = Field(default=3, ge=1)
+    mail_requests_per_client_hourly: int = Field(default=20, ge=1)
+    signup_token_ttl_s: int = Field(default=24 * 3600, ge=60)
+    reset_token_ttl_s: int = Field(default=3600, ge=60)
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))

@@ -262,6 +262,8 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
                                                                 "aliases": "flash = gemini"}).status_code == 303
         assert "<code>flash</code>" in c.get("/dashboard/models").text  # users see the alias on their Models page
         assert c.post("/dashboard/keys", data={"csrf_token": csrf, "name": "by an operator"}).status_code == 201
+        codes = c.post("/dashboard/admin/codes", data={"csrf_token": csrf, "count": "1", "credits": "2"})
+        assert codes.status_code == 200 and codes.text.startswith("code,")
         log_page = c.get("/dashboard/admin/audit-log", params={"action": "catalog.update"})
         assert log_page.status_code == 200 and email in log_page.text
     current = admin.http.get("/admin/catalog").json()
@@ -270,6 +272,9 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
     assert gemini["pricing"] == {"input": "60", "cached_input": "6", "output": "360"}
     assert gemini["routes"] == [{"node": "node62", "priority": 0, "weight": 1}, {"node": "node63", "priority": 1,
                                                                                    "weight": 1}]
+    (codes_entry,) = admin.http.get("/admin/audit-log", params={"action": "redemption_codes.create", "limit": 1}
+                                    ).json()["data"]
+    assert codes_entry["actor"] == email and "codes" not in codes_entry["after"]
     (key_entry,) = admin.http.get("/admin/audit-log", params={"action": "key.create", "limit": 1}).json()["data"]
     assert key_entry["actor"] == email and key_entry["after"]["name"] == "by an operator" and "key" not in key_entry["after"]
     (entry, _) = admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 2}).json()["data"]
