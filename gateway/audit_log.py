@@ -5,6 +5,8 @@ Not ``GET /admin/audit``, the money audit (balance == ledger), which stays as it
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from gateway.edge import edge
@@ -13,7 +15,10 @@ from gateway.state import GATEWAY
 from shared.errors import ApiError
 from shared.operator_audit import ADMIN_TOKEN_ACTOR, Action, Actor
 
-PAGING = Paging(50, 200, "The id of the last entry of the previous page.", str.isdigit, r"[0-9]{1,18}")
+CURSOR = re.compile(r"[0-9]{1,18}")  # a bigint id: ASCII digits that fit (str.isdigit takes "٣" and 30 digits)
+TARGET = re.compile(r"[^\x00-\x1f\x7f]{1,200}")  # what the record's text column can hold
+PAGING = Paging(50, 200, "The id of the last entry of the previous page.", lambda v: bool(CURSOR.fullmatch(v)),
+                CURSOR.pattern)
 FILTERS = (QueryParam("action", {"type": "string", "enum": [a.value for a in Action]}, "Only this action."),
            QueryParam("target", {"type": "string", "maxLength": 200},
                       "Only actions on this target (an account, key or batch id, or `catalog`)."))
@@ -37,6 +42,9 @@ async def audit_log(request: web.Request) -> web.Response:
     if action is not None and action not in {a.value for a in Action}:
         raise ApiError(400, f"Invalid value for 'action': expected one of {', '.join(a.value for a in Action)}.",
                        "invalid_request_error", "invalid_value", "action")
+    if target is not None and not TARGET.fullmatch(target):
+        raise ApiError(400, "Invalid value for 'target': at most 200 characters, no control characters.",
+                       "invalid_request_error", "invalid_value", "target")
     if gw.db is None:
         raise ApiError(503, "The operator audit log is kept in Postgres: set DATABASE_URL.", "service_unavailable",
                        "database_unavailable")

@@ -8,6 +8,7 @@ mistake is one ``CatalogInvalid`` naming where it is.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -278,6 +279,9 @@ MAX_PRICE_MICRO = 10**12  # a million credits per 1M tokens: far above any real 
 MAX_TOKENS = 100_000_000  # context window, output
 MAX_ROUTE_NUMBER = 1000  # priority, weight
 THINKING_KINDS = ("level", "budget", "none")
+# "level", "level:low,high" (the levels a model takes), "budget", "budget:128-32768" (its range), "none"
+# (how the worker reads them: worker/gemini_request.py thinking_config).
+THINKING = re.compile(r"none|level(:(minimal|low|medium|high)(,(minimal|low|medium|high))*)?|budget(:\d{1,6}(-\d{1,6})?)?")
 
 
 def _check_model(catalog: Catalog, model: Model) -> None:
@@ -294,8 +298,9 @@ def _check_model(catalog: Catalog, model: Model) -> None:
         raise CatalogInvalid(f"{where}: context_window and max_output_tokens must be between 1 and {MAX_TOKENS}")
     if any(not 0 <= n <= MAX_ROUTE_NUMBER for r in model.routes for n in (r.priority, r.weight)):
         raise CatalogInvalid(f"{where}: route priorities and weights must be between 0 and {MAX_ROUTE_NUMBER}")
-    if model.thinking not in THINKING_KINDS:
-        raise CatalogInvalid(f"{where}: thinking must be one of {', '.join(THINKING_KINDS)}")
+    if not (isinstance(model.thinking, str) and THINKING.fullmatch(model.thinking)):
+        raise CatalogInvalid(f"{where}: thinking must be one of {', '.join(THINKING_KINDS)}, optionally "
+                             "narrowed (\"level:low,high\", \"budget:128-32768\")")
 
 
 def catalog_path(path: Path | str | None = None) -> Path:

@@ -286,3 +286,14 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
     (entry, _) = admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 2}).json()["data"]
     assert entry["actor"] == email and entry["before"]["aliases.flash"] is None
     assert entry["after"]["aliases.flash"] == "gemini" and entry["after"].get("aliases.gemini-latest") is None
+
+
+@pytest.mark.parametrize("params, param", [
+    ({"target": "x" * 40 + "\x00"}, "target"),  # the fuzz run's find: Postgres text cannot hold NUL (was a 500)
+    ({"target": "x" * 201}, "target"),
+    ({"after": "9" * 30}, "after"),  # more than a bigint
+    ({"after": "٣"}, "after"),  # a digit to str.isdigit, not to the record
+])
+def test_the_audit_logs_filters_and_cursor_are_checked(live, admin, params, param):
+    r = admin.http.get("/admin/audit-log", params=params)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
