@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
 from shared import keys
-from shared.account_storage import all_accounts_stored, storage_metrics
+from shared.account_storage import storage_metrics
 from shared.db.database import DatabaseUnavailable
 from shared.nodes import live_worker_counts
 from shared.supervision import supervisor_metrics, supervisor_status
@@ -62,8 +62,10 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
         supervised = supervisor_metrics(await supervisor_status(gw.redis))
-        storage = storage_metrics(await all_accounts_stored(gw.redis), gw.settings.account_max_files,
-                                  gw.settings.account_max_stored_bytes)
     except RedisError:
-        supervised = storage = b""
+        supervised = b""
+    try:  # the record's counters (kept on write: shared/account_storage.py)
+        storage = await storage_metrics(gw.db, gw.settings.account_max_files, gw.settings.account_max_stored_bytes)
+    except DatabaseUnavailable:
+        storage = b""
     return web.Response(body=generate_latest() + supervised + storage, headers={"Content-Type": CONTENT_TYPE_LATEST})
