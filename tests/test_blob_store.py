@@ -1,0 +1,141 @@
+"""Issue 18 (1): the blob store's contract, the same for the local directory and S3 (moto's server on
+loopback); the file reader's lines and offsets; the spool that moves batch output out of Redis once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import fakeredis
+import pytest
+
+from shared.blob_s3 import PART_BYTES, S3BlobStore
+from shared.blob_store import BlobMissing, BlobTooLarge, LocalBlobStore, blob_store
+from shared.file_store import split_lines
+from shared.keys import BatchKeys
+from shared.scripts import Scripts
+from shared.settings import Settings
+from tests.s3_server import CREDENTIALS, REGION, new_bucket, s3_client, s3_server
+from worker.batch.spool import SPOOL_LINES, Spool
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["local", "s3"])
+async def blobs(request, tmp_path):
+    if request.param == "local":
+        store = LocalBlobStore(tmp_path / "blobs")
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        store = S3BlobStore(new_bucket(endpoint), prefix="t", endpoint_url=endpoint, region_name=REGION,
+                            **CREDENTIALS)
+    yield store
+    await store.close()
+
+
+async def chunks(data: bytes, size: int = 64 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def read_all(store, key: str, offset: int = 0) -> bytes:
+    return b"".join([c async for c in store.read(key, offset)])
+
+
+async def test_put_read_range_replace_delete(blobs):
+    small, large = b"hello\nworld\n", os.urandom(PART_BYTES * 2 + 12345)  # S3: one PutObject; a multipart upload
+    assert await blobs.put("files/a", chunks(small)) == len(small)
+    assert await blobs.put("files/b", chunks(large)) == len(large)
+    assert await read_all(blobs, "files/a") == small
+    assert hashlib.sha256(await read_all(blobs, "files/b")).digest() == hashlib.sha256(large).digest()
+    assert await read_all(blobs, "files/b", 1_000_000) == large[1_000_000:]
+    assert await read_all(blobs, "files/a", len(small)) == b""
+    assert await blobs.put("files/a", chunks(b"again")) == 5  # replaced whole
+    assert await read_all(blobs, "files/a") == b"again"
+    await blobs.delete("files/a", "files/b", "files/never")
+    for key in ("files/a", "files/b"):
+        with pytest.raises(BlobMissing):
+            await read_all(blobs, key)
+
+
+async def test_a_put_past_its_limit_or_failing_midway_stores_nothing(blobs):
+    with pytest.raises(BlobTooLarge):
+        await blobs.put("files/big", chunks(b"x" * (PART_BYTES + 10)), limit=PART_BYTES + 9)
+
+    async def breaks():
+        yield b"y" * (PART_BYTES + 1)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await blobs.put("files/cut", breaks())
+    for key in ("files/big", "files/cut"):
+        with pytest.raises(BlobMissing):
+            await read_all(blobs, key)
+    if isinstance(blobs, LocalBlobStore):
+        assert not list((blobs.root / ".partial").iterdir())  # no temporary file left behind
+    else:  # the multipart upload was aborted
+        assert not s3_client(blobs.client_args["endpoint_url"]).list_multipart_uploads(
+            Bucket=blobs.bucket).get("Uploads")
+
+
+def test_keys_are_plain_relative_paths(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    for bad in ("../x", "/etc/passwd", "files/../../x", "a//b", ""):
+        with pytest.raises(ValueError):
+            store.path(bad)
+    assert store.path("batches/batch_1/output/000001-ab12") == tmp_path / "batches/batch_1/output/000001-ab12"
+
+
+def test_the_local_store_lives_under_the_data_dir_unless_told(tmp_path):
+    assert blob_store(Settings(data_dir=tmp_path)).root == tmp_path.resolve() / "blobs"
+    assert blob_store(Settings(data_dir=tmp_path, blob_dir=tmp_path / "b")).root == tmp_path / "b"
+
+
+async def test_lines_carry_the_offset_where_the_next_line_starts():
+    data = b'{"a":1}\r\n\n{"b":2}\n{"c":3}'
+    for size in (1, 3, 64):  # lines split across chunks anywhere
+        lines = [item async for item in split_lines(chunks(data, size), 0, 0)]
+        assert [(i, line) for i, _, line in lines] == [(0, b'{"a":1}'), (1, b""), (2, b'{"b":2}'), (3, b'{"c":3}')]
+        _, end, _ = lines[1]
+        assert data[end:].startswith(b'{"b":2}')
+        resumed = [item async for item in split_lines(chunks(data[end:], size), 2, end)]
+        assert resumed == lines[2:]
+    assert [line async for _, _, line in split_lines(chunks(b"a\nb\n  \n"), 0, 0)] == [b"a", b"b", b"  "]
+    assert [line async for _, _, line in split_lines(chunks(b"a\n   "), 0, 0)] == [b"a"]
+
+
+async def test_output_lines_leave_redis_in_parts_each_line_in_exactly_one(tmp_path):
+    """Two writers on one batch (a lapsed lease) drain concurrently while lines arrive: every line is in
+    exactly one named part, in order, and Redis keeps none of them."""
+    redis = fakeredis.FakeAsyncRedis()
+    scripts = Scripts(redis)
+    store = LocalBlobStore(tmp_path)
+    b = BatchKeys("batch_" + "0" * 24)
+    spools = [Spool(redis, scripts, store, b) for _ in range(2)]
+    total = SPOOL_LINES * 3 + 17
+
+    async def produce():
+        for i in range(total):
+            await redis.rpush(b.output, b"line-%d" % i)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+
+    async def drain_often(spool):
+        for _ in range(40):
+            await spool.drain("output")
+            await asyncio.sleep(0)
+
+    await asyncio.gather(produce(), drain_often(spools[0]), drain_often(spools[1]))
+    await spools[0].drain("output")
+    parts = await spools[0].parts("output")
+    body = b"".join([await read_all(store, p) for p in parts])
+    assert body.splitlines() == [b"line-%d" % i for i in range(total)]
+    assert await redis.llen(b.output) == 0
+    named = {p.split("/", 3)[3] for p in parts}
+    on_disk = {p.name for p in (tmp_path / "batches" / b.id / "output").iterdir()}
+    assert on_disk == named  # a losing writer's part was deleted
