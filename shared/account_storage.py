@@ -22,7 +22,15 @@ from shared.db import files_record
 from shared.db.database import Database
 from shared.db.files_record import Stored
 
-__all__ = ["Stored", "storage_metrics", "stored_by_account"]
+__all__ = ["SERIES", "Stored", "storage_metrics", "stored_by_account"]
+
+# Every gauge ``storage_metrics`` writes, with its labels (deploy/'s Grafana dashboard is checked against it).
+SERIES: dict[str, tuple[str, ...]] = {
+    "apiinone_account_stored_files": ("account",), "apiinone_account_stored_bytes": ("account",),
+    "apiinone_blob_store_files": (), "apiinone_blob_store_bytes": (), "apiinone_usage_partitions": (),
+    "apiinone_usage_partition_bytes": ("partition",), "apiinone_account_max_files": (),
+    "apiinone_account_max_stored_bytes": (),
+}
 
 
 async def stored_by_account(db: Database | None, account_ids: list[str]) -> dict[str, Stored]:
