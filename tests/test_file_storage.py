@@ -141,7 +141,7 @@ async def test_a_200_mb_upload_streams_through_with_flat_memory(stack, funded, t
 
 
 async def test_batch_output_is_in_the_blob_store_and_listed_from_the_record(stack, funded):
-    _, key = funded
+    account, key = funded
     client = sdk(stack, key)
     await client.files.create(file=("other.jsonl", orjson.dumps(request_line(1)) + b"\n"), purpose="batch")
     batch = await submit(client, [request_line(i) for i in range(6)])
@@ -171,6 +171,17 @@ async def test_batch_output_is_in_the_blob_store_and_listed_from_the_record(stac
         assert row["status"] == "completed" and row["body"]["output_file_id"] == done.output_file_id
     finally:
         await db.close()
+
+    # The storage gauges come from the record's counters, kept as files are written.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, s.labels.get("account", "")): s.value for family in
+               text_string_to_metric_families(httpx.get(stack.base_url + "/metrics").text) for s in family.samples}
+    sizes = [f.bytes for f in (await client.files.list()).data]
+    assert samples[("apiinone_account_stored_files", account["id"])] == len(sizes) == 3
+    assert samples[("apiinone_account_stored_bytes", account["id"])] == sum(sizes)
+    assert samples[("apiinone_blob_store_bytes", "")] >= sum(sizes)
+    assert samples[("apiinone_usage_partitions", "")] >= 1
 
 
 async def test_retention_deletes_the_row_and_the_bytes(stack, funded):
