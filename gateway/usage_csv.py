@@ -49,7 +49,7 @@ def write_rows(out, rows: list[dict], names: dict[str, str]) -> None:
 
 
 async def stream_usage_csv(request: web.Request, account_id: str, f: RowFilter) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
+    gw = request.config_dict[GATEWAY]  # the dashboard is a sub-application: its app is not the gateway's
     names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(account_id)}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     resp = web.StreamResponse(headers={
