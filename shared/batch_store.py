@@ -64,7 +64,7 @@ class BatchStatus(StrEnum):
 
 
 TERMINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-PAGE = 500  # lines per LRANGE / RPUSH
+PAGE = 500  # lines per page of unrun lines written out on expiry (one script call)
 
 
 def line_request_id(batch_id: str, line_no: int, attempt: int) -> str:
