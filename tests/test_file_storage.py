@@ -8,6 +8,7 @@ S3 backend against a local S3 server (moto). Also the billing API's CSV export o
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -138,6 +139,58 @@ async def test_a_50_mb_upload_streams_through_with_flat_memory(stack, funded, tm
 @pytest.mark.slow
 async def test_a_200_mb_upload_streams_through_with_flat_memory(stack, funded, tmp_path):
     await flat_memory_upload(stack, funded, tmp_path, 200 * MB)
+
+
+class PeakRedisMemory:
+    """The highest ``used_memory`` of the stack's Redis while the block runs (sampled every 20 ms)."""
+
+    def __init__(self, stack) -> None:
+        self.port = stack.settings.embedded_redis_port
+        self.before = self.peak = 0
+        self._task = None
+
+    async def _sample(self) -> None:
+        async with Redis(port=self.port) as r:
+            while True:
+                self.peak = max(self.peak, (await r.info("memory"))["used_memory"])
+                await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> PeakRedisMemory:
+        async with Redis(port=self.port) as r:
+            self.before = (await r.info("memory"))["used_memory"]
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@pytest.mark.slow
+async def test_a_batch_with_large_output_keeps_it_out_of_redis(stack, admin):
+    """Lines with long answers (~130 KB each): a 30 MB output file, while Redis and the batch worker hold
+    about a second of it (SPOOL_BYTES) and the gateway serves it streaming."""
+    _, key = admin.account_with_key(20_000)
+    client = sdk(stack, key)
+    lines = [request_line(i, content="[[sim output_tokens=20000 thinking_tokens=0]] go") for i in range(240)]
+    async with PeakRedisMemory(stack) as redis_mem:
+        with PeakRss(stack.pid_of("batch")) as worker:
+            batch = await submit(client, lines)
+            done = await wait_batch(client, batch.id, timeout=600)
+    assert done.status == "completed" and done.request_counts.completed == len(lines)
+    size = (await client.files.retrieve(done.output_file_id)).bytes
+    print(f"\noutput {size / MB:.1f} MB: Redis +{(redis_mem.peak - redis_mem.before) / MB:.1f} MB at most, "
+          f"batch worker RSS +{worker.growth / MB:.1f} MB")
+    assert size > 24 * MB
+    assert redis_mem.peak - redis_mem.before < 5 * MB
+    assert worker.growth < RSS_GROWTH_LIMIT
+    count = 0
+    async with httpx.AsyncClient(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        with PeakRss(stack.pid_of("gateway:0")) as gateway:
+            async with http.stream("GET", f"/api/v1/files/{done.output_file_id}/content") as resp:
+                async for _ in resp.aiter_lines():
+                    count += 1
+    assert count == len(lines) and gateway.growth < RSS_GROWTH_LIMIT
 
 
 async def test_batch_output_is_in_the_blob_store_and_listed_from_the_record(stack, funded):
