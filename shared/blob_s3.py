@@ -7,14 +7,15 @@ MinIO, Ceph, R2...), ``APIINONE_S3_REGION``, ``APIINONE_S3_ACCESS_KEY_ID`` /
 
 A ``put`` is one ``PutObject`` for a blob smaller than a part, else a multipart upload of
 ``PART_BYTES`` parts (S3's smallest), so memory holds one part at a time; a failed or refused
-upload is aborted. (A process killed mid-upload leaves an incomplete multipart upload behind:
-give the bucket a lifecycle rule that aborts those after a day.) Reads stream the object's body,
-from an offset by a ``Range`` request.
+upload is aborted; one a killed process left is aborted by ``clear_abandoned`` (the retention
+sweep, after a day; a bucket lifecycle rule that does the same is a fine backstop). Reads stream
+the object's body, from an offset by a ``Range`` request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack
 from typing import AsyncIterator
 
@@ -120,6 +121,18 @@ class S3BlobStore:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys at most
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
             await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    async def clear_abandoned(self, older_than_s: float) -> int:
+        s3 = await self.client()
+        before = time.time() - older_than_s
+        cleared = 0
+        paginator = s3.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < before:
+                    await self._abort(s3, upload["Key"], upload["UploadId"])
+                    cleared += 1
+        return cleared
 
     async def close(self) -> None:
         await self._exit.aclose()

@@ -18,6 +18,7 @@ import asyncio
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
@@ -51,6 +52,10 @@ class BlobStore(Protocol):
 
     async def delete(self, *keys: str) -> None:
         """Delete these blobs; a missing one is no error."""
+
+    async def clear_abandoned(self, older_than_s: float) -> int:
+        """Remove what a ``put`` cut short by a killed process left (a temporary file, an S3 multipart
+        upload) once older than ``older_than_s``; returns how many."""
 
     async def close(self) -> None:
         ...
@@ -104,8 +109,23 @@ class LocalBlobStore:
         for key in keys:
             await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
 
+    async def clear_abandoned(self, older_than_s: float) -> int:
+        return await asyncio.to_thread(_clear_old_files, self.partial, time.time() - older_than_s)
+
     async def close(self) -> None:
         pass
+
+
+def _clear_old_files(folder: Path, before: float) -> int:
+    cleared = 0
+    for path in folder.glob("*.part") if folder.is_dir() else ():
+        try:
+            if path.stat().st_mtime < before:
+                path.unlink()
+                cleared += 1
+        except FileNotFoundError:  # finished or cleared meanwhile
+            pass
+    return cleared
 
 
 def _sync_close(f) -> None:

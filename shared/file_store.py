@@ -7,7 +7,8 @@ file's lines with their byte offsets, so a batch resumes reading where it stoppe
 on S3, ``seek`` on disk) instead of from the top.
 
 Deleting a file deletes its row, then its blob; retention (``sweep``, the batch worker's loop)
-deletes both for every file past ``expires_at``. Batch result files are composed from the parts
+deletes both for every file past ``expires_at``, and clears what uploads cut short by a killed
+process left in the store. Batch result files are composed from the parts
 the batch worker wrote while the batch ran (``worker/batch/spool.py``) and get an id derived from
 their batch, so a finalize run again after a crash records the same file once.
 """
@@ -27,6 +28,7 @@ from shared.filenames import safe_filename
 from shared.settings import Settings
 
 SWEEP_PAGE = 200
+ABANDONED_AFTER_S = 86400.0  # an upload still unfinished after a day was cut short by a killed process
 
 
 class FileTooLarge(Exception):
@@ -161,4 +163,5 @@ class FileStore:
                 break
         while await batches_record.delete_expired(self.db, now, SWEEP_PAGE) == SWEEP_PAGE:
             pass
+        await self.blobs.clear_abandoned(ABANDONED_AFTER_S)
         return deleted
