@@ -8,8 +8,8 @@ MinIO, Ceph, R2...), ``APIINONE_S3_REGION``, ``APIINONE_S3_ACCESS_KEY_ID`` /
 A ``put`` is one ``PutObject`` for a blob smaller than a part, else a multipart upload of
 ``PART_BYTES`` parts (S3's smallest), so memory holds one part at a time; a failed or refused
 upload is aborted; one a killed process left is aborted by ``clear_abandoned`` (the retention
-sweep, after a day; a bucket lifecycle rule that does the same is a fine backstop). Reads stream
-the object's body, from an offset by a ``Range`` request.
+sweep, after a day; a bucket lifecycle rule that does the same is a fine backstop). Reads are
+ranged GETs of ``RANGE_BYTES`` each, from any offset, so memory holds one range.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from shared.blob_store import CHUNK, BlobMissing, BlobTooLarge, check_key
+from shared.blob_store import BlobMissing, BlobTooLarge, check_key
 from shared.settings import Settings
 
 PART_BYTES = 5 * 1024 * 1024
+RANGE_BYTES = 1024 * 1024  # bytes per GET when reading
 MISSING_CODES = ("NoSuchKey", "404", "NotFound")
 
 
@@ -99,22 +100,28 @@ class S3BlobStore:
             pass  # the bucket's lifecycle rule ends it
 
     async def read(self, key: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """One ranged GET per RANGE_BYTES, each read whole before it is yielded: no connection stays open while
+        the reader waits (a batch feeding its lines may pause for minutes between two chunks)."""
         s3 = await self.client()
-        args = {"Bucket": self.bucket, "Key": self._key(key)}
-        if offset:
-            args["Range"] = f"bytes={offset}-"
-        try:
-            answer = await s3.get_object(**args)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in MISSING_CODES:
-                raise BlobMissing(key) from None
-            if code == "InvalidRange":  # reading from the very end: nothing left
+        total = None
+        while total is None or offset < total:
+            try:
+                answer = await s3.get_object(Bucket=self.bucket, Key=self._key(key),
+                                             Range=f"bytes={offset}-{offset + RANGE_BYTES - 1}")
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in MISSING_CODES:
+                    raise BlobMissing(key) from None
+                if code == "InvalidRange":  # reading from the very end (or an empty blob): nothing left
+                    return
+                raise
+            async with answer["Body"] as body:
+                chunk = await body.read()
+            total = int(answer["ContentRange"].rpartition("/")[2])
+            if not chunk:
                 return
-            raise
-        async with answer["Body"] as body:
-            while chunk := await body.read(CHUNK):
-                yield chunk
+            offset += len(chunk)
+            yield chunk
 
     async def delete(self, *keys: str) -> None:
         s3 = await self.client()
