@@ -188,17 +188,25 @@ class BatchStore:
         if self.db is None:
             return [], False
         recorded, more = await batches_record.page(self.db, account_id, after, limit)
+        return await self._live(recorded), more
+
+    async def recent_batches(self, limit: int) -> list[tuple[str, dict]]:
+        """(account, batch) of the newest batches of every account (operators), as Redis has them now."""
+        if self.db is None:
+            return []
+        recorded = await batches_record.recent(self.db, limit)
+        return list(zip([a for a, _ in recorded], await self._live([b for _, b in recorded])))
+
+    async def _live(self, recorded: list[dict]) -> list[dict]:
+        """Recorded batch objects with the hot state of those Redis still has (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for batch in recorded:
                 b = BatchKeys(batch["id"])
                 pipe.hgetall(b.batch)
                 pipe.lrange(b.callback, 0, -1)
             hot = await pipe.execute()
-        out = []
-        for i, batch in enumerate(recorded):
-            raw, attempts = hot[2 * i], hot[2 * i + 1]
-            out.append(self.batch_object(raw, attempts) if raw else batch)
-        return out, more
+        return [self.batch_object(hot[2 * i], hot[2 * i + 1]) if hot[2 * i] else batch
+                for i, batch in enumerate(recorded)]
 
     async def transition(self, batch_id: str, to: str, allowed: tuple[str, ...], **fields: object) -> str | None:
         """Set ``status = to`` (and fields) only from one of ``allowed``. Returns "ok" or the current status."""

@@ -42,6 +42,12 @@ async def page(db: Database, account_id: str, after: str | None, limit: int) -> 
     return [r["body"] for r in rows[:limit]], len(rows) > limit
 
 
+async def recent(db: Database, limit: int) -> list[tuple[str, dict]]:
+    """(account, recorded object) of the newest batches of every account."""
+    rows = await db.fetch("SELECT account_id, body FROM batches ORDER BY seq DESC LIMIT $1", limit)
+    return [(r["account_id"], r["body"]) for r in rows]
+
+
 async def delete_expired(db: Database, now: int, limit: int) -> int:
     status = await db.execute(
         """DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE retain_until < $1 LIMIT $2)""", now, limit)

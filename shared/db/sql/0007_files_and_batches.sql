@@ -51,4 +51,5 @@ CREATE TABLE batches (
     retain_until  bigint              -- set when the batch ends: the record is deleted after this
 );
 CREATE INDEX batches_newest ON batches (account_id, seq DESC);
+CREATE INDEX batches_recent ON batches (seq DESC);  -- the operators' page: every account's newest
 CREATE INDEX batches_expiring ON batches (retain_until) WHERE retain_until IS NOT NULL;
