@@ -8,7 +8,7 @@
     apiinone archiver                    ledger and usage to Postgres; recovery after a Redis restart
     apiinone migrate                     apply the database migrations (every role also does at start)
     apiinone simulator [--port N]        the Gemini-protocol simulator
-    apiinone admin ...                   accounts, keys, top-ups, nodes, audit, restore, recover
+    apiinone admin ...                   accounts, keys, top-ups, nodes, upstream-keys, audit, restore, recover
 """
 
 from __future__ import annotations
@@ -183,6 +183,14 @@ async def _admin(args) -> object:
                 sys.exit(f"error: {exc}")
         if args.noun == "nodes":
             return await node_status(redis, get_catalog(), settings.worker_lease_s)
+        if what == ("upstream-keys", "enable"):  # README "Key pools"
+            from shared.key_state import enable_key
+            from shared.scripts import Scripts
+
+            was = await enable_key(redis, Scripts(redis), args.node, args.key)
+            if was is None:
+                sys.exit(f"error: node {args.node!r} has no upstream key ending in {args.key!r}")
+            return {"node": args.node, "key": args.key, "state": "active", "was_disabled": was}
         raise SystemExit("unknown admin command; see `apiinone admin --help`")
     finally:
         await redis.aclose()
@@ -310,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("--operator", action="store_true", help="operator role: sees every account and the nodes")
     u.add_parser("list").add_argument("--account", default=None)
     nouns.add_parser("nodes")
+    up = nouns.add_parser("upstream-keys", help="a node's upstream keys").add_subparsers(dest="verb", required=True)
+    ue = up.add_parser("enable", help="put a disabled (or cooling down) upstream key back in its node's rotation")
+    ue.add_argument("node")
+    ue.add_argument("key", help="the key's last 4 characters")
     nouns.add_parser("audit", help="every account: Redis balance == Postgres ledger + unarchived, held == holds")
     nouns.add_parser("restore", help="rebuild accounts, keys, users and balances a wiped Redis lost, from Postgres")
     nouns.add_parser("recover", help="re-apply ledger rows Postgres has and Redis lost (what the archiver does "

@@ -298,7 +298,8 @@ def run(settings: Settings) -> None:
         demo_key = ensure_demo_account(stack.base_url, settings.admin_token, settings.data_dir.resolve())
         operator = ensure_operator(stack.base_url, settings.admin_token, settings.data_dir.resolve())
         base = settings.public_base_url or stack.base_url
-        print(banner(base, settings.admin_token, demo_key, operator), flush=True)
+        mail_folder = None if settings.smtp_host else settings.data_dir.resolve() / "mail"  # shared/mail.py
+        print(banner(base, settings.admin_token, demo_key, operator, mail_folder), flush=True)
         supervising = True
         if not stopping.is_set():
             asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))

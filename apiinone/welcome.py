@@ -72,8 +72,10 @@ r = client.chat.completions.create(model="gemini", messages=[{{"role": "user", "
 print(r.choices[0].message.content)'"""
 
 
-def banner(base_url: str, admin_token: str, demo_key: str | None, operator: tuple[str, str] | None = None) -> str:
+def banner(base_url: str, admin_token: str, demo_key: str | None, operator: tuple[str, str] | None = None,
+           mail_folder: Path | None = None) -> str:
     key = demo_key or "<your aio_ key>"
+    mail = f"\n  Mail (no SMTP configured):    {mail_folder}/*.eml" if mail_folder else ""
     login = f"{operator[0]} / {operator[1]}" if operator else "(a user you created; `apiinone admin users create`)"
     return f"""
 apiinone is running.
@@ -82,7 +84,7 @@ apiinone is running.
   Admin token:                  {admin_token}
   Demo API key (100 credits):   {key}
   Dashboard:                    {base_url}/dashboard
-  Dashboard operator login:     {login}
+  Dashboard operator login:     {login}{mail}
 
 Try it:
 

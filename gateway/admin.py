@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from aiohttp import web
 from pydantic import Field
 
@@ -12,12 +13,15 @@ from gateway.state import GATEWAY
 from shared.accounts import TooManyKeys
 from shared.credits import AccountNotFound
 from shared.errors import ApiError, bad_request, not_found
+from shared.key_state import enable_key
 from shared.money import credits_to_micro
 from shared.pricing import PPM, parse_multiplier
+from shared.fallback_counts import fallback_counts
 from shared.nodes import node_status
 from shared.protocol import RECORD_TEXT, WireModel
 from shared.supervision import supervisor_status
 
+log = structlog.get_logger()
 
 PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1)]  # the record keeps these as 32-bit integers
 MAX_CREDITS = 1_000_000_000  # per call; keeps every balance far inside Redis's 64-bit integers
@@ -149,11 +153,27 @@ async def create_topup(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    """The nodes' worker pools, and (under `apiinone run`) the supervised processes with their restarts."""
+    """The nodes' worker pools, (under `apiinone run`) the supervised processes with their restarts, and the
+    requests moved to a fallback model, per model and fallback."""
     gw = request.app[GATEWAY]
     return web.json_response({"object": "list",
                               "data": await node_status(gw.redis, gw.catalog, gw.settings.worker_lease_s),
-                              "supervisors": await supervisor_status(gw.redis)})
+                              "supervisors": await supervisor_status(gw.redis),
+                              "fallbacks": await fallback_counts(gw.redis)})
+
+
+async def enable_upstream_key(request: web.Request) -> web.Response:
+    """Every worker of the node takes the key back at once (shared/key_state.py)."""
+    gw = request.app[GATEWAY]
+    node, label = request.match_info["node"], request.match_info["key"]
+    if node not in gw.catalog.nodes:
+        raise not_found(f"No node {node!r}.")
+    was_disabled = await enable_key(gw.redis, gw.scripts, node, label)
+    if was_disabled is None:
+        raise not_found(f"Node {node!r} has no upstream key ending in {label!r}.")
+    log.warning("upstream key re-enabled by an operator", node=node, key=label, was_disabled=was_disabled)
+    return web.json_response({"object": "upstream_key", "node": node, "key": label, "state": "active",
+                              "was_disabled": was_disabled})
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -1,6 +1,6 @@
 """/healthz (alive), /readyz (Redis and Postgres answer, every node has a live worker, the credit store
 recovered after a Redis restart), /metrics (this process's, the supervisors' restarts, and what each
-account stores: ``shared/account_storage.py``)."""
+account stores: ``shared/account_storage.py``; each upstream key's state: ``shared/key_state.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gateway.state import GATEWAY
 from shared import keys
 from shared.account_storage import storage_metrics
 from shared.db.database import DatabaseUnavailable
+from shared.key_state import pool_metrics, pool_status
 from shared.nodes import live_worker_counts
 from shared.supervision import supervisor_metrics, supervisor_status
 
@@ -62,10 +63,12 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
         supervised = supervisor_metrics(await supervisor_status(gw.redis))
+        key_pools = pool_metrics(await pool_status(gw.redis, list(gw.catalog.nodes)))
     except RedisError:
-        supervised = b""
+        supervised = key_pools = b""
     try:  # the record's counters (kept on write: shared/account_storage.py)
         storage = await storage_metrics(gw.db, gw.settings.account_max_files, gw.settings.account_max_stored_bytes)
     except DatabaseUnavailable:
         storage = b""
-    return web.Response(body=generate_latest() + supervised + storage, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=generate_latest() + supervised + storage + key_pools,
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -61,8 +61,9 @@ def _operation(route: Route) -> dict:
     op: dict = {"summary": route.summary, "operationId": route.handler.__module__.rsplit(".", 1)[-1] + "_"
                 + route.handler.__name__, "responses": _responses(route)}
     if route.security:
+        schemes = KEY_HEADERS[route.dialect] + (KEY_HEADERS["gemini"] if route.gemini_form else [])
         op["security"] = [{route.security: []}] + [{scheme: []} for scheme in
-                                                   (KEY_HEADERS[route.dialect] if route.security == "apiKey" else [])]
+                                                   (schemes if route.security == "apiKey" else [])]
     params = [{"name": p.name, "in": "path", "required": True, "description": p.description,
                "schema": {"type": "string", "pattern": f"^{p.format.pattern}$"}} for p in route.params]
     params += [{"name": q.name, "in": "query", "required": False, "schema": q.schema,

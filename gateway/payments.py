@@ -45,7 +45,7 @@ async def checkout(request: web.Request) -> web.Response:
         raise bad_request(f"No package {body.package!r}; see GET /billing/packages.", param="package")
     gw = request.app[GATEWAY]
     base = gw.settings.public_base_url or f"http://{gw.settings.host}:{gw.settings.port}"
-    return_url = gw.settings.payment_return_url or base + "/dashboard/credits"
+    return_url = gw.settings.payment_return_url or base + "/dashboard/credits/checkout"  # shows the order
     try:
         order, url = await payments.create(request_key(request).account_id, package, return_url)
     except ProviderUnavailable as exc:

@@ -17,6 +17,7 @@ from gateway.edge import edge
 from gateway.inputs import QueryParam, read_body
 from gateway.state import GATEWAY
 from shared.errors import ApiError, bad_request, not_found, rate_limited
+from shared.money import micro_to_decimal
 from shared.protocol import WireModel
 from shared.redemption import MAX_CODE_TEXT, Outcome
 
@@ -41,13 +42,15 @@ def invalid_code() -> ApiError:
     return not_found("This code is unknown, used up, disabled or expired.", code="invalid_code", param="code")
 
 
-def _csv(batch: dict) -> web.Response:
+def codes_csv(batch: dict, status: int = 201) -> web.Response:
+    """A new batch's codes as a CSV file to hand out (also the dashboard's download)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["code", "credits", "uses", "expires_at", "batch_id"])
+    credits_text = format(micro_to_decimal(batch["credits_micro"]).normalize(), "f")  # "2", "2.5", "50": exact
     for code in batch["codes"]:
-        writer.writerow([code, batch["credits"], batch["uses"], batch["expires_at"] or "", batch["id"]])
-    return web.Response(status=201, body=out.getvalue().encode(), content_type="text/csv", headers={
+        writer.writerow([code, credits_text, batch["uses"], batch["expires_at"] or "", batch["id"]])
+    return web.Response(status=status, body=out.getvalue().encode(), content_type="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{batch["id"]}.csv"', "Cache-Control": "no-store"})
 
 
@@ -63,7 +66,7 @@ async def create_codes(request: web.Request) -> web.Response:
     batch = await gw.redemptions.create_batch(body.count, credits_param(body.credits, "credits"), body.uses,
                                               body.expires_at or 0)
     if fmt == "csv":
-        return _csv(batch)
+        return codes_csv(batch)
     return web.json_response(batch, status=201, headers={"Cache-Control": "no-store"})
 
 

@@ -30,6 +30,7 @@ from gateway import admin, batches, billing, chat, files, health, models, openap
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
 from gateway.gemini_api import handlers as gemini
+from gateway.gemini_api import models as gemini_models
 from gateway.messages_api import handlers as messages
 from gateway.messages_api.wire import CountTokensRequest, MessagesRequest
 from gateway.responses_api import handlers as responses
@@ -84,6 +85,9 @@ class Route:
     media_type: str = "application/json"
     sse: bool = False  # also answers text/event-stream
     dialect: Dialect = "openai"  # whose wire API: its key headers and error shape (gateway/dialects.py)
+    # A path both OpenAI's and Gemini's API use (/api/v1/models...): the handler for a request from a Gemini
+    # client (gateway/gemini_api/models.py ``speaks_gemini``), which also gets Google's keys and errors.
+    gemini_form: Handler | None = None
 
     def __post_init__(self) -> None:
         named = set(re.findall(r"{(\w+)}", self.path))
@@ -102,6 +106,9 @@ KEY_ID = PathParam("key_id", ids.KEY, lambda v: not_found(f"No key {v!r}."), "An
 REDEMPTION_BATCH_ID = PathParam("batch_id", ids.REDEMPTION_BATCH,
                                 lambda v: not_found(f"No redemption code batch {v!r}."),
                                 "A batch of redemption codes' id (rcb_...)")
+NODE_ID = PathParam("node", ids.NODE, lambda v: not_found(f"No node {v!r}."), "A node of the catalog")
+UPSTREAM_KEY = PathParam("key", ids.UPSTREAM_KEY_LABEL, lambda v: not_found(f"The node has no upstream key {v!r}."),
+                         "An upstream key of the node, by its last 4 characters")
 RESPONSE_ID = PathParam("response_id", ids.RESPONSE, lambda v: not_found(f"Response with id '{v}' not found."),
                         "A stored response's id (resp_...)")
 GEMINI_REQUEST = JsonBody({
@@ -117,7 +124,7 @@ GEMINI_COUNT_REQUEST = JsonBody({
     "type": "object", "additionalProperties": False, "description": "A CountTokensRequest",
     "properties": {"contents": GEMINI_REQUEST.schema["properties"]["contents"],
                    "generateContentRequest": {"type": "object"}}})
-GEMINI_MODEL = PathParam("model", ids.MODEL, gemini.missing_model, "A model id from GET /api/v1beta/models")
+GEMINI_MODEL = PathParam("model", ids.MODEL, gemini_models.missing_model, "A model id from GET /api/v1beta/models")
 MODEL_ID = PathParam("model_id", ids.MODEL, lambda v: not_found(f"The model '{v}' does not exist.",
                                                                  code="model_not_found", param="model"),
                      "A model id from GET /api/v1/models")
@@ -162,11 +169,16 @@ ROUTES: tuple[Route, ...] = (
               "Count tokens (native Gemini API; free, counts against the key's requests per minute)",
               body=GEMINI_COUNT_REQUEST, params=(GEMINI_MODEL,), query=gemini.QUERY, errors=(400, 401, 404, 429, 502, 503, 504),
               dialect="gemini"))),
-    Route("GET", "/api/v1beta/models", gemini.list_models, "List models (native Gemini API)",
-          query=gemini.QUERY[1:], dialect="gemini"),
-    Route("GET", "/api/v1/models", models.list_models, "List models"),
-    Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model", params=(MODEL_ID,),
-          errors=(401, 404)),
+    Route("GET", "/api/v1beta/models", gemini_models.list_models, "List models (native Gemini API)",
+          query=gemini_models.QUERY, errors=(400, 401), dialect="gemini"),
+    Route("GET", "/api/v1beta/models/{model}", gemini_models.get_model, "Retrieve a model (native Gemini API)",
+          params=(GEMINI_MODEL,), query=gemini_models.QUERY[:1], errors=(401, 404), dialect="gemini"),
+    Route("GET", "/api/v1/models", models.list_models, "List models (in Gemini's shape for a Gemini client: an "
+          "x-goog-api-key or x-goog-api-client header, or a key, pageSize or pageToken parameter)",
+          query=gemini_models.QUERY, errors=(400, 401), gemini_form=gemini_models.list_models),
+    Route("GET", "/api/v1/models/{model_id}", models.get_model, "Retrieve a model (in Gemini's shape for a Gemini "
+          "client, as the list)", params=(MODEL_ID,), query=gemini_models.QUERY[:1], errors=(401, 404),
+          gemini_form=gemini_models.get_model),
     Route("POST", "/api/v1/files", files.upload, "Upload a JSONL batch input file", body=UPLOAD_FORM,
           errors=(400, 401, 402, 413)),
     Route("GET", "/api/v1/files", files.list_files, "List files, newest first",
@@ -242,7 +254,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/users", adminapi.list_users, "List dashboard users", ADMIN,
           query=adminapi.LIST_FILTERS),
     Route("GET", "/admin/nodes", admin.nodes, "Nodes: workers, capacity, in-flight, queue depth; `apiinone run`'s "
-          "supervised processes and their restarts", ADMIN),
+          "supervised processes and their restarts; each upstream key's state", ADMIN),
+    Route("POST", "/admin/nodes/{node}/keys/{key}/enable", admin.enable_upstream_key,
+          "Put a disabled (or cooling down) upstream key back in its node's rotation", ADMIN,
+          params=(NODE_ID, UPSTREAM_KEY), errors=(401, 404)),
     Route("GET", "/admin/audit", admin.audit, "Check balance == sum(ledger) for every account", ADMIN),
     # --- operations (no credentials) ---
     Route("GET", "/healthz", health.healthz, "The process is alive", PUBLIC, errors=()),
@@ -260,7 +275,9 @@ def _guarded(route: Route) -> Handler:
     @functools.wraps(route.handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
         gw = request.app[GATEWAY]
-        request[DIALECT] = route.dialect
+        handler, request[DIALECT] = route.handler, route.dialect
+        if route.gemini_form is not None and gemini_models.speaks_gemini(request):
+            handler, request[DIALECT] = route.gemini_form, "gemini"
         if route.security == "apiKey":
             await gw.keys.authenticate(request)
         elif route.security == "adminToken":
@@ -269,7 +286,7 @@ def _guarded(route: Route) -> Handler:
             value = request.match_info[param.name]
             if not param.format.matches(value):
                 raise param.missing(value)
-        return await route.handler(request)
+        return await handler(request)
 
     return guarded
 

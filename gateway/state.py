@@ -20,7 +20,7 @@ from shared.payments.orders import PaymentOrders
 from shared.payments.provider import parse_packages
 from shared.payments.stripe_provider import StripeProvider
 from shared.redemption import RedemptionCodes, ThrottlePolicy
-from shared.response_store import RedisResponseStore
+from shared.response_store import RecordedResponseStore, RedisResponseStore
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -40,7 +40,8 @@ class Gateway:
         self.credits = self.dispatch.credits
         self.breaker = self.dispatch.breaker
         self.hub = self.dispatch.hub
-        # Postgres, the record: admin writes and history reads; never the request path.
+        # Postgres, the record: admin writes and history reads (and stored responses Redis no longer has);
+        # never the request path.
         self.db = Database(settings.database_url, settings.database_pool_size) if settings.database_url else None
         self.directory = Directory(self.db) if self.db else None
         if self.db is not None:
@@ -50,15 +51,18 @@ class Gateway:
         self.redemptions = RedemptionCodes(self.redis, self.scripts, self.credits, self.db, ThrottlePolicy(
             settings.redeem_failures_per_account, settings.redeem_failures_per_client,
             settings.redeem_throttle_window_s))
-        # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL.
         # Top-ups through Stripe (shared/payments/): with a secret key and the record only.
         self.payments = None
         if settings.stripe_secret_key and self.db is not None:
             self.payments = PaymentOrders(self.db, self.credits, StripeProvider(
                 settings.stripe_secret_key, settings.stripe_webhook_secret, settings.stripe_api_base,
                 settings.stripe_webhook_tolerance_s), parse_packages(settings.payment_packages))
-        self.responses = RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
-                                            settings.responses_max_bytes_per_account)
+        # Stored OpenAI Responses (store / previous_response_id): hot in Redis, per-account cap and TTL; with
+        # the record, archived to Postgres by the archiver and read there when Redis no longer has them.
+        self.responses = RecordedResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
+                                               settings.responses_max_bytes_per_account, self.db) if self.db else \
+            RedisResponseStore(self.redis, self.scripts, settings.responses_ttl_s,
+                               settings.responses_max_bytes_per_account)
         self._migrating: asyncio.Task | None = None
 
     @property

@@ -22,8 +22,9 @@ from shared.money import micro_to_decimal
 from shared.pricing import PPM, multiplier_text
 from shared.usage_export import usage_export
 
-CSV_FIELDS = ("time_utc", "request_id", "key_id", "key_name", "model", "node", "status", "error_code",
-              "finish_reason", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+CSV_FIELDS = ("time_utc", "request_id", "key_id", "key_name", "model", "requested_model", "node", "status",
+              "error_code", "finish_reason", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+              "cached_tokens",
               "credits_charged", "latency_ms", "ttft_ms", "queue_ms", "price_tier", "price_multiplier",
               "input_credits", "cached_input_credits", "output_credits")
 
@@ -39,7 +40,8 @@ def write_rows(out, rows: list[dict], names: dict[str, str]) -> None:
         out.writerow([
             datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
             row.get("request_id", ""), row.get("key_id", ""), _cell(names.get(row.get("key_id", ""), "")),
-            row.get("model", ""), row.get("node", ""), row.get("status", ""), row.get("error_code", ""),
+            row.get("model", ""), row.get("requested_model") or row.get("model", ""), row.get("node", ""),
+            row.get("status", ""), row.get("error_code", ""),
             row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
             row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
             str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),

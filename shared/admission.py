@@ -1,8 +1,10 @@
 """Admission: what a request must pass before it holds credits, and the refusals' wording.
 
-Every front end (the gateway's chat handler, the batch worker's lines) admits
-through these functions, so a request is refused for the same reasons, in the
-same words, wherever it comes from.
+Every front end (the gateway's chat handler and the Responses and Messages translations, the batch
+worker's lines) admits through these functions, so a request is refused for the same reasons, in
+the same words, wherever it comes from. They read the chat body as JSON (``body``: a validated
+``ChatCompletionRequest`` dumped, or what a front end translated its own validated request into),
+the form the job carries, so no front end validates a request twice.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from dataclasses import dataclass
 import orjson
 
 from shared.catalog import Model
-from shared.contracts import ReserveStatus
+from shared.contracts import ErrorCode, ReserveStatus
 from shared.credits import KeyLimits, Reservation
 from shared.errors import ApiError, bad_request, insufficient_quota, rate_limited, unavailable
 from shared.money import micro_to_credits
 from shared.pricing import PPM, worst_case_micro
-from shared.protocol import ChatCompletionRequest
 
 OUTPUT_ESTIMATE = 1024  # tokens/min admission assumes this many output tokens unless max_tokens says otherwise
 IMAGE_PART_CHARS = 1032  # an image counts as this many characters in the prompt estimate
@@ -25,45 +26,53 @@ IMAGE_TOKEN_BOUND = 1120  # Gemini 3 at high media resolution; the most one imag
 MESSAGE_TOKEN_BOUND = 8  # a message's role and separators
 
 
-def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
+def estimate_prompt_tokens(body: dict) -> int:
+    """About how many tokens the prompt is: its messages' text characters (an image counts
+    IMAGE_PART_CHARS) over 4. Also the worker's prompt estimate when an upstream says no usage."""
     chars = 0
-    for m in req.messages:
-        content = m.content
+    for m in body["messages"]:
+        content = m.get("content")
         if isinstance(content, str):
             chars += len(content)
         elif content:
-            chars += sum(len(p.text) if p.type == "text" else IMAGE_PART_CHARS for p in content)
+            chars += sum(len(p["text"]) if p["type"] == "text" else IMAGE_PART_CHARS for p in content)
     return chars // 4
 
 
-def check_request(req: ChatCompletionRequest, model: Model, max_messages: int) -> int:
+def check_request(body: dict, model: Model, max_messages: int) -> int:
     """Refuse what the model cannot take; returns the prompt's estimated tokens."""
-    if len(req.messages) > max_messages:
+    messages = body["messages"]
+    if len(messages) > max_messages:
         raise bad_request(f"Too many messages: at most {max_messages} per request.", param="messages",
                           code="too_many_messages")
-    if req.n not in (None, 1):
+    if body.get("n") not in (None, 1):
         raise bad_request("Only n=1 is supported.", param="n", code="unsupported_value")
     if "image" not in model.input_types:
-        for i, m in enumerate(req.messages):
-            if m.role == "user" and isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
+        for i, m in enumerate(messages):
+            content = m.get("content")
+            if m["role"] == "user" and isinstance(content, list) and any(p["type"] == "image_url" for p in content):
                 raise bad_request(f"Model '{model.id}' does not accept image input.",
                                   param=f"messages[{i}].content", code="unsupported_content")
     for param in ("max_completion_tokens", "max_tokens"):
-        value = getattr(req, param)
+        value = body.get(param)
         if value is not None and value > model.max_output_tokens:
             raise bad_request(f"{param} is too large: {value}. This model supports at most "
                               f"{model.max_output_tokens} completion tokens.", param=param, code="invalid_value")
-    estimate = estimate_prompt_tokens(req)
+    estimate = estimate_prompt_tokens(body)
     if estimate > model.context_window:
         raise bad_request(
             f"This model's maximum context length is {model.context_window} tokens; your messages come to about "
-            f"{estimate} tokens.", param="messages", code="context_length_exceeded")
+            f"{estimate} tokens.", param="messages", code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
     return estimate
 
 
-def estimated_tokens(req: ChatCompletionRequest, prompt_estimate: int) -> int:
+def max_output_tokens(body: dict) -> int | None:
+    return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def estimated_tokens(body: dict, prompt_estimate: int) -> int:
     """What the key's tokens/min bucket is charged at admission (corrected at settlement)."""
-    return prompt_estimate + (req.max_completion_tokens or req.max_tokens or OUTPUT_ESTIMATE)
+    return prompt_estimate + (max_output_tokens(body) or OUTPUT_ESTIMATE)
 
 
 def text_token_bound(text: str) -> int:
@@ -72,23 +81,23 @@ def text_token_bound(text: str) -> int:
     return (ascii_chars + 1) // 2 + (len(text) - ascii_chars)
 
 
-def prompt_token_bound(req: ChatCompletionRequest) -> int:
+def prompt_token_bound(body: dict) -> int:
     """A generous upper bound of the prompt's tokens, from what the request carries (no tokenizer):
     every message's text, tool calls, tools and response schema, and the most an image costs."""
     total = 0
-    for m in req.messages:
+    for m in body["messages"]:
         total += MESSAGE_TOKEN_BOUND
-        content = m.content
+        content = m.get("content")
         if isinstance(content, str):
             total += text_token_bound(content)
         elif content:
-            total += sum(text_token_bound(p.text) if p.type == "text" else IMAGE_TOKEN_BOUND for p in content)
-        for call in getattr(m, "tool_calls", None) or ():
-            total += text_token_bound(call.function.name) + text_token_bound(call.function.arguments) + MESSAGE_TOKEN_BOUND
-    for extra in (req.tools, req.response_format):
+            total += sum(text_token_bound(p["text"]) if p["type"] == "text" else IMAGE_TOKEN_BOUND for p in content)
+        for call in m.get("tool_calls") or ():
+            function = call["function"]
+            total += text_token_bound(function["name"]) + text_token_bound(function["arguments"]) + MESSAGE_TOKEN_BOUND
+    for extra in (body.get("tools"), body.get("response_format")):
         if extra:
-            total += text_token_bound(orjson.dumps([t.model_dump(by_alias=True) for t in extra] if isinstance(extra, list)
-                                              else extra.model_dump(by_alias=True)).decode())
+            total += text_token_bound(orjson.dumps(extra).decode())
     return total
 
 
@@ -109,9 +118,8 @@ class HoldPlan:
     multiplier_ppm: int  # the account's price multiplier the plan was priced with (the job carries it)
 
 
-def plan_hold(req: ChatCompletionRequest, model: Model, min_output_tokens: int, multiplier_ppm: int) -> HoldPlan:
-    return plan_hold_for(prompt_token_bound(req), req.max_completion_tokens or req.max_tokens, model, min_output_tokens,
-                         multiplier_ppm)
+def plan_hold(body: dict, model: Model, min_output_tokens: int, multiplier_ppm: int) -> HoldPlan:
+    return plan_hold_for(prompt_token_bound(body), max_output_tokens(body), model, min_output_tokens, multiplier_ppm)
 
 
 def plan_hold_for(prompt: int, max_output: int | None, model: Model, min_output_tokens: int,

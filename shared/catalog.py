@@ -59,6 +59,9 @@ class Model:
     input_types: tuple[str, ...]
     output_types: tuple[str, ...]
     capabilities: tuple[str, ...]
+    # Models that serve a request this one cannot (every node out of capacity, or the prompt too long),
+    # tried in order before any output was sent; the charge is at the model that served it.
+    fallbacks: tuple[str, ...] = ()
     created: int = 1_764_000_000
     extra: dict = field(default_factory=dict)
 
@@ -83,6 +86,7 @@ class Model:
             "output_types": list(self.output_types),
             "capabilities": list(self.capabilities),
             "nodes": list(self.nodes),
+            "fallbacks": list(self.fallbacks),
             "billing": "successful requests",
         }
 
@@ -135,6 +139,23 @@ def _price_sheet(model_id: str, m: dict) -> PriceSheet:
         raise ValueError(f"model {model_id!r}: bad prices ({exc})") from None
 
 
+def _fallbacks(model_id: str, m: dict) -> tuple[str, ...]:
+    value = m.get("fallbacks", [])
+    if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+        raise ValueError(f"model {model_id!r}: fallbacks is a list of model ids")
+    if model_id in value or len(set(value)) != len(value):
+        raise ValueError(f"model {model_id!r}: fallbacks name other models, each once")
+    return tuple(value)
+
+
+def _check_fallbacks(models: dict[str, Model]) -> None:
+    """Every fallback is a model of the catalog (checked once all are read: they may come later)."""
+    for model in models.values():
+        for fallback in model.fallbacks:
+            if fallback not in models:
+                raise ValueError(f"model {model.id!r} falls back to unknown model {fallback!r}")
+
+
 def parse_catalog(data: dict) -> Catalog:
     providers = {
         pid: Provider(
@@ -172,7 +193,9 @@ def parse_catalog(data: dict) -> Catalog:
             input_types=tuple(m.get("input_types", ["text"])),
             output_types=tuple(m.get("output_types", ["text"])),
             capabilities=tuple(m.get("capabilities", [])),
+            fallbacks=_fallbacks(mid, m),
         )
+    _check_fallbacks(models)
     return Catalog(models=models, providers=providers, nodes=nodes)
 
 

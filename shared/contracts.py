@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     QUEUE_UNAVAILABLE = "queue_unavailable"
     REPLY_CHANNEL_LOST = "reply_channel_lost"
     CLIENT_DISCONNECTED = "client_disconnected"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the prompt is too long for the model: a fallback may take it
 
 
 class Api(StrEnum):
@@ -153,7 +154,8 @@ class ChatJob(TypedDict):
     id: str  # the request id: also the hold's id and the settlement's
     account_id: str
     key_id: str
-    model: str
+    model: str  # the model that serves it
+    requested_model: NotRequired[str]  # the model the client asked for, when a fallback serves it (catalog fallbacks)
     node: str
     reply_to: str  # the pub/sub channel of the process relaying the replies
     trace_id: str  # the client-facing request id (X-Request-Id)
@@ -176,7 +178,8 @@ class Settlement(TypedDict):
     request_id: str
     account_id: str
     key_id: str
-    model: str
+    model: str  # the model that served it: the one it is priced at
+    requested_model: str  # the model the client asked for (another than ``model`` when a fallback served it)
     node: str
     status: str  # a RequestStatus
     error_code: str
@@ -206,6 +209,6 @@ USAGE_ESTIMATED = "usage_estimated"
 # to the price, and ``charged_micro`` is what was charged (never more than the hold, nor the balance).
 PRICE_FIELDS = ("price_tier", "price_multiplier_ppm", "price_version", "input_tokens", "input_micro",
                 "cached_input_micro", "output_micro")
-USAGE_FIELDS = ("request_id", "model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
+USAGE_FIELDS = ("request_id", "model", "requested_model", "node", "key_id", "status", "error_code", "finish_reason", "stream",
                 "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
                 "queue_ms", "created", "batch_id", "trace_id", "api", *PRICE_FIELDS)

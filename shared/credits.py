@@ -145,7 +145,7 @@ class Credits:
     # --- the request path -------------------------------------------------
     async def reserve(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
                       limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
-                      min_amount_micro: int | None = None) -> Reservation:
+                      min_amount_micro: int | None = None, replaces: str = "") -> Reservation:
         """Admit a request (key rate limits and credit limits) and hold what it may cost, atomically.
 
         ``amount_micro`` is its worst case; the hold (``granted_micro``) is that, or less where the
@@ -153,21 +153,30 @@ class Credits:
         amount itself): below it the request is refused.
         """
         script, keys_, args = self.reserve_call(account_id, request_id, amount_micro, deadline_ms, key_id, limits,
-                                                estimated_tokens, min_amount_micro=min_amount_micro)
-        return Reservation.from_reply(await script(keys=keys_, args=args))
+                                                estimated_tokens, min_amount_micro=min_amount_micro,
+                                                replaces=replaces)
+        return Reservation.from_reply(await self.scripts.run(script, keys_, args))
 
     def reserve_call(self, account_id: str, request_id: str, amount_micro: int, deadline_ms: int, key_id: str,
                      limits: KeyLimits = NO_LIMITS, estimated_tokens: int = 0, *,
-                     min_amount_micro: int | None = None):
-        """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``)."""
+                     min_amount_micro: int | None = None, replaces: str = ""):
+        """``reserve`` as a script call, to run in one pipeline with what follows it (``Scripts.pipelined``).
+
+        ``replaces``: the request id of a previous attempt of the same request (it failed before any
+        output): its hold, if still open, is released in the same step as this one is taken, and
+        left alone when this one is refused (reserve.lua).
+        """
         if amount_micro < 1 or min_amount_micro is not None and not 0 < min_amount_micro <= amount_micro:
             raise ValueError("a hold is positive, and its floor at most its worst case")
         k = AccountKeys(account_id)
-        return self.scripts.call("reserve", [k.account, k.holds, k.deadlines, k.key_state(key_id), k.limit_state],
-                                 [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm,
-                                  estimated_tokens, limits.max_concurrent, limits.credit_limit_micro,
-                                  limits.daily_credit_limit_micro,
-                                  "" if min_amount_micro is None else min_amount_micro])
+        keys_ = [k.account, k.holds, k.deadlines, k.key_state(key_id), k.limit_state]
+        args = [request_id, amount_micro, deadline_ms, key_id, limits.rpm, limits.tpm, estimated_tokens,
+                limits.max_concurrent, limits.credit_limit_micro, limits.daily_credit_limit_micro,
+                "" if min_amount_micro is None else min_amount_micro]
+        if replaces:
+            keys_ += [k.released, k.released_at]
+            args.append(replaces)
+        return self.scripts.call("reserve", keys_, args)
 
     async def settle(
         self, account_id: str, request_id: str, charge_micro: int, usage_row: dict[str, object],

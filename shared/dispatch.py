@@ -75,6 +75,30 @@ class Admitted:
     job: dict  # the ChatJob fields every attempt shares (the attempt adds id, node, reply_to, times)
     estimated_tokens: int  # charged to the key's tokens/min bucket at admission
     hold: HoldPlan  # the worst case and the floor of its hold (shared/admission.py)
+    # The models to try next when this one cannot serve it (catalog fallbacks), in order, and how the
+    # same request is admitted for one of them (its checks, job and hold; raises ApiError when that
+    # model cannot take it). No refit: no fallbacks (token counts, native Gemini calls, batch lines).
+    fallbacks: tuple[str, ...] = ()
+    refit: Callable[[Model, tuple[str, ...]], Admitted] | None = None
+
+    def next_fallback(self, catalog: Catalog) -> Admitted | None:
+        """This request admitted for the first of its fallbacks that takes it; None: none does."""
+        return first_fallback(catalog, self.fallbacks, self.refit) if self.refit else None
+
+
+def first_fallback(catalog: Catalog, fallbacks: tuple[str, ...],
+                   admit_for: Callable[[Model, tuple[str, ...]], Admitted]) -> Admitted | None:
+    """The request admitted (``admit_for``) for the first of ``fallbacks`` whose checks it passes (its
+    prompt fits, its max_tokens and inputs are allowed), with the ones after it as its own fallbacks."""
+    for i, name in enumerate(fallbacks):
+        model = catalog.models.get(name)
+        if model is None:  # gone from the catalog since
+            continue
+        try:
+            return admit_for(model, fallbacks[i + 1:])
+        except ApiError:
+            continue
+    return None
 
 
 class Dispatcher:
@@ -129,11 +153,12 @@ class Dispatcher:
         return None
 
     def flight(self, admitted: Admitted, node: str, request_id: str, *, batch: bool = False,
-               queue_allowance_s: float | None = None, **job_extra: object) -> InFlight:
+               queue_allowance_s: float | None = None, replaces: str = "", **job_extra: object) -> InFlight:
         """One attempt of ``admitted`` on ``node`` under ``request_id``. A batch line's (``batch``) goes
         on the node's batch queue, and a lost reply channel is silence to it: it has a durable state
-        to look at (worker/batch/probe.py) where an HTTP relay can only give up."""
-        return InFlight(self, admitted, node, request_id, batch, queue_allowance_s, job_extra)
+        to look at (worker/batch/probe.py) where an HTTP relay can only give up. ``replaces``: the
+        request id of the previous attempt (failed before any output), whose hold this one takes over."""
+        return InFlight(self, admitted, node, request_id, batch, queue_allowance_s, job_extra, replaces)
 
 
 class InFlight:
@@ -145,7 +170,7 @@ class InFlight:
     """
 
     def __init__(self, d: Dispatcher, admitted: Admitted, node: str, request_id: str, batch: bool,
-                 queue_allowance_s: float | None, job_extra: dict) -> None:
+                 queue_allowance_s: float | None, job_extra: dict, replaces: str = "") -> None:
         s = d.settings
         self.d = d
         self.admitted = admitted
@@ -167,6 +192,7 @@ class InFlight:
         self.hold_deadline_ms = int((now + allowance + s.request_timeout_s) * 1000)
         self.worker_id: str | None = None  # from the STARTED frame: whose lease to watch
         self.replies: asyncio.Queue | None = None
+        self.replaces = replaces  # a previous attempt's request id: its hold is released as this one's is taken
 
     @property
     def key(self) -> KeyRecord:
@@ -188,7 +214,7 @@ class InFlight:
         plan = self.admitted.hold
         reserve = d.credits.reserve_call(key.account_id, self.request_id, plan.worst_micro, self.hold_deadline_ms,
                                          key.id, key.limits, self.admitted.estimated_tokens,
-                                         min_amount_micro=plan.floor_micro)
+                                         min_amount_micro=plan.floor_micro, replaces=self.replaces)
         enqueue = d.queue.enqueue_call(self.queue_name, "chat", self.request_id, self.job, self.queue_expires_ms,
                                        s.max_queue_depth, held_in=AccountKeys(key.account_id).holds)
         self.listen()
@@ -212,7 +238,8 @@ class InFlight:
     async def refund(self, status: RequestStatus, code: str) -> None:
         """End a request that never reached (or lost) its worker: release the hold, write its usage row."""
         key = self.key
-        row = {"request_id": self.request_id, "model": self.model.id, "node": self.node, "key_id": key.id,
+        row = {"request_id": self.request_id, "model": self.model.id,
+               "requested_model": self.job.get("requested_model") or self.model.id, "node": self.node, "key_id": key.id,
                "status": status, "error_code": code, "created": int(time.time()),
                "batch_id": self.job.get("batch_id", ""), "trace_id": self.job.get("trace_id", ""),
                "api": self.job.get("api", Api.CHAT)}

@@ -65,3 +65,6 @@ REDEMPTION_BATCH = IdFormat("rcb_", 16)  # shared/redemption.py: a batch of rede
 RESPONSE = IdFormat("resp_", 32)  # shared/response_store.py: a stored OpenAI Responses object
 # A catalog model id (shared/catalog.py refuses others): letters, digits, and . _ : - inside.
 MODEL = NameFormat(r"[A-Za-z0-9](?:[A-Za-z0-9._:\-]{0,126}[A-Za-z0-9])?")
+# A catalog node id, and an upstream key's label (its last 4 characters: shared/key_state.py).
+NODE = NameFormat(r"[A-Za-z0-9](?:[A-Za-z0-9._\-]{0,62}[A-Za-z0-9])?")
+UPSTREAM_KEY_LABEL = NameFormat(r"[A-Za-z0-9._~+=\-]{1,4}")

@@ -64,6 +64,9 @@ class AccountKeys:
 
 
 ACCOUNTS = PREFIX + "accounts"  # set of account ids
+# hash: "<from model>|<to model>|<outcome>" -> requests moved to a fallback, across every gateway
+# (shared/fallback_counts.py; the operator's nodes page). At most models x models x 3 fields.
+FALLBACKS_TAKEN = PREFIX + "fallbacks_taken"
 
 # --- the record (worker/archiver/) --------------------------------------------------------
 # stream: an entry {a: account id} when an account gets ledger/usage entries to archive (once until the
@@ -71,6 +74,11 @@ ACCOUNTS = PREFIX + "accounts"  # set of account ids
 # outside the account's (settle.lua says why).
 ARCHIVE_INDEX = PREFIX + "{archive}:dirty"
 ARCHIVE_GROUP = "archiver"  # the archivers' consumer group on ARCHIVE_INDEX
+# stream: stored Responses to archive ({op: put|delete, a: account id, id: response id, rec: record}), written
+# by response_put.lua / response_delete.lua when the record is on, trimmed as the archiver commits them
+# (worker/archiver/responses.py). Its own slot, as ARCHIVE_INDEX.
+RESPONSE_ARCHIVE = PREFIX + "{archive}:responses"
+RESPONSE_ARCHIVE_GROUP = "response-archiver"
 # string: the Redis run id whose every account the recovery has checked against Postgres
 # (worker/archiver/recovery.py); accounts carry their own stamp in the hash field "synced".
 RECOVERED_RUN = PREFIX + "record:recovered_run"
@@ -149,6 +157,28 @@ def login_inflight(scope: str) -> str:
     return f"{PREFIX}{{login}}:inflight:{scope}"  # zset: attempt id -> start ms, passwords being verified
 
 
+# --- self-service sign-up and password reset (shared/self_service.py, gateway/dashboard/selfserve.py) ------
+def email_token(purpose: str, token_hash: str) -> str:
+    # hash with TTL: a mailed link's token (stored as its SHA-256): what it is for (email, user id, ...)
+    return f"{PREFIX}email_token:{purpose}:{token_hash}"
+
+
+def email_token_subject(purpose: str, subject: str) -> str:
+    return f"{PREFIX}email_token_of:{purpose}:{subject}"  # string with TTL: the subject's one live token hash
+
+
+def signup_verifying(email: str) -> str:
+    return f"{PREFIX}signup_verifying:{email}"  # string with short TTL: one verification of an email at a time
+
+
+def mail_requests(scope: str, hour: int) -> str:
+    return f"{PREFIX}mail_requests:{scope}:{hour}"  # counter with TTL: mail-sending forms per address or client
+
+
+def signup_grants(client: str, day: int) -> str:
+    return f"{PREFIX}signup_grants:{client}:{day}"  # counter with TTL: starting grants paid per client address
+
+
 # --- `apiinone run`'s supervisor (apiinone/supervisor.py, shared/supervision.py) ------------
 SUPERVISORS = PREFIX + "supervisors"  # zset: supervisor id (host:pid) -> last report ms
 
@@ -202,6 +232,11 @@ def redemption_code(code_hash: str) -> str:
     return f"{PREFIX}{{redeem}}:code:{code_hash}"
 
 
+# Uses redeem.lua claimed and the gateway has not yet recorded; the archiver's reconciler records (credits) the ones
+# a dead gateway left behind (worker/archiver/redemption_reconcile.py).
+REDEMPTION_CLAIMS = PREFIX + "{redeem}:claims"  # hash: "<code hash>:<use number>" -> "<account id>:<unix s>"
+
+
 def redemption_returned(code_hash: str) -> str:
     return f"{PREFIX}{{redeem}}:returned:{code_hash}"  # list: use numbers handed back (their credit failed)
 
@@ -212,3 +247,27 @@ def redemption_batch(batch_id: str) -> str:
 
 def redeem_failures(scope: str) -> str:
     return f"{PREFIX}{{redeem}}:fails:{scope}"  # string with TTL: unknown codes tried, per account or client address
+
+
+# --- upstream key pools (shared/key_state.py, worker/key_pool.py): one hash tag per node, so the scripts'
+# keys share a slot. Keys are named by their last 4 characters (their "label"), never in full.
+def key_pool_state(node: str) -> str:
+    # hash: "<label>:<field>" -> value; fields cool_until (ms), limited_at (ms), strikes, rate_limited (429s),
+    # requests, disabled (Google's reason), disabled_at (ms), probing ("1" while a probe confirms a verdict)
+    return f"{PREFIX}{{keypool:{node}}}:state"
+
+
+def key_pool_specs(node: str) -> str:
+    return f"{PREFIX}{{keypool:{node}}}:specs"  # hash: label -> KeySpec JSON (weight, own limits), from the workers
+
+
+def key_pool_usage(node: str, minute: int) -> str:
+    return f"{PREFIX}{{keypool:{node}}}:usage:{minute}"  # hash with TTL: "<label>:r" / "<label>:t" in one minute
+
+
+def key_probe_lock(node: str, label: str) -> str:
+    return f"{PREFIX}{{keypool:{node}}}:probe:{label}"  # string with TTL: the worker probing that key now
+
+
+def key_pool_channel(node: str) -> str:
+    return f"{PREFIX}keypool:{node}"  # pub/sub: labels whose state changed, so workers re-read at once

@@ -29,6 +29,10 @@ HTTP_DURATION = Histogram("apiinone_http_request_duration_seconds", "Gateway req
 GATEWAY_INFLIGHT = Gauge("apiinone_gateway_inflight_requests", "Chat requests this gateway is relaying")
 RESERVATIONS = Counter("apiinone_reservations_total", "Credit reservations by result", ["result"])
 FAILOVERS = Counter("apiinone_failovers_total", "Attempts retried on another node or worker", ["reason"])
+# outcome: served (the fallback answered), failed (it could not either), skipped (its hold was refused:
+# the account or the key could not cover it)
+FALLBACKS = Counter("apiinone_fallbacks_total", "Requests moved to a fallback model (catalog fallbacks)",
+                    ["from_model", "to_model", "outcome"])
 
 # node workers
 JOBS = Counter("apiinone_jobs_total", "Chat jobs by outcome", ["node", "model", "status"])
@@ -59,7 +63,8 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host)
 
 # the archiver (Redis -> Postgres) and the recovery
-ARCHIVED = Counter("apiinone_archived_entries_total", "Ledger and usage entries committed to Postgres", ["kind"])
+ARCHIVED = Counter("apiinone_archived_entries_total",
+                   "Ledger and usage entries (and stored responses' puts and deletes) committed to Postgres", ["kind"])
 ARCHIVE_LAG = Histogram("apiinone_archiver_lag_seconds", "An entry's time in Redis before its commit to Postgres",
                         buckets=LATENCY_BUCKETS)
 ARCHIVE_DATABASE_UP = Gauge("apiinone_archiver_database_up",

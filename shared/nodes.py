@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.catalog import Catalog
+from shared.key_state import pool_status
 
 log = structlog.get_logger()
 
@@ -57,6 +58,7 @@ class Liveness:
 
 async def node_status(redis: Redis, catalog: Catalog, lease_s: float) -> list[dict]:
     cutoff = int((time.time() - lease_s) * 1000)
+    pools = await pool_status(redis, list(catalog.nodes))
     out = []
     for node in catalog.nodes:
         await redis.zremrangebyscore(keys.node_workers(node), "-inf", cutoff - 3_600_000)  # forget the long dead
@@ -83,5 +85,6 @@ async def node_status(redis: Redis, catalog: Catalog, lease_s: float) -> list[di
             "queue_depth": await redis.zcard(keys.node_queue(node)),
             "batch_queue_depth": await redis.zcard(keys.node_batch_queue(node)),
             "workers": workers,
+            "keys": pools.get(node, []),  # upstream keys, by their last 4 characters (shared/key_state.py)
         })
     return out

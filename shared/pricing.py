@@ -27,7 +27,7 @@ dimensions always add up to the total.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from shared.money import micro_to_credits
@@ -69,6 +69,9 @@ class PriceSheet:
 
     standard: Rates
     long_context: LongContextTier | None = None
+    # A short digest of these prices: which catalog version priced a request. Computed once here,
+    # not per request (every hold and charge names it).
+    version: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         tiers = [self.standard] + ([self.long_context.rates] if self.long_context else [])
@@ -84,6 +87,7 @@ class PriceSheet:
                 raise ValueError("the long-context tier cannot be cheaper than the standard tier")
             if self.long_context.above_prompt_tokens < 1:
                 raise ValueError("the long-context tier needs a threshold of at least 1 prompt token")
+        object.__setattr__(self, "version", self._digest())
 
     def tier(self, prompt_tokens: int) -> tuple[str, Rates]:
         lc = self.long_context
@@ -91,9 +95,7 @@ class PriceSheet:
             return LONG_CONTEXT, lc.rates
         return STANDARD, self.standard
 
-    @property
-    def version(self) -> str:
-        """A short digest of these prices: which catalog version priced a request."""
+    def _digest(self) -> str:
         parts = [self.standard] + ([self.long_context.rates] if self.long_context else [])
         text = ";".join(f"{r.input_micro}/{r.cached_input_micro}/{r.output_micro}" for r in parts)
         if self.long_context:
@@ -163,8 +165,11 @@ def price(sheet: PriceSheet, multiplier_ppm: int, tokens: TokenCounts) -> Charge
 
 
 def worst_case_micro(sheet: PriceSheet, multiplier_ppm: int, prompt_bound_tokens: int, output_tokens: int) -> int:
-    """The most a request of at most this prompt and output can cost: no cache hit, the bound's tier."""
-    return price(sheet, multiplier_ppm, TokenCounts(prompt_bound_tokens, output_tokens)).total_micro
+    """The most a request of at most this prompt and output can cost: no cache hit, the bound's tier.
+    ``price(...).total_micro`` without the breakdown (this runs at every admission)."""
+    prompt, output = max(0, prompt_bound_tokens), max(0, output_tokens)
+    _, rates = sheet.tier(prompt)
+    return -(-sum(_exact(rates, multiplier_ppm, prompt, 0, output)) // _DENOMINATOR)
 
 
 def affordable_output_tokens(sheet: PriceSheet, multiplier_ppm: int, hold_micro: int, prompt_bound_tokens: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ApiError, bad_request
@@ -103,26 +103,25 @@ Message = Annotated[
 
 
 # --- tools and formats ----------------------------------------------------
-def bounded_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+def bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A client's JSON Schema within ``shared/schema_bounds.py``'s bounds, or a 400 naming its field."""
-    if schema is not None:
-        try:
-            check_schema(schema)
-        except SchemaTooLarge as exc:
-            raise PydanticCustomError("schema_too_large", str(exc)) from None
+    try:
+        check_schema(schema)
+    except SchemaTooLarge as exc:
+        raise PydanticCustomError("schema_too_large", str(exc)) from None
     return schema
 
 
-class FunctionDefinition(WireModel):
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+# What every front end's tools and response schemas are validated as (Responses, Messages too).
+BoundedSchema = Annotated[dict[str, Any], AfterValidator(bounded_schema)]
+ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
 
-    @field_validator("parameters")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
+
+class FunctionDefinition(WireModel):
+    name: ToolName
+    description: str | None = None
+    parameters: BoundedSchema | None = None
+    strict: bool | None = None
 
 
 class Tool(WireModel):
@@ -141,14 +140,9 @@ class NamedToolChoice(WireModel):
 
 class JsonSchemaSpec(WireModel):
     name: str
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: BoundedSchema | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
 
 
 class ResponseFormatText(WireModel):
@@ -275,15 +269,16 @@ def parse_body(model: type[W], body: object) -> W:
 
 def parse_chat_request(body: object) -> ChatCompletionRequest:
     req = parse_body(ChatCompletionRequest, body)
-    _check_schemas_together(req)
-    return req
-
-
-def _check_schemas_together(req: ChatCompletionRequest) -> None:
-    """Each schema passed its own bounds; together they must fit one request's translation budget."""
     schemas = [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(req.tools or [])]
     if isinstance(req.response_format, ResponseFormatJsonSchema):
         schemas.append(("response_format.json_schema.schema", req.response_format.json_schema.schema_))
+    check_schemas_together(schemas)
+    return req
+
+
+def check_schemas_together(schemas: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """Each schema (``(param, schema)``, as the client named it) passed its own bounds; together they must
+    fit one request's translation budget. Every front end's tools and response schema pass here."""
     n = len(schemas)
     if n * MAX_INLINED_VALUES <= MAX_REQUEST_INLINED_VALUES and n * MAX_INLINED_CHARS <= MAX_REQUEST_INLINED_CHARS:
         return  # within the budget whatever their sizes: no need to measure them again

@@ -43,7 +43,7 @@ class NodeQueue:
                       max_depth: int = 0) -> None:
         """Queue a job; raises ``QueueFull`` when ``max_depth`` jobs already wait."""
         script, keys_, args = self.enqueue_call(queue, function, job_id, payload, expires_ms, max_depth)
-        if not await script(keys=keys_, args=args):
+        if not await self.scripts.run(script, keys_, args):
             raise QueueFull(queue)
 
     def enqueue_call(self, queue: str, function: str, job_id: str, payload: dict, expires_ms: int,

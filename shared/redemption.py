@@ -9,6 +9,12 @@ use is then credited through the one credit path (``Credits.credit``), reason ``
 ``redeem:<code hash>:<use number>``: recorded in Postgres first with the redemption row and the
 code's use count (one transaction), then applied by credit.lua. A use whose credit could not be
 recorded (Postgres down) is handed back and claimed again by the next redemption.
+
+A gateway that dies between the claim and the record would lose the use (claimed, never credited):
+redeem.lua notes every claim (``keys.REDEMPTION_CLAIMS``: code hash and use number -> account and
+time) and the gateway drops the note once the use is recorded or handed back. ``reconcile_claims``
+(the archiver's periodic work) takes over notes older than a minute, and records and credits each
+use once: the same reference as the gateway's, so a gateway that was only slow credits nothing twice.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import asyncpg
+import structlog
 from redis.asyncio import Redis
 
 from shared import ids, keys
@@ -33,6 +40,8 @@ CODE_CHARS = 28  # 28 * 5 = 140 random bits
 GROUP = 4  # shown as XXXX-XXXX-...; dashes and spaces are ignored when redeemed
 MAX_CODE_TEXT = 100
 REDIS_CHUNK = 1000  # codes written per pipeline
+
+log = structlog.get_logger()
 
 
 def new_code() -> str:
@@ -140,6 +149,14 @@ class RedemptionCodes:
             await conn.executemany("INSERT INTO redemption_codes (code_hash, batch_id) VALUES ($1, $2)",
                                    [(h, batch["id"]) for h in hashes])
 
+    async def list_batches(self, limit: int = 100) -> list[dict]:
+        """The newest batches from the record, with the uses recorded so far (never the codes)."""
+        rows = await self.db.fetch(
+            """SELECT b.*, COALESCE(SUM(c.used), 0)::bigint AS used FROM redemption_batches b
+                 LEFT JOIN redemption_codes c ON c.batch_id = b.id
+                GROUP BY b.id ORDER BY b.created DESC, b.id LIMIT $1""", limit)
+        return [{**dict(r), "credits": micro_to_credits(r["credits_micro"])} for r in rows]
+
     async def disable_batch(self, batch_id: str) -> dict | None:
         """Every code of the batch stops working at once; None when there is no such batch."""
         if self.db is not None:
@@ -161,23 +178,65 @@ class RedemptionCodes:
         digest = code_hash(code[:MAX_CODE_TEXT])
         t = self.throttle
         outcome, value, credits_micro = (int(v) for v in await self.scripts.redeem(
-            keys=[keys.redemption_code(digest), keys.redemption_returned(digest),
+            keys=[keys.redemption_code(digest), keys.redemption_returned(digest), keys.REDEMPTION_CLAIMS,
                   keys.redeem_failures("acct:" + account_id), keys.redeem_failures("client:" + client[:64])],
-            args=[int(time.time()), t.window_s * 1000, t.per_account, t.per_client]))
+            args=[int(time.time()), t.window_s * 1000, account_id, t.per_account, t.per_client]))
         if outcome == Outcome.THROTTLED:
             return Redemption(Outcome.THROTTLED, retry_after_s=max(1, -(-value // 1000)))
         if outcome != Outcome.CLAIMED:
             return Redemption(Outcome(outcome))
+        claim = f"{digest}:{value}"
         try:
             order, _ = await self.credits.credit(
                 account_id, credits_micro, f"redeem:{digest}:{value}", reason="redeem",
                 note=f"redemption code ...{normalize(code)[-4:]}",
                 also_record=self._use_recorder(account_id, digest, value))
         except (DatabaseUnavailable, AccountNotFound, AccountFenced):
-            # nothing was recorded: the use goes back to the code for the next redemption
-            await self.redis.rpush(keys.redemption_returned(digest), value)
+            # nothing was recorded: the use goes back to the code for the next redemption (unless the
+            # reconciler took the claim over meanwhile: then it records the use)
+            await self.scripts.redeem_release(keys=[keys.REDEMPTION_CLAIMS, keys.redemption_returned(digest)],
+                                              args=[claim, value])
             raise
+        await self.redis.hdel(keys.REDEMPTION_CLAIMS, claim)
         return Redemption(Outcome.CLAIMED, order=order)
+
+    # --- the reconciler (the archiver) -------------------------------------------
+    async def reconcile_claims(self, older_than_s: float, now: float | None = None) -> int:
+        """Record and credit, once, the uses claimed over ``older_than_s`` ago that no gateway finished
+        (it died between the claim and the record); returns how many were credited now."""
+        now = time.time() if now is None else now
+        credited = 0
+        for field, value in (await self.redis.hgetall(keys.REDEMPTION_CLAIMS)).items():
+            claim, (account_id, _, claimed_at) = field.decode(), value.decode().rpartition(":")
+            if now - int(claimed_at or 0) < older_than_s:
+                continue
+            if not await self.redis.hdel(keys.REDEMPTION_CLAIMS, claim):
+                continue  # the gateway finished, or another reconciler took it
+            digest, _, use = claim.rpartition(":")
+            try:
+                credited += await self._record_claimed(account_id, digest, int(use))
+            except (DatabaseUnavailable, AccountFenced):
+                await self.redis.hset(keys.REDEMPTION_CLAIMS, claim, value)  # the next round tries again
+                raise
+        return credited
+
+    async def _record_claimed(self, account_id: str, digest: str, use: int) -> int:
+        raw = await self.redis.hget(keys.redemption_code(digest), "credits_micro")
+        if raw is None:
+            log.error("a claimed redemption use names no code; left alone", code_hash=digest, use=use)
+            return 0
+        try:
+            _, created = await self.credits.credit(
+                account_id, int(raw), f"redeem:{digest}:{use}", reason="redeem",
+                note="redemption code (recorded after its gateway stopped)",
+                also_record=self._use_recorder(account_id, digest, use))
+        except AccountNotFound:  # the claimant is gone: the use goes back to the code
+            await self.redis.rpush(keys.redemption_returned(digest), use)
+            return 0
+        if created:
+            log.warning("redemption use recorded by the reconciler: its gateway stopped before recording it",
+                        account_id=account_id, code_hash=digest, use=use)
+        return int(created)
 
     @staticmethod
     def _use_recorder(account_id: str, digest: str, use_number: int):

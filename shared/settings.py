@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     redeem_failures_per_account: int = Field(default=10, ge=1)
     redeem_failures_per_client: int = Field(default=30, ge=1)
     redeem_throttle_window_s: int = Field(default=900, ge=1)
+    # A claimed use no gateway recorded this long after (it died) is recorded by the archiver's reconciler.
+    redemption_reconcile_after_s: float = Field(default=60.0, gt=0)
 
     # Payments (shared/payments/): Stripe Checkout top-ups, on when STRIPE_SECRET_KEY is set. Packages the customer
     # may buy: "name=credits:amount:currency" comma-separated, amount in minor units (cents): "starter=1000:1000:usd".
@@ -57,6 +59,28 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1)  # how old a signed event's timestamp may be
     payment_packages: str = "starter=1000:1000:usd,pro=5500:5000:usd"
     payment_return_url: str | None = None  # where the checkout sends the customer back (default: the dashboard)
+
+    # Mail (shared/mail.py): sign-up verification, password reset, low-balance alerts. Without smtp_host every
+    # message is written to <data_dir>/mail/*.eml (and the log says where), so a `make run` user can open it.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: str = Field(default="starttls", pattern="^(starttls|tls|none)$")  # tls: implicit TLS (port 465)
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    mail_from: str = "API in One <no-reply@localhost>"
+
+    # Self-service sign-up (gateway/dashboard/selfserve.py), off by default: email and password, verified by a
+    # mailed link; a starting grant of credits paid on verification, to at most signup_grants_per_ip_daily new
+    # accounts per client address and day (more sign-ups from one address get accounts without the grant).
+    signup_enabled: bool = False
+    signup_grant_credits: int = Field(default=0, ge=0, le=10**9)
+    signup_grants_per_ip_daily: int = Field(default=3, ge=0)
+    # Mail-sending forms (sign-up, password reset): per address and per client address, per hour.
+    mail_requests_per_address_hourly: int = Field(default=3, ge=1)
+    mail_requests_per_client_hourly: int = Field(default=20, ge=1)
+    signup_token_ttl_s: int = Field(default=24 * 3600, ge=60)
+    reset_token_ttl_s: int = Field(default=3600, ge=60)
 
     # Redis. Unset REDIS_URL means `apiinone run` starts the embedded Valkey.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "APIINONE_REDIS_URL"))
@@ -82,6 +106,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GEMINI_BASE_URL", "APIINONE_GEMINI_BASE_URL"),
     )
     simulator_port: int = 8090
+    # Key pools (worker/key_config.py, README "Key pools"): a node's upstream keys come from
+    # APIINONE_NODE_KEYS_<NODE> ("key1,key2 weight=2 rpm=60 tpm=100000"), from this secrets file (TOML or
+    # JSON: APIINONE_KEYS_FILE), or else from its provider's api_key_env (a pool of one). Never from the catalog.
+    keys_file: Path | None = None
+    key_backoff_base_s: float = Field(default=1.0, gt=0)  # a 429 without RetryInfo: 1, 2, 4, ... s
+    key_backoff_max_s: float = Field(default=60.0, gt=0)
+    key_probe_interval_s: float = Field(default=0.0, ge=0)  # health probes of disabled keys (0: off)
 
     # Catalog: a TOML file; the bundled one describes model `gemini` on node `node62`.
     catalog: Path | None = None
@@ -138,6 +169,9 @@ class Settings(BaseSettings):
     # bytes per account (the oldest are dropped first to make room).
     responses_ttl_s: float = 7 * 86400
     responses_max_bytes_per_account: int = 32 * 1024 * 1024
+    # With a database, the record keeps every stored response this long (past Redis' TTL and cap): the
+    # archiver writes it to Postgres off the request path; reads that miss Redis find it there.
+    responses_retention_days: float = Field(default=30, gt=0)
     batch_callback_attempts: int = 6  # completion callback deliveries before giving up (backoff 1, 2, 4... s)
     batch_callback_timeout_s: float = 5.0
     # After POST /api/v1/webhook_secret/rotate the old secret still signs (a second signature) this long.

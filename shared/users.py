@@ -130,14 +130,17 @@ class Users:
         self.redis = redis
         self.directory = directory  # Postgres: users are recorded there before Redis has them
 
-    async def create(self, email: str, password: str, account_id: str, role: str = "user") -> User:
+    async def create(self, email: str, password: str | None, account_id: str, role: str = "user",
+                     password_hash: str | None = None) -> User:
+        """A new user; ``password_hash`` instead of ``password``: hashed already (a verified sign-up's)."""
         email = check_email(email)
-        check_password(password)
+        if password_hash is None:
+            check_password(password or "")
         if role not in ROLES:
             raise UserError(f"The role must be one of: {', '.join(ROLES)}.")
         if not await self.redis.exists(AccountKeys(account_id).account):
             raise AccountNotFound(account_id)
-        digest = await _slots.run(hash_password, password)
+        digest = password_hash or await _slots.run(hash_password, password)
         user_id = ids.USER.new()
         # Claim the email first (SET NX): two creations racing for one email cannot both win.
         if not await self.redis.set(keys.user_email(email), user_id, nx=True):
@@ -179,9 +182,15 @@ class Users:
         await self.redis.hset(keys.user(user_id.decode()), "last_login", int(time.time()))
         return await self.get(user_id.decode())
 
+    async def hash_new_password(self, password: str) -> str:
+        """A password checked and hashed (in the bounded hashing slots), for ``create(password_hash=...)``."""
+        return await _slots.run(hash_password, check_password(password))
+
     async def set_password(self, user_id: str, password: str) -> None:
         check_password(password)
-        digest = await _slots.run(hash_password, password)
+        await self.set_password_hash(user_id, await _slots.run(hash_password, password))
+
+    async def set_password_hash(self, user_id: str, digest: str) -> None:
         if self.directory is not None:
             await self.directory.set_password(user_id, digest)
         await self.redis.hset(keys.user(user_id), "password_hash", digest)

@@ -40,7 +40,7 @@ def cost_micro(prompt_tokens: int, completion_tokens: int) -> int:
 def worst_case_hold(text: str, **fields) -> int:
     """What a request with this one user message holds when the account can cover it (README: the hold)."""
     body = {"model": "gemini", "messages": [{"role": "user", "content": text}], **fields}
-    return plan_hold(parse_chat_request(body), get_catalog().models["gemini"], 256, 1_000_000).worst_micro
+    return plan_hold(parse_chat_request(body).model_dump(exclude_none=True, by_alias=True), get_catalog().models["gemini"], 256, 1_000_000).worst_micro
 
 
 def sim_prompt_tokens(text: str) -> int:

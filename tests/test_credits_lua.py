@@ -677,6 +677,13 @@ async def test_every_key_a_money_script_touches_shares_the_account_hash_tag(cred
             calls.append((name, list(keys)))
             return real.call(name, keys, args)
 
+        async def run(self, name, keys, args):
+            calls.append((name, list(keys)))
+            return await real.run(name, keys, args)
+
+        async def pipelined(self, batch):
+            return await real.pipelined(batch)
+
         def __getattr__(self, name):
             script = getattr(real, name)
 

@@ -468,6 +468,13 @@ def test_dashboard_pages_are_locked_down(stack):
     assert httpx.get(stack.base_url + css).status_code == 200
 
 
+def test_sign_up_is_off_unless_the_operator_turns_it_on(stack):
+    login = httpx.get(stack.base_url + "/dashboard/login").text
+    assert "/dashboard/signup" not in login and "/dashboard/reset" in login  # password reset is always there
+    assert httpx.get(stack.base_url + "/dashboard/signup").status_code == 404
+    assert httpx.get(stack.base_url + "/dashboard/signup/verify?token=x").status_code == 404
+
+
 def test_admin_users_api(stack, admin):
     account = admin.account(1)
     email = f"api-{uuid.uuid4().hex[:6]}@example.com"

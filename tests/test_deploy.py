@@ -32,6 +32,7 @@ from shared import account_storage  # noqa: E402
 from shared.catalog import BUNDLED_CATALOG, load_catalog  # noqa: E402
 from apiinone.cli import build_parser  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from worker.key_config import env_name as key_pool_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -42,7 +43,9 @@ DASHBOARD = DEPLOY / "grafana-dashboard.json"
 NGINX = DEPLOY / "nginx.conf"
 
 CATALOG = load_catalog(BUNDLED_CATALOG)
-PROVIDER_KEY_VARS = {p.api_key_env for p in CATALOG.providers.values() if p.api_key_env}
+# A node's provider key, or its pool of keys (worker/key_config.py): secrets for that node's workers.
+PROVIDER_KEY_VARS = ({p.api_key_env for p in CATALOG.providers.values() if p.api_key_env}
+                     | {key_pool_env(node) for node in CATALOG.nodes})
 PROVIDER_URL_VARS = {p.base_url_env for p in CATALOG.providers.values() if p.base_url_env}
 # Read by the Python runtime or pip, not by apiinone.
 CONVENTIONAL_VARS = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULTHANDLER", "PIP_NO_CACHE_DIR",
@@ -433,7 +436,9 @@ def container_env(c: dict) -> tuple[dict[str, str | None], set[str]]:
         if "secretKeyRef" in ref:
             name, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
             assert name in secrets, f"env {var['name']}: no Secret {name} in deploy/k8s"
-            assert key in {**secrets[name].get("data", {}), **secrets[name].get("stringData", {})}
+            # an optional key (a node's pool of keys) may be left out of the template
+            assert ref["secretKeyRef"].get("optional") or key in {**secrets[name].get("data", {}),
+                                                                  **secrets[name].get("stringData", {})}
             used_secrets.add(name)
             env[var["name"]] = None
         elif "configMapKeyRef" in ref:

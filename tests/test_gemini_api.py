@@ -153,10 +153,51 @@ def test_keys_by_header_query_or_bearer_and_errors_in_googles_shape(stack, funde
         assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
-def test_list_models(stack, funded):
-    client = sdk(stack, funded[1], "v1beta")
-    names = [m.name for m in client.models.list()]
-    assert names == ["models/gemini"]
+@VERSIONS
+def test_models_list_and_get_in_geminis_shape(stack, funded, version):
+    """google-genai's list and get, on v1beta and on v1 (where OpenAI's list lives at the same path)."""
+    client = sdk(stack, funded[1], version)
+    models = list(client.models.list())
+    assert [m.name for m in models] == ["models/gemini"]
+    model = client.models.get(model="gemini")
+    assert model.name == "models/gemini" and model.display_name and model.input_token_limit > 0
+    assert model.output_token_limit > 0 and "generateContent" in model.supported_actions
+    assert client.models.get(model="models/gemini").name == "models/gemini"
+    with pytest.raises(errors.ClientError) as info:
+        client.models.get(model="nope")
+    assert info.value.code == 404 and info.value.status == "NOT_FOUND"
+
+
+def test_v1_models_are_openais_unless_a_gemini_client_asks(stack, funded):
+    """The rule (gateway/gemini_api/models.py): x-goog-api-key / x-goog-api-client, or key / pageSize /
+    pageToken, get Gemini's shape; anything else OpenAI's (the openai SDK is unchanged)."""
+    from openai import OpenAI
+
+    openai = OpenAI(base_url=stack.base_url + "/api/v1", api_key=funded[1])
+    assert [m.id for m in openai.models.list()][:1] and openai.models.retrieve("gemini").id == "gemini"
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        bearer = {"Authorization": f"Bearer {funded[1]}"}
+        for how in ({"headers": {"x-goog-api-key": funded[1]}}, {"params": {"key": funded[1]}},
+                    {"headers": bearer, "params": {"pageSize": 1}}):
+            r = http.get("/api/v1/models", **how)
+            assert r.status_code == 200 and r.json()["models"][0]["name"] == "models/gemini", how
+        r = http.get("/api/v1/models/gemini", headers={"x-goog-api-key": funded[1]})
+        assert r.json()["supportedGenerationMethods"] == ["generateContent", "streamGenerateContent", "countTokens"]
+        r = http.get("/api/v1/models", headers={"x-goog-api-key": "aio_wrong"})
+        assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+        r = http.get("/api/v1beta/models", headers=bearer, params={"pageToken": "x"})
+        assert r.status_code == 400 and r.json()["error"]["details"][0]["fieldViolations"][0]["field"] == "pageToken"
+
+
+def test_model_pages():
+    from gateway.gemini_api.models import page
+
+    entries = [{"name": f"models/m{i}"} for i in range(5)]
+    first = page(entries, 2, None)
+    assert [e["name"] for e in first["models"]] == ["models/m0", "models/m1"] and first["nextPageToken"] == "2"
+    last = page(entries, 2, "4")
+    assert [e["name"] for e in last["models"]] == ["models/m4"] and "nextPageToken" not in last
+    assert page(entries, None, None) == {"models": entries}
 
 
 def test_unknown_model_through_the_sdk(stack, funded):

@@ -55,6 +55,15 @@ def test_a_gateway_with_a_guessable_admin_token_refuses_to_start(stack):
     assert "APIINONE_ADMIN_TOKEN" in output and "CHANGE_ME" not in output
 
 
+def test_the_benchmarks_stacks_use_tokens_the_gateway_accepts():
+    """`make bench`'s scale and record scenarios start their own stacks: a token the check refuses made
+    their gateways exit (found only when the record scenario was run at full size)."""
+    from gateway.app import check_admin_token
+    from tests.bench import scale
+
+    assert check_admin_token(scale.ADMIN_TOKEN) == scale.ADMIN_TOKEN
+
+
 def test_make_run_keeps_its_generated_token_in_a_private_file(tmp_path):
     from tests.conftest import make_settings
 

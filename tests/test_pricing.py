@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.catalog import BUNDLED_CATALOG, load_catalog, parse_catalog
 from shared.pricing import (PPM, LongContextTier, PriceSheet, Rates, TokenCounts, affordable_output_tokens,
@@ -47,6 +49,19 @@ def test_the_clamp_solves_the_same_function():
             allowed = affordable_output_tokens(sheet, multiplier, hold, bound, 65_536)
             assert worst_case_micro(sheet, multiplier, bound, allowed) <= hold or allowed == 0
             assert allowed == 65_536 or worst_case_micro(sheet, multiplier, bound, allowed + 1) > hold
+
+
+@given(sheet=st.sampled_from([FLASH, PRO, PriceSheet(Rates(1, 1, 1)), PriceSheet(Rates(7, 3, 11))]),
+       multiplier=st.integers(1, 1000 * PPM), bound=st.integers(-5, 10**7), output=st.integers(-5, 10**7))
+def test_the_worst_case_is_the_price_of_the_worst_case(sheet, multiplier, bound, output):
+    """The admission's shortcut (no breakdown) is the pricing function's total, to the micro-credit."""
+    assert worst_case_micro(sheet, multiplier, bound, output) == price(
+        sheet, multiplier, TokenCounts(bound, output)).total_micro
+
+
+def test_a_sheet_names_its_version_once():
+    assert FLASH.version == PriceSheet(Rates(50 * M, 5 * M, 300 * M)).version != PRO.version
+    assert len(FLASH.version) == 12 and FLASH == PriceSheet(Rates(50 * M, 5 * M, 300 * M))
 
 
 def test_multipliers_are_exact():

@@ -188,3 +188,67 @@ async def test_restore_rebuilds_a_wiped_redis_from_postgres(stores):
     await drain(Archiver(redis, db))
     assert (await audit_account(redis, db, acct["id"]))["ok"]
     assert (await Restorer(redis, db).restore_all())["accounts_restored"] == 0
+
+
+async def test_money_scripts_carry_the_run_id_and_fail_closed_when_loaded_unrendered(stores):
+    """The fence's run id is written into the scripts at load (shared/scripts.py): after a restart (an
+    empty script cache: NOSCRIPT) they are rendered again for the new run; a script loaded as it is on
+    disk compares against the placeholder and refuses every stamped account."""
+    from shared.scripts import LUA_DIR, server_run_id
+
+    redis, db = stores
+    credits, accounts = parts(redis, db)
+    acct = await accounts.create_account("a", 100 * M)
+    key = await accounts.create_key(acct["id"], "k")
+    a, kid = acct["id"], key["id"]
+    assert await redis.hget(AccountKeys(a).account, "synced") == (await server_run_id(redis)).encode()
+    deadline = int(time.time() * 1000) + 60_000
+    assert (await credits.reserve(a, "r1", 5 * M, deadline, kid)).ok
+    await redis.script_flush()  # what a restarted server's cache looks like
+    assert (await credits.reserve(a, "r2", 5 * M, deadline, kid)).ok  # NOSCRIPT -> rendered again -> runs
+    assert credits.scripts._generation == 2
+
+    raw = (LUA_DIR / "reserve.lua").read_text()
+    k = AccountKeys(a)
+    reply = await redis.eval(raw, 5, k.account, k.holds, k.deadlines, k.key_state(kid), k.limit_state,
+                             "r3", 5 * M, deadline, kid, 0, 0, 1, 0, 0, 0)
+    assert reply[0] == -10  # unrendered: fenced
+    await credits.settle(a, "r1", 1000, {"request_id": "r1", "model": "gemini", "key_id": kid, "status": "succeeded"})
+    await credits.settle(a, "r2", 1000, {"request_id": "r2", "model": "gemini", "key_id": kid, "status": "succeeded"})
+    assert (await credits.balance(a))["balance_micro"] == 100 * M - 2000
+
+
+async def test_accounts_made_before_the_record_are_copied_into_it_once(stores):
+    """An account of a Redis-only install (no record when it was made: no rows, no fence stamp, its whole
+    history in untrimmed streams) is adopted by the recovery's first pass: the account, its key, its user and
+    its orders are recorded, the archiver brings its ledger and usage, and the record then rebuilds it."""
+    from shared.users import Users
+
+    redis, db = stores
+    legacy_credits = Credits(redis, Scripts(redis))  # no record: what an install before Postgres did
+    legacy = Accounts(redis, legacy_credits)
+    acct = await legacy.create_account("old", 50 * M)
+    key = await legacy.create_key(acct["id"], "k")
+    await Users(redis).create("old@example.com", "a long enough password", acct["id"])
+    await legacy_credits.credit(acct["id"], 3 * M, "pay-old")
+    await spend(legacy_credits, acct["id"], key["id"], 4, charge=2500)
+    a = acct["id"]
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", a) == 0
+    assert await redis.hget(AccountKeys(a).account, "synced") is None
+
+    report = await Recovery(redis, db).check(force=True)
+    assert report.adopted == 1
+    await drain(Archiver(redis, db))
+    assert await db.fetchval("SELECT count(*) FROM api_keys WHERE account_id = $1", a) == 1
+    assert await db.fetchval("SELECT email FROM users WHERE account_id = $1", a) == "old@example.com"
+    assert await db.fetchval("SELECT count(*) FROM orders WHERE account_id = $1", a) == 2  # initial + top-up
+    assert await db.fetchval("SELECT count(*) FROM usage WHERE account_id = $1", a) == 4
+    assert await db.fetchval("SELECT sum(amount_micro) FROM ledger WHERE account_id = $1", a) == 53 * M - 10_000
+    assert (await audit_account(redis, db, a))["ok"]
+    assert (await Recovery(redis, db).check(force=True)).adopted == 0  # once
+
+    # Now the record can rebuild it like any other.
+    for name in await redis.keys(f"*{a}*"):
+        await redis.delete(name)
+    assert (await Restorer(redis, db).restore_all())["accounts_restored"] == 1
+    assert (await Credits(redis, Scripts(redis)).balance(a))["balance_micro"] == 53 * M - 10_000

@@ -1,12 +1,17 @@
 """Redemption codes (shared/redemption.py) in process against real Valkey and real Postgres: the per-client
-throttle, a redemption while Postgres is down (nothing credited, the use handed back), and the restore of
-codes and their use counts into a wiped Redis."""
+throttle, a redemption while Postgres is down (nothing credited, the use handed back), the restore of
+codes and their use counts into a wiped Redis, and the reconciler that credits a use whose gateway died
+between claiming and recording it."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.accounts import Accounts
 from shared.audit import audit_account
 from shared.credits import Credits
@@ -87,3 +92,49 @@ async def test_a_wiped_redis_gets_its_codes_and_use_counts_back(stores):
     assert (await codes.redeem(other, multi["codes"][0], "c")).outcome == Outcome.NO_USE_LEFT
     assert (await codes.redeem(other, disabled["codes"][0], "c")).outcome == Outcome.NO_USE_LEFT
     assert (await codes.redeem(other, multi["codes"][1], "c")).outcome == Outcome.CLAIMED
+
+
+async def claim_and_die(scripts: Scripts, account: str, code: str) -> int:
+    """What a gateway does before it dies: redeem.lua claims a use; nothing is recorded or credited."""
+    outcome, use, _ = await scripts.redeem(
+        keys=[keys.redemption_code(code_hash(code)), keys.redemption_returned(code_hash(code)), keys.REDEMPTION_CLAIMS,
+              keys.redeem_failures("acct:" + account), keys.redeem_failures("client:c")],
+        args=[int(time.time()), 60_000, account, 10, 10])
+    assert outcome == Outcome.CLAIMED
+    return int(use)
+
+
+async def test_a_use_claimed_by_a_gateway_that_died_is_credited_once_by_the_reconciler(stores):
+    redis, db = stores
+    codes = codes_on(redis, db)
+    account, other = await new_account(redis, db), await new_account(redis, db)
+    code = (await codes.create_batch(1, 3 * M, 2))["codes"][0]
+    lost = await claim_and_die(codes.scripts, account, code)
+    assert await codes.reconcile_claims(older_than_s=60) == 0  # too young: its gateway may still be at work
+    # Three reconcilers at once, then again: the use is credited exactly once, to its claimant, and recorded.
+    results = await asyncio.gather(*(codes.reconcile_claims(0, now=time.time() + 1) for _ in range(3)))
+    assert sum(results) == 1 and await codes.reconcile_claims(0, now=time.time() + 1) == 0
+    assert (await codes.credits.balance(account))["balance_micro"] == 3 * M
+    assert await db.fetchval("SELECT account_id FROM redemptions WHERE code_hash = $1 AND use_number = $2",
+                             code_hash(code), lost) == account
+    assert await db.fetchval("SELECT used FROM redemption_codes WHERE code_hash = $1", code_hash(code)) == 1
+    # The code's other use is still there, for someone else; then it is used up.
+    assert (await codes.redeem(other, code, "c")).outcome == Outcome.CLAIMED
+    assert (await codes.redeem(other, code, "c")).outcome == Outcome.NO_USE_LEFT
+    assert await redis.hlen(keys.REDEMPTION_CLAIMS) == 0
+    for acct in (account, other):
+        assert (await audit_account(redis, db, acct))["ok"]
+
+
+async def test_a_slow_gateway_and_the_reconciler_credit_a_use_once(stores):
+    redis, db = stores
+    codes = codes_on(redis, db)
+    account = await new_account(redis, db)
+    code = (await codes.create_batch(1, 2 * M, 1))["codes"][0]
+    use = await claim_and_die(codes.scripts, account, code)
+    assert await codes.reconcile_claims(0, now=time.time() + 1) == 1
+    # The gateway was only slow: it records the same use now, under the same reference.
+    order, created = await codes.credits.credit(account, 2 * M, f"redeem:{code_hash(code)}:{use}", reason="redeem",
+                                                also_record=codes._use_recorder(account, code_hash(code), use))
+    assert not created and (await codes.credits.balance(account))["balance_micro"] == 2 * M
+    assert (await audit_account(redis, db, account))["ok"]

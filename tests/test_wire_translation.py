@@ -14,16 +14,22 @@ from gateway.responses_api.render import ResponsesRenderer
 from gateway.responses_api.wire import ResponsesRequest
 from shared.errors import ApiError
 from shared.protocol import parse_chat_request
+from shared.schema_bounds import MAX_REQUEST_INLINED_VALUES, check_schema
 from shared.signatures import SKIP_SIGNATURE, tool_call_id
+from tests.test_schema_bounds import wide_api_schema
 
 PNG = "iVBORw0KGgo="
+# Schemas each within their bounds, too many of them together (what parse_chat_request refuses for chat):
+# each front end checks its own translation's schemas, named as its client wrote them.
+WIDE = wide_api_schema()
+TOO_MANY = MAX_REQUEST_INLINED_VALUES // check_schema(WIDE).values + 1
 
 
 def responses(**kw) -> tuple[dict, list[dict]]:
     req = ResponsesRequest.model_validate({"model": "gemini", **kw})
     rt.check_request(req)
     body, conversation = rt.chat_body(req, [])
-    parse_chat_request(body)  # what the translation gives is a valid chat body
+    parse_chat_request(body)  # what the translation gives is a valid chat body (admitted without parsing it again)
     return body, conversation
 
 
@@ -85,6 +91,9 @@ def test_responses_parameters():
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
      "input[0].content[0].file_id"),
     ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type"),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input"),  # nothing to answer: the chat schema's own 400
+    ({"tools": [{"type": "function", "name": f"t{i}", "parameters": WIDE} for i in range(TOO_MANY)]},
+     f"tools[{TOO_MANY - 1}].parameters"),
 ])
 def test_responses_refusals_name_the_param(kw, param):
     with pytest.raises(ApiError) as info:
@@ -187,6 +196,8 @@ def test_messages_parameters():
     ({"tool_choice": {"type": "tool", "name": "g"}}, "tool_choice.name"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x"}}]}]},
      "messages.0.content.0.source.type"),
+    ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]}, "messages"),
+    ({"tools": [{"name": f"t{i}", "input_schema": WIDE} for i in range(TOO_MANY)]}, f"tools.{TOO_MANY - 1}.input_schema"),
 ])
 def test_messages_refusals_name_the_param(kw, param):
     with pytest.raises(ApiError) as info:

@@ -88,7 +88,7 @@ async def test_below_the_floor_is_402_and_nothing_moves(stack, admin):
 def test_the_hold_plan_and_the_clamp_agree():
     """Whatever the hold, a prompt within its bound and the clamped output cost at most the hold."""
     req = parse_chat_request({"model": "gemini", "messages": [{"role": "user", "content": "ab" * 300}]})
-    plan = plan_hold(req, MODEL, 256, PPM)
+    plan = plan_hold(req.model_dump(exclude_none=True, by_alias=True), MODEL, 256, PPM)
 
     def cost(output: int) -> int:
         return worst_case_micro(MODEL.prices, PPM, plan.prompt_bound_tokens, output)

@@ -71,9 +71,12 @@ def count_settlement(order: SettleOrder, result: Settlement) -> None:
     if not result.applied:
         labelled(SETTLEMENTS, "replay").inc()
         return
-    labelled(SETTLEMENTS, "late" if result.late else "applied").inc()
+    # A late settlement with nothing to charge (a failed attempt whose hold its retry took over,
+    # shared/lua/reserve.lua) only writes its usage row: nothing was lost, nothing to report.
+    late = result.late and order.charge_micro > 0
+    labelled(SETTLEMENTS, "late" if late else "applied").inc()
     labelled(CREDITS_CHARGED, str(order.usage_row.get("model", ""))).inc(result.charged_micro)
-    if result.late:
+    if late:
         LATE_SHORTFALL.inc(order.charge_micro - result.charged_micro)
         log.warning("late settlement: its hold had been reconciled", request_id=order.request_id,
                     charge=order.charge_micro, charged=result.charged_micro)

@@ -162,7 +162,7 @@ def build_settlement(job: ChatJob, model: Model, gen: Generation, billable: bool
     u = gen.builder.usage if billable else Usage()
     return {
         "request_id": job["id"], "account_id": job["account_id"], "key_id": job["key_id"], "model": model.id,
-        "node": job["node"], "status": gen.status,
+        "requested_model": job.get("requested_model") or model.id, "node": job["node"], "status": gen.status,
         "error_code": gen.error.code if gen.error else USAGE_ESTIMATED if gen.usage_estimated else "",
         "finish_reason": gen.builder.finish_reason or "", "stream": int(job["stream"]),
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,

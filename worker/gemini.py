@@ -9,13 +9,16 @@ many tokens were produced; non-stream clients one ``generateContent`` call.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import orjson
 
 from shared.catalog import Model
+from worker.gemini_errors import map_error, redact
 from worker.gemini_request import prompt_token_bound, to_gemini, tool_call_id
+from worker.key_config import PoolKey
+from worker.key_pool import KeySource, SingleKey
 from worker.provider import Delta, ProviderError, RequestError, ToolCallDelta, Usage, sse_data, transport_error
 
 
@@ -90,72 +93,20 @@ class GeminiStreamReader:
         return delta
 
 
-# --- errors: Google's status -> what the client sees ----------------------------------------
-def _seconds(value: object) -> float | None:
-    try:
-        return float(str(value).strip().rstrip("s"))
-    except ValueError:
-        return None
-
-
-def map_error(status: int, body: bytes, headers: dict) -> ProviderError:
-    """Google's error (HTTP status + ``{"error": {code, message, status, details}}``) -> ProviderError.
-
-    The client's own mistakes keep their 400; what only the operator can fix (credentials,
-    project, model name) becomes a 502 so that the gateway may fail over to another node.
-    """
-    try:
-        err = orjson.loads(body).get("error", {})
-        if not isinstance(err, dict):
-            err = {}
-    except (orjson.JSONDecodeError, AttributeError):
-        err = {}
-    message = err.get("message") or f"upstream answered HTTP {status}"
-    google_status = err.get("status") or ""
-    retry_after, reasons = None, set()
-    for detail in err.get("details") or []:
-        kind = str(detail.get("@type", ""))
-        if kind.endswith("RetryInfo"):
-            retry_after = _seconds(detail.get("retryDelay", ""))
-        elif kind.endswith("ErrorInfo"):
-            reasons.add(detail.get("reason"))
-    header = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-    if retry_after is None and header is not None:
-        retry_after = _seconds(header)
-    if status == 401 or reasons & {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "CREDENTIALS_MISSING"}:
-        return ProviderError(502, "The upstream provider refused this node's credentials.", "upstream_auth_error")
-    if status == 400 and google_status == "FAILED_PRECONDITION":
-        return ProviderError(502, "The upstream provider cannot serve this node's project: " + message,
-                             "upstream_precondition_failed")
-    if status == 400:
-        if "token count" in message and "exceeds" in message:
-            return RequestError(message, "messages", "context_length_exceeded")
-        return ProviderError(400, message, "invalid_request_error", error_type="invalid_request_error")
-    if status == 429:
-        return ProviderError(429, "The upstream provider is rate limiting this node: " + message,
-                             "upstream_rate_limited", retryable=True, retry_after=retry_after or 1.0,
-                             error_type="rate_limit_error")
-    if status == 403:
-        return ProviderError(502, "The upstream provider denied this node permission: " + message,
-                             "upstream_permission_denied")
-    if status == 404:
-        return ProviderError(502, "The upstream provider does not know this model: " + message, "upstream_not_found")
-    if status == 503:
-        return ProviderError(503, "The upstream provider is unavailable: " + message, "upstream_unavailable",
-                             retryable=True, retry_after=retry_after or 1.0)
-    if status == 504:
-        return ProviderError(504, "The upstream provider timed out: " + message, "upstream_timeout", retryable=True,
-                             retry_after=retry_after)
-    return ProviderError(502, f"The upstream provider failed (HTTP {status}): " + message, "upstream_error",
-                         retryable=status >= 500, retry_after=retry_after)
+T = TypeVar("T")
+# The probe that confirms Google's verdict about a key, and health probes: fixed, tiny, never a tenant's.
+PROBE_REQUEST = {"contents": [{"role": "user", "parts": [{"text": "ping"}]}],
+                 "generationConfig": {"maxOutputTokens": 16}}
 
 
 class GeminiAdapter:
     running_usage = True  # every streamed event carries usageMetadata so far
 
-    def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
+    def __init__(self, base_url: str, keys: KeySource | str, *, connect_timeout: float = 5.0,
+                 read_timeout: float = 600.0, probe_model: str = "gemini-3-flash-preview") -> None:
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+        self.keys = SingleKey(keys) if isinstance(keys, str) else keys
+        self.probe_model = probe_model  # what the fixed probe request asks (the node's first model)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
@@ -168,24 +119,42 @@ class GeminiAdapter:
     async def close(self) -> None:
         await self.session.close()
 
-    def _headers(self) -> dict:
-        return {"x-goog-api-key": self.api_key, "content-type": "application/json"}
+    @staticmethod
+    def _headers(key: PoolKey) -> dict:
+        return {"x-goog-api-key": key.secret, "content-type": "application/json"}
 
-    async def count_tokens(self, request: dict, model: Model) -> int:
+    async def _with_key(self, call: Callable[[PoolKey], Awaitable[T]]) -> T:
+        """One upstream call, on another key of the pool when a key is rate limited or condemned."""
+        tried: list[str] = []
+        last: ProviderError | None = None
+        while (key := self.keys.pick(tried)) is not None:
+            try:
+                return await call(key)
+            except ProviderError as exc:
+                redact(exc, key.secret, key.label)
+                if not await self.keys.failed(key, exc):
+                    raise
+                tried.append(key.label)
+                last = exc
+        raise self.keys.unavailable(last)
+
+    async def count_tokens(self, request: dict, model: Model, key: PoolKey | None = None) -> int:
         """Gemini's exact prompt count for a translated request (``countTokens``; free, no quota)."""
+        if key is None:
+            return await self._with_key(lambda k: self.count_tokens(request, model, k))
         url = f"{self.base_url}/v1beta/models/{model.upstream_model}:countTokens"
         inner = {"model": f"models/{model.upstream_model}", **request}
         async with self.session.post(url, data=orjson.dumps({"generateContentRequest": inner}),
-                                     headers=self._headers()) as resp:
+                                     headers=self._headers(key)) as resp:
             if resp.status != 200:
                 raise map_error(resp.status, await resp.read(), dict(resp.headers))
             return int(orjson.loads(await resp.read()).get("totalTokens") or 0)
 
-    async def check_context(self, request: dict, model: Model) -> None:
+    async def check_context(self, request: dict, model: Model, key: PoolKey) -> None:
         """Count exactly only when the cheap bound says the prompt might not fit."""
         if prompt_token_bound(request) <= model.context_window:
             return
-        tokens = await self.count_tokens(request, model)
+        tokens = await self.count_tokens(request, model, key)
         if tokens > model.context_window:
             raise RequestError(f"This model's maximum context length is {model.context_window} tokens. However, "
                                f"your messages resulted in {tokens} tokens.", "messages", "context_length_exceeded")
@@ -196,6 +165,16 @@ class GeminiAdapter:
             return await self.count_tokens(body if native else to_gemini(body, model), model)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None
+
+    async def probe(self, key: PoolKey) -> ProviderError | None:
+        """The fixed probe request (never a tenant's content): None when the key works."""
+        url = f"{self.base_url}/v1beta/models/{self.probe_model}:generateContent"
+        try:
+            async with self.session.post(url, data=orjson.dumps(PROBE_REQUEST), headers=self._headers(key),
+                                         timeout=self.one_answer_timeout) as resp:
+                return None if resp.status == 200 else map_error(resp.status, await resp.read(), dict(resp.headers))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return transport_error(exc)
 
     async def stream(self, body: dict, model: Model, incremental: bool = True) -> AsyncIterator[Delta]:
         """Stream (streamGenerateContent, SSE) or, for a client that wants one answer, one generateContent
@@ -211,12 +190,36 @@ class GeminiAdapter:
 
     async def _generate(self, request: dict, model: Model, incremental: bool, reader: GeminiStreamReader,
                         raw: bool) -> AsyncIterator[Delta]:
+        """The call on one key of the pool; before anything was yielded, a 429 or Google's verdict about
+        the key moves it to another key of the node (never after: the client may have output)."""
+        tried: list[str] = []
+        last: ProviderError | None = None
+        while (key := self.keys.pick(tried)) is not None:
+            produced, usage = False, None
+            try:
+                async for delta in self._generate_with(key, request, model, incremental, reader, raw):
+                    produced, usage = True, delta.usage or usage
+                    yield delta
+                return
+            except ProviderError as exc:
+                redact(exc, key.secret, key.label)
+                if not await self.keys.failed(key, exc) or produced:  # the key is cooled down either way
+                    raise
+                tried.append(key.label)
+                last = exc
+            finally:
+                if usage is not None:
+                    self.keys.used(key, usage.prompt_tokens + usage.completion_tokens)
+        raise self.keys.unavailable(last)
+
+    async def _generate_with(self, key: PoolKey, request: dict, model: Model, incremental: bool,
+                             reader: GeminiStreamReader, raw: bool) -> AsyncIterator[Delta]:
         method = "streamGenerateContent?alt=sse" if incremental else "generateContent"
         url = f"{self.base_url}/v1beta/models/{model.upstream_model}:{method}"
         try:
-            await self.check_context(request, model)
+            await self.check_context(request, model, key)
             timeout = self.session.timeout if incremental else self.one_answer_timeout
-            async with self.session.post(url, data=orjson.dumps(request), headers=self._headers(),
+            async with self.session.post(url, data=orjson.dumps(request), headers=self._headers(key),
                                          timeout=timeout) as resp:
                 if resp.status != 200:
                     raise map_error(resp.status, await resp.read(), dict(resp.headers))

@@ -31,6 +31,8 @@ from worker.chat_job import CancelRegistry, JobRuntime, run_chat
 from worker.count_job import run_count
 from worker.claiming import BlockingPopWorker
 from worker.gemini import GeminiAdapter
+from worker.key_config import KeyConfigError, load_node_keys
+from worker.key_pool import KeyPool, KeySource
 from worker.openai_compat import OpenAICompatAdapter
 from worker.provider import Adapter
 from worker.settlement_sink import BillingQueueSink
@@ -40,14 +42,27 @@ log = structlog.get_logger()
 HEARTBEAT_S = 1.0
 
 
-def build_adapter(catalog: Catalog, node: str, settings: Settings) -> Adapter:
+def provider_key(catalog: Catalog, node: str, settings: Settings) -> str:
+    """The node's one key from its provider's ``api_key_env`` (Google's falls back to GEMINI_API_KEY)."""
+    provider = catalog.provider_of_node(node)
+    api_key = os.environ.get(provider.api_key_env, "")
+    return api_key or (settings.gemini_api_key or "" if provider.adapter == "gemini" else "")
+
+
+def build_adapter(catalog: Catalog, node: str, settings: Settings, keys: KeySource | None = None) -> Adapter:
+    """The node's adapter; ``keys``: its key pool (Gemini nodes; else the provider's one key)."""
     provider = catalog.provider_of_node(node)
     base_url = os.environ.get(provider.base_url_env) or provider.base_url
     api_key = os.environ.get(provider.api_key_env, "")
     if provider.adapter == "gemini":
-        return GeminiAdapter(base_url or settings.gemini_base_url, api_key or settings.gemini_api_key or "",
-                             connect_timeout=settings.upstream_connect_timeout_s,
-                             read_timeout=settings.upstream_idle_timeout_s)
+        served = [m.upstream_model for m in catalog.models.values() if node in m.nodes]
+        adapter = GeminiAdapter(base_url or settings.gemini_base_url, keys or provider_key(catalog, node, settings),
+                                connect_timeout=settings.upstream_connect_timeout_s,
+                                read_timeout=settings.upstream_idle_timeout_s,
+                                **({"probe_model": served[0]} if served else {}))
+        if isinstance(keys, KeyPool):
+            keys.probe = adapter.probe
+        return adapter
     if provider.adapter == "openai":
         return OpenAICompatAdapter(base_url or "", api_key, connect_timeout=settings.upstream_connect_timeout_s,
                                    read_timeout=settings.upstream_idle_timeout_s,
@@ -74,6 +89,14 @@ class NodeWorker(BlockingPopWorker):
         self._adapter: Adapter | None = None
         self.started_at = int(time.time())
         pool = make_redis(self.settings.redis_url, cls=ArqRedis)
+        self.keys: KeyPool | None = None
+        if self.catalog.provider_of_node(node).adapter == "gemini":
+            try:
+                pool_keys = load_node_keys(node, self.settings.keys_file,
+                                           provider_key(self.catalog, node, self.settings))
+            except KeyConfigError as exc:
+                raise SystemExit(f"worker {node}: {exc}") from None
+            self.keys = KeyPool(node, pool_keys, pool, self.settings, self.worker_id)
         super().__init__(
             # The job enforces request_timeout_s itself (a clean 504); arq's timeout is only a backstop.
             functions=[func(chat, name="chat", max_tries=1, timeout=self.settings.request_timeout_s + 30)],
@@ -106,11 +129,17 @@ class NodeWorker(BlockingPopWorker):
 
     def adapter(self, node: str) -> Adapter:
         if self._adapter is None:
-            self._adapter = build_adapter(self.catalog, node, self.settings)
+            self._adapter = build_adapter(self.catalog, node, self.settings, self.keys)
         return self._adapter
 
     async def background(self) -> list:
-        return [self._heartbeat(), self._listen_for_cancels()]
+        tasks = [self._heartbeat(), self._listen_for_cancels()]
+        if self.keys is not None:
+            self.adapter(self.node)  # the pool's probes need the adapter's session
+            tasks.append(self.keys.run())
+            if self.settings.key_probe_interval_s > 0:
+                tasks.append(self.keys.health_probes(self.settings.key_probe_interval_s))
+        return tasks
 
     async def _heartbeat(self) -> None:
         info_key, lease_ms = keys.worker_info(self.worker_id), int(self.settings.worker_lease_s * 1000)
@@ -132,15 +161,23 @@ class NodeWorker(BlockingPopWorker):
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _listen_for_cancels(self) -> None:
-        """Gateways publish the ids of requests whose clients disconnected."""
+        """Gateways publish the ids of requests whose clients disconnected; workers of the node, the labels
+        of pool keys whose state they changed (one subscription for both)."""
         # Its own connection without a read timeout: an idle subscription is silent by design.
         listener = make_redis(self.settings.redis_url, max_connections=1, socket_timeout=None)
+        key_channel = keys.key_pool_channel(self.node).encode()
         try:
             while True:
                 pubsub = listener.pubsub(ignore_subscribe_messages=True)
                 try:
-                    await pubsub.subscribe(keys.node_cancel_channel(self.node))
+                    await pubsub.subscribe(keys.node_cancel_channel(self.node), keys.key_pool_channel(self.node))
+                    if self.keys is not None:
+                        self.keys.notify()  # changes missed while unsubscribed
                     async for message in pubsub.listen():
+                        if message["channel"] == key_channel:
+                            if self.keys is not None:
+                                self.keys.notify()
+                            continue
                         request_id = message["data"].decode()
                         self.runtime.cancels.cancel(request_id, self.running_job(request_id))
                 except RedisError as exc:

@@ -49,6 +49,10 @@ class ProviderError(ApiError):
                  retry_after: float | None = None, error_type: str = "api_error") -> None:
         super().__init__(status, message, error_type, code, retry_after=retry_after)
         self.retryable = retryable  # worth another attempt while nothing has been produced
+        # What the upstream said about the credential that made the call (worker/key_pool.py acts on it):
+        self.key_limited = False  # the key's quota is spent (a 429): cool it down, try another key
+        self.retry_delay: float | None = None  # the upstream's own RetryInfo, None when it sent none
+        self.key_verdict: str | None = None  # Google's reason naming the key itself bad (API_KEY_INVALID, ...)
 
 
 class RequestError(ProviderError):

@@ -15,24 +15,11 @@ settle.lua never charges more than the request's hold; the usage row says ``usag
 
 from __future__ import annotations
 
-from shared.admission import IMAGE_PART_CHARS
+from shared.admission import estimate_prompt_tokens
 from worker.chunks import ChunkBuilder
 from worker.provider import Usage
 
 CHARS_PER_TOKEN = 4
-
-
-def prompt_chars(body: dict) -> int:
-    """``estimate_prompt_tokens``'s count, on the job's JSON body (the validated request, dumped)."""
-    chars = 0
-    for message in body.get("messages") or []:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(p.get("text") or "") if p.get("type") == "text" else IMAGE_PART_CHARS
-                         for p in content if isinstance(p, dict))
-    return chars
 
 
 def output_chars(builder: ChunkBuilder) -> int:
@@ -43,5 +30,5 @@ def output_chars(builder: ChunkBuilder) -> int:
 
 
 def estimate_usage(body: dict, builder: ChunkBuilder) -> Usage:
-    return Usage(prompt_tokens=prompt_chars(body) // CHARS_PER_TOKEN,
+    return Usage(prompt_tokens=estimate_prompt_tokens(body) if "messages" in body else 0,
                  completion_tokens=-(-output_chars(builder) // CHARS_PER_TOKEN))

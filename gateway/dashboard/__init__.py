@@ -17,10 +17,12 @@ import jinja2
 from aiohttp import web
 
 from gateway.state import GATEWAY
-from gateway.dashboard import operator, signin, views
+from gateway.dashboard import alerts, codes, operator, selfserve, signin, topup, views
 from gateway.dashboard.render import FILTERS, SESSIONS, THROTTLE, USERS, guard
 from gateway.dashboard.session import IDLE_S, MAX_AGE_S, Sessions
 from gateway.dashboard.throttle import LoginThrottle
+from shared.mail import Mailer
+from shared.self_service import SelfService
 from shared.users import Users
 
 HERE = Path(__file__).parent
@@ -39,6 +41,7 @@ def setup(app: web.Application) -> web.Application:
     sub[SESSIONS] = Sessions(gw.redis, idle_s=getattr(settings, "dashboard_session_idle_s", None) or IDLE_S,
                              max_age_s=getattr(settings, "dashboard_session_max_age_s", None) or MAX_AGE_S)
     sub[THROTTLE] = LoginThrottle(gw.redis, gw.credits.scripts)
+    selfserve.setup(sub, SelfService(gw.redis, sub[USERS], gw.accounts, settings), Mailer(settings))
     r = sub.router
     r.add_static("/static", HERE / "static", name="static", append_version=True)
     r.add_get("/login", signin.login_form, name="login")
@@ -50,6 +53,8 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/keys", views.create_key)
     r.add_post("/keys/{key_id}/revoke", views.revoke_key)
     r.add_get("/credits", views.credits_page, name="credits")
+    topup.setup(sub)
+    alerts.setup(sub)
     r.add_get("/usage", views.usage_view, name="usage")
     r.add_get("/usage.csv", views.usage_csv, name="usage_csv")
     r.add_get("/orders", views.orders_page, name="orders")
@@ -66,7 +71,9 @@ def setup(app: web.Application) -> web.Application:
     r.add_post("/admin/accounts/{account_id}/users", operator.create_user)
     r.add_post("/admin/accounts/{account_id}/view", operator.view_as)
     r.add_get("/admin/nodes", operator.nodes_page, name="admin_nodes")
+    r.add_post("/admin/nodes/{node}/keys/{key}/enable", operator.enable_upstream_key)
     r.add_get("/admin/batches", operator.batches_page, name="admin_batches")
+    codes.setup(sub)
     r.add_route("*", "/{tail:.*}", views.not_found)
     app.add_subapp("/dashboard", sub)
     app[DASHBOARD_APP] = sub

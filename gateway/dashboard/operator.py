@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import structlog
 from aiohttp import web
 
 from gateway.dashboard.data import account_rows, key_table, ledger_notes, recent_failures
@@ -16,11 +17,15 @@ from gateway.dashboard.views import _credit_amount
 from shared import ids
 from shared.account_storage import stored_by_account
 from shared.credits import AccountNotFound
+from shared.fallback_counts import fallback_counts
+from shared.key_state import enable_key
 from shared.keys import AccountKeys
 from shared.money import micro_to_credits
 from shared.nodes import node_status
 from shared.pricing import multiplier_text, parse_multiplier
 from shared.users import ROLES, UserError
+
+log = structlog.get_logger()
 
 MAX_REFERENCE = 200
 
@@ -186,7 +191,21 @@ async def nodes_page(request: web.Request) -> web.Response:
         n["breaker"] = gw.breaker.state(n["id"])
         n["failures"] = sorted(failures.get(n["id"], {}).items(), key=lambda kv: -kv[1])
         n["failed_total"] = sum(c for _, c in n["failures"])
-    return await render(request, "admin_nodes.html", {"nodes": nodes}, nav="admin_nodes")
+    return await render(request, "admin_nodes.html", {"nodes": nodes, "fallbacks": await fallback_counts(gw.redis)},
+                        nav="admin_nodes")
+
+
+async def enable_upstream_key(request: web.Request) -> web.Response:
+    """The nodes page's "Re-enable" button: the key is back in its node's rotation on every worker at once."""
+    gw = gateway(request)
+    node, label = request.match_info["node"], request.match_info["key"]
+    was = await enable_key(gw.redis, gw.scripts, node, label) if node in gw.catalog.nodes else None
+    if was is None:
+        await notify(request, f"Node {node} has no upstream key ending in {label}.", kind="error")
+    else:
+        log.warning("upstream key re-enabled by an operator", node=node, key=label, was_disabled=was)
+        await notify(request, f"Upstream key …{label} of {node} is back in rotation.")
+    return see_other("/dashboard/admin/nodes")
 
 
 BATCHES_SHOWN = 100

@@ -28,7 +28,9 @@ USERS = web.AppKey("dashboard_users", Users)
 SESSIONS = web.AppKey("dashboard_sessions", Sessions)
 THROTTLE = web.AppKey("dashboard_login_throttle", LoginThrottle)
 
-PUBLIC = ("/dashboard/login", "/dashboard/static/")
+# Pages anyone may open without a session: sign-in, and sign-up and password reset (selfserve.py).
+PUBLIC_PAGES = frozenset(("/dashboard/login", "/dashboard/signup", "/dashboard/signup/verify", "/dashboard/reset",
+                          "/dashboard/reset/confirm"))
 NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_./?=&%:+-]*)?")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -146,6 +148,13 @@ def base_url(request: web.Request) -> str:
     return f"{'https' if edge(request).is_https(request) else 'http'}://{request.host}"
 
 
+def own_base_url(request: web.Request) -> str:
+    """The service's address from its settings, never from the request's Host header: for links that leave
+    the browser (mails, the payment provider's way back), which a forged Host must not redirect."""
+    s = gateway(request).settings
+    return (s.public_base_url or f"http://{s.host}:{s.port}").rstrip("/")
+
+
 def safe_next(target: str | None) -> str:
     if target and NEXT_PATH.fullmatch(target) and "//" not in target and ".." not in target:
         return target
@@ -212,7 +221,7 @@ async def guard(request: web.Request, handler):
     """Sign-in, roles and CSRF for every dashboard page; errors as pages, never JSON."""
     path = request.path
     static = path.startswith("/dashboard/static/")
-    public = static or path == "/dashboard/login"
+    public = static or path in PUBLIC_PAGES
     try:
         response = await _guarded(request, handler, public)
     except web.HTTPException as exc:

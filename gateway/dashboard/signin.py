@@ -18,6 +18,7 @@ from gateway.dashboard.render import (current_session, error_page, render, safe_
 from gateway.dashboard.session import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, clear_cookie, client_address,
                                        same_origin, set_cookie, tokens_match)
 from gateway.dashboard.throttle import Attempt
+from gateway.state import GATEWAY
 from shared.users import MAX_PASSWORD, PasswordWorkBusy, normalize_email
 
 LOGIN_PATH = "/dashboard/login"
@@ -41,8 +42,14 @@ async def _login_page(request: web.Request, error: str = "", email: str = "", st
         notice = "Your session has ended. Sign in again to continue."
     elif request.query.get("signed_out"):
         notice = "You have signed out."
+    elif request.query.get("verified"):
+        notice = "Your email is confirmed and your account is ready. Sign in."
+    elif request.query.get("reset"):
+        notice = "Your password is changed. Sign in with the new one."
     resp = await render(request, "login.html", {"csrf": token, "error": error, "email": email, "notice": notice,
-                                                "next": safe_next(request.query.get("next"))}, status=status)
+                                                "next": safe_next(request.query.get("next")),
+                                                "signup": request.config_dict[GATEWAY].settings.signup_enabled},
+                          status=status)
     # The sign-in form's CSRF token: the same random value in a cookie and in the form (double submit).
     set_cookie(request, resp, LOGIN_CSRF_COOKIE, token, max_age=3600, path=LOGIN_PATH)
     resp.headers.update(headers or {})

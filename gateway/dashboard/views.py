@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway.dashboard.alerts import current_alert
 from gateway.dashboard.chart import daily_chart
 from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, daily_series, holds, key_table,
                                     ledger_notes)
@@ -179,7 +180,8 @@ async def credits_page(request: web.Request) -> web.Response:
                for rid, f in rows]
     return await render(request, "credits.html", {
         "balance": balance, "holds": await holds(gw.redis, acct), "entries": entries, "after": after,
-        "next": rows[-1][0] if more and rows else None}, nav="credits")
+        "next": rows[-1][0] if more and rows else None, "alerts_on": gw.db is not None,
+        "alert": await current_alert(request)}, nav="credits")
 
 
 async def orders_page(request: web.Request) -> web.Response:

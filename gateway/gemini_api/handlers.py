@@ -1,6 +1,6 @@
 """The native Gemini routes: generateContent, streamGenerateContent (``alt=sse``, or Google's JSON
-array), countTokens (free: a zero hold that counts against the key's requests per minute), and the
-model list. Keys: ``x-goog-api-key``, ``?key=`` or Bearer; errors in Google's shape."""
+array), countTokens (free: a zero hold that counts against the key's requests per minute); the
+model list and object are ``models.py``. Keys: ``x-goog-api-key``, ``?key=`` or Bearer; errors in Google's shape."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.auth import request_key
 from gateway.dialects import error_body
 from gateway.exchange import SSE_HEADERS, exchange, json_response
+from gateway.gemini_api.models import KEY_PARAM, missing_model, served_natively
 from gateway.gemini_api.wire import NativeRequest, parse_count, parse_generate
 from gateway.inputs import QueryParam, read_json
 from gateway.state import GATEWAY, Gateway
@@ -17,29 +18,18 @@ from shared.admission import OUTPUT_ESTIMATE, count_hold, plan_hold_for
 from shared.catalog import Model
 from shared.contracts import Api, JobKind
 from shared.dispatch import Admitted
-from shared.errors import ApiError, not_found
+from shared.errors import ApiError
 
 QUERY = (QueryParam("alt", {"type": "string", "enum": ["sse", "json"]},
                     "streamGenerateContent: server-sent events (sse) or one JSON array (json, the default)."),
-         QueryParam("key", {"type": "string"}, "The API key (instead of x-goog-api-key or Bearer)."))
+         KEY_PARAM)
 JSON_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-cache"}
-
-
-def missing_model(name: str, method: str = "generateContent") -> ApiError:
-    return not_found(f"models/{name} is not found for API version v1beta, or is not supported for {method}. "
-                     "Call ListModels to see the list of available models and their supported methods.",
-                     code="model_not_found", param="model")
-
-
-def served_natively(gw: Gateway, model: Model) -> bool:
-    """Models whose provider speaks Gemini's API (an OpenAI-compatible upstream has no native form)."""
-    return gw.catalog.providers[model.provider].adapter == "gemini"
 
 
 def _model(request: web.Request, gw: Gateway, method: str) -> Model:
     name = request.match_info["model"]
     model = gw.catalog.models.get(name)
-    if model is None or not served_natively(gw, model):
+    if model is None or not served_natively(gw.catalog, model):
         raise missing_model(name, method)
     return model
 
@@ -117,16 +107,3 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     native = parse_count(await read_json(request), model, gw.settings.max_messages)
     admitted = _admit(request, gw, model, native, JobKind.GEMINI_COUNT, False)
     return await exchange(request, admitted, lambda: CountRenderer(False), "count-")
-
-
-def model_entry(model: Model) -> dict:
-    return {"name": f"models/{model.id}", "baseModelId": model.id, "version": model.upstream_model,
-            "displayName": model.display_name, "description": f"{model.display_name}, served by apiinone",
-            "inputTokenLimit": model.context_window, "outputTokenLimit": model.max_output_tokens,
-            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
-            "thinking": model.thinking != "none"}
-
-
-async def list_models(request: web.Request) -> web.Response:
-    gw: Gateway = request.app[GATEWAY]
-    return json_response({"models": [model_entry(m) for m in gw.catalog.models.values() if served_natively(gw, m)]})

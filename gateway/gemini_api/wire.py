@@ -45,6 +45,8 @@ COUNT_FIELDS = ("contents", "generateContentRequest")
 
 
 def camel(name: str) -> str:
+    if "_" not in name:  # what Google's SDKs send: as it is, no string work per field
+        return name
     head, *rest = name.split("_")
     return head + "".join(word[:1].upper() + word[1:] for word in rest)
 
@@ -66,10 +68,10 @@ def _fields(value: object, allowed: tuple[str, ...], where: str, refused: dict[s
     out = {}
     for name, item in _object(value, where or "request").items():
         key = camel(name)
-        path = f"{where}.{key}" if where else key
-        if refused and key in refused:
-            raise bad_request(f"'{path}' is not supported: {refused[key]}.", param=path, code="unsupported_field")
-        if key not in allowed:
+        if key not in allowed:  # (a refused field is never allowed)
+            path = f"{where}.{key}" if where else key
+            if refused and key in refused:
+                raise bad_request(f"'{path}' is not supported: {refused[key]}.", param=path, code="unsupported_field")
             raise bad_request(f"Unknown or unsupported field '{path}'.", param=path, code="unsupported_field")
         out[key] = item
     return out

@@ -13,14 +13,13 @@ from gateway.messages_api.translate import chat_body, check_request
 from gateway.messages_api.wire import CountTokensRequest, MessagesRequest
 from gateway.state import GATEWAY, Gateway
 from shared.contracts import Api, JobKind
-from shared.protocol import parse_chat_request
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY]
     req = await read_body(request, MessagesRequest)
     check_request(req)
-    admitted = admit_chat_body(request, gw, request_key(request), parse_chat_request(chat_body(req)),
+    admitted = admit_chat_body(request, gw, request_key(request), chat_body(req),
                                api=Api.MESSAGES, stream=bool(req.stream), include_usage=True)
     return await exchange(request, admitted, lambda: MessagesRenderer(req.model), "msg-")
 
@@ -30,6 +29,6 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY]
     req = await read_body(request, CountTokensRequest)
     check_request(req)
-    admitted = admit_chat_body(request, gw, request_key(request), parse_chat_request(chat_body(req)),
+    admitted = admit_chat_body(request, gw, request_key(request), chat_body(req),
                                api=Api.MESSAGES, stream=False, include_usage=False, kind=JobKind.COUNT)
     return await exchange(request, admitted, CountRenderer, "count-")

@@ -14,6 +14,7 @@ import secrets
 import orjson
 from aiohttp import web
 
+from gateway.delta_renderer import DeltaRenderer
 from gateway.dialects import error_body
 from gateway.exchange import SSE_HEADERS, json_response
 from shared.errors import ApiError
@@ -44,7 +45,7 @@ def _input(arguments: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-class MessagesRenderer:
+class MessagesRenderer(DeltaRenderer):
     headers = SSE_HEADERS
 
     def __init__(self, model: str) -> None:
@@ -54,8 +55,6 @@ class MessagesRenderer:
         self.index = -1  # of the open content block
         self.open: str | None = None  # its type: "thinking" | "text" | "tool_use"
         self.calls: dict[int, int] = {}  # chat tool call index -> content block index
-        self.usage: dict | None = None
-        self.finish_reason: str | None = None
 
     def _message(self, content: list[dict], stop_reason: str | None, usage: dict) -> dict:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
@@ -64,6 +63,7 @@ class MessagesRenderer:
     # --- one answer ------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self.model = completion.get("model") or self.model  # the model that answered (maybe a catalog fallback)
         choice = completion["choices"][0]
         message = choice["message"]
         calls = message.get("tool_calls") or []
@@ -87,10 +87,11 @@ class MessagesRenderer:
     def _event(kind: str, **fields) -> bytes:
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
 
-    def _start(self) -> list[bytes]:
+    def start(self, model: str | None = None) -> list[bytes]:
         if self.started:
             return []
         self.started = True
+        self.model = model or self.model  # the model that answers (maybe a catalog fallback)
         return [self._event("message_start", message=self._message([], None, {"input_tokens": 0, "output_tokens": 0}))]
 
     def _open(self, block: dict, signature: str | None = None) -> list[bytes]:
@@ -113,36 +114,30 @@ class MessagesRenderer:
     def _delta(self, delta: dict) -> bytes:
         return self._event("content_block_delta", index=self.index, delta=delta)
 
-    def chunk(self, payload: bytes) -> list[bytes]:
-        chunk = orjson.loads(payload)
-        if not chunk["choices"]:
-            self.usage = chunk.get("usage") or self.usage
-            return []
-        out = self._start()
-        choice = chunk["choices"][0]
-        delta = choice["delta"]
-        if text := delta.get("reasoning_content"):
-            if self.open != "thinking":
-                out += self._open({"type": "thinking", "thinking": "", "signature": ""})
-            out.append(self._delta({"type": "thinking_delta", "thinking": text}))
-        if text := delta.get("content"):
-            if self.open != "text":
-                out += self._open({"type": "text", "text": ""})
-            out.append(self._delta({"type": "text_delta", "text": text}))
-        for call in delta.get("tool_calls") or []:
-            if call.get("id"):  # a call begins: it closes the thinking with the turn's signature
-                out += self._open({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
-                                   "input": {}}, signature_from_id(call["id"]))
-                self.calls[call["index"]] = self.index
-            arguments = (call.get("function") or {}).get("arguments")
-            if arguments and self.calls.get(call["index"]) == self.index and self.open == "tool_use":
-                out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+    def thinking(self, text: str) -> list[bytes]:
+        out = [] if self.open == "thinking" else self._open({"type": "thinking", "thinking": "", "signature": ""})
+        out.append(self._delta({"type": "thinking_delta", "thinking": text}))
+        return out
+
+    def text(self, text: str) -> list[bytes]:
+        out = [] if self.open == "text" else self._open({"type": "text", "text": ""})
+        out.append(self._delta({"type": "text_delta", "text": text}))
+        return out
+
+    def tool_call(self, call: dict) -> list[bytes]:
+        out: list[bytes] = []
+        if call.get("id"):  # a call begins: it closes the thinking with the turn's signature
+            out += self._open({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}},
+                              signature_from_id(call["id"]))
+            self.calls[call["index"]] = self.index
+        arguments = (call.get("function") or {}).get("arguments")
+        if arguments and self.calls.get(call["index"]) == self.index and self.open == "tool_use":
+            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
         return out
 
     def done(self) -> list[bytes]:
         usage = anthropic_usage(self.usage)
-        return self._start() + self._close() + [
+        return self.start() + self._close() + [
             self._event("message_delta", delta={"stop_reason": STOP_REASONS.get(self.finish_reason, "end_turn"),
                                                 "stop_sequence": None}, usage=usage),
             self._event("message_stop")]

@@ -1,4 +1,5 @@
-"""A Messages request -> the OpenAI chat body every job runs.
+"""A validated Messages request -> the OpenAI chat body every job runs (JSON, admitted as it is: the
+checks below cover what the chat schema would, so the body is not validated a second time).
 
 ``docs/gemini-mapping.md`` ("Anthropic Messages") tables each mapping with its test. Thinking blocks
 sent back are not forwarded (Gemini takes no thinking text back); what Gemini needs of them, the thought
@@ -13,6 +14,7 @@ import orjson
 from gateway.messages_api.wire import (CountTokensRequest, ImageBlock, MessagesRequest, RedactedThinkingBlock,
                                        TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock, UrlSource)
 from shared.errors import bad_request
+from shared.protocol import check_schemas_together
 from shared.signatures import SKIP_SIGNATURE, with_signature
 
 MIN_BUDGET = 1024  # Anthropic's smallest thinking budget
@@ -43,6 +45,7 @@ def check_request(req: CountTokensRequest) -> None:
             raise bad_request("tool_choice.name must name one of the tools.", param="tool_choice.name")
     if isinstance(req, MessagesRequest) and len(req.stop_sequences or []) > MAX_STOP_SEQUENCES:
         raise bad_request(f"stop_sequences: at most {MAX_STOP_SEQUENCES} are supported.", param="stop_sequences")
+    check_schemas_together([(f"tools.{i}.input_schema", t.input_schema) for i, t in enumerate(req.tools or [])])
 
 
 def _image(block: ImageBlock, where: str) -> dict:
@@ -91,10 +94,10 @@ def _assistant(blocks: list, renamed: dict[str, str]) -> dict:
                 call_id = renamed[block.id] = with_signature(block.id, signature)
             calls.append({"id": call_id, "type": "function",
                           "function": {"name": block.name, "arguments": orjson.dumps(block.input).decode()}})
-    message: dict = {"role": "assistant", "content": "".join(text) or (None if calls else "")}
     if calls:
-        message["tool_calls"] = calls
-    return message
+        return {"role": "assistant", "content": "".join(text), "tool_calls": calls} if text else \
+            {"role": "assistant", "tool_calls": calls}
+    return {"role": "assistant", "content": "".join(text)}
 
 
 def _messages(req: CountTokensRequest) -> list[dict]:
@@ -109,6 +112,8 @@ def _messages(req: CountTokensRequest) -> list[dict]:
             messages.extend(_user(blocks, f"messages.{i}.content", renamed))
         else:
             messages.append(_assistant(blocks, renamed))
+    if all(m["role"] == "system" for m in messages):  # (the chat schema's own refusal, in this API's words)
+        raise bad_request("messages: at least one message must have content.", param="messages")
     return messages
 
 

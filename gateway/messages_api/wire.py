@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from shared.protocol import WireModel, bounded_schema
+from shared.protocol import BoundedSchema, ToolName, WireModel
 
 
 class TextBlock(WireModel):
@@ -71,18 +71,13 @@ class Message(WireModel):
 
 class Tool(WireModel):
     """A client tool; Anthropic's server tools (web search, code execution, bash...) carry a ``type`` and
-    are refused by name (``translate.check_tools``)."""
+    are refused by name (``translate.check_request``)."""
 
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
+    name: ToolName
     type: str | None = None
     description: str | None = None
-    input_schema: dict[str, Any] | None = None
+    input_schema: BoundedSchema | None = None
     cache_control: dict[str, Any] | None = None
-
-    @field_validator("input_schema")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
 
 
 class ToolChoice(WireModel):

@@ -19,7 +19,6 @@ from gateway.state import GATEWAY, Gateway
 from shared import ids
 from shared.contracts import Api
 from shared.errors import not_found
-from shared.protocol import parse_chat_request
 
 log = structlog.get_logger()
 
@@ -61,7 +60,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise missing(req.previous_response_id, "previous_response_id")
         history = record["messages"]
     body, conversation = chat_body(req, history)
-    admitted = admit_chat_body(request, gw, key, parse_chat_request(body), api=Api.RESPONSES,
+    admitted = admit_chat_body(request, gw, key, body, api=Api.RESPONSES,
                                stream=bool(req.stream), include_usage=True)
     response_id = ids.RESPONSE.new()
     store = req.store is not False

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from gateway.delta_renderer import DeltaRenderer
 from gateway.exchange import SSE_HEADERS, json_response
 from shared.errors import ApiError
 
@@ -36,7 +37,7 @@ def responses_usage(usage: dict | None) -> dict | None:
             "total_tokens": usage["total_tokens"], "credits_charged": usage["credits_charged"]}
 
 
-class ResponsesRenderer:
+class ResponsesRenderer(DeltaRenderer):
     headers = SSE_HEADERS
 
     def __init__(self, shell: dict, on_final: Callable[[dict, dict], Awaitable[None]] | None = None) -> None:
@@ -46,9 +47,8 @@ class ResponsesRenderer:
         self.started = False
         self.output: list[dict] = []  # finished items, in order
         self.open: dict | None = None  # the item being streamed
+        self.pieces: list[str] = []  # its text (or arguments) so far, joined once when it closes
         self.calls: dict[int, dict] = {}  # chat tool call index -> its function_call item
-        self.usage: dict | None = None
-        self.finish_reason: str | None = None
         self.final: dict | None = None
 
     # --- the object ------------------------------------------------------------------------
@@ -71,6 +71,7 @@ class ResponsesRenderer:
     # --- one answer -------------------------------------------------------------------------
     def result(self, payload: bytes) -> web.Response:
         completion = orjson.loads(payload)
+        self._served_by(completion.get("model"))
         choice = completion["choices"][0]
         message = choice["message"]
         self.finish_reason = choice.get("finish_reason")
@@ -95,10 +96,16 @@ class ResponsesRenderer:
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
-    def _start(self) -> list[bytes]:
+    def _served_by(self, model: str | None) -> None:
+        """The model that answers (a catalog fallback may serve a request for another)."""
+        if model and model != self.shell.get("model"):
+            self.shell = {**self.shell, "model": model}
+
+    def start(self, model: str | None = None) -> list[bytes]:
         if self.started:
             return []
         self.started = True
+        self._served_by(model)
         shell = self.response("in_progress", [])
         return [self._event("response.created", response=shell), self._event("response.in_progress", response=shell)]
 
@@ -115,6 +122,7 @@ class ResponsesRenderer:
     def _open(self, item: dict) -> list[bytes]:
         out = self._close()
         self.open = item
+        self.pieces = []
         index = len(self.output)
         added = {**item, "content": []} if item["type"] == "message" else \
             {**item, "summary": []} if item["type"] == "reasoning" else item
@@ -131,55 +139,50 @@ class ResponsesRenderer:
         item, self.open = self.open, None
         if item is None:
             return []
-        index, out = len(self.output), []
+        index, out, text = len(self.output), [], "".join(self.pieces)
         if item["type"] == "reasoning":
             part = item["summary"][0]
+            part["text"] = text
             out += [self._event("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
                                 summary_index=0, text=part["text"]),
                     self._event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
                                 summary_index=0, part=part)]
         elif item["type"] == "message":
             part = item["content"][0]
+            part["text"] = text
             item["status"] = "completed"
             out += [self._event("response.output_text.done", item_id=item["id"], output_index=index,
                                 content_index=0, text=part["text"], logprobs=[]),
                     self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part)]
         else:
-            item["status"] = "completed"
+            item["status"], item["arguments"] = "completed", text
             out.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                    name=item["name"], arguments=item["arguments"]))
         self.output.append(item)
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
-    def chunk(self, payload: bytes) -> list[bytes]:
-        chunk = orjson.loads(payload)
-        if not chunk["choices"]:
-            self.usage = chunk.get("usage") or self.usage
-            return []
-        out = self._start()
-        choice = chunk["choices"][0]
-        delta = choice["delta"]
-        if text := delta.get("reasoning_content"):
-            if self.open is None or self.open["type"] != "reasoning":
-                out += self._open({"type": "reasoning", "id": new_id("rs_"),
-                                   "summary": [{"type": "summary_text", "text": ""}]})
-            self.open["summary"][0]["text"] += text
-            out.append(self._event("response.reasoning_summary_text.delta", item_id=self.open["id"],
-                                   output_index=len(self.output), summary_index=0, delta=text))
-        if text := delta.get("content"):
-            if self.open is None or self.open["type"] != "message":
-                out += self._open(self._message("", "in_progress"))
-            self.open["content"][0]["text"] += text
-            out.append(self._event("response.output_text.delta", item_id=self.open["id"],
-                                   output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
-        for call in delta.get("tool_calls") or []:
-            out += self._tool_call_delta(call)
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+    def thinking(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            out += self._open({"type": "reasoning", "id": new_id("rs_"),
+                               "summary": [{"type": "summary_text", "text": ""}]})
+        self.pieces.append(text)
+        out.append(self._event("response.reasoning_summary_text.delta", item_id=self.open["id"],
+                               output_index=len(self.output), summary_index=0, delta=text))
         return out
 
-    def _tool_call_delta(self, call: dict) -> list[bytes]:
+    def text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "message":
+            out += self._open(self._message("", "in_progress"))
+        self.pieces.append(text)
+        out.append(self._event("response.output_text.delta", item_id=self.open["id"],
+                               output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
+        return out
+
+    def tool_call(self, call: dict) -> list[bytes]:
         out: list[bytes] = []
         if call.get("id"):
             item = self._call(call["id"], call["function"]["name"], "", "in_progress")
@@ -190,13 +193,13 @@ class ResponsesRenderer:
         if item is not None and arguments:
             if self.open is not item:  # arguments of an earlier call (upstreams that interleave): reopen
                 return out
-            item["arguments"] += arguments
+            self.pieces.append(arguments)
             out.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
                                    output_index=len(self.output), delta=arguments))
         return out
 
     def done(self) -> list[bytes]:
-        out = self._start() + self._close()
+        out = self.start() + self._close()
         status = self._status()
         self.final = self.response(status, self.output, self.usage)
         out.append(self._event("response.completed" if status == "completed" else "response.incomplete",

@@ -1,4 +1,6 @@
-"""A Responses request -> the OpenAI chat body every job runs (and the conversation it stores).
+"""A validated Responses request -> the OpenAI chat body every job runs (and the conversation it stores).
+The body is admitted as it is (JSON): the checks below cover what the chat schema would, so it is not
+validated a second time.
 
 ``docs/gemini-mapping.md`` ("Responses API") tables each mapping with its test.
 """
@@ -6,6 +8,7 @@
 from __future__ import annotations
 
 from shared.errors import bad_request
+from shared.protocol import check_schemas_together
 from gateway.responses_api.wire import (FunctionCallItem, FunctionCallOutputItem, InputImage, InputText, ItemReference,
                                         MessageItem, OutputText, ReasoningItem, RefusalPart, ResponsesRequest,
                                         TextFormatJsonObject, TextFormatJsonSchema)
@@ -28,6 +31,10 @@ def check_request(req: ResponsesRequest) -> None:
                               code="missing_required_parameter")
     if req.input is None and req.previous_response_id is None:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    schemas = [(f"tools[{i}].parameters", t.parameters) for i, t in enumerate(req.tools or [])]
+    if isinstance(req.text and req.text.format, TextFormatJsonSchema):
+        schemas.append(("text.format.schema", req.text.format.schema_))
+    check_schemas_together(schemas)
 
 
 def _parts(content: str | list, where: str, user: bool) -> str | list[dict]:
@@ -119,6 +126,8 @@ def _response_format(req: ResponsesRequest) -> dict | None:
 def chat_body(req: ResponsesRequest, history: list[dict]) -> tuple[dict, list[dict]]:
     """(the chat body to run, the conversation to store: the history and this input, no instructions)."""
     conversation = history + input_messages(req)
+    if not conversation:
+        raise bad_request("input: at least one item must carry a message.", param="input", code="invalid_value")
     messages = ([{"role": "system", "content": req.instructions}] if req.instructions else []) + conversation
     reasoning = req.reasoning
     summary = reasoning and (reasoning.summary or reasoning.generate_summary)

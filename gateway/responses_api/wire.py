@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag
 
-from shared.protocol import WireModel, bounded_schema
+from shared.protocol import BoundedSchema, FunctionDefinition, ToolName, WireModel
 
 
 # --- input items ---------------------------------------------------------------------------
@@ -96,20 +96,13 @@ InputItem = Annotated[
 
 
 # --- tools, formats, reasoning ---------------------------------------------------------------
-class ResponsesTool(WireModel):
-    """A tool: only ``function`` tools run here; hosted ones (web search, file search, computer use...)
-    are refused by name (``translate.check_tools``)."""
+class ResponsesTool(FunctionDefinition):
+    """A tool: a chat function definition, flat, with its ``type``. Only ``function`` tools run here; hosted
+    ones (web search, file search, computer use...) are refused by name (``translate.check_request``), and
+    have no name, so it is optional here and required of a function tool there."""
 
     type: str
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")] | None = None
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return bounded_schema(value)
+    name: ToolName | None = None
 
 
 class FunctionChoice(WireModel):
@@ -128,14 +121,9 @@ class TextFormatJsonObject(WireModel):
 class TextFormatJsonSchema(WireModel):
     type: Literal["json_schema"]
     name: str
-    schema_: dict[str, Any] = Field(alias="schema")
+    schema_: BoundedSchema = Field(alias="schema")
     strict: bool | None = None
     description: str | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return bounded_schema(value)
 
 
 class TextConfig(WireModel):

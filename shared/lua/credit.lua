@@ -8,8 +8,9 @@
 -- repeated reference, {-1, '', 0} when the account does not exist, {-2, '', 0} when the account
 -- is fenced for recovery (see settle.lua; the recovery applies what Postgres recorded).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
+local RUN_ID = '__SERVER_RUN_ID__'  -- this server run's id, written in at load (shared/scripts.py)
 local synced = redis.call('HGET', KEYS[1], 'synced')
-if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return {-2, '', 0} end
+if synced and synced ~= RUN_ID then return {-2, '', 0} end
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 if existing then
   return {0, existing, tonumber(redis.call('HGET', KEYS[1], 'balance'))}

@@ -11,8 +11,9 @@
 -- Returns {1, balance} released, {0, 0} not (settled meanwhile, or its settlement is pending),
 --   {-1, 0} fenced (the account waits for recovery).
 local function int(n) return string.format('%d', n) end
+local RUN_ID = '__SERVER_RUN_ID__'  -- this server run's id, written in at load (shared/scripts.py)
 local synced = redis.call('HGET', KEYS[1], 'synced')
-if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return {-1, 0} end
+if synced and synced ~= RUN_ID then return {-1, 0} end
 local rid = ARGV[1]
 local hold = redis.call('HGET', KEYS[2], rid)
 local deadline = tonumber(redis.call('ZSCORE', KEYS[3], rid) or '0')

@@ -26,11 +26,12 @@
 -- Integers are written with '%d': Lua 5.1's tostring() gives "-0" for a zero
 -- charge and "1.2345678901235e+14" for amounts of 1e14 and more.
 local function int(n) return string.format('%d', n) end
-local synced = redis.call('HGET', KEYS[1], 'synced')
-if synced and synced ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then return {-1, 0, 0} end
+local RUN_ID = '__SERVER_RUN_ID__'  -- this server run's id, written in at load (shared/scripts.py)
+local acct = redis.call('HMGET', KEYS[1], 'synced', 'balance')
+if acct[1] and acct[1] ~= RUN_ID then return {-1, 0, 0} end
 local rid = ARGV[1]
 local charge = tonumber(ARGV[2])
-local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
+local balance = tonumber(acct[2] or '0')
 local status, amount, estimate = 1, nil, ''
 local hold = redis.call('HGET', KEYS[2], rid)
 
@@ -41,12 +42,14 @@ if hold then
   redis.call('ZREM', KEYS[3], rid)
   redis.call('HINCRBY', KEYS[1], 'held', -amount)
   charge = math.max(0, math.min(charge, amount, balance))
-  if redis.call('HEXISTS', KEYS[6], 'inflight') == 1 then
-    redis.call('HINCRBY', KEYS[6], 'inflight', -1)
-  end
+  local key = redis.call('HMGET', KEYS[6], 'inflight', 'held')
   -- Never below 0: holds taken before keys counted their holds were never added.
-  local key_held = tonumber(redis.call('HGET', KEYS[6], 'held') or '0')
-  redis.call('HSET', KEYS[6], 'held', int(math.max(0, key_held - amount)))
+  local key_held = tonumber(key[2] or '0')
+  if key[1] then
+    redis.call('HSET', KEYS[6], 'inflight', int(tonumber(key[1]) - 1), 'held', int(math.max(0, key_held - amount)))
+  else
+    redis.call('HSET', KEYS[6], 'held', int(math.max(0, key_held - amount)))
+  end
 else
   local released = redis.call('HGET', KEYS[7], rid)
   if not released then return {0, 0, 0} end
@@ -75,11 +78,14 @@ local actual = tonumber(ARGV[4])
 -- The account's own tokens/min bucket (KEYS[9]) was charged the same estimate: corrected alike.
 local buckets = {KEYS[6]}
 if KEYS[9] then buckets[2] = KEYS[9] end
-for _, bucket_key in ipairs(buckets) do
-  local cap = tonumber(redis.call('HGET', bucket_key, 'tk_cap') or '0')
-  if status == 1 and cap > 0 and actual and estimate ~= '' then
-    local level = tonumber(redis.call('HGET', bucket_key, 'tk') or cap)
-    redis.call('HSET', bucket_key, 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+if status == 1 and actual and estimate ~= '' then
+  for _, bucket_key in ipairs(buckets) do
+    local bucket = redis.call('HMGET', bucket_key, 'tk_cap', 'tk')
+    local cap = tonumber(bucket[1] or '0')
+    if cap > 0 then
+      local level = tonumber(bucket[2] or cap)
+      redis.call('HSET', bucket_key, 'tk', tostring(math.min(cap, level - (actual - tonumber(estimate)))))
+    end
   end
 end
 

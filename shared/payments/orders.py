@@ -64,6 +64,12 @@ class PaymentOrders:
                                      order_id, checkout.session_id)
         return _public(row), checkout.url
 
+    async def get(self, account_id: str, order_id: str) -> dict | None:
+        """One of the account's payment orders (another account's is None, as an unknown one)."""
+        row = await self.db.fetchrow("SELECT * FROM payment_orders WHERE id = $1 AND account_id = $2", order_id,
+                                     account_id)
+        return _public(row) if row else None
+
     async def list(self, account_id: str, limit: int = 100) -> list[dict]:
         rows = await self.db.fetch("SELECT * FROM payment_orders WHERE account_id = $1 ORDER BY created DESC, id "
                                    "LIMIT $2", account_id, limit)

@@ -65,6 +65,11 @@ def events_of(event: dict) -> list[PaymentEvent]:
     return [PaymentEvent(EventKind.IGNORED, eid)]
 
 
+def _with_query(url: str, query: str) -> str:
+    """The customer comes back to ``url`` with the outcome and the order (the return page shows its state)."""
+    return url + ("&" if "?" in url else "?") + query
+
+
 class StripeProvider(PaymentProvider):
     name = "stripe"
 
@@ -88,7 +93,8 @@ class StripeProvider(PaymentProvider):
             "line_items": [{"quantity": 1, "price_data": {
                 "currency": package.currency, "unit_amount": package.amount,
                 "product_data": {"name": f"{package.credits_micro // 1_000_000} credits ({package.name})"}}}],
-            "success_url": return_url + "?checkout=success", "cancel_url": return_url + "?checkout=cancelled",
+            "success_url": _with_query(return_url, "checkout=success&order=" + order_id),
+            "cancel_url": _with_query(return_url, "checkout=cancelled&order=" + order_id),
         }, options={"idempotency_key": "checkout-" + order_id})
 
     def parse_event(self, body: bytes, headers: dict[str, str]) -> list[PaymentEvent]:

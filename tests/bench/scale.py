@@ -13,6 +13,7 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -26,14 +27,17 @@ from shared.settings import Settings
 LOADED_RATE = 150  # requests/s for "pickup under load"
 
 
+ADMIN_TOKEN = "adm_bench_" + uuid.uuid4().hex  # long enough for the gateway's check (gateway/app.py)
+
+
 def _stack(tmp: str, **kw) -> Stack:
     settings = Settings(port=free_port(), embedded_redis_port=free_port(), embedded_postgres_port=free_port(), simulator_port=free_port(),
-                        data_dir=Path(tmp), redis_url=None, gemini_api_key=None, admin_token="adm_bench")
+                        data_dir=Path(tmp), redis_url=None, gemini_api_key=None, admin_token=ADMIN_TOKEN)
     return Stack(settings, quiet=True, **kw)
 
 
 def _key(stack: Stack, credits: int = 10_000_000) -> str:
-    h = {"Authorization": "Bearer adm_bench"}
+    h = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     acct = httpx.post(stack.base_url + "/admin/accounts", json={"name": "scale", "credits": credits}, headers=h).json()
     return httpx.post(stack.base_url + f"/admin/accounts/{acct['id']}/keys", json={"name": "k"}, headers=h).json()["key"]
 

@@ -5,6 +5,9 @@
 - ``recovery.py`` after Redis restarts: re-apply what Postgres has and Redis lost, lift the fences
 - ``restore.py``  accounts Redis lost entirely, rebuilt from Postgres (`apiinone admin restore`)
 - ``maintenance.py`` hourly: usage's monthly partitions made ahead, months past retention dropped
+- ``responses.py`` stored Responses (the response archive stream) to Postgres, and past their retention out
+- ``redemption_reconcile.py`` redemption-code uses a dead gateway claimed and never recorded: credited once
+- ``outbox.py``     low-balance alerts the record queued (mail, signed webhooks), sent off the request path
 """
 
 from __future__ import annotations
@@ -15,13 +18,22 @@ import signal
 import structlog
 from redis.exceptions import RedisError
 
+from shared.credits import Credits
+from shared.db.credits_record import CreditRecord
 from shared.db.database import Database, DatabaseUnavailable
+from shared.mail import Mailer
 from shared.db.migrations import migrate
+from shared.redemption import RedemptionCodes
 from shared.redis_client import make_redis
+from shared.scripts import Scripts
 from shared.settings import Settings, get_settings
 from worker.archiver.archive import Archiver
 from worker.archiver.maintenance import maintenance_loop
+from worker.archiver.outbox import Outbox, outbox_loop
 from worker.archiver.recovery import Recovery
+from worker.archiver.redemption_reconcile import reconcile_loop
+from worker.archiver.responses import ResponseArchiver
+from worker.batch.egress import CallbackSender
 
 log = structlog.get_logger()
 RECOVERY_CHECK_S = 0.25
@@ -46,6 +58,16 @@ async def recovery_loop(recovery: Recovery, stopping: asyncio.Event) -> None:
         await asyncio.sleep(RECOVERY_CHECK_S)
 
 
+def _redemption_codes(redis, db: Database) -> RedemptionCodes:
+    scripts = Scripts(redis)
+    return RedemptionCodes(redis, scripts, Credits(redis, scripts, CreditRecord(db)), db)
+
+
+def _outbox(settings: Settings, redis, db: Database) -> Outbox:
+    sender = CallbackSender(settings.batch_callback_timeout_s, settings.callback_allow_private)
+    return Outbox(db, redis, Mailer(settings), sender, settings.public_base_url)
+
+
 async def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
@@ -61,7 +83,12 @@ async def serve(settings: Settings | None = None) -> None:
     log.info("archiver started", consumer=archiver.consumer)
     tasks = [asyncio.create_task(archiver.run(stopping)),
              asyncio.create_task(recovery_loop(Recovery(redis, db), stopping)),
-             asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping))]
+             asyncio.create_task(maintenance_loop(db, settings.usage_retention_months, stopping)),
+             asyncio.create_task(ResponseArchiver(redis, db, settings.responses_retention_days * 86400,
+                                                  archiver.consumer).run(stopping)),
+             asyncio.create_task(reconcile_loop(_redemption_codes(redis, db), settings.redemption_reconcile_after_s,
+                                                stopping)),
+             asyncio.create_task(outbox_loop(_outbox(settings, redis, db), stopping))]
     try:
         await stopping.wait()
     finally:

@@ -11,7 +11,8 @@ new run id, and for every account re-applies, atomically with lifting its fence 
 - charges and expiries with a stream id after that last id: those entries were written by this
   Redis' lost tail and archived before it was lost.
 
-An account Redis lost entirely is rebuilt from Postgres (``restore.py``). ``apiinone admin recover``
+An account Redis lost entirely is rebuilt from Postgres (``restore.py``); an account the record
+never had (made before it existed) is copied into it first (``adopt.py``). ``apiinone admin recover``
 runs the same pass on demand.
 """
 
@@ -29,6 +30,7 @@ from shared.db.database import Database
 from shared.keys import AccountKeys
 from shared.metrics import RECOVERED, labelled
 from shared.scripts import Scripts
+from worker.archiver.adopt import Adopter
 from worker.archiver.restore import Restorer
 
 log = structlog.get_logger()
@@ -45,10 +47,11 @@ class RecoveryReport:
     accounts: int = 0
     rows_applied: int = 0
     restored: int = 0
+    adopted: int = 0
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "accounts": self.accounts, "rows_reapplied": self.rows_applied,
-                "accounts_restored": self.restored}
+                "accounts_restored": self.restored, "accounts_adopted": self.adopted}
 
 
 class Recovery:
@@ -57,6 +60,7 @@ class Recovery:
         self.db = db
         self.scripts = scripts or Scripts(redis)
         self.restorer = Restorer(redis, db)
+        self.adopter = Adopter(redis, db)
 
     async def check(self, force: bool = False) -> RecoveryReport | None:
         """One pass over every account if Redis' run id is new (or ``force``); None when nothing to do."""
@@ -65,6 +69,9 @@ class Recovery:
         if not force and done is not None and done.decode() == run_id:
             return None
         report = RecoveryReport(run_id)
+        for account_id in await self.adopter.missing():
+            if await self.adopter.adopt(account_id):
+                report.adopted += 1
         rows = await self.db.fetch("SELECT id FROM accounts")
         ids = {r["id"] for r in rows} | {m.decode() for m in await self.redis.smembers(keys.ACCOUNTS)}
         for account_id in sorted(ids):
@@ -72,6 +79,8 @@ class Recovery:
             report.rows_applied += applied
             report.accounts += 1
         await self.redis.set(keys.RECOVERED_RUN, run_id)
+        if report.adopted:
+            log.warning("accounts made before the record existed were copied into it", accounts=report.adopted)
         if report.rows_applied or report.restored:
             log.warning("recovered what Redis had lost from Postgres", **report.as_dict())
         return report

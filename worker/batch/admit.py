@@ -54,11 +54,12 @@ class KeyWatch:
 
 
 def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, settings: Settings) -> Admitted:
-    prompt_estimate = check_request(req, model, settings.max_messages)  # validated already: cannot refuse now
+    body = {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}
+    prompt_estimate = check_request(body, model, settings.max_messages)  # validated already: cannot refuse now
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "stream": False,
-           "include_usage": False, "body": {**req.model_dump(exclude_none=True, by_alias=True), "stream": False}}
-    return Admitted(key, model, job, estimated_tokens(req, prompt_estimate),
-                    plan_hold(req, model, settings.min_output_tokens, key.price_multiplier_ppm))
+           "include_usage": False, "body": body}
+    return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),
+                    plan_hold(body, model, settings.min_output_tokens, key.price_multiplier_ppm))
 
 
 class LineSubmitter:

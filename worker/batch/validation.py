@@ -157,7 +157,7 @@ class LineValidator:
             if model is None:
                 self._error("model_not_found", f"The model {req.model!r} does not exist.", line_no, "body.model")
                 return
-            check_request(req, model, self.rules.max_messages)
+            check_request(req.model_dump(exclude_none=True, by_alias=True), model, self.rules.max_messages)
         except ApiError as exc:
             self._error(exc.code or "invalid_request", exc.message, line_no,
                         f"body.{exc.param}" if exc.param else "body")

@@ -8,6 +8,8 @@ Routes:
 The same routes answer under /v1 (what google-genai uses when only base_url is set).
 
 Auth: `x-goog-api-key` header or `?key=`; missing -> 403, the literal key "invalid" -> 400.
+Per-key faults (429 for a while, invalid, suspended, disabled): `APIINONE_SIMULATOR_KEY_FAULTS`
+(key_faults.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp import web
 from . import catalog
 from .directives import Directives, parse_directives
 from .errors import SimError, canned, invalid, invalid_key, missing_key, model_not_found
+from .key_faults import KeyFaults
 from .plan import Plan, build_plan
 from .request import parse_count, parse_generate
 
@@ -39,6 +42,7 @@ _SSE_HEADERS = {
 }
 _ID_PREFIX = base64.urlsafe_b64encode(os.urandom(9)).decode()
 _ids = itertools.count(1)
+KEY_FAULTS = web.AppKey("key_faults", KeyFaults)
 
 
 def _response_id() -> str:
@@ -53,12 +57,13 @@ def _error(err: SimError) -> web.Response:
     return _json(err.body(), err.code)
 
 
-def _auth(request: web.Request) -> None:
+def _auth(request: web.Request, model: str = "", generation: bool = False) -> None:
     key = request.headers.get("x-goog-api-key") or request.query.get("key")
     if not key:
         raise missing_key()
     if key == "invalid":
         raise invalid_key()
+    request.app[KEY_FAULTS].check(key, model, generation)
 
 
 def _check_query(request: web.Request) -> None:
@@ -116,7 +121,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def model_method(request: web.Request) -> web.StreamResponse:
     model, colon, method = request.match_info["name"].rpartition(":")
     try:
-        _auth(request)
+        _auth(request, model, generation=method in ("generateContent", "streamGenerateContent"))
         _check_query(request)
         if not colon:
             raise SimError(404, f"Method not found: POST {request.path}")
@@ -135,7 +140,7 @@ async def model_method(request: web.Request) -> web.StreamResponse:
             }))
         gen = parse_generate(model, body)
         directives = parse_directives(gen.last_user_texts)
-        if directives.error is not None:
+        if directives.error is not None and directives.error_model in (None, model):
             raise canned(directives.error)
         plan = build_plan(gen, directives)
     except SimError as err:
@@ -207,6 +212,7 @@ async def not_found(request: web.Request) -> web.Response:
 def create_app() -> web.Application:
     """The simulator as an aiohttp application."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[KEY_FAULTS] = KeyFaults.from_env()
     for version in ("v1beta", "v1"):  # the SDK uses /v1 when given a base_url alone
         app.router.add_get(f"/{version}/models", list_models)
         app.router.add_get(f"/{version}/models/{{name}}", get_model)

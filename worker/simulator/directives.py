@@ -9,6 +9,8 @@ Keys:
   thinking_tokens=N  thinking length in tokens (exact; overrides thinkingLevel/thinkingBudget)
   delay_ms=N         sleep between chunks, streaming and non-streaming alike
   error=STATUS       fail before the first chunk: an HTTP code (429) or a status (UNAVAILABLE)
+  error_model=NAME   only calls for this model fail with `error` (say, one model out of capacity while
+                     another, its fallback, answers the same prompt)
   fail_after=K       break the connection after K chunks (0 = before any)
   finish=REASON      force this finishReason on the last chunk (SAFETY, RECITATION, ...)
   tool_calls=N       how many parallel function calls to emit when tools are offered
@@ -41,6 +43,7 @@ class Directives:
     thinking_tokens: int | None = None
     delay_ms: int = 0
     error: int | None = None
+    error_model: str | None = None
     fail_after: int | None = None
     finish: str | None = None
     tool_calls: int | None = None
@@ -79,6 +82,8 @@ def _apply(d: Directives, key: str, value: str) -> None:
             code = CODE_BY_STATUS.get(value.upper())
         if code is not None:
             d.error = code
+    elif key == "error_model":
+        d.error_model = value
     elif key == "finish":
         reason = value.upper()
         if _REASON.match(reason):

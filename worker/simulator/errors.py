@@ -6,6 +6,7 @@ Every error the simulator returns has Google's body, `{"error": {"code", "messag
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -179,3 +180,63 @@ def model_not_found(model: str, method: str) -> SimError:
         f"{method}. Call ListModels to see the list of available models and their "
         "supported methods.",
     )
+
+
+# --- per-key faults (key_faults.py): what Google answers about one key ---------------------
+RATE_LIMIT_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on "
+    "this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. To monitor your current usage, "
+    "head to: https://ai.dev/rate-limit. "
+)
+PROJECT_NUMBER = "123456789012"  # the simulator's one pretend Google Cloud project
+
+
+def key_rate_limited(model: str, retry_s: float | None) -> SimError:
+    """429 RESOURCE_EXHAUSTED as the Gemini API sends it for a per-minute quota: Help, QuotaFailure and,
+    when the quota refills at a known time, RetryInfo (whole seconds; the message has the exact figure)."""
+    metric = "generativelanguage.googleapis.com/generate_content_paid_tier_requests"
+    message = f"{RATE_LIMIT_MESSAGE}\n* Quota exceeded for metric: {metric}, limit: 1000, model: {model}"
+    details: list[dict[str, Any]] = [
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+            {"description": "Learn more about Gemini API quotas",
+             "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+            "quotaMetric": metric,
+            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+            "quotaDimensions": {"location": "global", "model": model},
+            "quotaValue": "1000",
+        }]},
+    ]
+    if retry_s is not None:
+        message += f"\nPlease retry in {retry_s:.6f}s."
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{math.ceil(retry_s)}s"})
+    return SimError(429, message, details)
+
+
+def service_disabled() -> SimError:
+    """403: the key's project has the Generative Language API turned off."""
+    url = f"https://console.developers.google.com/apis/api/generativelanguage.googleapis.com/overview?project={PROJECT_NUMBER}"
+    message = (f"Generative Language API has not been used in project {PROJECT_NUMBER} before or it is disabled. "
+               f"Enable it by visiting {url} then retry. If you enabled this API recently, wait a few minutes for "
+               "the action to propagate to our systems and retry.")
+    return SimError(403, message, [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED", "domain": "googleapis.com",
+         "metadata": {"consumer": f"projects/{PROJECT_NUMBER}", "service": "generativelanguage.googleapis.com",
+                      "activationUrl": url, "serviceTitle": "Generative Language API",
+                      "containerInfo": PROJECT_NUMBER}},
+        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+            {"description": "Google developers console API activation", "url": url}]},
+    ])
+
+
+def consumer_suspended(key: str) -> SimError:
+    """403: Google suspended the key (abuse, a leaked key)."""
+    message = f"Permission denied: Consumer 'api_key:{key}' has been suspended."
+    return SimError(403, message, [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CONSUMER_SUSPENDED",
+         "domain": "googleapis.com",
+         "metadata": {"consumer": f"projects/{PROJECT_NUMBER}", "service": "generativelanguage.googleapis.com",
+                      "containerInfo": f"api_key:{key}"}},
+        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
+    ])
