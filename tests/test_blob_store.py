@@ -12,7 +12,8 @@ import pytest
 
 from shared.blob_s3 import PART_BYTES, S3BlobStore
 from shared.blob_store import BlobMissing, BlobTooLarge, LocalBlobStore, blob_store
-from shared.file_store import split_lines
+from shared.db.database import Database, DatabaseUnavailable
+from shared.file_store import FileStore, split_lines
 from shared.keys import BatchKeys
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -98,6 +99,17 @@ async def test_what_a_killed_upload_left_is_cleared_once_old(blobs):
         s3.create_multipart_upload(Bucket=blobs.bucket, Key="t/files/dead")
         assert await blobs.clear_abandoned(3600) == 1
         assert not s3.list_multipart_uploads(Bucket=blobs.bucket).get("Uploads")
+
+
+async def test_an_upload_the_record_cannot_take_leaves_no_bytes(tmp_path, free_db_url):
+    """Postgres down: the upload streamed into the store is deleted again, and the caller gets the database's
+    error (a 503 naming it, at the gateway)."""
+    db = Database(free_db_url)
+    store = FileStore(db, LocalBlobStore(tmp_path), Settings(data_dir=tmp_path))
+    with pytest.raises(DatabaseUnavailable):
+        await store.create_file("acct_1", "in.jsonl", "batch", chunks(b'{"a": 1}\n' * 1000))
+    assert not list((tmp_path / "files").iterdir())
+    await db.close()
 
 
 def test_keys_are_plain_relative_paths(tmp_path):
