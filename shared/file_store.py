@@ -139,6 +139,18 @@ class FileStore:
         except BlobMissing:
             return
 
+    async def lines_from_cursor(self, record: dict, cursor: int, offset: int | None
+                                ) -> AsyncIterator[tuple[int, int, bytes]]:
+        """A batch's input lines from line ``cursor`` on, read from ``offset`` where that line starts; without
+        an offset (a batch fed before offsets were kept) read from the top and skip the lines before it."""
+        if offset is None and cursor:
+            async for item in self.lines(record):
+                if item[0] >= cursor:
+                    yield item
+            return
+        async for item in self.lines(record, cursor, offset or 0):
+            yield item
+
     async def delete_file(self, account_id: str, file_id: str) -> bool:
         record = await files_record.delete(self.db, account_id, file_id)
         if record is None:

@@ -193,6 +193,15 @@ BATCHES_WAKE = PREFIX + "batches:wake"  # list: pushed on create/cancel, so the 
 BATCH_CALLBACKS = PREFIX + "batches:callbacks"  # zset: batch id -> when its next callback attempt is due (ms)
 
 
+# Files as they were kept before the blob store (aio:file:<id> hash, aio:file:<id>:lines list, aio:files:<account>
+# zset): read once by shared/file_store_upgrade.py, which moves them into the blob store and the record.
+LEGACY_FILES_MATCH = PREFIX + "file:*"
+
+
+def legacy_account_files(account_id: str) -> str:
+    return f"{PREFIX}files:{account_id}"
+
+
 def account_active_batches(account_id: str) -> str:
     return f"{PREFIX}batches_active:{account_id}"  # set: the account's batch ids not yet terminal (its cap)
 

@@ -112,6 +112,40 @@ async def test_an_upload_the_record_cannot_take_leaves_no_bytes(tmp_path, free_d
     await db.close()
 
 
+async def test_files_an_older_version_kept_in_redis_move_to_the_store_once(stores, tmp_path):
+    """An upgrade: uploads and result files that were Redis hashes and lists become blobs and rows, their Redis
+    keys go, and the lines of a batch fed before offsets were kept are still read from its cursor."""
+    from shared.db.migrations import migrate
+    from shared.file_store_upgrade import move_redis_files
+
+    redis, db = stores
+    await migrate(db)
+    files = FileStore(db, LocalBlobStore(tmp_path), Settings(data_dir=tmp_path))
+    upload, result = "file-" + "a" * 24, "file-" + "b" * 24
+    await redis.hset(f"aio:file:{upload}", mapping={
+        "id": upload, "account_id": "acct_1", "purpose": "batch", "filename": "in.jsonl", "bytes": 12,
+        "created_at": 100, "expires_at": 2**40, "lines_key": f"aio:file:{upload}:lines", "lines": 3})
+    await redis.rpush(f"aio:file:{upload}:lines", b"one", b"two", b"three")
+    await redis.zadd("aio:files:acct_1", {upload: 1, result: 2})
+    output = "aio:{batch:batch_" + "c" * 24 + "}:output"
+    await redis.hset(f"aio:file:{result}", mapping={
+        "id": result, "account_id": "acct_1", "purpose": "batch_output", "filename": "o.jsonl", "bytes": 3,
+        "created_at": 200, "expires_at": 2**40, "lines_key": output, "batch_id": "batch_" + "c" * 24})
+    await redis.rpush(output, b"out")
+
+    assert await move_redis_files(redis, files) == 2
+    assert await move_redis_files(redis, files) == 0
+    record = await files.get_file("acct_1", upload)
+    assert (record["bytes"], record["created_at"], record["filename"]) == (14, 100, "in.jsonl")
+    assert b"".join([c async for c in files.content(record)]) == b"one\ntwo\nthree\n"
+    assert [line async for _, _, line in files.lines_from_cursor(record, 1, None)] == [b"two", b"three"]
+    listed, _ = await files.list_files("acct_1", None, 10, None)
+    assert {f["id"] for f in listed} == {upload, result}
+    assert not await redis.exists(f"aio:file:{upload}", f"aio:file:{upload}:lines", f"aio:file:{result}",
+                                  "aio:files:acct_1")
+    assert await redis.exists(output)  # its batch's list: kept until the batch's own retention
+
+
 def test_keys_are_plain_relative_paths(tmp_path):
     store = LocalBlobStore(tmp_path)
     for bad in ("../x", "/etc/passwd", "files/../../x", "a//b", ""):

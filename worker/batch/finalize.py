@@ -37,9 +37,9 @@ async def expire_unrun(store: BatchStore, spool: Spool, b: BatchKeys, files: Fil
     """Every line never fed gets a ``batch_expired`` error line, a page at a time (each page then moved on
     to the blob store)."""
     cursor_b, offset_b = await store.redis.hmget(b.batch, "cursor", "cursor_offset")
-    cursor, offset = int(cursor_b or 0), int(offset_b or 0)
+    cursor = int(cursor_b or 0)
     page: list[tuple[int, int, bytes]] = []
-    async for item in files.lines(record, cursor, offset):
+    async for item in files.lines_from_cursor(record, cursor, int(offset_b) if offset_b is not None else None):
         page.append(item)
         if len(page) == PAGE:
             if not await _write_unrun_page(store, b, cursor, page):

@@ -26,6 +26,7 @@ from shared.batch_store import TERMINAL, BatchStatus, BatchStore
 from shared.blob_store import blob_store
 from shared.db.database import Database, DatabaseUnavailable
 from shared.file_store import FileStore
+from shared.file_store_upgrade import move_redis_files
 from shared.catalog import Catalog, get_catalog
 from shared.accounts import Accounts
 from shared.dispatch import Dispatcher
@@ -99,8 +100,13 @@ class BatchWorker:
                 await asyncio.sleep(1)
 
     async def _retention_loop(self) -> None:
+        """Files an older version kept in Redis moved to the blob store (once), then retention, every minute."""
+        redis_files_moved = False
         while True:
             try:
+                if not redis_files_moved:
+                    await move_redis_files(self.redis, self.files)
+                    redis_files_moved = True
                 deleted = await self.files.sweep()
                 if deleted:
                     log.info("files past their retention deleted", files=deleted)

@@ -149,8 +149,9 @@ class BatchRun:
     async def _feed(self, record: dict) -> None:
         """Lines from the cursor on, streamed from the input file where the cursor's line starts."""
         w, b = self.w, self.b
-        offset = int(await w.redis.hget(b.batch, "cursor_offset") or 0) if self.cursor else 0
-        async for index, end, line in w.files.lines(record, self.cursor, offset):
+        offset = await w.redis.hget(b.batch, "cursor_offset")
+        async for index, end, line in w.files.lines_from_cursor(record, self.cursor,
+                                                                int(offset) if offset is not None else None):
             if not line.strip():
                 continue
             await self._acquire()
