@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.state import GATEWAY
 from shared.accounts import KeyRecord
 from shared.batch_store import BatchStore
+from shared.file_store import FileStore
 from shared.errors import ApiError, insufficient_quota
 
 
@@ -25,11 +26,13 @@ async def require_positive_balance(request: web.Request, key: KeyRecord, what: s
                                  f"{balance['available']:g} credits available. Top up to continue.")
 
 
-async def upload_room(request: web.Request, store: BatchStore, key: KeyRecord) -> int:
-    """The bytes this upload may have: one file's limit, or what is left of the account's storage."""
+async def upload_room(request: web.Request, files_store: FileStore, key: KeyRecord) -> int:
+    """The bytes this upload may have: one file's limit, or what is left of the account's storage (the
+    record's counters: one row read)."""
     s = request.app[GATEWAY].settings
     await require_positive_balance(request, key, "Uploading a file")
-    files, stored = await store.stored(key.account_id)
+    now = await files_store.stored(key.account_id)
+    files, stored = now.files, now.bytes
     if files >= s.account_max_files:
         raise _limit_error(f"The account keeps {files} files, the most it may; delete some first.",
                            "file_limit_exceeded", "file")

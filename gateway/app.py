@@ -14,6 +14,8 @@ from gateway.edge import EDGE, Edge, security_headers
 from gateway.middleware import cors, observe, openai_errors, response_headers
 from gateway.state import GATEWAY, Gateway
 from shared.batch_store import BatchStore
+from shared.blob_store import blob_store
+from shared.file_store import FileStore
 from shared.catalog import get_catalog
 from shared.settings import Settings, get_settings
 
@@ -54,7 +56,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[EDGE] = Edge.from_settings(settings)  # trusted proxies, the public scheme (gateway/edge.py)
     app.on_response_prepare.append(response_headers)
     app.on_response_prepare.append(security_headers)
-    app[files.BATCH_STORE] = BatchStore(app[GATEWAY].redis, settings, app[GATEWAY].scripts)  # the Files and Batches APIs' storage
+    gw = app[GATEWAY]
+    # The Files and Batches APIs' storage: batches hot in Redis, files' bytes in the blob store, both recorded.
+    app[files.BATCH_STORE] = BatchStore(gw.redis, settings, gw.scripts, gw.db)
+    if gw.db is not None:
+        blobs = blob_store(settings)
+        app[files.FILE_STORE] = FileStore(gw.db, blobs, settings)
+        app.on_cleanup.append(lambda _: blobs.close())
     routes.mount(app)  # every API route: gateway/routes.py (also the source of /openapi.json)
     dashboard.setup(app)  # /dashboard, the browser UI: HTML pages, not API routes
     return app

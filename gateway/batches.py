@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.account_caps import require_batch_room
 from gateway.auth import request_key
-from gateway.files import store
+from gateway.files import file_store, store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
 from shared.batch_store import TERMINAL, BatchStatus
@@ -45,7 +45,7 @@ async def create(request: web.Request) -> web.Response:
             raise bad_request(f"metadata.callback_url {refusal}.", param="metadata.callback_url", code="invalid_value")
     s = store(request)
     await require_batch_room(request, s, key)
-    record = await s.get_file(key.account_id, body.input_file_id)
+    record = await file_store(request).get_file(key.account_id, body.input_file_id)
     if record is None:
         raise not_found(f"No such File object: {body.input_file_id}", param="input_file_id")
     if record["purpose"] != "batch":

@@ -1,5 +1,6 @@
 """The account's billing API (its own API key): credits (Redis, the hot state); usage, orders and ledger
-(Postgres, the record, merged with the not-yet-archived Redis tail: ``shared/history.py``)."""
+(Postgres, the record, merged with the not-yet-archived Redis tail: ``shared/history.py``); the usage
+export, every row of a time range as a CSV file streamed in constant memory (``gateway/usage_csv.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam, int_param
 from gateway.state import GATEWAY
+from gateway.usage_csv import stream_usage_csv
 from shared.errors import bad_request
 from shared.db.history_reads import order_rows
 from shared.history import ROW_ID_PATTERN, UsageFilter, is_row_id, ledger_page, usage_page
@@ -25,6 +27,10 @@ USAGE_FILTERS = (
     QueryParam("since", {"type": "integer"}, "Only rows from this time on (unix seconds)."),
     QueryParam("model", {"type": "string"}, "Only rows of this model."),
     QueryParam("key", {"type": "string"}, "Only rows of this key id."))
+EXPORT_FILTERS = (
+    QueryParam("since", {"type": "integer"}, "Only rows from this time on (unix seconds; default: the first)."),
+    QueryParam("until", {"type": "integer"}, "Only rows before this time (unix seconds; default: now)."),
+    *USAGE_FILTERS[1:])
 
 
 def _row(stream_id: str, fields: dict, obj: str) -> dict:
@@ -40,17 +46,33 @@ async def credits(request: web.Request) -> web.Response:
     return web.json_response(balance, dumps=lambda o: orjson.dumps(o).decode())
 
 
+def _time_param(request: web.Request, name: str) -> int | None:
+    value = int_param(request, name, None)
+    if value is not None and abs(value) > MAX_SINCE_S:  # its milliseconds would overflow Redis' and Postgres' ids
+        raise bad_request(f"Invalid value for '{name}': at most {MAX_SINCE_S} (unix seconds).", param=name)
+    return value
+
+
 async def usage(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
-    since = int_param(request, "since", None)
-    if since is not None and abs(since) > MAX_SINCE_S:  # its milliseconds would overflow Redis' and Postgres' ids
-        raise bad_request(f"Invalid value for 'since': at most {MAX_SINCE_S} (unix seconds).", param="since")
+    since = _time_param(request, "since")
     rows = UsageFilter.since(since, model=request.query.get("model") or "",
                              key_id=request.query.get("key") or "")
     page = await usage_page(gw.redis, request_key(request).account_id, rows, after, limit, budget=None, db=gw.db)
     return web.json_response({"object": "list", "data": [_row(r["id"], r, "billing.usage") for r in page.rows],
                               "has_more": page.next_after is not None})
+
+
+async def usage_export(request: web.Request) -> web.StreamResponse:
+    """Every usage row from ``since`` (inclusive) to ``until`` (exclusive), newest first, as CSV."""
+    since, until = _time_param(request, "since"), _time_param(request, "until")
+    if since is not None and until is not None and until < since:
+        raise bad_request("Invalid value for 'until': it is before 'since'.", param="until")
+    rows = UsageFilter(model=request.query.get("model") or "", key_id=request.query.get("key") or "",
+                       min_id=str(since * 1000) if since and since > 0 else "-",
+                       max_id=str(max(until * 1000 - 1, 0)) if until is not None else "+")
+    return await stream_usage_csv(request, request_key(request).account_id, rows)
 
 
 async def ledger(request: web.Request) -> web.Response:

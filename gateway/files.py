@@ -1,10 +1,10 @@
 """OpenAI's Files API for batches: /api/v1/files (the account's API key).
 
 Uploads are multipart (``purpose`` and ``file``, as the openai SDK sends
-them) and are stored line by line while they arrive (``shared/batch_store.py``):
-the gateway never holds a whole file, and a file over
-``APIINONE_BATCH_MAX_FILE_BYTES`` is refused with 413. Contents stream back the
-same way.
+them) and stream into the blob store while they arrive (``shared/file_store.py``:
+bytes in the blob store, metadata in the record): the gateway never holds a
+whole file, and a file over ``APIINONE_BATCH_MAX_FILE_BYTES`` is refused with
+413. Contents stream back from the blob store the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.account_caps import upload_room
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam
-from shared.batch_store import BatchStore, FileTooLarge
+from shared.batch_store import BatchStore
+from shared.blob_store import BlobMissing
 from shared.errors import ApiError, bad_request, not_found
+from shared.file_store import FileStore, FileTooLarge, file_object
 from shared.filenames import content_disposition
 
 PURPOSES = ("batch",)
@@ -28,10 +30,19 @@ LIST_FILTERS = (QueryParam("purpose", {"type": "string"}, "Only files with this 
 
 
 BATCH_STORE = web.AppKey("batch_store", BatchStore)
+FILE_STORE = web.AppKey("file_store", FileStore)
 
 
 def store(request: web.Request) -> BatchStore:
     return request.app[BATCH_STORE]
+
+
+def file_store(request: web.Request) -> FileStore:
+    files = request.app.get(FILE_STORE)
+    if files is None:
+        raise ApiError(503, "Files need the record: this gateway has no database (DATABASE_URL).", "api_error",
+                       "database_unavailable")
+    return files
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -44,14 +55,14 @@ async def upload(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload the file as multipart/form-data with fields 'purpose' and 'file'.",
                           code="invalid_content_type")
-    room = await upload_room(request, store(request), key)
+    room = await upload_room(request, file_store(request), key)
     try:
         purpose, created = await _read_upload(request, key, room)
     except (ValueError, HttpProcessingError) as exc:  # aiohttp's words for a malformed multipart body
         raise bad_request(f"Malformed multipart/form-data body: {exc}", code="invalid_multipart") from None
     if purpose is None:
         if created:
-            await store(request).delete_file(key.account_id, created["id"])
+            await file_store(request).delete_file(key.account_id, created["id"])
         raise bad_request("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
     if created is None:
         raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
@@ -72,7 +83,7 @@ async def _read_upload(request: web.Request, key, room: int) -> tuple[str | None
                                       param="purpose", code="invalid_value")
             elif part.name == "file" and created is None:
                 try:
-                    created = await store(request).create_file(key.account_id, part.filename or "upload.jsonl",
+                    created = await file_store(request).create_file(key.account_id, part.filename or "upload.jsonl",
                                                                purpose or "batch", _chunks(part), limit=room)
                 except FileTooLarge as exc:
                     raise ApiError(413, f"File too large: the limit is {exc.args[0]} bytes (one file's limit, or "
@@ -82,7 +93,7 @@ async def _read_upload(request: web.Request, key, room: int) -> tuple[str | None
                 await part.release()
     except (ValueError, HttpProcessingError, ApiError):
         if created:
-            await store(request).delete_file(key.account_id, created["id"])
+            await file_store(request).delete_file(key.account_id, created["id"])
         raise
     return purpose, created
 
@@ -90,7 +101,7 @@ async def _read_upload(request: web.Request, key, room: int) -> tuple[str | None
 async def _owned(request: web.Request) -> tuple[dict, object]:
     key = request_key(request)
     file_id = request.match_info["file_id"]
-    record = await store(request).get_file(key.account_id, file_id)
+    record = await file_store(request).get_file(key.account_id, file_id)
     if record is None:
         raise not_found(f"No such File object: {file_id}", param="id")
     return record, key
@@ -98,36 +109,37 @@ async def _owned(request: web.Request) -> tuple[dict, object]:
 
 async def get_file(request: web.Request) -> web.Response:
     record, _ = await _owned(request)
-    return web.json_response(BatchStore.file_object(record))
+    return web.json_response(file_object(record))
 
 
 async def content(request: web.Request) -> web.StreamResponse:
     record, _ = await _owned(request)
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl",
                                            "Content-Disposition": content_disposition(record["filename"])})
+    response.content_length = int(record["bytes"])
+    chunks = file_store(request).content(record)
+    try:
+        first = await anext(chunks, b"")
+    except BlobMissing:  # deleted (or swept) since its row was read
+        raise not_found(f"No such File object: {record['id']}", param="id") from None
     await response.prepare(request)
-    buffer: list[bytes] = []
-    async for _, line in store(request).iter_lines(record["lines_key"]):
-        buffer.append(line)
-        if len(buffer) >= 500:
-            await response.write(b"\n".join(buffer) + b"\n")
-            buffer = []
-    if buffer:
-        await response.write(b"\n".join(buffer) + b"\n")
+    await response.write(first)
+    async for chunk in chunks:  # as the blob store hands it over: one chunk in memory
+        await response.write(chunk)
     await response.write_eof()
     return response
 
 
 async def delete_file(request: web.Request) -> web.Response:
     record, key = await _owned(request)
-    await store(request).delete_file(key.account_id, record["id"])
+    await file_store(request).delete_file(key.account_id, record["id"])
     return web.json_response({"id": record["id"], "object": "file", "deleted": True})
 
 
 async def list_files(request: web.Request) -> web.Response:
     key = request_key(request)
     limit, after = PAGING.read(request)
-    data, more = await store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
+    data, more = await file_store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
     return web.json_response({"object": "list", "data": data, "has_more": more,
                               "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None})

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from gateway.state import GATEWAY
 from shared import keys
-from shared.account_storage import all_accounts_stored, storage_metrics
+from shared.account_storage import storage_metrics
 from shared.db.database import DatabaseUnavailable
 from shared.key_state import pool_metrics, pool_status
 from shared.nodes import live_worker_counts
@@ -63,10 +63,12 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
         supervised = supervisor_metrics(await supervisor_status(gw.redis))
-        storage = storage_metrics(await all_accounts_stored(gw.redis), gw.settings.account_max_files,
-                                  gw.settings.account_max_stored_bytes)
         key_pools = pool_metrics(await pool_status(gw.redis, list(gw.catalog.nodes)))
     except RedisError:
-        supervised = storage = key_pools = b""
+        supervised = key_pools = b""
+    try:  # the record's counters (kept on write: shared/account_storage.py)
+        storage = await storage_metrics(gw.db, gw.settings.account_max_files, gw.settings.account_max_stored_bytes)
+    except DatabaseUnavailable:
+        storage = b""
     return web.Response(body=generate_latest() + supervised + storage + key_pools,
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

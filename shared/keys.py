@@ -187,44 +187,41 @@ def supervisor_children(supervisor_id: str) -> str:
     return f"{PREFIX}supervisor:{supervisor_id}"  # hash with TTL: child name -> ChildReport JSON
 
 
-# --- files and batches (shared/batch_store.py, worker/batch/) --------------------------
+# --- batches (shared/batch_store.py, worker/batch/); files are the record's and the blob store's ---
 BATCHES_ACTIVE = PREFIX + "batches:active"  # zset: batch id -> created ms, every batch not yet terminal
 BATCHES_WAKE = PREFIX + "batches:wake"  # list: pushed on create/cancel, so the batch worker looks at once
 BATCH_CALLBACKS = PREFIX + "batches:callbacks"  # zset: batch id -> when its next callback attempt is due (ms)
 
 
-def file_key(file_id: str) -> str:
-    return f"{PREFIX}file:{file_id}"  # hash: the file object + account_id + lines_key
+# Files as they were kept before the blob store (aio:file:<id> hash, aio:file:<id>:lines list, aio:files:<account>
+# zset): read once by shared/file_store_upgrade.py, which moves them into the blob store and the record.
+LEGACY_FILES_MATCH = PREFIX + "file:*"
 
 
-def file_lines_key(file_id: str) -> str:
-    return f"{PREFIX}file:{file_id}:lines"  # list: an uploaded file's lines
-
-
-def account_files(account_id: str) -> str:
-    return f"{PREFIX}files:{account_id}"  # zset: file id -> created ms
+def legacy_account_files(account_id: str) -> str:
+    return f"{PREFIX}files:{account_id}"
 
 
 def account_active_batches(account_id: str) -> str:
     return f"{PREFIX}batches_active:{account_id}"  # set: the account's batch ids not yet terminal (its cap)
 
 
-def account_batches(account_id: str) -> str:
-    return f"{PREFIX}batches:{account_id}"  # zset: batch id -> created ms
-
-
 class BatchKeys:
     """The keys of one batch; all share the hash tag ``{batch:<id>}`` (one Cluster slot per script)."""
 
-    __slots__ = ("id", "batch", "inflight", "output", "errors", "lease", "callback")
+    __slots__ = ("id", "batch", "inflight", "output", "errors", "output_parts", "errors_parts", "lease", "callback")
 
     def __init__(self, batch_id: str) -> None:
         tag = f"{PREFIX}{{batch:{batch_id}}}:"
         self.id = batch_id
         self.batch = tag + "batch"  # hash: the batch object, its counters and its feed cursor
         self.inflight = tag + "inflight"  # hash: line no -> "<attempt>:<worker id>", fed and not written out
-        self.output = tag + "output"  # list: output file lines, in completion order
+        self.output = tag + "output"  # list: output lines not yet in the blob store, in completion order
         self.errors = tag + "errors"  # list: error file lines
+        # Output and error lines leave Redis for the blob store a part at a time (worker/batch/spool.py):
+        # list: the blob keys of the parts written so far, in order (output, errors)
+        self.output_parts = tag + "output_parts"
+        self.errors_parts = tag + "errors_parts"
         self.lease = tag + "lease"  # string with TTL: the batch worker running the batch
         self.callback = tag + "callback"  # list: completion callback delivery attempts (JSON)
 

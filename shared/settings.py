@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
@@ -148,6 +149,17 @@ class Settings(BaseSettings):
     batch_max_line_bytes: int = 1024 * 1024  # one request line; longer fails the batch in validation
     batch_file_retention_s: float = 30 * 86400  # files and finished batches are deleted after this
     batch_window_s: float = 86400  # what completion_window "24h" means (tests shrink it)
+    # Where file bytes live (shared/blob_store.py): "local" (a directory, default <data dir>/blobs) or "s3"
+    # (any S3-compatible store, shared/blob_s3.py). File metadata is the record's (Postgres).
+    blob_store: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = None
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None  # unset: AWS itself
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # unset: botocore's own chain (AWS_* variables, instance role)
+    s3_secret_access_key: str | None = Field(default=None, repr=False)
+    s3_prefix: str = ""  # prepended to every blob key, to share a bucket
+    file_retention_scan_s: float = 60.0  # how often the batch worker deletes files past their retention
     # Lines of one batch queued or running at once. Measured on 2 cores (20,000-line batches, 400
     # sequential interactive probes on one connection alone and 400 during): 1 kept interactive p99
     # below its alone value in 3 runs of 3 at ~420-460 lines/s; 2 ran ~630-660 lines/s but grew p99

@@ -28,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 from pydantic import AliasChoices, ValidationError  # noqa: E402
 
 import shared.metrics as metrics  # noqa: E402
+from shared import account_storage  # noqa: E402
 from shared.catalog import BUNDLED_CATALOG, load_catalog  # noqa: E402
 from apiinone.cli import build_parser  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -52,7 +53,7 @@ CONVENTIONAL_VARS = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULT
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service"}
 ROLES = {"gateway", "worker", "billing-worker", "batch-worker", "archiver", "simulator"}
-USES_DATABASE = {"gateway", "archiver"}  # the record's readers and writers (never the request path)
+USES_DATABASE = {"gateway", "batch-worker", "archiver"}  # the record's readers and writers (never the request path)
 
 
 WORKER_DRAIN_S = Settings.model_fields["worker_drain_s"].default  # how long SIGTERM lets in-flight streams finish
@@ -134,6 +135,8 @@ def metric_families() -> dict[str, tuple[str, set[str], tuple[str, ...]]]:
 
 METRICS = metric_families()
 SAMPLE_LABELS = {sample: set(labels) for _t, samples, labels in METRICS.values() for sample in samples}
+# The gateway's storage gauges, read from the record per scrape (shared/account_storage.py).
+SAMPLE_LABELS |= {name: set(labels) for name, labels in account_storage.SERIES.items()}
 
 
 # --- compose interpolation (the subset of the Compose spec the file uses) ----------------------
@@ -744,6 +747,9 @@ def test_grafana_dashboard_queries_real_metrics(gateway_routes):
         "upstream errors": "apiinone_upstream_errors",
         "reconciled holds": "apiinone_reconciled_holds",
     }
+    storage = {"stored bytes per account": "apiinone_account_stored_bytes", "blob store size": "apiinone_blob_store_bytes",
+               "usage partitions": "apiinone_usage_partition_bytes"}
+    assert not {what for what, name in storage.items() if name not in used}, "dashboard lacks storage panels"
     missing = {what: fam for what, fam in wanted.items() if fam not in families}
     assert not missing, f"dashboard lacks panels for {missing}"
 

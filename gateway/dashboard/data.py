@@ -197,7 +197,8 @@ async def ledger_notes(redis: Redis, account_id: str, rows: list[tuple[str, dict
     return notes
 
 
-async def account_rows(accounts: Accounts, query: str = "", limit: int = 500) -> tuple[list[dict], int]:
+async def account_rows(accounts: Accounts, db: Database | None, query: str = "", limit: int = 500
+                       ) -> tuple[list[dict], int]:
     """Every account (operators), newest first, optionally filtered by a piece of its name or id."""
     q = query.strip().lower()
     listed = [a for a in await accounts.list_accounts()
@@ -210,7 +211,7 @@ async def account_rows(accounts: Accounts, query: str = "", limit: int = 500) ->
              "created": a["created"], "keys": len(a["keys"]), "users": n} for a, n in zip(listed, user_counts)]
     rows.sort(key=lambda r: (-r["created"], r["id"]))
     shown = rows[:limit]
-    stored = await stored_by_account(accounts.redis, [r["id"] for r in shown])
+    stored = await stored_by_account(db, [r["id"] for r in shown])
     for r in shown:
         r["files"], r["stored_bytes"] = stored[r["id"]].files, stored[r["id"]].bytes
     return shown, len(rows)

@@ -5,12 +5,8 @@ Signing in and out: ``signin.py``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
-from contextlib import aclosing
-from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -23,17 +19,17 @@ from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, d
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
                                       notify, render, see_other, sessions, throttle, users)
 from gateway.dashboard.session import client_address
+from gateway.usage_csv import stream_usage_csv
 from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
 from shared.credits import AccountNotFound
 from shared.db.history_reads import order_rows
 from shared.history import is_row_id, ledger_page, usage_page
 from shared.keys import AccountKeys
-from shared.money import credits_to_micro, micro_to_decimal
+from shared.money import credits_to_micro
 from shared.operator_audit import Action
-from shared.pricing import PPM, multiplier_text
+from shared.pricing import PPM
 from shared.accounts import TooManyKeys
-from shared.usage_export import usage_export
 from shared.users import UserError
 
 PAGE = 25
@@ -241,59 +237,14 @@ async def usage_view(request: web.Request) -> web.Response:
     }, nav="usage")
 
 
-def _cell(value: str) -> str:
-    """A text cell a spreadsheet will not run as a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
-CSV_FIELDS = ("time_utc", "request_id", "key_id", "key_name", "model", "requested_model", "node", "status", "error_code",
-              "finish_reason", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
-              "credits_charged", "latency_ms", "ttft_ms", "queue_ms", "price_tier", "price_multiplier",
-              "input_credits", "cached_input_credits", "output_credits")
-
-
 async def usage_csv(request: web.Request) -> web.StreamResponse:
-    gw = gateway(request)
     acct = account_id(request)
     try:
         f = UsageFilters.from_query(request.query)
     except FilterError as exc:
         return await error_page(request, 400, "Those filters can't be used", str(exc))
-    names = {k["id"]: k["name"] for k in await gw.accounts.list_keys(acct)}
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": f'attachment; filename="usage-{acct}-{stamp}.csv"'})
-    await resp.prepare(request)
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(CSV_FIELDS)
     # Streamed as Postgres hands the rows over (a server-side cursor): memory stays flat for any range.
-    async with aclosing(usage_export(gw.redis, gw.db, acct, f.scan())) as batches:
-        async for rows in batches:
-            _write_rows(out, rows, names)
-            await resp.write(buf.getvalue().encode())
-            buf.seek(0)
-            buf.truncate()
-    await resp.write(buf.getvalue().encode())
-    await resp.write_eof()
-    return resp
-
-
-def _write_rows(out, rows: list[dict], names: dict[str, str]) -> None:
-    for row in rows:
-        ms = int(row["id"].split("-")[0])
-        out.writerow([
-            datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
-            row.get("request_id", ""), row.get("key_id", ""), _cell(names.get(row.get("key_id", ""), "")),
-            row.get("model", ""), row.get("requested_model") or row.get("model", ""), row.get("node", ""),
-            row.get("status", ""), row.get("error_code", ""),
-            row.get("finish_reason", ""), row.get("stream", ""), row.get("prompt_tokens", ""),
-            row.get("completion_tokens", ""), row.get("reasoning_tokens", ""), row.get("cached_tokens", ""),
-            str(micro_to_decimal(row.get("charged_micro") or 0)), row.get("latency_ms", ""),
-            row.get("ttft_ms", ""), row.get("queue_ms", ""), row.get("price_tier", ""),
-            multiplier_text(int(row.get("price_multiplier_ppm") or PPM)),
-            *(str(micro_to_decimal(row.get(f) or 0)) for f in ("input_micro", "cached_input_micro", "output_micro"))])
+    return await stream_usage_csv(request, acct, f.scan())
 
 
 # --- models, playground ---------------------------------------------------------------------------

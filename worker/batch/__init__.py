@@ -17,11 +17,13 @@ The rooms of this package:
                    the key's current record and limits, waiting out rate limits and full queues
 - ``lines.py``     one line's state while it runs, how an attempt ended, its output line
 - ``probe.py``     where an attempt is, from Redis, when its replies are silent or lost
+- ``spool.py``     output and error lines moved from Redis to the blob store a part at a time, once
 - ``finalize.py``  unrun lines on expiry, the output and error files, the terminal status
 - ``callbacks.py`` the signed completion callback: scheduling, rate, attempts
 - ``egress.py``    the callback's one POST: public https addresses only, a coarse outcome
 
-Storage (files, batch objects, the per-line scripts) is ``shared/batch_store.py``.
+Storage: batches' hot state and the per-line scripts are ``shared/batch_store.py``; files (bytes in the
+blob store, metadata in Postgres) are ``shared/file_store.py``.
 """
 
 from worker.batch.process import serve

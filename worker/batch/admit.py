@@ -114,14 +114,20 @@ class LineSubmitter:
         if r.status in (ReserveStatus.RPM_LIMITED, ReserveStatus.TPM_LIMITED, ReserveStatus.TOO_MANY_INFLIGHT,
                         ReserveStatus.FENCED):
             return max(0.05, r.retry_after_ms / 1000)
+        if r.status not in (ReserveStatus.INSUFFICIENT, ReserveStatus.KEY_BUDGET):
+            return None
+        known = len(self.my_holds)
+        mine = await self._my_held_micro(admitted.key.account_id)
+        if len(self.my_holds) < known:
+            # One of this batch's holds settled since this run last looked, perhaps after the refusal was decided:
+            # try once more (at most once per settled hold) rather than fail a line that now fits.
+            return 0.05
         if r.status == ReserveStatus.INSUFFICIENT:
             # Short only because of this batch's own holds? Wait for them to settle instead of failing.
-            mine = await self._my_held_micro(admitted.key.account_id)
             if mine and r.balance_micro - (r.held_micro - mine) >= admitted.hold.floor_micro:
                 return 0.05
-        if r.status == ReserveStatus.KEY_BUDGET and await self._my_held_micro(admitted.key.account_id):
-            return 0.05  # the key's limit counts its open holds: this batch's own lines free room as they settle
-        return None
+            return None
+        return 0.05 if mine else None  # the key's limit counts its open holds: this batch's own lines free room
 
     async def _my_held_micro(self, account_id: str) -> int:
         if not self.my_holds:

@@ -1,9 +1,10 @@
 """A batch's end: lines that never ran (expiry), the output and error files, the terminal status.
 
 Every step can run again after a crash: a result file is made only when the
-batch has none yet, unrun lines are written a page at a time only while the
-cursor is where the page was read, and a transition only moves from the
-statuses allowed.
+batch has none yet (and has an id derived from the batch: recorded once), unrun
+lines are written a page at a time only while the cursor is where the page was
+read, and a transition only moves from the statuses allowed. Result files are
+composed from the parts ``spool.py`` moved to the blob store.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import orjson
 import structlog
 
 from shared.batch_store import PAGE, BatchStatus, BatchStore, line_request_id
+from shared.file_store import FileStore
 from shared.keys import BatchKeys
 from worker.batch.callbacks import Callbacks
 from worker.batch.lines import EXPIRED_MESSAGE, StopReason
+from worker.batch.spool import Spool
 
 log = structlog.get_logger()
 
-# Each result list: (the file id field, the list key's attribute, its count and byte fields, the file name part).
-RESULT_FILES = (("output_file_id", "output", b"completed", b"output_bytes", "output"),
-                ("error_file_id", "errors", b"failed", b"error_bytes", "errors"))
+# Each result file: (its id field on the batch, its spool kind, the count of its lines).
+RESULT_FILES = (("output_file_id", "output", b"completed"), ("error_file_id", "errors", b"failed"))
 
 
 async def mark_terminal(store: BatchStore, callbacks: Callbacks, b: BatchKeys) -> None:
@@ -31,31 +33,41 @@ async def mark_terminal(store: BatchStore, callbacks: Callbacks, b: BatchKeys) -
     await store.retain(b)
 
 
-async def expire_unrun(store: BatchStore, b: BatchKeys, lines_key: str) -> None:
-    """Every line never fed gets a ``batch_expired`` error line, a page at a time."""
-    cursor = int(await store.redis.hget(b.batch, "cursor") or 0)
-    while True:
-        rows = await store.redis.lrange(lines_key, cursor, cursor + PAGE - 1)
-        if not rows:
-            return
-        out = []
-        for index, line in enumerate(rows, start=cursor):
-            if not line.strip():
-                continue
-            try:
-                custom_id = orjson.loads(line).get("custom_id")
-            except orjson.JSONDecodeError:
-                custom_id = None
-            out.append(orjson.dumps({
-                "id": "batch_req_" + line_request_id(b.id, index, 0), "custom_id": custom_id, "response": None,
-                "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE}}))
-        if not await store.write_unrun(b, cursor, cursor + len(rows), out):
-            return
-        cursor += len(rows)
+async def expire_unrun(store: BatchStore, spool: Spool, b: BatchKeys, files: FileStore, record: dict) -> None:
+    """Every line never fed gets a ``batch_expired`` error line, a page at a time (each page then moved on
+    to the blob store)."""
+    cursor_b, offset_b = await store.redis.hmget(b.batch, "cursor", "cursor_offset")
+    cursor = int(cursor_b or 0)
+    page: list[tuple[int, int, bytes]] = []
+    async for item in files.lines_from_cursor(record, cursor, int(offset_b) if offset_b is not None else None):
+        page.append(item)
+        if len(page) == PAGE:
+            if not await _write_unrun_page(store, b, cursor, page):
+                return
+            await spool.drain("errors")
+            cursor, page = page[-1][0] + 1, []
+    if page:
+        await _write_unrun_page(store, b, cursor, page)
 
 
-async def finalize(store: BatchStore, callbacks: Callbacks, b: BatchKeys, account_id: str,
-                   stop: StopReason | None) -> None:
+async def _write_unrun_page(store: BatchStore, b: BatchKeys, cursor: int, page: list[tuple[int, int, bytes]]) -> bool:
+    out = []
+    for index, _, line in page:
+        if not line.strip():
+            continue
+        try:
+            custom_id = orjson.loads(line).get("custom_id")
+        except orjson.JSONDecodeError:
+            custom_id = None
+        out.append(orjson.dumps({
+            "id": "batch_req_" + line_request_id(b.id, index, 0), "custom_id": custom_id, "response": None,
+            "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE}}))
+    last_index, last_end, _ = page[-1]
+    return await store.write_unrun(b, cursor, last_index + 1, last_end, out)
+
+
+async def finalize(store: BatchStore, files: FileStore, spool: Spool, callbacks: Callbacks, b: BatchKeys,
+                   account_id: str, stop: StopReason | None) -> None:
     """Make the result files and move the batch to completed, expired or cancelled."""
     final = BatchStatus.CANCELLED
     if stop != StopReason.CANCELLED:
@@ -65,16 +77,16 @@ async def finalize(store: BatchStore, callbacks: Callbacks, b: BatchKeys, accoun
             final = BatchStatus.EXPIRED if stop == StopReason.EXPIRED else BatchStatus.COMPLETED
     allowed = (BatchStatus.CANCELLING,) if final == BatchStatus.CANCELLED else (BatchStatus.FINALIZING,)
     raw = await store.raw_batch(b.id)
-    files = {}
-    for id_field, list_attr, count_field, bytes_field, name in RESULT_FILES:
-        if raw.get(id_field.encode()):
+    made = {}
+    for id_field, kind, count_field in RESULT_FILES:
+        if raw.get(id_field.encode()) or not int(raw.get(count_field) or 0):
             continue
-        count = int(raw.get(count_field) or 0)
-        if count:
-            file_id = await store.create_result_file(account_id, b.id, getattr(b, list_attr),
-                                                     int(raw.get(bytes_field) or 0), count, f"{b.id}_{name}.jsonl")
-            await store.redis.hset(b.batch, id_field, file_id)
-            files[id_field] = file_id
+        await spool.drain(kind)
+        parts = await spool.parts(kind)
+        file_id = await files.create_result_file(account_id, b.id, kind, parts)
+        await store.redis.hset(b.batch, id_field, file_id)
+        await files.blobs.delete(*parts)  # composed into the file: the parts are spent
+        made[id_field] = file_id
     await store.transition(b.id, final, allowed, **{f"{final}_at": int(time.time())})
     await mark_terminal(store, callbacks, b)
-    log.info("batch finished", batch_id=b.id, status=final, **files)
+    log.info("batch finished", batch_id=b.id, status=final, **made)

@@ -1,9 +1,10 @@
 """The ``apiinone batch-worker`` process: which batches run here, and its loops.
 
 Loops: the scan (take the lease of every active batch nobody runs, woken at
-once by a create or cancel), the lease keeper (``leases.py``) and the callback
-deliveries (``callbacks.py``); the shared lifecycle (``shared/dispatch.py``)
-keeps its own view of the node workers. Each batch taken runs in its own task:
+once by a create or cancel), the lease keeper (``leases.py``), the callback
+deliveries (``callbacks.py``) and file retention (files and batch records past
+their time deleted, bytes and rows: ``FileStore.sweep``); the shared lifecycle
+(``shared/dispatch.py``) keeps its own view of the node workers. Each batch taken runs in its own task:
 validation first (``validation.py``), then its execution (``run.py``, lines
 admitted by ``admit.py``).
 """
@@ -22,6 +23,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from shared.batch_store import TERMINAL, BatchStatus, BatchStore
+from shared.blob_store import blob_store
+from shared.db.database import Database, DatabaseUnavailable
+from shared.file_store import FileStore
+from shared.file_store_upgrade import move_redis_files
 from shared.catalog import Catalog, get_catalog
 from shared.live_catalog import LiveCatalog, start_live_catalog
 from shared.accounts import Accounts
@@ -48,7 +53,12 @@ class BatchWorker:
         url = self.settings.redis_url
         self.redis = make_redis(url)
         self.blocking = make_redis(url, max_connections=2, socket_timeout=None)
-        self.store = BatchStore(self.redis, self.settings)
+        if not self.settings.database_url:
+            raise RuntimeError("the batch worker needs the record: set DATABASE_URL")
+        self.db = Database(self.settings.database_url, self.settings.database_pool_size)
+        self.store = BatchStore(self.redis, self.settings, db=self.db)
+        self.blobs = blob_store(self.settings)
+        self.files = FileStore(self.db, self.blobs, self.settings)
         self.accounts = Accounts(self.redis)
         self.worker_id = f"batch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Lines run through the same lifecycle as interactive requests (shared/dispatch.py).
@@ -67,7 +77,7 @@ class BatchWorker:
         await self.callbacks.start()
         await self.dispatch.start()
         loops = [asyncio.create_task(c) for c in (self._scan_loop(), self.leases.keep(self.running),
-                                                  self.callbacks.run())]
+                                                  self.callbacks.run(), self._retention_loop())]
         log.info("batch worker started", worker_id=self.worker_id)
         try:
             await stop.wait()
@@ -79,6 +89,8 @@ class BatchWorker:
                 await self.leases.release(batch_id)
             await self.callbacks.close()
             await self.dispatch.stop()
+            await self.blobs.close()
+            await self.db.close()
             for r in (self.redis, self.blocking):
                 await r.aclose()
 
@@ -93,6 +105,23 @@ class BatchWorker:
             except RedisError as exc:
                 log.warning("batch scan failed", error=str(exc))
                 await asyncio.sleep(1)
+
+    async def _retention_loop(self) -> None:
+        """Files an older version kept in Redis moved to the blob store (once), then retention, every minute."""
+        redis_files_moved = False
+        while True:
+            try:
+                if not redis_files_moved:
+                    await move_redis_files(self.redis, self.files)
+                    redis_files_moved = True
+                deleted = await self.files.sweep()
+                if deleted:
+                    log.info("files past their retention deleted", files=deleted)
+            except DatabaseUnavailable as exc:
+                log.warning("file retention waits for the database", error=str(exc))
+            except Exception:  # noqa: BLE001 - the blob store failed: the rows stay, swept next time
+                log.exception("file retention failed; trying again")
+            await asyncio.sleep(self.settings.file_retention_scan_s)
 
     async def _run_batch(self, batch_id: str) -> None:
         b = BatchKeys(batch_id)
@@ -120,13 +149,13 @@ class BatchWorker:
     async def _validate(self, b: BatchKeys, raw: dict[bytes, bytes]) -> str:
         """Read the input file once; fail the batch naming its bad lines, or start it. Returns the new status."""
         s = self.settings
-        record = await self.store.get_file(raw[b"account_id"].decode(), raw[b"input_file_id"].decode())
+        record = await self.files.get_file(raw[b"account_id"].decode(), raw[b"input_file_id"].decode())
         problem = check_file(record, s.batch_max_file_bytes)
         if problem is not None:
             validation = Validation([problem], 0)
         else:
             validator = LineValidator(LineRules.of(raw[b"endpoint"].decode(), self.catalog, s))
-            async for index, line in self.store.iter_lines(record["lines_key"]):
+            async for index, _, line in self.files.lines(record):  # streamed from the blob store
                 if not validator.feed(index, line):
                     break
             validation = validator.result()

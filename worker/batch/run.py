@@ -45,6 +45,7 @@ from worker.batch.admit import QUEUE_ALLOWANCE_S, KeyRevoked, KeyWatch, LineSubm
 from worker.batch.finalize import expire_unrun, finalize
 from worker.batch.lines import RETRY, LineState, Outcome, OutcomeKind, StopReason
 from worker.batch.probe import Probe, probe
+from worker.batch.spool import Spool
 
 if TYPE_CHECKING:
     from worker.batch.process import BatchWorker
@@ -79,39 +80,50 @@ class BatchRun:
     async def execute(self) -> None:
         w = self.w
         await asyncio.wait_for(w.dispatch.hub.ready.wait(), 30)
-        record = await w.store.get_file(self.account_id, self.input_file_id)
-        lines_key = record["lines_key"] if record else None
-        poller = asyncio.create_task(self._poll_status())
+        record = await w.files.get_file(self.account_id, self.input_file_id)
+        spool = Spool(w.redis, w.store.scripts, w.blobs, self.b)
+        tasks = [asyncio.create_task(self._poll_status()), asyncio.create_task(spool.run())]
         try:
             if self.status != BatchStatus.FINALIZING:
-                await self._resume_in_flight(lines_key)
-                if lines_key and self.stop_reason is None:
-                    await self._feed(lines_key)
+                await self._resume_in_flight(record)
+                if record and self.stop_reason is None:
+                    await self._feed(record)
                 if self.stop_reason is not None:
                     await self._withdraw_queued()
                 if self.tasks:
                     await asyncio.gather(*self.tasks)
                 if await w.redis.hlen(self.b.inflight):  # a line not written out (Redis failed it): not final yet
                     raise RuntimeError("batch lines still in flight; the batch is resumed later")
-                if self.stop_reason == StopReason.EXPIRED and lines_key:
-                    await expire_unrun(w.store, self.b, lines_key)
+                if self.stop_reason == StopReason.EXPIRED and record:
+                    await expire_unrun(w.store, spool, self.b, w.files, record)
         except asyncio.CancelledError:
             for task in list(self.tasks):  # shutdown or a lost lease: lines stay in flight for the next owner
                 task.cancel()
             raise
         finally:
-            poller.cancel()
-        await finalize(w.store, w.callbacks, self.b, self.account_id, self.stop_reason)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await finalize(w.store, w.files, spool, w.callbacks, self.b, self.account_id, self.stop_reason)
 
-    async def _resume_in_flight(self, lines_key: str | None) -> None:
-        """The lines a previous owner of this batch had in flight (none on a first run)."""
+    async def _resume_in_flight(self, record: dict | None) -> None:
+        """The lines a previous owner of this batch had in flight (none on a first run), read from the input
+        file's start up to the last of them (a resume is rare; feeding goes on from the cursor's offset)."""
         w = self.w
-        for line_no_b, value in (await w.redis.hgetall(self.b.inflight)).items():
-            line_no = int(line_no_b)
-            attempt, _, started = value.decode().partition(":")
-            line = await w.redis.lindex(lines_key, line_no) if lines_key else None
+        inflight = {int(n): v.decode() for n, v in (await w.redis.hgetall(self.b.inflight)).items()}
+        wanted: dict[int, bytes] = {}
+        if inflight and record:
+            last = max(inflight)
+            async for index, _, line in w.files.lines(record):
+                if index in inflight:
+                    wanted[index] = line
+                if index >= last:
+                    break
+        for line_no, value in sorted(inflight.items()):
+            attempt, _, started = value.partition(":")
             await self._acquire()
-            self._spawn_line(line_no, line or b"", int(attempt or 0), resumed=True, started=started or None)
+            self._spawn_line(line_no, wanted.get(line_no, b""), int(attempt or 0), resumed=True,
+                             started=started or None)
 
     async def _poll_status(self) -> None:
         while True:
@@ -134,9 +146,12 @@ class BatchRun:
         self.slots.release()
         self.w.total_slots.release()
 
-    async def _feed(self, lines_key: str) -> None:
+    async def _feed(self, record: dict) -> None:
+        """Lines from the cursor on, streamed from the input file where the cursor's line starts."""
         w, b = self.w, self.b
-        async for index, line in w.store.iter_lines(lines_key, start=self.cursor):
+        offset = await w.redis.hget(b.batch, "cursor_offset")
+        async for index, end, line in w.files.lines_from_cursor(record, self.cursor,
+                                                                int(offset) if offset is not None else None):
             if not line.strip():
                 continue
             await self._acquire()
@@ -145,7 +160,7 @@ class BatchRun:
                 return
             async with w.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(b.inflight, str(index), "0:")
-                pipe.hset(b.batch, "cursor", index + 1)
+                pipe.hset(b.batch, mapping={"cursor": index + 1, "cursor_offset": end})
                 await pipe.execute()
             self.cursor = index + 1
             self._spawn_line(index, line, 0, resumed=False)
