@@ -5,9 +5,35 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import httpx
+
+from apiinone.launcher import Stack
+
+
+@contextmanager
+def own_stack(prefix: str, catalog: str | None = None, env: dict[str, str] | None = None, **stack_options) -> Iterator[Stack]:
+    """A test module's own stack (real processes, its own Valkey and database) in a temporary directory,
+    with its own catalog when ``catalog`` is given; stopped however the module ends."""
+    from tests.conftest import make_settings
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = dict(env or {})
+        if catalog is not None:
+            path = Path(tmp) / "catalog.toml"
+            path.write_text(catalog)
+            env["APIINONE_CATALOG"] = str(path)
+        st = Stack(make_settings(Path(tmp) / "data"), quiet=True, env=env, **stack_options)
+        try:
+            st.start()
+            yield st
+        finally:
+            st.stop()
 
 
 def proc_name_by_pid(stack, pid: int) -> str:

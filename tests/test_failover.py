@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from apiinone.launcher import Stack, free_port
-from tests.conftest import Admin, make_settings, wait_settled
-from tests.pool_helpers import wait_until
+from apiinone.launcher import free_port
+from tests.conftest import Admin, wait_settled
+from tests.pool_helpers import own_stack, wait_until
 
 URL = "/api/v1/chat/completions"
 
@@ -54,27 +52,19 @@ context_window = 131072
 
 @pytest.fixture(scope="module")
 def routed():
-    with tempfile.TemporaryDirectory(prefix="apiinone-failover-") as tmp:
-        catalog = Path(tmp) / "catalog.toml"
-        catalog.write_text(CATALOG)
-        env = {
-            "APIINONE_CATALOG": str(catalog),
-            "BROKEN_GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-            "APIINONE_UPSTREAM_RETRIES": "0",
-            "APIINONE_MAX_QUEUE_DEPTH": "1",
-            "APIINONE_QUEUE_TIMEOUT_S": "1.5",
-            "APIINONE_HOLD_GRACE_S": "0.5",
-            "APIINONE_RECONCILE_INTERVAL_S": "0.5",
-            "APIINONE_BREAKER_THRESHOLD": "2",
-            "APIINONE_BREAKER_COOLDOWN_S": "30",
-            "APIINONE_UPSTREAM_IDLE_TIMEOUT_S": "1",
-        }
-        st = Stack(make_settings(Path(tmp) / "data"), worker_concurrency=2, quiet=True, env=env)
-        try:
-            st.start()
-            yield st
-        finally:
-            st.stop()
+    env = {
+        "BROKEN_GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "APIINONE_UPSTREAM_RETRIES": "0",
+        "APIINONE_MAX_QUEUE_DEPTH": "1",
+        "APIINONE_QUEUE_TIMEOUT_S": "1.5",
+        "APIINONE_HOLD_GRACE_S": "0.5",
+        "APIINONE_RECONCILE_INTERVAL_S": "0.5",
+        "APIINONE_BREAKER_THRESHOLD": "2",
+        "APIINONE_BREAKER_COOLDOWN_S": "30",
+        "APIINONE_UPSTREAM_IDLE_TIMEOUT_S": "1",
+    }
+    with own_stack("apiinone-failover-", CATALOG, env, worker_concurrency=2) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 import tomllib
-from pathlib import Path
 
 import httpx
 import pytest
 
-from apiinone.launcher import Stack, free_port
+from apiinone.launcher import free_port
 from shared.catalog import parse_catalog
 from shared.pricing import PPM, TokenCounts, price
-from tests.conftest import Admin, make_settings, wait_settled
-from tests.pool_helpers import read_sse, wait_until
+from tests.conftest import Admin, wait_settled
+from tests.pool_helpers import own_stack, read_sse, wait_until
 
 URL = "/api/v1/chat/completions"
 OUT_OF_CAPACITY = "[[sim error=429 error_model=gemini-2.5-flash output_tokens=12]]"
@@ -110,20 +108,12 @@ MODELS = parse_catalog(tomllib.loads(CATALOG)).models
 
 @pytest.fixture(scope="module")
 def fb_stack():
-    with tempfile.TemporaryDirectory(prefix="apiinone-fallback-") as tmp:
-        catalog = Path(tmp) / "catalog.toml"
-        catalog.write_text(CATALOG)
-        env = {
-            "APIINONE_CATALOG": str(catalog),
-            "BROKEN_GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-            "APIINONE_UPSTREAM_RETRIES": "0",
-        }
-        st = Stack(make_settings(Path(tmp) / "data"), quiet=True, env=env)
-        try:
-            st.start()
-            yield st
-        finally:
-            st.stop()
+    env = {
+        "BROKEN_GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "APIINONE_UPSTREAM_RETRIES": "0",
+    }
+    with own_stack("apiinone-fallback-", CATALOG, env) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,14 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
-from apiinone.launcher import Stack, apiinone_command
-from tests.conftest import Admin, make_settings, wait_settled
-from tests.pool_helpers import wait_until
+from apiinone.launcher import apiinone_command, Stack
+from tests.conftest import Admin, wait_settled
+from tests.pool_helpers import own_stack, wait_until
 
 URL = "/api/v1/chat/completions"
 RETRY_S = 4
@@ -38,13 +36,8 @@ def keyed():
         "APIINONE_NODE_KEYS_NODE62": f"{SECRETS['aaaa']},{SECRETS['bbbb']},{SECRETS['cccc']} rpm={CCCC_RPM}",
         "APIINONE_SIMULATOR_KEY_FAULTS": f"{SECRETS['aaaa']}=429:{RETRY_S}s,{SECRETS['bbbb']}=invalid",
     }
-    with tempfile.TemporaryDirectory(prefix="apiinone-keypool-") as tmp:
-        st = Stack(make_settings(Path(tmp)), workers_per_node=2, gateways=2, quiet=True, env=env)
-        try:
-            st.start()
-            yield st
-        finally:
-            st.stop()
+    with own_stack("apiinone-keypool-", env=env, workers_per_node=2, gateways=2) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

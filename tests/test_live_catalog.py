@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from apiinone.launcher import Stack
 from shared.catalog import parse_catalog
 from shared.pricing import PPM, PriceSheet, TokenCounts, price
-from tests.conftest import Admin, make_settings
-from tests.pool_helpers import wait_until
+from tests.conftest import Admin
+from tests.pool_helpers import own_stack, wait_until
 
 URL = "/api/v1/chat/completions"
 
@@ -55,16 +52,8 @@ output = "300"
 
 @pytest.fixture(scope="module")
 def live():
-    with tempfile.TemporaryDirectory(prefix="apiinone-catalog-") as tmp:
-        catalog = Path(tmp) / "catalog.toml"
-        catalog.write_text(CATALOG)
-        st = Stack(make_settings(Path(tmp) / "data"), gateways=2, quiet=True,
-                   env={"APIINONE_CATALOG": str(catalog)})
-        try:
-            st.start()
-            yield st
-        finally:
-            st.stop()
+    with own_stack("apiinone-catalog-", CATALOG, gateways=2) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

@@ -10,29 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from apiinone.launcher import Stack, wait_http
-from tests.conftest import Admin, make_settings
-from tests.pool_helpers import busy_worker_pids, kill, read_sse, wait_for_busy_worker, wait_until
+from apiinone.launcher import wait_http
+from tests.conftest import Admin
+from tests.pool_helpers import busy_worker_pids, kill, own_stack, read_sse, wait_for_busy_worker, wait_until
 
 URL = "/api/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
 def pool():
-    with tempfile.TemporaryDirectory(prefix="apiinone-pool-") as tmp:
-        st = Stack(make_settings(Path(tmp)), workers_per_node=2, gateways=2, quiet=True)
-        try:
-            st.start()
-            yield st
-        finally:
-            st.stop()
+    with own_stack("apiinone-pool-", workers_per_node=2, gateways=2) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")
