@@ -280,17 +280,31 @@ async def supervise(supervisor: Supervisor, redis_url: str, stopping: threading.
         await redis.aclose()
 
 
+class StopRequest:
+    """The SIGINT/SIGTERM handler of ``apiinone run``. Two signals often land together (Ctrl-C or a SIGTERM to
+    the process group reaches ``make`` too, which signals its child again), and Python runs a handler between
+    the bytecodes of the one it interrupted: a handler that calls ``Event.set()`` twice can re-enter it while
+    the first call holds the event's lock and wait for it for ever (``make run`` then never stopped). So the
+    first signal is noted with a plain attribute, which no lock guards, and a later one returns at once."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.requested = False
+        self.supervising = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.requested:
+            return
+        self.requested = True  # no eval-breaker check between the test above and this store
+        self.stopping.set()
+        if not self.supervising:  # still starting: abandon the start (the finally stops what runs)
+            raise KeyboardInterrupt
+
+
 def run(settings: Settings) -> None:
     stack = Stack(settings)
-    stopping = threading.Event()
-    supervising = False
-
-    def stop(signum, _frame):
-        if not stopping.is_set():
-            stopping.set()
-            if not supervising:  # still starting: abandon the start (the finally stops what runs)
-                raise KeyboardInterrupt
-
+    stop = StopRequest()
+    stopping = stop.stopping
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
@@ -300,7 +314,7 @@ def run(settings: Settings) -> None:
         base = settings.public_base_url or stack.base_url
         mail_folder = None if settings.smtp_host else settings.data_dir.resolve() / "mail"  # shared/mail.py
         print(banner(base, settings.admin_token, demo_key, operator, mail_folder), flush=True)
-        supervising = True
+        stop.supervising = True
         if not stopping.is_set():
             asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))
     except KeyboardInterrupt:
