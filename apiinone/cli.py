@@ -59,10 +59,13 @@ def _serve_metrics(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from apiinone.launcher import run
+    from apiinone.launcher import PortTaken, run
 
     _logging("supervisor")  # its own lines: children exiting, restarts, crash loops
-    run(_settings())
+    try:
+        run(_settings())
+    except PortTaken as exc:
+        sys.exit(f"apiinone run: {exc}")
 
 
 def cmd_gateway(args) -> None:

@@ -54,6 +54,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """A port `apiinone run` would listen on is held already (another `make run` of the same settings)."""
+
+
+def check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
+    """Refuse to start on a port something listens on: the child would fail to bind, but its readiness probe
+    would find the other server answering there and the stack would run on another's Valkey or Postgres."""
+    for setting, (host, port) in ports.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by a stop is no owner
+            try:
+                sock.bind((host, port))
+            except OSError:
+                raise PortTaken(f"port {port} on {host} ({setting}) is in use, by another `make run` or server: "
+                                f"stop it, or set {setting} to a free port") from None
+
+
 def apiinone_command() -> list[str]:
     script = Path(sys.executable).with_name("apiinone")
     return [str(script)] if script.exists() else [sys.executable, "-m", "apiinone.cli"]
@@ -142,8 +159,21 @@ class Stack:
                          log_path=self.log_path(name) if self.quiet else None, probe=probe, **spec_fields)
         return self.supervisor.launch(spec)
 
+    def ports(self) -> dict[str, tuple[str, int]]:
+        """The fixed addresses this stack's children will listen on, by the setting that names each port."""
+        s, loopback = self.settings, "127.0.0.1"
+        ports = {"APIINONE_PORT": (loopback if s.host == "localhost" else s.host, s.port)}
+        if not s.redis_url:
+            ports["APIINONE_EMBEDDED_REDIS_PORT"] = (loopback, s.embedded_redis_port)
+        if not s.database_url:
+            ports["APIINONE_EMBEDDED_POSTGRES_PORT"] = (loopback, s.embedded_postgres_port)
+        if not s.gemini_api_key:
+            ports["APIINONE_SIMULATOR_PORT"] = (loopback, s.simulator_port)
+        return ports
+
     def start(self) -> None:
         s = self.settings
+        check_ports_free(self.ports())
         data_dir = s.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.env["APIINONE_DATA_DIR"] = str(data_dir)
