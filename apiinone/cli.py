@@ -224,6 +224,7 @@ async def _admin(args) -> object:
             was = await enable_key(redis, Scripts(redis), args.node, args.key)
             if was is None:
                 sys.exit(f"error: node {args.node!r} has no upstream key ending in {args.key!r}")
+            await _audit(db, "upstream_key.enable", f"{args.node}/{args.key}", {"state": "active", "was_disabled": was})
             return {"node": args.node, "key": args.key, "state": "active", "was_disabled": was}
         raise SystemExit("unknown admin command; see `apiinone admin --help`")
     finally:
