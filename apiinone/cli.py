@@ -59,10 +59,13 @@ def _serve_metrics(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from apiinone.launcher import run
+    from apiinone.launcher import PortTaken, run
 
     _logging("supervisor")  # its own lines: children exiting, restarts, crash loops
-    run(_settings())
+    try:
+        run(_settings())
+    except PortTaken as exc:
+        sys.exit(f"apiinone run: {exc}")
 
 
 def cmd_gateway(args) -> None:
@@ -215,18 +218,24 @@ async def _admin(args) -> object:
         if args.noun == "nodes":
             return await node_status(redis, await _current_catalog(redis) or get_catalog(), settings.worker_lease_s)
         if what == ("upstream-keys", "enable"):  # README "Key pools"
-            from shared.key_state import enable_key
-            from shared.scripts import Scripts
-
-            was = await enable_key(redis, Scripts(redis), args.node, args.key)
-            if was is None:
-                sys.exit(f"error: node {args.node!r} has no upstream key ending in {args.key!r}")
-            return {"node": args.node, "key": args.key, "state": "active", "was_disabled": was}
+            return await _enable_upstream_key(args, redis, db)
         raise SystemExit("unknown admin command; see `apiinone admin --help`")
     finally:
         await redis.aclose()
         if db is not None:
             await db.close()
+
+
+async def _enable_upstream_key(args, redis, db) -> dict:
+    """A disabled upstream key back in its node's rotation on every worker; in the operator audit log."""
+    from shared.key_state import enable_key
+    from shared.scripts import Scripts
+
+    was = await enable_key(redis, Scripts(redis), args.node, args.key)
+    if was is None:
+        sys.exit(f"error: node {args.node!r} has no upstream key ending in {args.key!r}")
+    await _audit(db, "upstream_key.enable", f"{args.node}/{args.key}", {"state": "active", "was_disabled": was})
+    return {"node": args.node, "key": args.key, "state": "active", "was_disabled": was}
 
 
 async def _record_command(noun: str, redis, db) -> object:

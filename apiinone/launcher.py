@@ -54,6 +54,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """A port `apiinone run` would listen on is held already (another `make run` of the same settings)."""
+
+
+def check_ports_free(ports: dict[str, tuple[str, int]]) -> None:
+    """Refuse to start on a port something listens on: the child would fail to bind, but its readiness probe
+    would find the other server answering there and the stack would run on another's Valkey or Postgres."""
+    for setting, (host, port) in ports.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by a stop is no owner
+            try:
+                sock.bind((host, port))
+            except OSError:
+                raise PortTaken(f"port {port} on {host} ({setting}) is in use, by another `make run` or server: "
+                                f"stop it, or set {setting} to a free port") from None
+
+
 def apiinone_command() -> list[str]:
     script = Path(sys.executable).with_name("apiinone")
     return [str(script)] if script.exists() else [sys.executable, "-m", "apiinone.cli"]
@@ -142,8 +159,21 @@ class Stack:
                          log_path=self.log_path(name) if self.quiet else None, probe=probe, **spec_fields)
         return self.supervisor.launch(spec)
 
+    def ports(self) -> dict[str, tuple[str, int]]:
+        """The fixed addresses this stack's children will listen on, by the setting that names each port."""
+        s, loopback = self.settings, "127.0.0.1"
+        ports = {"APIINONE_PORT": (loopback if s.host == "localhost" else s.host, s.port)}
+        if not s.redis_url:
+            ports["APIINONE_EMBEDDED_REDIS_PORT"] = (loopback, s.embedded_redis_port)
+        if not s.database_url:
+            ports["APIINONE_EMBEDDED_POSTGRES_PORT"] = (loopback, s.embedded_postgres_port)
+        if not s.gemini_api_key:
+            ports["APIINONE_SIMULATOR_PORT"] = (loopback, s.simulator_port)
+        return ports
+
     def start(self) -> None:
         s = self.settings
+        check_ports_free(self.ports())
         data_dir = s.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.env["APIINONE_DATA_DIR"] = str(data_dir)
@@ -280,17 +310,31 @@ async def supervise(supervisor: Supervisor, redis_url: str, stopping: threading.
         await redis.aclose()
 
 
+class StopRequest:
+    """The SIGINT/SIGTERM handler of ``apiinone run``. Two signals often land together (Ctrl-C or a SIGTERM to
+    the process group reaches ``make`` too, which signals its child again), and Python runs a handler between
+    the bytecodes of the one it interrupted: a handler that calls ``Event.set()`` twice can re-enter it while
+    the first call holds the event's lock and wait for it for ever (``make run`` then never stopped). So the
+    first signal is noted with a plain attribute, which no lock guards, and a later one returns at once."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.requested = False
+        self.supervising = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.requested:
+            return
+        self.requested = True  # no eval-breaker check between the test above and this store
+        self.stopping.set()
+        if not self.supervising:  # still starting: abandon the start (the finally stops what runs)
+            raise KeyboardInterrupt
+
+
 def run(settings: Settings) -> None:
     stack = Stack(settings)
-    stopping = threading.Event()
-    supervising = False
-
-    def stop(signum, _frame):
-        if not stopping.is_set():
-            stopping.set()
-            if not supervising:  # still starting: abandon the start (the finally stops what runs)
-                raise KeyboardInterrupt
-
+    stop = StopRequest()
+    stopping = stop.stopping
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
@@ -300,7 +344,7 @@ def run(settings: Settings) -> None:
         base = settings.public_base_url or stack.base_url
         mail_folder = None if settings.smtp_host else settings.data_dir.resolve() / "mail"  # shared/mail.py
         print(banner(base, settings.admin_token, demo_key, operator, mail_folder), flush=True)
-        supervising = True
+        stop.supervising = True
         if not stopping.is_set():
             asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))
     except KeyboardInterrupt:

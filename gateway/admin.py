@@ -198,6 +198,8 @@ async def enable_upstream_key(request: web.Request) -> web.Response:
     if was_disabled is None:
         raise not_found(f"Node {node!r} has no upstream key ending in {label!r}.")
     log.warning("upstream key re-enabled by an operator", node=node, key=label, was_disabled=was_disabled)
+    await gw.operator_audit.record(admin_actor(request), Action.UPSTREAM_KEY_ENABLE, f"{node}/{label}",
+                                   {"disabled": was_disabled}, {"state": "active"})
     return web.json_response({"object": "upstream_key", "node": node, "key": label, "state": "active",
                               "was_disabled": was_disabled})
 

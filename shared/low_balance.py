@@ -104,7 +104,8 @@ def alert_mail(to: str, account_name: str, facts: dict, base_url: str | None) ->
         f"The balance of the account {account_name} fell below your alert threshold of "
         f"{micro_to_credits(facts['threshold_micro'])} credits: it is {micro_to_credits(facts['balance_micro'])} "
         f"credits now.\n\nRequests are refused (402) once the balance cannot cover them.\n{where}\n"
-        "You get this mail once; the alert is armed again when a top-up lifts the balance above the threshold.\n"
+        "You get this mail once; the alert is armed again when a top-up or a redeemed code lifts the balance\n"
+        "to the threshold or above.\n"
         "Change or turn off the alert on the dashboard's Credits page.\n"))
 
 

@@ -31,6 +31,7 @@ class Action(StrEnum):
     USER_CREATE = "user.create"
     REDEMPTION_CREATE = "redemption_codes.create"
     REDEMPTION_DISABLE = "redemption_codes.disable"
+    UPSTREAM_KEY_ENABLE = "upstream_key.enable"  # target "<node>/<last 4>": a disabled key back in rotation
 
 
 @dataclass(frozen=True)

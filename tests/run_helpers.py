@@ -48,12 +48,20 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def start_run(data_dir: Path, port: int, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+def run_env(data_dir: Path, port: int, ports: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of `apiinone run` on ``port``: its other ports ``ports``, else free ones."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("REDIS_URL", "DATABASE_URL", "GEMINI_API_KEY", "APIINONE_ADMIN_TOKEN")}
     env.update(APIINONE_DATA_DIR=str(data_dir), APIINONE_PORT=str(port),
                APIINONE_EMBEDDED_REDIS_PORT=str(free_port()), APIINONE_SIMULATOR_PORT=str(free_port()),
                APIINONE_EMBEDDED_POSTGRES_PORT=str(free_port()))
+    env.update(ports or {})
+    return env
+
+
+def start_run(data_dir: Path, port: int, stderr=subprocess.DEVNULL,
+              ports: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    env = run_env(data_dir, port, ports)
     proc = subprocess.Popen(apiinone_command() + ["run"], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     lines = []
     deadline = time.monotonic() + 60

@@ -6,10 +6,15 @@ the session, sends the browser to the session's success URL and delivers ``check
 signed with ``webhook_secret``, to ``webhook_url`` (at once, or when ``release()`` is called while
 ``hold_webhooks`` is set, as a real provider's webhook may land after the customer is back); "Cancel"
 sends the browser to the cancel URL.
+
+On its own, for trying payments on ``make run`` (it prints the settings to start the stack with):
+
+    .venv/bin/python -m tests.stripe_fake --port 8098 --webhook-url http://127.0.0.1:8080/billing/webhooks/stripe
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import hmac
@@ -35,7 +40,8 @@ def event(etype: str, obj: dict) -> bytes:
 
 
 class FakeStripe:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
         self.sessions: dict[str, dict] = {}
         self.url = ""
         self.webhook_url = ""
@@ -103,7 +109,7 @@ class FakeStripe:
         app.router.add_post("/pay/{sid}/cancel", self._cancel)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
 
@@ -117,3 +123,26 @@ class FakeStripe:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+def main() -> None:
+    """Run the fake alone until Ctrl-C, delivering signed webhooks to a running gateway."""
+    ap = argparse.ArgumentParser(prog="python -m tests.stripe_fake", description=main.__doc__)
+    ap.add_argument("--port", type=int, default=8098)
+    ap.add_argument("--webhook-url", default="http://127.0.0.1:8080/billing/webhooks/stripe")
+    ap.add_argument("--webhook-secret", default="whsec_fake_" + uuid.uuid4().hex)
+    args = ap.parse_args()
+    fake = FakeStripe(args.port)
+    fake.webhook_url, fake.webhook_secret = args.webhook_url, args.webhook_secret
+    fake.start()
+    print(f"fake Stripe on {fake.url}; start the stack with:\n"
+          f"  STRIPE_SECRET_KEY=sk_test_fake STRIPE_WEBHOOK_SECRET={fake.webhook_secret} "
+          f"STRIPE_API_BASE={fake.url} make run", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()

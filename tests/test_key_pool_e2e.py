@@ -121,10 +121,15 @@ async def test_operators_see_key_state_by_last_four_and_re_enable(keyed, keyed_a
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = admin.http.post("/admin/nodes/node62/keys/bbbb/enable")
     assert r.status_code == 200 and r.json()["state"] == "active"
-    env = {**os.environ, "REDIS_URL": keyed.settings.redis_url}
+    env = {**os.environ, "REDIS_URL": keyed.settings.redis_url, "DATABASE_URL": keyed.settings.database_url}
     done = subprocess.run(apiinone_command() + ["admin", "upstream-keys", "enable", "node62", "bbbb"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and json.loads(done.stdout)["state"] == "active", done.stderr
+    # Each re-enabling is an operator action in the audit log: the page's, the admin API's, the command line's.
+    entries = admin.http.get("/admin/audit-log", params={"action": "upstream_key.enable"}).json()["data"]
+    assert [e["target"] for e in entries] == ["node62/bbbb"] * 3
+    assert [e["actor"].split(" ")[0] for e in entries] == ["cli", "admin", email]
+    assert entries[2]["before"] == {"disabled": True} and entries[2]["after"] == {"state": "active"}
 
     _, key = admin.account_with_key(1000)  # four worst-case holds at once
     assert await wave(keyed, key, 8) == [200] * 8

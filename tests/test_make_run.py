@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from apiinone.launcher import free_port
-from tests.run_helpers import children_of, cmdline, start_run, stop
+from apiinone.launcher import apiinone_command, free_port
+from tests.run_helpers import children_of, cmdline, run_env, start_run, stop
 
 # A shell that has only the system's tools: no venv on PATH, so the banner's commands must name
 # everything they need (the snippet's interpreter is the venv's python, by absolute path).
@@ -49,3 +49,23 @@ def test_run_prints_working_commands_stops_cleanly_and_keeps_data():
             assert r.status_code == 200 and r.json()["balance_micro"] < 100_000_000  # the first run's calls cost
         finally:
             stop(proc)
+
+
+def test_a_second_run_on_ports_in_use_refuses_to_start_and_leaves_the_first_alone():
+    # It once printed "apiinone is running" while its Valkey and Postgres could not bind: their readiness
+    # probes found the first run's servers answering, so its workers joined the other stack.
+    with tempfile.TemporaryDirectory(prefix="apiinone-run-") as tmp:
+        port = free_port()
+        ports = {name: str(free_port()) for name in ("APIINONE_EMBEDDED_REDIS_PORT", "APIINONE_SIMULATOR_PORT",
+                                                     "APIINONE_EMBEDDED_POSTGRES_PORT")}
+        first, _ = start_run(Path(tmp) / "first", port, ports=ports)
+        try:
+            for second_port, named in ((port, "APIINONE_PORT"), (free_port(), "APIINONE_EMBEDDED_REDIS_PORT")):
+                second = subprocess.run(apiinone_command() + ["run"], env=run_env(Path(tmp) / "second", second_port,
+                                                                                 ports),
+                                        capture_output=True, text=True, timeout=60)
+                assert second.returncode != 0 and "apiinone is running" not in second.stdout, second.stdout
+                assert "is in use" in second.stderr and named in second.stderr, second.stderr
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        finally:
+            stop(first)

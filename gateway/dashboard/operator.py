@@ -223,6 +223,8 @@ async def enable_upstream_key(request: web.Request) -> web.Response:
         await notify(request, f"Node {node} has no upstream key ending in {label}.", kind="error")
     else:
         log.warning("upstream key re-enabled by an operator", node=node, key=label, was_disabled=was)
+        await gw.operator_audit.record(operator_actor(request), Action.UPSTREAM_KEY_ENABLE, f"{node}/{label}",
+                                       {"disabled": was}, {"state": "active"})
         await notify(request, f"Upstream key …{label} of {node} is back in rotation.")
     return see_other("/dashboard/admin/nodes")
 

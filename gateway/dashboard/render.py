@@ -49,10 +49,12 @@ def credits(micro: int | str | None, places: int = 6) -> str:
 
 
 def usd(micro: int | str | None) -> str:
+    """Micro-credits as dollars (1 credit = $0.01): cents always shown, up to 4 decimals ($0.10, $10.00, $0.125)."""
     if micro in (None, ""):
         return "—"
-    dollars = micro_to_decimal(micro) / 100  # 1 credit = $0.01
-    return f"${dollars:,.4f}".rstrip("0").rstrip(".") if dollars else "$0"
+    dollars = micro_to_decimal(micro) / 100
+    whole, _, frac = f"{dollars:,.4f}".partition(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 def signed_credits(micro: int | str) -> str:
