@@ -172,6 +172,15 @@ class Stack:
         return ports
 
     def start(self) -> None:
+        """Start every child and wait until the gateways are ready; on any failure stop what was started
+        (a gateway that exits at start must not leave the stores and workers running, orphaned)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         s = self.settings
         check_ports_free(self.ports())
         data_dir = s.data_dir.resolve()

@@ -69,3 +69,28 @@ def test_a_second_run_on_ports_in_use_refuses_to_start_and_leaves_the_first_alon
             assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
         finally:
             stop(first)
+
+
+def test_a_stack_whose_gateway_fails_to_start_leaves_no_child_running(tmp_path):
+    """A gateway that exits at start (here: an admin token too short to accept) used to leave Valkey,
+    Postgres, the simulator and the workers running, orphaned (the benchmark's record scenario did)."""
+    from apiinone.launcher import Stack
+    from tests.conftest import make_settings
+
+    class Recording(Stack):
+        def _spawn(self, name, args, env=None, probe=None, **fields):
+            proc = super()._spawn(name, args, env, probe, **fields)
+            started.append(proc)
+            return proc
+
+    started: list[subprocess.Popen] = []
+    settings = make_settings(tmp_path)
+    settings.admin_token = "adm_short"
+    stack = Recording(settings, quiet=True)
+    try:
+        stack.start()
+        raise AssertionError("a gateway with a guessable admin token served")
+    except RuntimeError as exc:
+        assert "gateway" in str(exc)
+    assert len(started) >= 5  # valkey, simulator, workers, billing, batch, archiver, gateway
+    assert all(proc.poll() is not None for proc in started), [p.args[:2] for p in started if p.poll() is None]
