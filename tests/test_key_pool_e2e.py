@@ -141,3 +141,19 @@ async def test_operators_see_key_state_by_last_four_and_re_enable(keyed, keyed_a
     for secret in SECRETS.values():
         assert secret not in shown and secret not in logs
     assert "upstream key disabled" in logs and "bbbb" in logs
+
+
+async def test_one_tenants_429_does_not_refuse_another_tenant_on_a_one_key_node(stack, admin):
+    """The attack: on the session stack's node (one upstream key), account A provokes Google's 429 (the
+    simulator's, with a 3 s RetryInfo); the key cools down. Account B's next request must still be sent
+    upstream and answered, not refused locally for the whole delay (worker/key_pick.py least_cooling)."""
+    _, attacker = admin.account_with_key(10)
+    _, victim = admin.account_with_key(10)
+    url = stack.base_url + URL
+    async with httpx.AsyncClient(timeout=30) as http:
+        provoked = await http.post(url, headers={"Authorization": f"Bearer {attacker}"}, json={
+            "model": "gemini", "messages": [{"role": "user", "content": "hi [[sim error=429]]"}]})
+        assert provoked.status_code == 429
+        served = await http.post(url, headers={"Authorization": f"Bearer {victim}"}, json={
+            "model": "gemini", "messages": [{"role": "user", "content": "hi [[sim output_tokens=8]]"}]})
+    assert served.status_code == 200, served.text
