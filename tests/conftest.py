@@ -135,7 +135,10 @@ class Admin:
         return self.http.get(f"/admin/accounts/{account_id}").json()
 
     def audit(self) -> dict:
-        return self.http.get("/admin/audit").json()
+        report = self.http.get("/admin/audit").json()
+        if not report.get("ok"):  # shown with the failing test's output: which account, by how much
+            print("audit not ok:", [row for row in report.get("data", []) if not row.get("ok")])
+        return report
 
 
 @pytest.fixture(scope="session")
