@@ -15,6 +15,7 @@ within a second (their pub/sub notice).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from aiohttp import web
@@ -29,7 +30,9 @@ from shared.catalog_store import VersionConflict
 from shared.errors import ApiError, bad_request, not_found, unavailable
 from shared.protocol import WireModel
 
-VERSIONS = Paging(20, 100, "The version number of the last item of the previous page.", str.isdigit, r"[0-9]{1,9}")
+VERSION_CURSOR = re.compile(r"[0-9]{1,9}")  # ASCII digits that fit the record's integer (str.isdigit takes "٣")
+VERSIONS = Paging(20, 100, "The version number of the last item of the previous page.",
+                  lambda v: bool(VERSION_CURSOR.fullmatch(v)), VERSION_CURSOR.pattern)
 NOTE = Annotated[str, Field(max_length=500)]
 
 

@@ -20,6 +20,7 @@ from gateway.auth import request_key
 from gateway.files import file_store, store
 from gateway.inputs import Paging, read_body
 from gateway.state import GATEWAY
+from shared import ids
 from shared.batch_store import TERMINAL, BatchStatus
 from shared.callback_targets import url_refusal
 from shared.credits import AccountNotFound
@@ -27,7 +28,8 @@ from shared.errors import ApiError, bad_request, not_found
 from shared.protocol import BatchCreateRequest
 from shared.webhook_secrets import previous_secret_expires_at, rotate, webhook_secret
 
-PAGING = Paging(20, 100, "The id of the last batch of the previous page.")
+# A cursor is a batch id: anything else could name no batch (and a NUL would reach Postgres: the fuzz run's 500).
+PAGING = Paging(20, 100, "The id of the last batch of the previous page.", ids.BATCH.matches, ids.BATCH.pattern)
 
 
 def _json(obj: dict, status: int = 200) -> web.Response:

@@ -9,6 +9,7 @@ whole file, and a file over ``APIINONE_BATCH_MAX_FILE_BYTES`` is refused with
 
 from __future__ import annotations
 
+import re
 from typing import AsyncIterator
 
 from aiohttp import BodyPartReader, web
@@ -17,15 +18,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.account_caps import upload_room
 from gateway.auth import request_key
 from gateway.inputs import Paging, QueryParam
+from shared import ids
 from shared.batch_store import BatchStore
 from shared.blob_store import BlobMissing
 from shared.errors import ApiError, bad_request, not_found
 from shared.file_store import FileStore, FileTooLarge, file_object
 from shared.filenames import content_disposition
 
-PURPOSES = ("batch",)
+PURPOSES = ("batch",)  # what an upload may name; the worker writes "batch_output" files too
+PURPOSE_FILTER = re.compile(r"[a-z0-9_\-]{1,64}")  # the shape of OpenAI's purposes (a NUL must not reach Postgres)
 READ_CHUNK = 64 * 1024
-PAGING = Paging(10_000, 10_000, "The id of the last file of the previous page.")
+PAGING = Paging(10_000, 10_000, "The id of the last file of the previous page.", ids.FILE.matches, ids.FILE.pattern)
 LIST_FILTERS = (QueryParam("purpose", {"type": "string"}, "Only files with this purpose."),)
 
 
@@ -139,7 +142,10 @@ async def delete_file(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     key = request_key(request)
     limit, after = PAGING.read(request)
-    data, more = await file_store(request).list_files(key.account_id, after, limit, request.query.get("purpose"))
+    purpose = request.query.get("purpose")
+    if purpose is not None and not PURPOSE_FILTER.fullmatch(purpose):  # no file can have it: nothing to ask the record
+        return web.json_response({"object": "list", "data": [], "has_more": False, "first_id": None, "last_id": None})
+    data, more = await file_store(request).list_files(key.account_id, after, limit, purpose)
     return web.json_response({"object": "list", "data": data, "has_more": more,
                               "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None})

@@ -131,3 +131,17 @@ def test_control_characters_in_a_key_name_or_topup_reference_are_400(admin):
     assert r.status_code == 400 and r.json()["error"]["param"] == "name", r.text
     r = admin.http.post(f"/admin/accounts/{account['id']}/topups", json={"credits": 1, "reference": "r\x00"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "reference", r.text
+
+
+@pytest.mark.parametrize("path, params", [
+    ("/api/v1/batches", {"after": "\x00"}),  # the fuzz run's find: a NUL reached Postgres (a 500)
+    ("/api/v1/batches", {"after": "batch_nothex"}),
+    ("/api/v1/files", {"after": "file-" + "0" * 23 + "\x00"}),
+])
+def test_list_cursors_are_checked_before_the_record(stack, admin, path, params):
+    _, key = admin.account_with_key(5)
+    with httpx.Client(base_url=stack.base_url) as http:
+        r = http.get(path, params=params, headers=h(key))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "after", r.text
+        listed = http.get("/api/v1/files", params={"purpose": "x\x00"}, headers=h(key))
+        assert listed.status_code == 200 and listed.json()["data"] == []  # no file has that purpose
