@@ -10,37 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-import fakeredis
 import pytest
-import redis.asyncio as aioredis
 
 from shared import keys
 from shared.accounts import Accounts
 from shared.contracts import ReserveStatus
 from shared.credits import AccountNotFound, Credits, KeyLimits
 from shared.keys import AccountKeys
+from tests.money_fixtures import credits, redis  # noqa: F401  (fixtures: fakeredis and Valkey)
 
 M = 1_000_000  # micro-credits per credit
 HOLD = 5 * M  # the base cost of model "gemini"
 GRACE_MS = 120_000
-
-
-@pytest.fixture(params=["fakeredis", "valkey"])
-async def redis(request):
-    if request.param == "fakeredis":
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
-        client = aioredis.Redis(host="127.0.0.1", port=request.getfixturevalue("valkey_port"))
-    await client.flushall()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def credits(redis) -> Credits:
-    return Credits(redis)
 
 
 @pytest.fixture

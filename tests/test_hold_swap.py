@@ -10,36 +10,17 @@ from __future__ import annotations
 
 import asyncio
 
-import fakeredis
 import pytest
-import redis.asyncio as aioredis
 
 from shared.accounts import Accounts
 from shared.catalog import parse_catalog
 from shared.contracts import ReserveStatus
 from shared.credits import Credits, KeyLimits
 from shared.keys import AccountKeys
+from tests.money_fixtures import credits, redis  # noqa: F401  (fixtures: fakeredis and Valkey)
 
 M = 1_000_000
 FAR_MS = 4_000_000_000_000
-
-
-@pytest.fixture(params=["fakeredis", "valkey"])
-async def redis(request):
-    if request.param == "fakeredis":
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
-        client = aioredis.Redis(host="127.0.0.1", port=request.getfixturevalue("valkey_port"))
-    await client.flushall()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def credits(redis) -> Credits:
-    return Credits(redis)
 
 
 async def new_account(redis, credits: Credits, credits_micro: int) -> str:
