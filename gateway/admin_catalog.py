@@ -72,7 +72,10 @@ def if_match(request: web.Request) -> int:
     return int(text)
 
 
-async def _change(request: web.Request, change, expected: int | None, note: str) -> web.Response:
+async def _change(request: web.Request, change, expected: int | None, note: str,
+                  invalid_param: str = "document") -> web.Response:
+    """Apply ``change`` as the next version; a catalog it makes invalid is a 400 naming ``invalid_param``
+    (what the request sent: the whole document, a model's one field, the aliases)."""
     gw: Gateway = request.app[GATEWAY]
     if not gw.live.live:
         raise ApiError(409, "The catalog is the fixed file (APIINONE_CATALOG_LIVE=false): edit the file and restart.",
@@ -81,7 +84,7 @@ async def _change(request: web.Request, change, expected: int | None, note: str)
         catalog = await change_catalog(gw.catalog_store, gw.operator_audit, admin_actor(request), change, expected,
                                        note)
     except CatalogInvalid as exc:
-        raise bad_request(f"Invalid catalog: {exc}.", param="document", code="invalid_catalog") from None
+        raise bad_request(f"Invalid catalog: {exc}.", param=invalid_param, code="invalid_catalog") from None
     except VersionConflict as exc:
         raise ApiError(412, f"The catalog changed meanwhile: it is at version {exc.current}; read it again.",
                        "invalid_request_error", "catalog_version_conflict", "If-Match") from None
@@ -117,7 +120,8 @@ async def patch_model(request: web.Request) -> web.Response:
     if model_id not in request.app[GATEWAY].catalog.models:
         raise not_found(f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
     return await _change(request, set_model_fields(model_id, fields), expected,
-                         body.note or f"{model_id}: {', '.join(sorted(fields))}")
+                         body.note or f"{model_id}: {', '.join(sorted(fields))}",
+                         next(iter(fields)) if len(fields) == 1 else "document")
 
 
 async def patch_aliases(request: web.Request) -> web.Response:
@@ -126,7 +130,7 @@ async def patch_aliases(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not all(isinstance(v, str) or v is None for v in body.values()):
         raise bad_request("Send {\"alias\": \"model id\"} to set an alias, {\"alias\": null} to remove one.",
                           param="aliases")
-    return await _change(request, set_aliases(body), expected, "aliases: " + ", ".join(sorted(body)))
+    return await _change(request, set_aliases(body), expected, "aliases: " + ", ".join(sorted(body)), "aliases")
 
 
 async def list_versions(request: web.Request) -> web.Response:

@@ -183,6 +183,7 @@ def test_invalid_changes_are_refused_and_nothing_is_stored(live, admin, change, 
     r = admin.http.patch("/admin/catalog/models/gemini", json=change, headers={"If-Match": str(version)})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "invalid_catalog" and named in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == next(iter(change))  # the field the request sent, not "document"
     assert current_version(admin) == version
 
 
