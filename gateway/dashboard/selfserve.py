@@ -115,12 +115,9 @@ async def signup(request: web.Request) -> web.Response:
         email = check_email(email)
     except UserError as exc:
         errors["email"] = str(exc)
-    try:
-        check_password(password[:MAX_PASSWORD + 1])
-    except UserError as exc:
-        errors["password"] = str(exc)
-    if not errors and password != form.get("confirm"):
-        errors["confirm"] = "The two passwords are not the same."
+    password_errors = _new_password_errors(password, form.get("confirm"))
+    if "password" in password_errors or not errors:  # a mismatch is worth saying once the rest is right
+        errors.update(password_errors)
     context = {"form": {"email": email}, "errors": errors}
     if errors:
         return await _form(request, "signup.html", context, status=400)
@@ -178,18 +175,23 @@ async def reset_confirm_form(request: web.Request) -> web.Response:
     return await _form(request, "reset_confirm.html", {"token": token, "email": email, "errors": {}})
 
 
+def _new_password_errors(password: str, confirm: object) -> dict[str, str]:
+    """A chosen password's form error: too weak, else not typed the same twice (sign-up and reset alike)."""
+    try:
+        check_password(password[:MAX_PASSWORD + 1])
+    except UserError as exc:
+        return {"password": str(exc)}
+    if password != confirm:
+        return {"confirm": "The two passwords are not the same."}
+    return {}
+
+
 async def reset_confirm(request: web.Request) -> web.Response:
     form = await _checked_form(request)
     if form is None:
         return await _expired_form(request)
     token, password = str(form.get("token", "")), str(form.get("password", ""))
-    errors: dict[str, str] = {}
-    try:
-        check_password(password[:MAX_PASSWORD + 1])
-    except UserError as exc:
-        errors["password"] = str(exc)
-    if not errors and password != form.get("confirm"):
-        errors["confirm"] = "The two passwords are not the same."
+    errors = _new_password_errors(password, form.get("confirm"))
     if errors:
         email = await _service(request).reset_target(token)
         if email is None:
