@@ -4,6 +4,8 @@ merge of Redis' tail with Postgres (each row once, newest first)."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
 from datetime import date, datetime, timezone
 
@@ -14,6 +16,7 @@ from shared.audit import audit_account
 from shared.db import migrations
 from shared.db.database import Database
 from shared.db.usage_partitions import maintain, month_ms, month_start, partition_name, partitions
+from shared.db.history_reads import usage_page_query, usage_rows
 from shared.history import UsageFilter
 from shared.keys import AccountKeys
 from shared.usage_export import usage_export
@@ -159,3 +162,56 @@ async def test_a_drop_a_long_read_holds_off_is_postponed_not_queued_behind_it(st
         assert done.dropped == [] and done.postponed == [partition_name(month_start(TODAY, 2))]
         assert await count(db, "acct_l") == 3 * PER_MONTH  # not blocked by the postponed drop
     assert (await maintain(db, 1)).dropped == [partition_name(month_start(TODAY, 2))]
+
+
+async def test_the_identity_probe_walks_the_primary_key_on_a_partition_never_analyzed(stores):
+    """The archiver's insert checks each row's identity over every partition (rows.py). On a young
+    partition (no statistics yet: a fresh install, each new month) the planner once chose the by-status
+    index for it and read every row of the account per row inserted: quadratic, Postgres at 60% of a core
+    at bench load. The probe must find its row through the primary key whatever the statistics say."""
+    _redis, db = stores
+    await maintain(db, 0, today=TODAY)
+    start = month_ms(TODAY.replace(day=1))
+    detail = {f"field_{i}".encode(): b"x" * 20 for i in range(20)}  # a real row's breakdown, ~600 bytes
+    history = [usage_row("acct_big", f"{start + i}-0".encode(),
+                         {b"request_id": f"chatcmpl-{secrets.token_hex(12)}".encode(), b"status": b"succeeded",
+                          b"key_id": b"key_x", b"model": b"gemini", b"charged_micro": b"1000", **detail})
+               for i in range(9000)]
+    for at in range(0, len(history), 150):  # as the archiver writes: one round's rows at a time
+        async with db.transaction() as conn:
+            await insert_usage(conn, history[at:at + 150])
+    probe = [usage_row("acct_big", f"{month_ms(TODAY) + 7_200_000 + i}-0".encode(),
+                       {b"request_id": f"new-{i}".encode(), b"status": b"succeeded", b"key_id": b"key_x",
+                        b"model": b"gemini", b"charged_micro": b"1"}) for i in range(200)]
+    from worker.archiver.rows import USAGE_INSERT, _columns
+    async with db.transaction() as conn:
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + USAGE_INSERT, *_columns(probe, 9)))
+    probed = [line for line in plan.splitlines() if f"usage_{TODAY:%Y%m}" in line and "Scan" in line]
+    assert probed and all("_pkey" in line for line in probed), plan
+    assert "Rows Removed by Filter" not in plan, plan
+
+
+async def test_a_page_by_status_reads_only_its_rows(stores):
+    """Pages by status keep an index that fits (succeeded, or any other status: partial indexes, 0010):
+    the record's connections plan every statement with its values (a generic plan, which a long-lived
+    connection settles on, proves no partial index's predicate and read every row of the status). An
+    empty status reads next to nothing, not the account's whole history."""
+    _redis, db = stores
+    await maintain(db, 0, today=TODAY)
+    start = month_ms(TODAY.replace(day=1))
+    rows = [usage_row(account, f"{start + i}-{n}".encode(),
+                      {b"request_id": f"r{i}".encode(), b"status": b"failed" if i % 10 == 0 else b"succeeded",
+                       b"key_id": b"key_x", b"model": b"gemini", b"charged_micro": b"0"})
+            for n, account in enumerate(("acct_s", "acct_t")) for i in range(4000)]
+    async with db.transaction() as conn:
+        await insert_usage(conn, rows)
+        await conn.execute("ANALYZE usage")
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    for status, expected in (("succeeded", 20), ("failed", 20), ("expired", 0), ("nonsense", 0)):
+        sql, args = usage_page_query("acct_s", UsageFilter(status=status), None, 20)
+        for _ in range(7):  # past the five runs after which a cached statement may go generic
+            page = await usage_rows(db, "acct_s", UsageFilter(status=status), None, 20)
+        assert len(page) == expected and {r["status"] for r in page} <= {status}
+        plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args))
+        hits = re.findall(r"^\s*Buffers: shared hit=(\d+)", plan.split("Planning")[0], re.M)
+        assert int((hits or ["0"])[0]) < 40, plan  # a few pages, not the 400 failed rows' or 4,000 rows'

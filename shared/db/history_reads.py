@@ -1,7 +1,7 @@
 """An account's history as Postgres has it: usage rows, ledger entries, orders; newest first, by cursor.
 
-Each query walks one index that fits its filter (``sql/0001_record.sql``: usage by account, by
-key, by model, by status; all ending in the stream id, newest first), so a page costs the same on
+Each query walks one index that fits its filter (``sql/0001_record.sql``, ``0010``: usage by account,
+by key, by model, succeeded, by other status; all ending in the stream id, newest first), so a page costs the same on
 an account with a million rows as on one with ten. Rows come back in the shape of the Redis
 stream entries they were archived from (fields as strings, the stream id as ``id``), so the
 readers merge them with the not-yet-archived tail (``shared/history.py``).
@@ -9,9 +9,11 @@ readers merge them with the not-yet-archived tail (``shared/history.py``).
 
 from __future__ import annotations
 
+from shared.contracts import RequestStatus
 from shared.db.database import Database
 
 MAX_ID = 2**63 - 1
+_STATUSES = frozenset(s.value for s in RequestStatus)
 
 
 def _bound(after: str | None) -> tuple[int, int]:
@@ -32,10 +34,17 @@ def _until(max_id: str) -> int:
 def _matching(account_id: str, f) -> tuple[list[str], list]:
     """WHERE clauses and their arguments for ``f``'s key, model and status (``$1`` is the account)."""
     clauses, args = ["account_id = $1"], [account_id]
-    for column, value in (("key_id", f.key_id), ("model", f.model), ("status", f.status)):
+    for column, value in (("key_id", f.key_id), ("model", f.model)):
         if value:
             args.append(value)
             clauses.append(f"{column} = ${len(args)}")
+    if f.status in _STATUSES:
+        # A literal, one of a closed set: each status gets its own plan, which can use the partial
+        # index that fits it (sql/0010_usage_identity_probe.sql); "status = $n" could prove neither
+        # predicate once a long-lived connection switched to a generic plan.
+        clauses.append(f"status = '{f.status}'")
+    elif f.status:
+        clauses.append("false")  # no row has another status
     return clauses, args
 
 
@@ -52,17 +61,21 @@ def usage_export_query(account_id: str, f, before: str | None) -> tuple[str, lis
                  ORDER BY sid_ms DESC, sid_seq DESC""", args)
 
 
-async def usage_rows(db: Database, account_id: str, f, after: str | None, limit: int) -> list[dict]:
+def usage_page_query(account_id: str, f, after: str | None, limit: int) -> tuple[str, list]:
     """Up to ``limit`` rows matching ``f`` (a ``shared.history.UsageFilter``) older than ``after``."""
     clauses, args = _matching(account_id, f)
     ms, seq = _bound(after)
     args += [ms, seq, _since(f.min_id), _until(f.max_id), limit]
     n = len(args)
-    rows = await db.fetch(
-        f"""SELECT fields, sid_ms, sid_seq FROM usage
-             WHERE {' AND '.join(clauses)} AND (sid_ms, sid_seq) < (${n - 4}::bigint, ${n - 3}::bigint)
-               AND sid_ms >= ${n - 2} AND sid_ms <= ${n - 1}
-             ORDER BY sid_ms DESC, sid_seq DESC LIMIT ${n}""", *args)
+    return (f"""SELECT fields, sid_ms, sid_seq FROM usage
+                 WHERE {' AND '.join(clauses)} AND (sid_ms, sid_seq) < (${n - 4}::bigint, ${n - 3}::bigint)
+                   AND sid_ms >= ${n - 2} AND sid_ms <= ${n - 1}
+                 ORDER BY sid_ms DESC, sid_seq DESC LIMIT ${n}""", args)
+
+
+async def usage_rows(db: Database, account_id: str, f, after: str | None, limit: int) -> list[dict]:
+    sql, args = usage_page_query(account_id, f, after, limit)
+    rows = await db.fetch(sql, *args)
     return [{**r["fields"], "id": f"{r['sid_ms']}-{r['sid_seq']}"} for r in rows]
 
 
