@@ -167,8 +167,10 @@ def create_key(stack: Stack) -> str:
 
 def ours_groups(stack: Stack) -> list[Group]:
     """Every process of the product, one group each (gateway:N, worker:NODE:N, billing, batch, valkey, ...):
-    all but the simulator, which stands in for Google and is accounted apart."""
-    return [Group(name, [proc.pid]) for name, proc in stack.procs.items() if name != "simulator"]
+    all but the simulator, which stands in for Google and is accounted apart. Postgres counts its
+    backends (children of the postmaster, where the archiver's statements run)."""
+    return [Group(name, [proc.pid], with_children=name == "postgres")
+            for name, proc in stack.procs.items() if name != "simulator"]
 
 
 class RedisStats:
