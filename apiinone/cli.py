@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 
@@ -28,8 +29,24 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# The cyclic collector's youngest generation is collected every 700 new container objects by default:
+# several times per request here, each run promoting the in-flight requests' objects a generation up,
+# where the next collections walk them again. At 10,000, a collection runs every few requests and most of
+# a request's objects are gone (freed by reference counting) before one does. Measured at c=32 on two
+# cores, alternating: ~10% more requests per second and ~10% less CPU per request in every role.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def _tune_gc() -> None:
+    """Every long-running role: what the imports built is never garbage (``gc.freeze`` keeps the collector
+    from walking it again at each full collection), and the young generation is collected less often."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _run_async(coro) -> None:
     _raise_file_limit()
+    _tune_gc()
     try:
         import uvloop
 

@@ -42,3 +42,4 @@ async def test_commands_and_pipelines_round_trip_through_valkey(valkey_port):
     finally:
         await redis.delete("lean:s", "lean:h")
         await redis.aclose()
+
