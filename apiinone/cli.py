@@ -32,8 +32,9 @@ def _raise_file_limit() -> None:
 # The cyclic collector's youngest generation is collected every 700 new container objects by default:
 # several times per request here, each run promoting the in-flight requests' objects a generation up,
 # where the next collections walk them again. At 10,000, a collection runs every few requests and most of
-# a request's objects are gone (freed by reference counting) before one does. Measured at c=32 on two
-# cores, alternating: ~10% more requests per second and ~10% less CPU per request in every role.
+# a request's objects are gone (freed by reference counting) before one does. Alternating runs against
+# the tree before it on a noisy two-core box: 1.20x and 1.12x the requests per second in two scenarios,
+# 0.93x and 0.98x in the other two (tests/bench/findings.md).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 

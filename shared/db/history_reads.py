@@ -1,8 +1,8 @@
 """An account's history as Postgres has it: usage rows, ledger entries, orders; newest first, by cursor.
 
-Each query walks one index that fits its filter (``sql/0001_record.sql``, ``0010``: usage by account,
-by key, by model, succeeded, by other status; all ending in the stream id, newest first), so a page costs the same on
-an account with a million rows as on one with ten. Rows come back in the shape of the Redis
+Each query walks one index that fits its filter (``sql/0001_record.sql``, ``0010``: usage by
+account, by key, by model, succeeded, by other status; all ending in the stream id, newest first),
+so a page costs the same on an account with a million rows as on one with ten. Rows come back in the shape of the Redis
 stream entries they were archived from (fields as strings, the stream id as ``id``), so the
 readers merge them with the not-yet-archived tail (``shared/history.py``).
 """
