@@ -33,7 +33,7 @@ import structlog
 
 from apiinone import postgres
 from apiinone.supervisor import ChildSpec, Supervisor
-from apiinone.welcome import banner, ensure_demo_account, ensure_operator
+from apiinone.welcome import banner, ensure_demo_account, ensure_operator, self_service_line
 from shared.catalog import load_catalog
 from shared.db.database import Database
 from shared.db.migrations import migrate
@@ -352,7 +352,8 @@ def run(settings: Settings) -> None:
         operator = ensure_operator(stack.base_url, settings.admin_token, settings.data_dir.resolve())
         base = settings.public_base_url or stack.base_url
         mail_folder = None if settings.smtp_host else settings.data_dir.resolve() / "mail"  # shared/mail.py
-        print(banner(base, settings.admin_token, demo_key, operator, mail_folder), flush=True)
+        print(banner(base, settings.admin_token, demo_key, operator, mail_folder,
+                     self_service_line(settings.signup_enabled, bool(settings.stripe_secret_key))), flush=True)
         stop.supervising = True
         if not stopping.is_set():
             asyncio.run(supervise(stack.supervisor, settings.redis_url, stopping))

@@ -72,8 +72,15 @@ r = client.chat.completions.create(model="gemini", messages=[{{"role": "user", "
 print(r.choices[0].message.content)'"""
 
 
+def self_service_line(signup_enabled: bool, payments_enabled: bool) -> str:
+    """What customers can do on their own, and the setting that turns each on."""
+    signup = "on" if signup_enabled else "off (APIINONE_SIGNUP_ENABLED=true)"
+    payments = "Stripe Checkout" if payments_enabled else "off (STRIPE_SECRET_KEY)"
+    return f"\n  Customer sign-up:             {signup}\n  Customer payments:            {payments}"
+
+
 def banner(base_url: str, admin_token: str, demo_key: str | None, operator: tuple[str, str] | None = None,
-           mail_folder: Path | None = None) -> str:
+           mail_folder: Path | None = None, self_service: str = "") -> str:
     key = demo_key or "<your aio_ key>"
     mail = f"\n  Mail (no SMTP configured):    {mail_folder}/*.eml" if mail_folder else ""
     login = f"{operator[0]} / {operator[1]}" if operator else "(a user you created; `apiinone admin users create`)"
@@ -84,7 +91,7 @@ apiinone is running.
   Admin token:                  {admin_token}
   Demo API key (100 credits):   {key}
   Dashboard:                    {base_url}/dashboard
-  Dashboard operator login:     {login}{mail}
+  Dashboard operator login:     {login}{mail}{self_service}
 
 Try it:
 

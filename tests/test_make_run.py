@@ -28,6 +28,9 @@ def test_run_prints_working_commands_stops_cleanly_and_keeps_data():
             key = re.search(r"Demo API key \(100 credits\): +(aio_\S+)", banner).group(1)
             admin_token = re.search(r"Admin token: +(\S+)", banner).group(1)
             assert base == f"http://127.0.0.1:{port}/api/v1"
+            # what customers can do on their own, and how to turn it on (off by default)
+            assert re.search(r"Customer sign-up: +off \(APIINONE_SIGNUP_ENABLED=true\)", banner), banner
+            assert re.search(r"Customer payments: +off \(STRIPE_SECRET_KEY\)", banner), banner
             curl = re.search(r"^  curl .*?'$", banner, re.M | re.S).group(0)
             out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30, env=PLAIN_ENV)
             assert '"chat.completion"' in out.stdout, out.stdout + out.stderr
@@ -94,3 +97,10 @@ def test_a_stack_whose_gateway_fails_to_start_leaves_no_child_running(tmp_path):
         assert "gateway" in str(exc)
     assert len(started) >= 5  # valkey, simulator, workers, billing, batch, archiver, gateway
     assert all(proc.poll() is not None for proc in started), [p.args[:2] for p in started if p.poll() is None]
+
+
+def test_the_banner_says_when_sign_up_and_payments_are_on():
+    from apiinone.welcome import banner, self_service_line
+
+    text = banner("http://127.0.0.1:8080", "tok", "aio_x", self_service=self_service_line(True, True))
+    assert re.search(r"Customer sign-up: +on\n", text) and re.search(r"Customer payments: +Stripe Checkout\n", text)
