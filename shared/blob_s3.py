@@ -129,6 +129,17 @@ class S3BlobStore:
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
             await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
+    async def delete_under(self, prefix: str) -> int:
+        s3 = await self.client()
+        deleted = 0
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/"):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:  # a page holds 1,000 keys at most, as DeleteObjects takes
+                await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+        return deleted
+
     async def clear_abandoned(self, older_than_s: float) -> int:
         s3 = await self.client()
         before = time.time() - older_than_s

@@ -18,6 +18,7 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import AsyncIterator, Protocol
@@ -52,6 +53,9 @@ class BlobStore(Protocol):
 
     async def delete(self, *keys: str) -> None:
         """Delete these blobs; a missing one is no error."""
+
+    async def delete_under(self, prefix: str) -> int:
+        """Delete every blob whose key starts with ``prefix/``; returns how many."""
 
     async def clear_abandoned(self, older_than_s: float) -> int:
         """Remove what a ``put`` cut short by a killed process left (a temporary file, an S3 multipart
@@ -109,6 +113,9 @@ class LocalBlobStore:
         for key in keys:
             await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
 
+    async def delete_under(self, prefix: str) -> int:
+        return await asyncio.to_thread(_delete_tree, self.path(prefix))
+
     async def clear_abandoned(self, older_than_s: float) -> int:
         return await asyncio.to_thread(_clear_old_files, self.partial, time.time() - older_than_s)
 
@@ -126,6 +133,14 @@ def _clear_old_files(folder: Path, before: float) -> int:
         except FileNotFoundError:  # finished or cleared meanwhile
             pass
     return cleared
+
+
+def _delete_tree(folder: Path) -> int:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    for path in files:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # the emptied folders
+    return len(files)
 
 
 def _sync_close(f) -> None:

@@ -64,6 +64,19 @@ async def test_put_read_range_replace_delete(blobs):
             await read_all(blobs, key)
 
 
+async def test_everything_under_a_folder_is_deleted_and_nothing_beside_it(blobs):
+    for key in ("batches/b1/output/000000-aa", "batches/b1/errors/000001-bb", "batches/b1x/output/000000-cc",
+                "batches/b2/output/000000-dd", "files/b1"):
+        await blobs.put(key, chunks(key.encode()))
+    assert await blobs.delete_under("batches/b1") == 2
+    assert await blobs.delete_under("batches/b1") == 0 and await blobs.delete_under("batches/none") == 0
+    for key in ("batches/b1/output/000000-aa", "batches/b1/errors/000001-bb"):
+        with pytest.raises(BlobMissing):
+            await read_all(blobs, key)
+    for key in ("batches/b1x/output/000000-cc", "batches/b2/output/000000-dd", "files/b1"):
+        assert await read_all(blobs, key) == key.encode()
+
+
 async def test_a_put_past_its_limit_or_failing_midway_stores_nothing(blobs):
     with pytest.raises(BlobTooLarge):
         await blobs.put("files/big", chunks(b"x" * (PART_BYTES + 10)), limit=PART_BYTES + 9)

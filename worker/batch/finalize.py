@@ -87,6 +87,9 @@ async def finalize(store: BatchStore, files: FileStore, spool: Spool, callbacks:
         await store.redis.hset(b.batch, id_field, file_id)
         await files.blobs.delete(*parts)  # composed into the file: the parts are spent
         made[id_field] = file_id
+    # What is left under the batch's folder is known to no one: a part a crash cut off between its
+    # write and its commit (spool.py). Every result file exists by now, so nothing there is needed.
+    await files.blobs.delete_under(f"batches/{b.id}")
     await store.transition(b.id, final, allowed, **{f"{final}_at": int(time.time())})
     await mark_terminal(store, callbacks, b)
     log.info("batch finished", batch_id=b.id, status=final, **made)
