@@ -26,7 +26,8 @@ from typing import Awaitable, Callable, Literal
 
 from aiohttp import web
 
-from gateway import admin, admin_catalog, audit_log, batches, billing, chat, files, health, models, openapi, payments, redemption
+from gateway import (admin, admin_catalog, audit_log, balance_alert, batches, billing, chat, files, health, models,
+                     openapi, payments, redemption)
 from gateway.auth import check_admin
 from gateway.dialects import DIALECT, Dialect
 from gateway.gemini_api import handlers as gemini
@@ -227,6 +228,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/billing/redeem", redemption.redeem,
           "Redeem a code: one use credits the account (an order); answers the balance, as GET /billing/credits",
           body=redemption.Redeem, errors=(400, 401, 404, 429)),
+    Route("GET", "/billing/alert", balance_alert.get_alert, "The account's low-balance alert", errors=(401, 503)),
+    Route("POST", "/billing/alert", balance_alert.set_alert,
+          "Set the low-balance alert (a threshold in credits, an optional webhook URL), or turn it off with "
+          "threshold null", body=balance_alert.AlertSettings, errors=(400, 401, 503)),
     Route("GET", "/billing/packages", payments.packages, "The credit packages a customer may buy"),
     Route("POST", "/billing/checkout", payments.checkout,
           "Buy a package: a pending order and the payment provider's checkout URL", body=payments.NewCheckout,

@@ -1,20 +1,18 @@
 """The low-balance alert's threshold and webhook URL, set on the Credits page (``shared/low_balance.py`` alerts).
 
 The webhook URL is held to the batch callbacks' rule (public https addresses only, unless
-``APIINONE_CALLBACK_ALLOW_PRIVATE``), checked here and again when the event is sent.
+``APIINONE_CALLBACK_ALLOW_PRIVATE``; ``gateway/balance_alert.py``, which the API uses too), checked here
+and again when the event is sent.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.balance_alert import MAX_THRESHOLD_MICRO, webhook_refusal
 from gateway.dashboard.render import account_id, gateway, notify, see_other
-from shared.callback_targets import url_refusal
 from shared.low_balance import BalanceAlerts
 from shared.money import credits_to_micro
-
-MAX_THRESHOLD_MICRO = 10**15
-MAX_URL = 2048
 
 
 async def current_alert(request: web.Request) -> dict | None:
@@ -40,9 +38,9 @@ async def set_alert(request: web.Request) -> web.Response:
     if not 0 < micro <= MAX_THRESHOLD_MICRO:
         await notify(request, "The threshold must be a number of credits above zero, like 100 or 2.5.", "error")
         return see_other("/dashboard/credits#alert")
-    refusal = url_refusal(webhook_url, gateway(request).settings.callback_allow_private) if webhook_url else None
-    if refusal or len(webhook_url or "") > MAX_URL:
-        await notify(request, f"The webhook URL {refusal or 'is too long'}; nothing was changed.", "error")
+    refusal = webhook_refusal(webhook_url, gateway(request).settings)
+    if refusal:
+        await notify(request, f"The webhook URL {refusal}; nothing was changed.", "error")
         return see_other("/dashboard/credits#alert")
     await BalanceAlerts(db).set(account_id(request), micro, webhook_url)
     also = " and post a signed event to your webhook" if webhook_url else ""
