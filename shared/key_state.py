@@ -2,7 +2,8 @@
 
 A node may hold many upstream keys (worker/key_config.py reads them; they never leave the
 workers). Workers register each key's ``KeySpec`` (label, weight, own limits; never the key)
-and change its ``KeyState`` with the ``key_*.lua`` scripts: a 429 cools a key down, Google's
+and change its ``KeyState`` with the ``key_*.lua`` scripts: a generation's 429 cools a key down (a
+countTokens 429, Google's separate count quota, changes nothing: worker/key_pool.py), Google's
 verdict about a key, once a probe confirms it, disables it until it is re-enabled. Gateways
 read both for ``GET /admin/nodes``, the operator's nodes page and ``/metrics``, and re-enable keys.
 A key is named by its last 4 characters (its label) wherever it appears.
@@ -159,9 +160,11 @@ class _PoolSnapshot:
         until = GaugeMetricFamily("apiinone_upstream_key_cooldown_until_seconds",
                                   "When the key's cooldown ends (unix seconds; 0: not cooling down)",
                                   labels=["node", "key"])
-        requests = CounterMetricFamily("apiinone_upstream_key_requests", "Upstream requests sent with the key",
+        requests = CounterMetricFamily("apiinone_upstream_key_requests",
+                                       "Upstream generation requests sent with the key",
                                        labels=["node", "key"])
-        limited = CounterMetricFamily("apiinone_upstream_key_rate_limited", "429s the key got from the upstream",
+        limited = CounterMetricFamily("apiinone_upstream_key_rate_limited",
+                                      "429s the key got from the upstream on generation",
                                       labels=["node", "key"])
         for node, rows in self.pools.items():
             for row in rows:

@@ -17,7 +17,7 @@ from shared.scripts import Scripts
 from shared.settings import Settings
 from worker.gemini_errors import map_error, parse_google_error
 from worker.key_config import KeyConfigError, load_node_keys, parse_env_keys, parse_file_keys
-from worker.key_pick import KeyUse, WeightedRotation, pick, seconds_until_usable
+from worker.key_pick import KeyUse, WeightedRotation, pick, pick_for_count, seconds_until_usable
 from worker.key_pool import KeyPool
 from worker.provider import ProviderError
 from worker.simulator.errors import consumer_suspended, invalid_key, key_rate_limited, service_disabled
@@ -178,6 +178,25 @@ def test_a_timed_429_ends(monkeypatch):
     faults.check("k", "m", generation=True)  # 5.5 s after first use: served
 
 
+def test_a_count_429_is_countTokens_own():
+    faults = KeyFaults(parse_key_faults("k=count429"))
+    faults.check("k", "m", generation=True)  # generation's quota is untouched
+    with pytest.raises(Exception) as exc:
+        faults.check("k", "m", generation=False, counting=True)
+    assert exc.value.code == 429
+    assert parse_key_faults("k=count429:5s")["k"].duration_s == 5.0
+
+
+def test_a_count_is_held_back_only_by_what_condemns_the_key():
+    """countTokens has its own quota: generation's cooldowns and the keys' own limits do not hold a count."""
+    pool = [KeySpec(label="k0"), KeySpec(label="k1"), KeySpec(label="k2"), KeySpec(label="k3", rpm=1)]
+    states = {"k0": KeyState(cool_until_ms=NOW + 60_000), "k1": KeyState(disabled="API_KEY_INVALID"),
+              "k2": KeyState(cool_until_ms=NOW + 9000, probing=True)}
+    rotation = WeightedRotation()
+    assert {pick_for_count(pool, states, rotation).label for _ in range(4)} == {"k0", "k3"}
+    assert pick_for_count(pool, states, rotation, exclude=["k0", "k3"]) is None
+
+
 # --- the shared state, on a real Valkey ------------------------------------------------------------
 def settings(**kw) -> Settings:
     return Settings(key_backoff_base_s=1.0, key_backoff_max_s=8.0, **kw)
@@ -228,6 +247,20 @@ async def test_a_verdict_disables_only_when_the_probe_confirms_it(valkey_port):
     assert await enable_key(redis, pool.scripts, "n1", "zzzz") is None
     await pool.refresh()
     assert pool.pick(["ok22"]).label == "bad1"
+    await redis.aclose()
+
+
+async def test_a_count_429_cools_nothing_and_counts_spend_no_own_limit(valkey_port):
+    redis = Redis(port=valkey_port)
+    await redis.flushall()
+    pool = KeyPool("n1", parse_env_keys("key-aaaa rpm=1,key-bbbb rpm=1", "X"), redis, settings(), "w1")
+    limited = map_error(429, key_rate_limited("m", 30).body(), {})
+    assert [pool.pick(counting=True).label for _ in range(4)] == ["aaaa", "bbbb"] * 2
+    assert await pool.failed(pool.keys["aaaa"], limited, counting=True)  # the count tries the other key
+    await pool.refresh()
+    assert await redis.hgetall(keys.key_pool_state("n1")) == {}  # nothing cooled, no request counted
+    assert {pool.pick().label for _ in range(2)} == {"aaaa", "bbbb"}  # generation keeps both keys
+    assert pool.unavailable(limited, counting=True) is limited  # every key's count quota spent: Google's 429
     await redis.aclose()
 
 
@@ -417,3 +450,26 @@ async def test_a_429_before_output_moves_to_another_key_never_after(scripted_ups
         assert keys_after.picked == ["0cut"]  # and no other key was tried
     finally:
         await adapter.close()
+
+
+async def test_a_generation_whose_context_check_meets_a_count_429_goes_ahead(monkeypatch):
+    """check_context's exact count runs on the generation's key: its 429 is countTokens' quota, so the generation
+    is sent (Google refuses an oversized prompt itself) instead of moving on and cooling the key."""
+    from types import SimpleNamespace
+
+    from worker.gemini import GeminiAdapter
+
+    adapter = GeminiAdapter("http://127.0.0.1:9", "key-aaaa")
+    limited = map_error(429, key_rate_limited("m", 30).body(), {})
+
+    async def count_tokens(*args):
+        raise limited
+
+    monkeypatch.setattr(adapter, "count_tokens", count_tokens)
+    model = SimpleNamespace(context_window=1)
+    request = {"contents": [{"role": "user", "parts": [{"text": "a prompt over one token"}]}]}
+    await adapter.check_context(request, model, adapter.keys.key)
+    limited.key_limited = False  # any other failure of the count still ends the request
+    with pytest.raises(ProviderError):
+        await adapter.check_context(request, model, adapter.keys.key)
+    await adapter.close()

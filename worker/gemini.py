@@ -123,25 +123,26 @@ class GeminiAdapter:
     def _headers(key: PoolKey) -> dict:
         return {"x-goog-api-key": key.secret, "content-type": "application/json"}
 
-    async def _with_key(self, call: Callable[[PoolKey], Awaitable[T]]) -> T:
-        """One upstream call, on another key of the pool when a key is rate limited or condemned."""
+    async def _count_with_keys(self, call: Callable[[PoolKey], Awaitable[T]]) -> T:
+        """One countTokens call, on another key of the pool when a key's count quota is spent or the key is
+        condemned (a count's 429 cools nothing: worker/key_pool.py)."""
         tried: list[str] = []
         last: ProviderError | None = None
-        while (key := self.keys.pick(tried)) is not None:
+        while (key := self.keys.pick(tried, counting=True)) is not None:
             try:
                 return await call(key)
             except ProviderError as exc:
                 redact(exc, key.secret, key.label)
-                if not await self.keys.failed(key, exc):
+                if not await self.keys.failed(key, exc, counting=True):
                     raise
                 tried.append(key.label)
                 last = exc
-        raise self.keys.unavailable(last)
+        raise self.keys.unavailable(last, counting=True)
 
     async def count_tokens(self, request: dict, model: Model, key: PoolKey | None = None) -> int:
-        """Gemini's exact prompt count for a translated request (``countTokens``; free, no quota)."""
+        """Gemini's exact prompt count for a translated request (``countTokens``: free, its own quota)."""
         if key is None:
-            return await self._with_key(lambda k: self.count_tokens(request, model, k))
+            return await self._count_with_keys(lambda k: self.count_tokens(request, model, k))
         url = f"{self.base_url}/v1beta/models/{model.upstream_model}:countTokens"
         inner = {"model": f"models/{model.upstream_model}", **request}
         async with self.session.post(url, data=orjson.dumps({"generateContentRequest": inner}),
@@ -151,10 +152,16 @@ class GeminiAdapter:
             return int(orjson.loads(await resp.read()).get("totalTokens") or 0)
 
     async def check_context(self, request: dict, model: Model, key: PoolKey) -> None:
-        """Count exactly only when the cheap bound says the prompt might not fit."""
+        """Count exactly only when the cheap bound says the prompt might not fit. When the key's count quota
+        is spent, the generation goes ahead on its key (Google itself refuses an oversized prompt, a 400)."""
         if prompt_token_bound(request) <= model.context_window:
             return
-        tokens = await self.count_tokens(request, model, key)
+        try:
+            tokens = await self.count_tokens(request, model, key)
+        except ProviderError as exc:
+            if exc.key_limited:  # countTokens' own quota, not the generation's: never a reason to cool the key
+                return
+            raise
         if tokens > model.context_window:
             raise RequestError(f"This model's maximum context length is {model.context_window} tokens. However, "
                                f"your messages resulted in {tokens} tokens.", "messages", "context_length_exceeded")

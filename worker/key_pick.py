@@ -9,6 +9,9 @@ deployment). Of the rest, the keys rate limited least recently go first (a key w
 last 429 is older than ``RECENT_LIMIT_MS``, or that never had one, counts as never limited);
 among equals, traffic follows the weights (smooth weighted round robin, so a key of weight 3
 gets three requests in every four next to one of weight 1, evenly spread).
+
+A countTokens call (``pick_for_count``) is not generation: Google counts it against a quota of its
+own, so only what condemns the key itself (disabled, being checked) holds a count back.
 """
 
 from __future__ import annotations
@@ -69,6 +72,18 @@ def pick(specs: Sequence[KeySpec], states: dict[str, KeyState], uses: dict[str, 
     ranks = {s.label: limited_recency(states.get(s.label, KeyState()), now_ms) for s in eligible}
     first = min(ranks.values())
     return rotation.choose([s for s in eligible if ranks[s.label] == first])
+
+
+def pick_for_count(specs: Sequence[KeySpec], states: dict[str, KeyState], rotation: WeightedRotation,
+                   exclude: Iterable[str] = ()) -> KeySpec | None:
+    """The key for a countTokens call, or None when every key is skipped. Cooldowns after generation's 429s
+    and the keys' own requests/tokens per minute are generation's quota: they do not hold a count back
+    (and a count spends neither, so free counts never take a key from generation). Skipped: keys
+    disabled or being checked after Google's verdict, and keys the count already tried."""
+    excluded = set(exclude)
+    eligible = [s for s in specs if s.label not in excluded and not states.get(s.label, KeyState()).disabled
+                and not states.get(s.label, KeyState()).probing]
+    return rotation.choose(eligible) if eligible else None
 
 
 def least_cooling(specs: Sequence[KeySpec], states: dict[str, KeyState], uses: dict[str, KeyUse],

@@ -4,9 +4,11 @@ The normal request costs no Redis round trip here: ``pick`` chooses from this wo
 (worker/key_pick.py), which a background loop refreshes every second in one pipelined round
 trip (flushing this worker's per-key counts on the way) and at once when another worker
 publishes a change. Only faults write, with the ``key_*.lua`` scripts (shared/key_state.py): a
-429 cools the key down for Google's retryDelay (or a backoff); Google's verdict about a key
-holds it back while one fixed probe request (the adapter's ``probe``) confirms it, and a
-confirmed verdict disables it until an operator or a health probe re-enables it.
+generation's 429 cools the key down for Google's retryDelay (or a backoff); a countTokens 429
+(``counting``: Google's separate count quota) writes nothing and only moves that count to another
+key; Google's verdict about a key holds it back while one fixed probe request (the adapter's
+``probe``) confirms it, and a confirmed verdict disables it until an operator or a health probe
+re-enables it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from shared.key_state import KeySpec, KeyState, key_label, parse_states, registe
 from shared.scripts import Scripts
 from shared.settings import Settings
 from worker.key_config import PoolKey
-from worker.key_pick import KeyUse, WeightedRotation, pick, seconds_until_usable, sliding_use
+from worker.key_pick import KeyUse, WeightedRotation, pick, pick_for_count, seconds_until_usable, sliding_use
 from worker.provider import ProviderError
 
 log = structlog.get_logger()
@@ -43,13 +45,13 @@ def now_ms() -> int:
 
 
 class KeySource(Protocol):
-    """What an adapter asks of its keys (a ``KeyPool``, or one fixed key)."""
+    """What an adapter asks of its keys (a ``KeyPool``, or one fixed key); ``counting``: for a countTokens call."""
 
-    def pick(self, exclude: Iterable[str] = ()) -> PoolKey | None: ...
+    def pick(self, exclude: Iterable[str] = (), counting: bool = False) -> PoolKey | None: ...
 
-    def unavailable(self, last_error: ProviderError | None) -> ProviderError: ...
+    def unavailable(self, last_error: ProviderError | None, counting: bool = False) -> ProviderError: ...
 
-    async def failed(self, key: PoolKey, error: ProviderError) -> bool: ...
+    async def failed(self, key: PoolKey, error: ProviderError, counting: bool = False) -> bool: ...
 
     def used(self, key: PoolKey, tokens: int) -> None: ...
 
@@ -60,13 +62,13 @@ class SingleKey:
     def __init__(self, secret: str) -> None:
         self.key = PoolKey(secret, KeySpec.model_construct(label=key_label(secret) or "none", weight=1, rpm=0, tpm=0))
 
-    def pick(self, exclude: Iterable[str] = ()) -> PoolKey | None:
+    def pick(self, exclude: Iterable[str] = (), counting: bool = False) -> PoolKey | None:
         return None if self.key.label in set(exclude) else self.key
 
-    def unavailable(self, last_error: ProviderError | None) -> ProviderError:
+    def unavailable(self, last_error: ProviderError | None, counting: bool = False) -> ProviderError:
         return last_error or ProviderError(503, "No upstream key is available.", "upstream_unavailable")
 
-    async def failed(self, key: PoolKey, error: ProviderError) -> bool:
+    async def failed(self, key: PoolKey, error: ProviderError, counting: bool = False) -> bool:
         return False
 
     def used(self, key: PoolKey, tokens: int) -> None:
@@ -84,6 +86,7 @@ class KeyPool:
         self.worker_id = worker_id
         self.states: dict[str, KeyState] = {}
         self.rotation = WeightedRotation()
+        self.count_rotation = WeightedRotation()  # countTokens calls: their own turn, not generation's
         self.probe: Probe | None = None  # set by the adapter that owns the HTTP session
         self._shared_use: dict[int, dict[str, KeyUse]] = {}  # minute -> label -> node-wide use, as last read
         self._pending: dict[tuple[int, str], KeyUse] = {}  # (minute, label) -> this worker's use, not yet flushed
@@ -113,7 +116,10 @@ class KeyPool:
         use.requests += requests
         use.tokens += tokens
 
-    def pick(self, exclude: Iterable[str] = ()) -> PoolKey | None:
+    def pick(self, exclude: Iterable[str] = (), counting: bool = False) -> PoolKey | None:
+        if counting:  # Google's count quota: not counted against the key's own (generation's) limits
+            spec = pick_for_count(self.specs, self.states, self.count_rotation, exclude)
+            return None if spec is None else self.keys[spec.label]
         at = now_ms()
         spec = pick(self.specs, self.states, self.uses(at), at, self.rotation, exclude)
         if spec is None:
@@ -125,10 +131,13 @@ class KeyPool:
         if tokens > 0:
             self._count(key.label, tokens=tokens)
 
-    def unavailable(self, last_error: ProviderError | None) -> ProviderError:
-        """The error when no key is left for a request: the last key's own, unless keys come back soon."""
+    def unavailable(self, last_error: ProviderError | None, counting: bool = False) -> ProviderError:
+        """The error when no key is left for a request: the last key's own, unless keys come back soon
+        (a count's: the last key's own, as generation's cooldowns never held it back)."""
         if not self.specs:
             return ProviderError(502, "This node has no upstream key configured.", "upstream_auth_error")
+        if counting and last_error is not None:
+            return last_error
         at = now_ms()
         wait = seconds_until_usable(self.specs, self.states, self.uses(at), at)
         if wait is None and last_error is not None:
@@ -140,10 +149,13 @@ class KeyPool:
                              retryable=True, retry_after=max(wait, 0.2), error_type="rate_limit_error")
 
     # --- faults: the only writes --------------------------------------------------------------
-    async def failed(self, key: PoolKey, error: ProviderError) -> bool:
-        """Act on what the upstream said about ``key``; True when the request should try another key."""
+    async def failed(self, key: PoolKey, error: ProviderError, counting: bool = False) -> bool:
+        """Act on what the upstream said about ``key``; True when the request should try another key.
+        A countTokens 429 (``counting``) spent only Google's count quota: the count tries another key and
+        nothing is written (any tenant may send free counts; they must not cool a key for generation)."""
         if error.key_limited:
-            await self.cool_down(key, error.retry_delay)
+            if not counting:
+                await self.cool_down(key, error.retry_delay)
             return True
         if error.key_verdict:
             await self.suspect(key, error.key_verdict)

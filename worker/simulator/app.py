@@ -8,8 +8,8 @@ Routes:
 The same routes answer under /v1 (what google-genai uses when only base_url is set).
 
 Auth: `x-goog-api-key` header or `?key=`; missing -> 403, the literal key "invalid" -> 400.
-Per-key faults (429 for a while, invalid, suspended, disabled): `APIINONE_SIMULATOR_KEY_FAULTS`
-(key_faults.py).
+Per-key faults (429 for a while on generation, or on countTokens only; invalid, suspended, disabled):
+`APIINONE_SIMULATOR_KEY_FAULTS` (key_faults.py).
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ def _error(err: SimError) -> web.Response:
     return _json(err.body(), err.code)
 
 
-def _auth(request: web.Request, model: str = "", generation: bool = False) -> None:
+def _auth(request: web.Request, model: str = "", generation: bool = False, counting: bool = False) -> None:
     key = request.headers.get("x-goog-api-key") or request.query.get("key")
     if not key:
         raise missing_key()
     if key == "invalid":
         raise invalid_key()
-    request.app[KEY_FAULTS].check(key, model, generation)
+    request.app[KEY_FAULTS].check(key, model, generation, counting)
 
 
 def _check_query(request: web.Request) -> None:
@@ -121,7 +121,8 @@ async def get_model(request: web.Request) -> web.Response:
 async def model_method(request: web.Request) -> web.StreamResponse:
     model, colon, method = request.match_info["name"].rpartition(":")
     try:
-        _auth(request, model, generation=method in ("generateContent", "streamGenerateContent"))
+        _auth(request, model, generation=method in ("generateContent", "streamGenerateContent"),
+              counting=method == "countTokens")
         _check_query(request)
         if not colon:
             raise SimError(404, f"Method not found: POST {request.path}")
