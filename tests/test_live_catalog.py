@@ -169,8 +169,47 @@ async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
     async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
         (row,) = await usage(http, key, 1)
     sheet = parse_catalog(admin.http.get("/admin/catalog").json()["document"]).models["gemini"].prices
-    assert (row["model"], row["status"]) == ("gemini", "succeeded")
+    # LiteLLM's model vs model_group: the model that served and billed it, and the name the client sent
+    assert (row["model"], row["requested_model"], row["status"]) == ("gemini", "gemini-latest", "succeeded")
     assert row["charged_micro"] == charge_at(sheet, row) > 0
+
+
+async def test_every_front_end_records_the_alias_the_client_named(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    _, key = admin.account_with_key(100)
+    prompt = "hi [[sim output_tokens=5]]"
+    calls = {
+        "responses": ("/api/v1/responses", {"model": "gemini-latest", "input": prompt}),
+        "messages": ("/api/v1/messages", {"model": "gemini-latest", "max_tokens": 50,
+                                          "messages": [{"role": "user", "content": prompt}]}),
+        "gemini": ("/api/v1beta/models/gemini-latest:generateContent", {"contents": [{"parts": [{"text": prompt}]}]}),
+        "chat": (URL, chat("output_tokens=5", "gemini")),  # the model's own id: no other name to record
+    }
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}) as http:
+        for path, body in calls.values():
+            r = await http.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+        rows = await usage(http, key, len(calls))
+    assert sorted((r["api"], r["model"], r["requested_model"]) for r in rows) == [
+        ("chat", "gemini", "gemini"), ("gemini", "gemini", "gemini-latest"),
+        ("messages", "gemini", "gemini-latest"), ("responses", "gemini", "gemini-latest")]
+
+
+async def test_an_aliass_entry_never_names_itself_among_the_aliases(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini", "flash-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        _, key = admin.account_with_key(1)
+        auth = {"Authorization": f"Bearer {key}"}
+        listed = {m["id"]: m for m in (await http.get("/api/v1/models", headers=auth)).json()["data"]}
+        retrieved = (await http.get("/api/v1/models/gemini-latest", headers=auth)).json()
+    assert listed["gemini"]["aliases"] == ["flash-latest", "gemini-latest"]
+    assert listed["gemini-latest"]["aliases"] == ["flash-latest"] == retrieved["aliases"]
+    assert listed["flash-latest"]["aliases"] == ["gemini-latest"]
+    admin.http.patch("/admin/catalog/aliases", json={"flash-latest": None},
+                     headers={"If-Match": str(current_version(admin))})
 
 
 @pytest.mark.parametrize("change, named", [
@@ -287,3 +326,4 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
 def test_the_audit_logs_filters_and_cursor_are_checked(live, admin, params, param):
     r = admin.http.get("/admin/audit-log", params=params)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
