@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import httpx
 import pytest
@@ -236,12 +238,39 @@ def test_put_needs_the_current_version_and_a_valid_document(live, admin):
     r = admin.http.put("/admin/catalog", json={"document": broken}, headers={"If-Match": str(version)})
     assert r.status_code == 400 and "gemnii" in r.json()["error"]["message"]
     assert current_version(admin) == version
-    ok = admin.http.put("/admin/catalog", json={"document": document, "note": "same again"},
+    same = admin.http.put("/admin/catalog", json={"document": document, "note": "same again"},
+                          headers={"If-Match": f'"{version}"'})
+    assert same.status_code == 200 and same.json()["version"] == version  # unchanged: a no-op, no new version
+    assert same.headers["ETag"] == f'"{version}"' and same.json()["document"] == document
+    renamed = {**document, "models": {**document["models"], "gemini": {**document["models"]["gemini"],
+                                                                          "display_name": "Gemini (renamed)"}}}
+    ok = admin.http.put("/admin/catalog", json={"document": renamed, "note": "renamed"},
                         headers={"If-Match": f'"{version}"'})
     assert ok.status_code == 200 and ok.json()["version"] == version + 1
     versions = admin.http.get("/admin/catalog/versions", params={"limit": 2}).json()
     assert [v["version"] for v in versions["data"]] == [version + 1, version] and versions["has_more"]
     assert admin.http.get(f"/admin/catalog/versions/{version}").json()["document"] == document
+
+
+def latest_catalog_audit(admin: Admin) -> dict:
+    return admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 1}).json()["data"][0]
+
+
+def test_an_unchanged_change_is_a_no_op_answered_with_the_current_version(live, admin):
+    current = admin.http.get("/admin/catalog").json()
+    version, gemini, audited = current["version"], current["document"]["models"]["gemini"], latest_catalog_audit(admin)
+    headers = {"If-Match": str(version)}
+    same_fields = {f: gemini[f] for f in ("pricing", "base_cost_credits") if f in gemini}
+    r = admin.http.patch("/admin/catalog/models/gemini", json=same_fields, headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    r = admin.http.patch("/admin/catalog/aliases", json=dict(current["aliases"]), headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    r = admin.http.patch("/admin/catalog/aliases", json={"never-was": None}, headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    assert admin.http.get("/admin/catalog/versions", params={"limit": 1}).json()["data"][0]["version"] == version
+    assert latest_catalog_audit(admin) == audited  # nothing said it changed
+    stale = admin.http.patch("/admin/catalog/models/gemini", json=same_fields, headers={"If-Match": str(version - 1)})
+    assert stale.status_code == 412  # still made against a version it never saw
 
 
 def test_the_audit_log_records_operator_actions_with_before_and_after(live, admin):
@@ -327,3 +356,52 @@ def test_the_audit_logs_filters_and_cursor_are_checked(live, admin, params, para
     r = admin.http.get("/admin/audit-log", params=params)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
+
+@contextmanager
+def operator_client(live, admin) -> Iterator[httpx.Client]:
+    """A signed-in operator's dashboard session (a fresh operator each time)."""
+    email, password = f"op-{time.time_ns()}@example.com", "correct horse battery"
+    assert admin.http.post("/admin/users", json={"email": email, "password": password, "role": "operator",
+                                                 "account_id": admin.account(1)["id"]}).status_code == 201
+    with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=10) as c:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/dashboard/login").text).group(1)
+        assert c.post("/dashboard/login", data={"email": email, "password": password,
+                                                "csrf_token": csrf}).status_code == 303
+        yield c
+
+
+def model_form(page: str, model_id: str) -> dict:
+    """The model's form on the Catalog page, as a browser would submit it untouched."""
+    form = re.search(rf'action="/dashboard/admin/catalog/models/{model_id}"(.*?)</form>', page, re.S).group(1)
+    fields = dict(re.findall(r'<input[^>]*name="([^"]+)" value="([^"]*)"', form))
+    fields["routes"] = re.search(r'<textarea[^>]*name="routes"[^>]*>(.*?)</textarea>', form, re.S).group(1)
+    return fields
+
+
+def test_the_dashboard_saves_what_it_loaded_and_an_untouched_form_changes_nothing(live, admin):
+    current = admin.http.get("/admin/catalog").json()
+    document = current["document"]
+    gemini = {k: v for k, v in document["models"]["gemini"].items() if k != "routes"}
+    gemini.update(nodes=["node62", "node63"], base_cost_credits=5)
+    r = admin.http.put("/admin/catalog", json={"document": {**document, "aliases": {}, "models": {"gemini": gemini}}},
+                       headers={"If-Match": str(current["version"])})
+    assert r.status_code == 200, r.text
+    version, audited = r.json()["version"], latest_catalog_audit(admin)
+    with operator_client(live, admin) as c:
+        page = c.get("/dashboard/admin/catalog").text
+        untouched = model_form(page, "gemini")
+        assert untouched["version"] == str(version) and untouched["base_cost_credits"] == "5"
+        assert c.post("/dashboard/admin/catalog/models/gemini", data=untouched).status_code == 303
+        aliases = re.search(r'<textarea[^>]*name="aliases"[^>]*>(.*?)</textarea>', page, re.S).group(1)
+        assert c.post("/dashboard/admin/catalog/aliases", data={"csrf_token": untouched["csrf_token"],
+                                                                "version": str(version), "aliases": aliases}
+                      ).status_code == 303
+        assert current_version(admin) == version and latest_catalog_audit(admin) == audited
+        assert c.post("/dashboard/admin/catalog/models/gemini", data={**untouched, "base_cost_credits": "6"}
+                      ).status_code == 303
+    saved = admin.http.get("/admin/catalog").json()
+    stored = saved["document"]["models"]["gemini"]
+    assert saved["version"] == version + 1
+    assert stored["base_cost_credits"] == 6 and stored["nodes"] == ["node62", "node63"] and "routes" not in stored
+    assert stored["pricing"] == gemini["pricing"]  # strings as loaded
+    assert saved["document"].get("aliases") == {}
