@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import httpx
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
@@ -197,6 +198,25 @@ async def test_every_front_end_records_the_alias_the_client_named(live, admin):
     assert sorted((r["api"], r["model"], r["requested_model"]) for r in rows) == [
         ("chat", "gemini", "gemini"), ("gemini", "gemini", "gemini-latest"),
         ("messages", "gemini", "gemini-latest"), ("responses", "gemini", "gemini-latest")]
+
+
+async def test_a_batch_line_records_the_alias_it_named(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    _, key = admin.account_with_key(100)
+    sdk = AsyncOpenAI(base_url=live.base_url + "/api/v1", api_key=key, max_retries=0)
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+            "body": chat("output_tokens=5", "gemini-latest")}
+    f = await sdk.files.create(file=("in.jsonl", orjson.dumps(line) + b"\n"), purpose="batch")
+    batch = await sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+    async def done():
+        b = await sdk.batches.retrieve(batch.id)
+        return b if b.status in ("completed", "failed", "cancelled", "expired") else None
+    assert (await wait_until(done, 30)).status == "completed"
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        (row,) = await usage(http, key, 1)
+    assert (row["batch_id"], row["model"], row["requested_model"]) == (batch.id, "gemini", "gemini-latest")
 
 
 async def test_an_aliass_entry_never_names_itself_among_the_aliases(live, admin):
