@@ -425,3 +425,15 @@ def test_the_dashboard_saves_what_it_loaded_and_an_untouched_form_changes_nothin
     assert stored["base_cost_credits"] == 6 and stored["nodes"] == ["node62", "node63"] and "routes" not in stored
     assert stored["pricing"] == gemini["pricing"]  # strings as loaded
     assert saved["document"].get("aliases") == {}
+
+
+@pytest.mark.parametrize("typed, loaded, saved", [
+    ("5", 5, 5), ("5.0", 5, 5), ("6", 5, 6), ("2.5", 5, 2.5), ("0.5", 1.5, 0.5),  # numbers stay numbers
+    ("50", "50", "50"), ("60", "50", "60"), ("7", None, "7"),  # text stays text (the file's prices)
+    ("1e999999999", 5, "1e999999999"), ("abc", 5, "abc"),  # left for the parser to refuse, never expanded
+])
+def test_a_typed_amount_is_saved_in_the_type_the_document_held(typed, loaded, saved):
+    from gateway.dashboard.catalog_pages import _amount
+
+    value = _amount(typed, loaded)
+    assert (value, type(value)) == (saved, type(saved))

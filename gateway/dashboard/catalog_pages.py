@@ -23,6 +23,7 @@ from shared.operator_audit import Action
 
 HISTORY_SHOWN = 20
 AUDIT_PAGE = 50
+MAX_AMOUNT_DIGITS = 18  # far above any amount the catalog's bounds allow (shared/catalog.py MAX_PRICE_MICRO)
 
 
 def _routes_text(model: dict) -> str:
@@ -58,7 +59,7 @@ def _as_number(typed: str) -> object:
         value = Decimal(typed)
     except InvalidOperation:
         return typed
-    if not value.is_finite():
+    if not value.is_finite() or value.adjusted() > MAX_AMOUNT_DIGITS:  # out of bounds anyway: never int("1e9999999")
         return typed
     if value == value.to_integral_value():
         return int(value)
