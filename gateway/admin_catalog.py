@@ -9,7 +9,8 @@
 A document is validated by the catalog's own parser before it is stored: a 400 naming what is wrong,
 nothing stored. Every change names the version it was made against (If-Match); a change against a
 version that is no longer current is a 412. Every change is in
-the operator audit log. The answer comes once this gateway serves the new version; the others follow
+the operator audit log. A change that leaves the document as it is answers the current version
+(no new version, nothing audited). The answer comes once this gateway serves the new version; the others follow
 within a second (their pub/sub notice).
 """
 
@@ -81,7 +82,7 @@ async def _change(request: web.Request, change, expected: int | None, note: str,
         raise ApiError(409, "The catalog is the fixed file (APIINONE_CATALOG_LIVE=false): edit the file and restart.",
                        "invalid_request_error", "catalog_fixed")
     try:
-        catalog = await change_catalog(gw.catalog_store, gw.operator_audit, admin_actor(request), change, expected,
+        outcome = await change_catalog(gw.catalog_store, gw.operator_audit, admin_actor(request), change, expected,
                                        note)
     except CatalogInvalid as exc:
         raise bad_request(f"Invalid catalog: {exc}.", param=invalid_param, code="invalid_catalog") from None
@@ -90,9 +91,9 @@ async def _change(request: web.Request, change, expected: int | None, note: str,
                        "invalid_request_error", "catalog_version_conflict", "If-Match") from None
     except CatalogEmpty:
         raise unavailable("The catalog store is not seeded yet; retry in a moment.", retry_after=1) from None
-    await gw.live.refresh()  # this gateway serves it before answering; the others follow their notice
-    stored = await gw.catalog_store.current()
-    return catalog_answer(gw, catalog, stored.document if stored else None)
+    if outcome.changed:
+        await gw.live.refresh()  # this gateway serves it before answering; the others follow their notice
+    return catalog_answer(gw, outcome.catalog, outcome.document)
 
 
 async def get_catalog(request: web.Request) -> web.Response:

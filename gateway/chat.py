@@ -50,7 +50,8 @@ async def admit(request: web.Request, gw: Gateway) -> Admitted:
 
 
 def find_model(catalog: Catalog, model_id: str) -> Model:
-    """The model a request names (an alias names its target: served and billed as it)."""
+    """The model a request names (an alias names its target: served and billed as it; the job's
+    ``requested_model`` keeps the alias)."""
     model = catalog.resolve(model_id)
     if model is None:
         raise not_found(f"The model '{model_id}' does not exist. GET /api/v1/models lists the models.",
@@ -72,8 +73,8 @@ def admit_chat_body(request: web.Request, gw: Gateway, key: KeyRecord, body: dic
         prompt_estimate = check_request(body, model, gw.settings.max_messages)
         job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
                "stream": stream, "include_usage": include_usage, "api": api, "kind": kind, "body": body}
-        if model is not requested:
-            job["requested_model"] = requested.id
+        if model.id != body["model"]:  # an alias, or a fallback: the usage row keeps the name the client sent
+            job["requested_model"] = body["model"]
         if kind in COUNT_KINDS:
             return Admitted(key, model, job, 0, count_hold(prompt_token_bound(body)), catalog=catalog)
         return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),

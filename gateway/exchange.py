@@ -85,7 +85,8 @@ async def exchange(request: web.Request, admitted: Admitted, renderer: Callable[
     its fallback models in turn (catalog fallbacks). Each fallback's hold replaces the last attempt's in
     one step (reserve.lua); one the account cannot cover is skipped. None left: the first model's error."""
     gw: Gateway = request.app[GATEWAY]
-    requested = admitted.job.get("requested_model") or admitted.model.id  # admission may have fallen back already
+    # The model it names (its job's requested_model may be an alias of it); admission may have fallen back already.
+    requested = (admitted.catalog or gw.catalog).model_id(admitted.job.get("requested_model") or admitted.model.id)
     candidate, first_error, replaces = admitted, None, ""
     while True:
         fallback = candidate.model.id != requested

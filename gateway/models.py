@@ -3,7 +3,7 @@
 An alias (the catalog's ``[aliases]``) is listed as a model object of its own, so that an OpenAI SDK's
 ``models.list()`` shows every id a request may name and ``models.retrieve(alias)`` answers: its
 ``id`` is the alias, ``alias_for`` names the model it serves (and bills) as, and the rest is that
-model's data. Each model lists its aliases in ``aliases``.
+model's data. Each entry lists in ``aliases`` the other names of its model (never its own id).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from shared.errors import not_found
 
 def model_object(catalog: Catalog, model: Model, requested: str) -> dict:
     out = model.public()
-    out["aliases"] = sorted(a for a, target in catalog.aliases.items() if target == model.id)
+    # The other names that serve as this model: an alias's own entry does not list itself.
+    out["aliases"] = sorted(a for a, target in catalog.aliases.items() if target == model.id and a != requested)
     if requested != model.id:
         out.update(id=requested, alias_for=model.id)
     return out

@@ -282,7 +282,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/catalog", admin_catalog.get_catalog,
           "The current catalog version and its document (ETag: the version)", ADMIN),
     Route("PUT", "/admin/catalog", admin_catalog.put_catalog,
-          "Replace the catalog (If-Match: the version it replaces); validated before it is stored", ADMIN,
+          "Replace the catalog (If-Match: the version it replaces); validated before it is stored; the same "
+          "document again stores nothing and answers the current version", ADMIN,
           body=CATALOG_DOCUMENT, errors=(400, 401, 409, 412, 503)),
     Route("PATCH", "/admin/catalog/models/{model_id}", admin_catalog.patch_model,
           "Change a model's pricing, routes, base cost or fallbacks (If-Match: the current version)", ADMIN, body=admin_catalog.ModelChange,

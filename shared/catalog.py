@@ -125,6 +125,10 @@ class Catalog:
             model = self.models.get(self.aliases[model_id])
         return model
 
+    def model_id(self, name: str) -> str:
+        """The id of the model a request names (an alias: its target's; an unknown name: itself)."""
+        return self.aliases.get(name, name)
+
 
 class CatalogInvalid(ValueError):
     """A catalog document that cannot be served; the message says where it is wrong."""

@@ -5,15 +5,17 @@ aliases) or replaced, then validated and stored as the next version (shared/cata
 written to the operator audit log with what it changed before and after. A change made against a
 version that is no longer current is refused (``VersionConflict``) when the caller named that
 version; a convenience change (one model, the aliases) that names none is re-applied to the newer
-version instead, since it touches only its own part.
+version instead, since it touches only its own part. A change that leaves the document as it was (a
+form saved untouched, the same document PUT again) is no change: no new version, no swap, no audit.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable
 
-from shared.catalog import Catalog, CatalogInvalid
+from shared.catalog import Catalog, CatalogInvalid, validate_catalog
 from shared.catalog_store import CatalogStore, VersionConflict
 from shared.operator_audit import Action, Actor, OperatorAudit
 
@@ -23,6 +25,13 @@ CONVENIENCE_TRIES = 3
 
 class CatalogEmpty(Exception):
     """The live store holds no catalog yet (its processes have not seeded it)."""
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    catalog: Catalog  # the version current after it
+    document: dict  # that version's document
+    changed: bool  # False: the document was already so; no version was made, nothing audited
 
 
 def set_model_fields(model_id: str, fields: dict) -> Callable[[dict], dict]:
@@ -50,7 +59,8 @@ def set_aliases(changes: dict[str, str | None]) -> Callable[[dict], dict]:
                 aliases.pop(alias, None)
             else:
                 aliases[alias] = target
-        document["aliases"] = aliases
+        if aliases or "aliases" in document:  # removing none from a catalog without any adds no empty table
+            document["aliases"] = aliases
         return document
     return change
 
@@ -73,11 +83,12 @@ def diff(old: dict, new: dict) -> tuple[dict, dict]:
 
 
 async def change_catalog(store: CatalogStore, audit: OperatorAudit, actor: Actor, change: Callable[[dict], dict],
-                         expected: int | None, note: str) -> Catalog:
+                         expected: int | None, note: str) -> CatalogChange:
     """Apply ``change`` to the current version and store the result as the next one; audit it.
 
     ``expected``: the version the caller saw (If-Match); a different current version is a ``VersionConflict``.
-    None: apply to whatever is current, again on a race (``CONVENIENCE_TRIES`` times).
+    None: apply to whatever is current, again on a race (``CONVENIENCE_TRIES`` times). A change that leaves
+    the document as it is stores nothing: the answer is the current version, ``changed`` False.
     """
     for attempt in range(CONVENIENCE_TRIES):
         current = await store.current()
@@ -86,6 +97,8 @@ async def change_catalog(store: CatalogStore, audit: OperatorAudit, actor: Actor
         if expected is not None and current.version != expected:
             raise VersionConflict(current.version)
         document = change(copy.deepcopy(current.document))
+        if document == current.document:
+            return CatalogChange(validate_catalog(document, current.version), document, changed=False)
         try:
             catalog = await store.put(document, current.version, actor.name, note)
         except VersionConflict:
@@ -95,5 +108,5 @@ async def change_catalog(store: CatalogStore, audit: OperatorAudit, actor: Actor
         before, after = diff(current.document, document)
         await audit.record(actor, Action.CATALOG_UPDATE, "catalog", {"version": current.version, **before},
                            {"version": catalog.version, "note": note, **after})
-        return catalog
+        return CatalogChange(catalog, document, changed=True)
     raise AssertionError("unreachable")

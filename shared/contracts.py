@@ -157,7 +157,7 @@ class ChatJob(TypedDict):
     account_id: str
     key_id: str
     model: str  # the model that serves it
-    requested_model: NotRequired[str]  # the model the client asked for, when a fallback serves it (catalog fallbacks)
+    requested_model: NotRequired[str]  # the name the client sent, when not ``model``: an alias, or a fallback serves it
     node: str
     reply_to: str  # the pub/sub channel of the process relaying the replies
     trace_id: str  # the client-facing request id (X-Request-Id)
@@ -181,7 +181,7 @@ class Settlement(TypedDict):
     account_id: str
     key_id: str
     model: str  # the model that served it: the one it is priced at
-    requested_model: str  # the model the client asked for (another than ``model`` when a fallback served it)
+    requested_model: str  # the name the client sent (an alias of ``model``, or the model a fallback served)
     node: str
     status: str  # a RequestStatus
     error_code: str

@@ -8,9 +8,10 @@ import copy
 import pytest
 
 from shared.catalog import BUNDLED_CATALOG, CatalogInvalid, load_catalog, load_document, validate_catalog
-from shared.catalog_edits import set_model_fields
+from shared.catalog_edits import change_catalog, replace_with, set_aliases, set_model_fields
 from shared.catalog_store import CatalogStore, StoredCatalog, VersionConflict
 from shared.live_catalog import LiveCatalog
+from shared.operator_audit import Actor, OperatorAudit
 from shared.scripts import Scripts
 
 FILE = load_document(BUNDLED_CATALOG)
@@ -53,6 +54,22 @@ async def test_a_document_that_cannot_be_served_is_refused_and_nothing_is_stored
     with pytest.raises(CatalogInvalid, match=named):
         await store.put(broken, 1, "admin token")
     assert (await store.current()).version == 1 and len(await store.history(None, 10)) == 1
+
+
+async def test_a_change_that_leaves_the_document_as_it_is_stores_and_audits_nothing(stores):
+    redis, db = stores
+    store, audit, actor = CatalogStore(redis, Scripts(redis), db), OperatorAudit(db), Actor("admin token")
+    await store.seed(StoredCatalog(1, FILE))
+    assert "aliases" not in FILE  # removing an alias that never was adds no empty table either
+    same_prices = set_model_fields("gemini", {"pricing": copy.deepcopy(FILE["models"]["gemini"]["pricing"])})
+    for change, expected in ((replace_with(FILE), 1), (same_prices, None), (set_aliases({"never-was": None}), 1)):
+        outcome = await change_catalog(store, audit, actor, change, expected, "again")
+        assert (outcome.changed, outcome.catalog.version, outcome.document) == (False, 1, FILE)
+    assert (await store.current()).version == 1 and len(await store.history(None, 10)) == 1
+    assert await db.fetchval("SELECT count(*) FROM operator_audit") == 0
+    changed = await change_catalog(store, audit, actor, set_aliases({"latest": "gemini"}), 1, "an alias")
+    assert (changed.changed, changed.catalog.version, changed.catalog.aliases) == (True, 2, {"latest": "gemini"})
+    assert await db.fetchval("SELECT count(*) FROM operator_audit") == 1
 
 
 async def test_a_wiped_redis_is_seeded_with_the_newest_version_not_the_file(stores):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import httpx
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
@@ -169,8 +172,66 @@ async def test_an_alias_is_served_listed_and_billed_as_its_model(live, admin):
     async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
         (row,) = await usage(http, key, 1)
     sheet = parse_catalog(admin.http.get("/admin/catalog").json()["document"]).models["gemini"].prices
-    assert (row["model"], row["status"]) == ("gemini", "succeeded")
+    # LiteLLM's model vs model_group: the model that served and billed it, and the name the client sent
+    assert (row["model"], row["requested_model"], row["status"]) == ("gemini", "gemini-latest", "succeeded")
     assert row["charged_micro"] == charge_at(sheet, row) > 0
+
+
+async def test_every_front_end_records_the_alias_the_client_named(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    _, key = admin.account_with_key(100)
+    prompt = "hi [[sim output_tokens=5]]"
+    calls = {
+        "responses": ("/api/v1/responses", {"model": "gemini-latest", "input": prompt}),
+        "messages": ("/api/v1/messages", {"model": "gemini-latest", "max_tokens": 50,
+                                          "messages": [{"role": "user", "content": prompt}]}),
+        "gemini": ("/api/v1beta/models/gemini-latest:generateContent", {"contents": [{"parts": [{"text": prompt}]}]}),
+        "chat": (URL, chat("output_tokens=5", "gemini")),  # the model's own id: no other name to record
+    }
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}) as http:
+        for path, body in calls.values():
+            r = await http.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+        rows = await usage(http, key, len(calls))
+    assert sorted((r["api"], r["model"], r["requested_model"]) for r in rows) == [
+        ("chat", "gemini", "gemini"), ("gemini", "gemini", "gemini-latest"),
+        ("messages", "gemini", "gemini-latest"), ("responses", "gemini", "gemini-latest")]
+
+
+async def test_a_batch_line_records_the_alias_it_named(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    _, key = admin.account_with_key(100)
+    sdk = AsyncOpenAI(base_url=live.base_url + "/api/v1", api_key=key, max_retries=0)
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+            "body": chat("output_tokens=5", "gemini-latest")}
+    f = await sdk.files.create(file=("in.jsonl", orjson.dumps(line) + b"\n"), purpose="batch")
+    batch = await sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+    async def done():
+        b = await sdk.batches.retrieve(batch.id)
+        return b if b.status in ("completed", "failed", "cancelled", "expired") else None
+    assert (await wait_until(done, 30)).status == "completed"
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        (row,) = await usage(http, key, 1)
+    assert (row["batch_id"], row["model"], row["requested_model"]) == (batch.id, "gemini", "gemini-latest")
+
+
+async def test_an_aliass_entry_never_names_itself_among_the_aliases(live, admin):
+    admin.http.patch("/admin/catalog/aliases", json={"gemini-latest": "gemini", "flash-latest": "gemini"},
+                     headers={"If-Match": str(current_version(admin))})
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as http:
+        _, key = admin.account_with_key(1)
+        auth = {"Authorization": f"Bearer {key}"}
+        listed = {m["id"]: m for m in (await http.get("/api/v1/models", headers=auth)).json()["data"]}
+        retrieved = (await http.get("/api/v1/models/gemini-latest", headers=auth)).json()
+    assert listed["gemini"]["aliases"] == ["flash-latest", "gemini-latest"]
+    assert listed["gemini-latest"]["aliases"] == ["flash-latest"] == retrieved["aliases"]
+    assert listed["flash-latest"]["aliases"] == ["gemini-latest"]
+    admin.http.patch("/admin/catalog/aliases", json={"flash-latest": None},
+                     headers={"If-Match": str(current_version(admin))})
 
 
 @pytest.mark.parametrize("change, named", [
@@ -197,12 +258,39 @@ def test_put_needs_the_current_version_and_a_valid_document(live, admin):
     r = admin.http.put("/admin/catalog", json={"document": broken}, headers={"If-Match": str(version)})
     assert r.status_code == 400 and "gemnii" in r.json()["error"]["message"]
     assert current_version(admin) == version
-    ok = admin.http.put("/admin/catalog", json={"document": document, "note": "same again"},
+    same = admin.http.put("/admin/catalog", json={"document": document, "note": "same again"},
+                          headers={"If-Match": f'"{version}"'})
+    assert same.status_code == 200 and same.json()["version"] == version  # unchanged: a no-op, no new version
+    assert same.headers["ETag"] == f'"{version}"' and same.json()["document"] == document
+    renamed = {**document, "models": {**document["models"], "gemini": {**document["models"]["gemini"],
+                                                                          "display_name": "Gemini (renamed)"}}}
+    ok = admin.http.put("/admin/catalog", json={"document": renamed, "note": "renamed"},
                         headers={"If-Match": f'"{version}"'})
     assert ok.status_code == 200 and ok.json()["version"] == version + 1
     versions = admin.http.get("/admin/catalog/versions", params={"limit": 2}).json()
     assert [v["version"] for v in versions["data"]] == [version + 1, version] and versions["has_more"]
     assert admin.http.get(f"/admin/catalog/versions/{version}").json()["document"] == document
+
+
+def latest_catalog_audit(admin: Admin) -> dict:
+    return admin.http.get("/admin/audit-log", params={"action": "catalog.update", "limit": 1}).json()["data"][0]
+
+
+def test_an_unchanged_change_is_a_no_op_answered_with_the_current_version(live, admin):
+    current = admin.http.get("/admin/catalog").json()
+    version, gemini, audited = current["version"], current["document"]["models"]["gemini"], latest_catalog_audit(admin)
+    headers = {"If-Match": str(version)}
+    same_fields = {f: gemini[f] for f in ("pricing", "base_cost_credits") if f in gemini}
+    r = admin.http.patch("/admin/catalog/models/gemini", json=same_fields, headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    r = admin.http.patch("/admin/catalog/aliases", json=dict(current["aliases"]), headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    r = admin.http.patch("/admin/catalog/aliases", json={"never-was": None}, headers=headers)
+    assert r.status_code == 200 and r.json()["version"] == version, r.text
+    assert admin.http.get("/admin/catalog/versions", params={"limit": 1}).json()["data"][0]["version"] == version
+    assert latest_catalog_audit(admin) == audited  # nothing said it changed
+    stale = admin.http.patch("/admin/catalog/models/gemini", json=same_fields, headers={"If-Match": str(version - 1)})
+    assert stale.status_code == 412  # still made against a version it never saw
 
 
 def test_the_audit_log_records_operator_actions_with_before_and_after(live, admin):
@@ -287,3 +375,65 @@ def test_an_operator_edits_prices_routes_and_aliases_on_the_dashboard(live, admi
 def test_the_audit_logs_filters_and_cursor_are_checked(live, admin, params, param):
     r = admin.http.get("/admin/audit-log", params=params)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@contextmanager
+def operator_client(live, admin) -> Iterator[httpx.Client]:
+    """A signed-in operator's dashboard session (a fresh operator each time)."""
+    email, password = f"op-{time.time_ns()}@example.com", "correct horse battery"
+    assert admin.http.post("/admin/users", json={"email": email, "password": password, "role": "operator",
+                                                 "account_id": admin.account(1)["id"]}).status_code == 201
+    with httpx.Client(base_url=live.base_url, follow_redirects=False, timeout=10) as c:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/dashboard/login").text).group(1)
+        assert c.post("/dashboard/login", data={"email": email, "password": password,
+                                                "csrf_token": csrf}).status_code == 303
+        yield c
+
+
+def model_form(page: str, model_id: str) -> dict:
+    """The model's form on the Catalog page, as a browser would submit it untouched."""
+    form = re.search(rf'action="/dashboard/admin/catalog/models/{model_id}"(.*?)</form>', page, re.S).group(1)
+    fields = dict(re.findall(r'<input[^>]*name="([^"]+)" value="([^"]*)"', form))
+    fields["routes"] = re.search(r'<textarea[^>]*name="routes"[^>]*>(.*?)</textarea>', form, re.S).group(1)
+    return fields
+
+
+def test_the_dashboard_saves_what_it_loaded_and_an_untouched_form_changes_nothing(live, admin):
+    current = admin.http.get("/admin/catalog").json()
+    document = current["document"]
+    gemini = {k: v for k, v in document["models"]["gemini"].items() if k != "routes"}
+    gemini.update(nodes=["node62", "node63"], base_cost_credits=5)
+    r = admin.http.put("/admin/catalog", json={"document": {**document, "aliases": {}, "models": {"gemini": gemini}}},
+                       headers={"If-Match": str(current["version"])})
+    assert r.status_code == 200, r.text
+    version, audited = r.json()["version"], latest_catalog_audit(admin)
+    with operator_client(live, admin) as c:
+        page = c.get("/dashboard/admin/catalog").text
+        untouched = model_form(page, "gemini")
+        assert untouched["version"] == str(version) and untouched["base_cost_credits"] == "5"
+        assert c.post("/dashboard/admin/catalog/models/gemini", data=untouched).status_code == 303
+        aliases = re.search(r'<textarea[^>]*name="aliases"[^>]*>(.*?)</textarea>', page, re.S).group(1)
+        assert c.post("/dashboard/admin/catalog/aliases", data={"csrf_token": untouched["csrf_token"],
+                                                                "version": str(version), "aliases": aliases}
+                      ).status_code == 303
+        assert current_version(admin) == version and latest_catalog_audit(admin) == audited
+        assert c.post("/dashboard/admin/catalog/models/gemini", data={**untouched, "base_cost_credits": "6"}
+                      ).status_code == 303
+    saved = admin.http.get("/admin/catalog").json()
+    stored = saved["document"]["models"]["gemini"]
+    assert saved["version"] == version + 1
+    assert stored["base_cost_credits"] == 6 and stored["nodes"] == ["node62", "node63"] and "routes" not in stored
+    assert stored["pricing"] == gemini["pricing"]  # strings as loaded
+    assert saved["document"].get("aliases") == {}
+
+
+@pytest.mark.parametrize("typed, loaded, saved", [
+    ("5", 5, 5), ("5.0", 5, 5), ("6", 5, 6), ("2.5", 5, 2.5), ("0.5", 1.5, 0.5),  # numbers stay numbers
+    ("50", "50", "50"), ("60", "50", "60"), ("7", None, "7"),  # text stays text (the file's prices)
+    ("1e999999999", 5, "1e999999999"), ("abc", 5, "abc"),  # left for the parser to refuse, never expanded
+])
+def test_a_typed_amount_is_saved_in_the_type_the_document_held(typed, loaded, saved):
+    from gateway.dashboard.catalog_pages import _amount
+
+    value = _amount(typed, loaded)
+    assert (value, type(value)) == (saved, type(saved))

@@ -3,10 +3,14 @@
 Every change goes through the same path as the admin API (shared/catalog_edits.py): validated by the
 catalog's parser, stored as the next version against the version the form was drawn from (a change
 made meanwhile is refused, not overwritten), followed by every gateway and worker within a second,
-and written to the audit log under the signed-in operator's email.
+and written to the audit log under the signed-in operator's email. A form saves only what the operator
+edited, in the form the document holds it (a number stays a number, ``nodes`` stay ``nodes`` unless the
+routes were edited), so a form saved untouched changes nothing and makes no version.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
@@ -19,6 +23,7 @@ from shared.operator_audit import Action
 
 HISTORY_SHOWN = 20
 AUDIT_PAGE = 50
+MAX_AMOUNT_DIGITS = 18  # far above any amount the catalog's bounds allow (shared/catalog.py MAX_PRICE_MICRO)
 
 
 def _routes_text(model: dict) -> str:
@@ -37,6 +42,59 @@ def _parse_routes(text: str) -> list[dict]:
         routes.append({"node": parts[0], "priority": int(parts[1]) if len(parts) > 1 else 0,
                        "weight": int(parts[2]) if len(parts) > 2 else 1})
     return routes
+
+
+def _same_amount(typed: str, loaded: object) -> bool:
+    try:
+        return Decimal(typed) == Decimal(str(loaded))
+    except InvalidOperation:
+        return False
+
+
+def _as_number(typed: str) -> object:
+    """A typed amount for a field the document holds as a JSON number: an int, or a float whose shortest
+    text is exactly the typed decimal (the parser reads a float through that text); else the text itself,
+    which the parser reads exactly (or names as invalid)."""
+    try:
+        value = Decimal(typed)
+    except InvalidOperation:
+        return typed
+    if not value.is_finite() or value.adjusted() > MAX_AMOUNT_DIGITS:  # out of bounds anyway: never int("1e9999999")
+        return typed
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value) if Decimal(repr(float(value))) == value else typed
+
+
+def _amount(typed: str, loaded: object) -> object:
+    """An amount as typed, in the type the document held it: the loaded value itself when it is unchanged."""
+    if loaded is not None and _same_amount(typed, loaded):
+        return loaded
+    if isinstance(loaded, (int, float)) and not isinstance(loaded, bool):
+        return _as_number(typed)
+    return typed
+
+
+def _model_edits(form, model: dict) -> dict:
+    """The fields of ``model`` (its document) the operator changed on its form; nothing when none."""
+    fields: dict = {}
+    loaded = dict(model.get("pricing") or {})
+    pricing = dict(loaded)  # long_context (not on the form) is kept
+    for name in ("input", "cached_input", "output"):
+        typed = str(form.get(name, "")).strip()
+        if typed:
+            pricing[name] = _amount(typed, loaded.get(name))
+        else:
+            pricing.pop(name, None)
+    if pricing != loaded:
+        fields["pricing"] = pricing
+    base_cost = str(form.get("base_cost_credits", "")).strip()
+    if base_cost and _amount(base_cost, model.get("base_cost_credits")) != model.get("base_cost_credits"):
+        fields["base_cost_credits"] = _amount(base_cost, model.get("base_cost_credits"))
+    routes = _parse_routes(str(form.get("routes", "")))
+    if routes != _parse_routes(_routes_text(model)):  # as shown: a model's `nodes` stay `nodes`
+        fields["routes"] = routes
+    return fields
 
 
 def _aliases_text(aliases: dict) -> str:
@@ -72,7 +130,7 @@ async def catalog_page(request: web.Request, errors: dict | None = None, status:
 async def _apply(request: web.Request, change, expected: str, note: str, error_key: str) -> web.Response:
     gw = gateway(request)
     try:
-        catalog = await change_catalog(gw.catalog_store, gw.operator_audit, operator_actor(request), change,
+        outcome = await change_catalog(gw.catalog_store, gw.operator_audit, operator_actor(request), change,
                                        int(expected) if expected.isdigit() else None, note)
     except CatalogInvalid as exc:
         return await catalog_page(request, {error_key: f"Not saved: {exc}."}, status=400)
@@ -81,31 +139,29 @@ async def _apply(request: web.Request, change, expected: str, note: str, error_k
                                                        f"{exc.current}). Here it is as it is now."}, status=409)
     except CatalogEmpty:
         return await catalog_page(request, {error_key: "Not saved: the catalog store is not seeded yet."}, status=503)
+    if not outcome.changed:
+        await notify(request, f"Nothing changed: catalog version {outcome.catalog.version} stays current.")
+        return see_other("/dashboard/admin/catalog")
     await gw.live.refresh()
-    await notify(request, f"Catalog version {catalog.version} is live ({note}); every gateway and worker follows "
-                          "within a second.")
+    await notify(request, f"Catalog version {outcome.catalog.version} is live ({note}); every gateway and worker "
+                          "follows within a second.")
     return see_other("/dashboard/admin/catalog")
 
 
 async def update_model(request: web.Request) -> web.Response:
     form = await request.post()
     model_id = request.match_info["model_id"]
-    if not gateway(request).live.live:
+    gw = gateway(request)
+    if not gw.live.live:
         return await catalog_page(request, {model_id: "The catalog is the fixed file here."}, status=409)
-    pricing = {f: str(form.get(f, "")).strip() for f in ("input", "cached_input", "output")}
-    fields: dict = {"pricing": {k: v for k, v in pricing.items() if v}}
-    base_cost = str(form.get("base_cost_credits", "")).strip()
-    if base_cost:
-        fields["base_cost_credits"] = base_cost
+    stored = await gw.catalog_store.current()
     try:
-        fields["routes"] = _parse_routes(str(form.get("routes", "")))
+        # Compared with the current version: a form drawn from an older one is refused by _apply anyway.
+        fields = _model_edits(form, stored.document.get("models", {}).get(model_id, {}) if stored else {})
     except CatalogInvalid as exc:
         return await catalog_page(request, {model_id: f"Not saved: {exc}."}, status=400)
-    current = (await gateway(request).catalog_store.current()).document["models"].get(model_id, {})
-    if "long_context" in (current.get("pricing") or {}):  # the form does not show it: keep it
-        fields["pricing"]["long_context"] = current["pricing"]["long_context"]
     return await _apply(request, set_model_fields(model_id, fields), str(form.get("version", "")),
-                        f"{model_id}: prices and routes", model_id)
+                        f"{model_id}: {', '.join(sorted(fields)) or 'nothing'}", model_id)
 
 
 async def update_aliases(request: web.Request) -> web.Response:

@@ -39,6 +39,8 @@ def _admit(request: web.Request, gw: Gateway, catalog: Catalog, model: Model, na
     key = request_key(request)
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "trace_id": request["request_id"],
            "stream": stream, "include_usage": False, "api": Api.GEMINI, "kind": kind, "body": native.body}
+    if request.match_info["model"] != model.id:  # an alias: the usage row keeps the name the client sent
+        job["requested_model"] = request.match_info["model"]
     if kind == JobKind.GEMINI_COUNT:
         return Admitted(key, model, job, 0, count_hold(native.prompt_bound), catalog=catalog)
     estimate = native.prompt_estimate + (native.max_output_tokens or OUTPUT_ESTIMATE)

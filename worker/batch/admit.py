@@ -59,6 +59,8 @@ def admitted_line(key: KeyRecord, req: ChatCompletionRequest, model: Model, sett
     prompt_estimate = check_request(body, model, settings.max_messages)  # validated already: cannot refuse now
     job = {"account_id": key.account_id, "key_id": key.id, "model": model.id, "stream": False,
            "include_usage": False, "body": body}
+    if req.model != model.id:  # an alias: the usage row keeps the name the line sent
+        job["requested_model"] = req.model
     return Admitted(key, model, job, estimated_tokens(body, prompt_estimate),
                     plan_hold(body, model, settings.min_output_tokens, key.price_multiplier_ppm), catalog=catalog)
 
