@@ -171,7 +171,8 @@ async def update_aliases(request: web.Request) -> web.Response:
         return await catalog_page(request, {"aliases": "The catalog is the fixed file here."}, status=409)
     stored = await gw.catalog_store.current()
     try:
-        changes = _parse_aliases(str(form.get("aliases", "")), stored.document.get("aliases") or {})
+        # An empty store (not seeded again yet after a Redis loss) is refused by _apply, as for a model's form.
+        changes = _parse_aliases(str(form.get("aliases", "")), (stored.document.get("aliases") or {}) if stored else {})
     except CatalogInvalid as exc:
         return await catalog_page(request, {"aliases": f"Not saved: {exc}."}, status=400)
     return await _apply(request, set_aliases(changes), str(form.get("version", "")), "aliases", "aliases")
