@@ -92,3 +92,9 @@ async def wait_until(predicate, timeout: float, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def key_rows(admin) -> dict[str, dict]:
+    """The first node's upstream keys as /admin/nodes shows them, by their last four characters."""
+    node = admin.http.get("/admin/nodes").json()["data"][0]
+    return {row["key"]: row for row in node["keys"]}

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Admin
-from tests.pool_helpers import own_stack, wait_until
+from tests.pool_helpers import key_rows, own_stack, wait_until
 
 SECRETS = {"dddd": "key-count-dddd", "eeee": "key-fine-eeee"}
 DDDD_RPM, EEEE_RPM = 3, 3
@@ -30,11 +30,6 @@ def counted():
     }
     with own_stack("apiinone-keycount-", env=env, workers_per_node=1, gateways=1) as st:
         yield st
-
-
-def key_rows(admin: Admin) -> dict[str, dict]:
-    node = admin.http.get("/admin/nodes").json()["data"][0]
-    return {row["key"]: row for row in node["keys"]}
 
 
 async def test_count_429s_leave_generation_its_keys(counted):

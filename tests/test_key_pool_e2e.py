@@ -21,7 +21,7 @@ import pytest
 
 from apiinone.launcher import apiinone_command, Stack
 from tests.conftest import Admin, wait_settled
-from tests.pool_helpers import own_stack, wait_until
+from tests.pool_helpers import key_rows, own_stack, wait_until
 
 URL = "/api/v1/chat/completions"
 RETRY_S = 4
@@ -43,11 +43,6 @@ def keyed():
 @pytest.fixture(scope="module")
 def keyed_admin(keyed) -> Admin:
     return Admin(keyed.base_url, keyed.settings.admin_token)
-
-
-def key_rows(admin: Admin) -> dict[str, dict]:
-    node = admin.http.get("/admin/nodes").json()["data"][0]
-    return {row["key"]: row for row in node["keys"]}
 
 
 async def wave(stack: Stack, key: str, count: int) -> list[int]:
