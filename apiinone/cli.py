@@ -191,7 +191,7 @@ async def _admin(args) -> object:
                         max_keys=settings.max_keys_per_account)
     try:
         if args.noun in ("restore", "recover", "audit"):
-            return await _record_command(args.noun, redis, db)
+            return await _record_command(args.noun, redis, db, settings)
         what = (args.noun, getattr(args, "verb", None))
         if what == ("accounts", "create"):
             account = await accounts.create_account(args.name, credits_to_micro(Decimal(args.credits)))
@@ -256,7 +256,7 @@ async def _enable_upstream_key(args, redis, db) -> dict:
     return {"node": args.node, "key": args.key, "state": "active", "was_disabled": was}
 
 
-async def _record_command(noun: str, redis, db) -> object:
+async def _record_command(noun: str, redis, db, settings) -> object:
     """audit (Redis and Postgres agree), restore (a wiped Redis from Postgres), recover (the recovery pass)."""
     from shared.audit import audit
 
@@ -274,7 +274,14 @@ async def _record_command(noun: str, redis, db) -> object:
     from worker.archiver.restore import Restorer
 
     if noun == "restore":
-        return await Restorer(redis, db).restore_all()
+        from shared.blob_store import blob_store
+        from shared.file_store import FileStore
+
+        files = FileStore(db, blob_store(settings), settings)
+        try:
+            return await Restorer(redis, db, files, settings.batch_file_retention_s).restore_all()
+        finally:
+            await files.blobs.close()
     report = await Recovery(redis, db).check(force=True)
     return report.as_dict() if report else {}
 

@@ -129,16 +129,18 @@ class S3BlobStore:
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
             await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    async def delete_under(self, prefix: str) -> int:
+    async def keys_under(self, prefix: str) -> list[str]:
         s3 = await self.client()
-        deleted = 0
+        found: list[str] = []
         paginator = s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/"):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:  # a page holds 1,000 keys at most, as DeleteObjects takes
-                await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
-                deleted += len(keys)
-        return deleted
+            found += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
+        return sorted(found)
+
+    async def delete_under(self, prefix: str) -> int:
+        found = await self.keys_under(prefix)
+        await self.delete(*found)
+        return len(found)
 
     async def clear_abandoned(self, older_than_s: float) -> int:
         s3 = await self.client()

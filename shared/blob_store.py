@@ -54,6 +54,9 @@ class BlobStore(Protocol):
     async def delete(self, *keys: str) -> None:
         """Delete these blobs; a missing one is no error."""
 
+    async def keys_under(self, prefix: str) -> list[str]:
+        """The keys of every blob under ``prefix/``, sorted."""
+
     async def delete_under(self, prefix: str) -> int:
         """Delete every blob whose key starts with ``prefix/``; returns how many."""
 
@@ -112,6 +115,12 @@ class LocalBlobStore:
     async def delete(self, *keys: str) -> None:
         for key in keys:
             await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        return await asyncio.to_thread(
+            lambda: sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+            if folder.is_dir() else [])
 
     async def delete_under(self, prefix: str) -> int:
         return await asyncio.to_thread(_delete_tree, self.path(prefix))

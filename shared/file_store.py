@@ -98,9 +98,13 @@ class FileStore:
 
     async def create_result_file(self, account_id: str, batch_id: str, kind: str, parts: list[str]) -> str:
         """A batch's output or error file, composed from its parts (blob keys, in order), recorded once."""
+        return await self.create_result_file_of(account_id, batch_id, kind, self._concatenated(parts))
+
+    async def create_result_file_of(self, account_id: str, batch_id: str, kind: str,
+                                    content: AsyncIterator[bytes]) -> str:
         file_id = result_file_id(batch_id, kind)
         key = blob_key(file_id)
-        size = await self.blobs.put(key, self._concatenated(parts))
+        size = await self.blobs.put(key, content)
         record = self._record(file_id, account_id, f"{batch_id}_{kind}.jsonl", "batch_output", size, batch_id)
         await files_record.insert(self.db, record)
         return file_id

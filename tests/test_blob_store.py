@@ -64,10 +64,12 @@ async def test_put_read_range_replace_delete(blobs):
             await read_all(blobs, key)
 
 
-async def test_everything_under_a_folder_is_deleted_and_nothing_beside_it(blobs):
+async def test_everything_under_a_folder_is_listed_and_deleted_and_nothing_beside_it(blobs):
     for key in ("batches/b1/output/000000-aa", "batches/b1/errors/000001-bb", "batches/b1x/output/000000-cc",
                 "batches/b2/output/000000-dd", "files/b1"):
         await blobs.put(key, chunks(key.encode()))
+    assert await blobs.keys_under("batches/b1") == ["batches/b1/errors/000001-bb", "batches/b1/output/000000-aa"]
+    assert await blobs.keys_under("batches/none") == []
     assert await blobs.delete_under("batches/b1") == 2
     assert await blobs.delete_under("batches/b1") == 0 and await blobs.delete_under("batches/none") == 0
     for key in ("batches/b1/output/000000-aa", "batches/b1/errors/000001-bb"):

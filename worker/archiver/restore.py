@@ -6,6 +6,7 @@ the usage rows), its users, and the references of its credits (so none is applie
 ledger stream is started after every archived entry, so the recovery never takes an archived
 row for a lost one. What cannot come back is what Redis held and never archived: charges of the
 last moments before the loss, in the customers' favour; the report says since when that window runs.
+A batch the loss cut off mid-run is ended, with the lines that ran (``lost_batches.py``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.db.database import Database
+from shared.file_store import FileStore
 from shared.keys import AccountKeys
 from shared.redemption import restore_codes
+from worker.archiver.lost_batches import end_lost_batches
 
 DAY_S = 86400
 
 
 class Restorer:
-    def __init__(self, redis: Redis, db: Database) -> None:
+    def __init__(self, redis: Redis, db: Database, files: FileStore | None = None,
+                 batch_retention_s: float = 30 * DAY_S) -> None:
         self.redis = redis
         self.db = db
+        self.files = files  # the batch files' store: batches cut off mid-run are ended (lost_batches.py)
+        self.batch_retention_s = batch_retention_s
 
     async def restore_all(self) -> dict:
         """Every account Postgres has and Redis lacks; a report of what was and was not restored."""
@@ -38,10 +44,12 @@ class Restorer:
                 keys_ += counts["keys"]
                 users += counts["users"]
         codes = await restore_codes(self.redis, self.db)
+        batches = (await end_lost_batches(self.redis, self.db, self.files, self.batch_retention_s)
+                   if self.files is not None else 0)
         newest = await self.db.fetchrow("SELECT max(sid_ms) AS ms FROM ledger")
         unapplied = await self.db.fetchrow("SELECT count(*) AS n FROM ledger WHERE sid_ms IS NULL")
         return {"accounts_restored": restored, "keys_restored": keys_, "users_restored": users,
-                "redemption_codes_restored": codes,
+                "redemption_codes_restored": codes, "batches_ended_as_lost": batches,
                 "credits_never_archived": unapplied["n"],
                 "unarchived_charges": {
                     "count": "unknown: Redis held them and was lost before the archiver committed them",
