@@ -36,9 +36,11 @@ async def test_a_batch_cut_off_by_a_redis_loss_ends_with_the_lines_that_ran(stor
     redis, db = stores
     await maintain(db, 0)
     files = FileStore(db, LocalBlobStore(tmp_path / "blobs"), Settings(data_dir=tmp_path))
-    lost, running = "batch_" + "1" * 24, "batch_" + "2" * 24
+    lost, running, new = "batch_" + "1" * 24, "batch_" + "2" * 24, "batch_" + "4" * 24
     for batch_id in (lost, running):
         await batches_record.insert(db, batch_object(batch_id), ACCOUNT)
+    # recorded a moment before its Redis hash is written: not judged yet
+    await batches_record.insert(db, {**batch_object(new), "created_at": int(time.time())}, ACCOUNT)
     await redis.hset(BatchKeys(running).batch, "id", running)  # its batch worker still has this one
     # Two committed parts, and the first one again under another token (a crash between write and commit).
     parts = {"output/000000-aaaa": [b"r0", b"r1"], "output/000000-zzzz": [b"r0", b"r1"],
@@ -68,6 +70,7 @@ async def test_a_batch_cut_off_by_a_redis_loss_ends_with_the_lines_that_ran(stor
         == ["r3"]
     assert await files.blobs.keys_under(f"batches/{lost}") == []  # the parts spent
     assert (await batches_record.get(db, ACCOUNT, running))["status"] == "in_progress"
+    assert (await batches_record.get(db, ACCOUNT, new))["status"] == "in_progress"
     assert (await Restorer(redis, db, files).restore_all())["batches_ended_as_lost"] == 0  # once
 
 

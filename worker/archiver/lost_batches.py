@@ -29,6 +29,7 @@ from shared.money import micro_to_credits
 
 LOST = "batch_state_lost"
 RESULT_FILES = (("output", "output_file_id"), ("errors", "error_file_id"))
+JUST_CREATED_S = 10
 
 
 async def end_lost_batches(redis: Redis, db: Database, files: FileStore, retention_s: float) -> int:
@@ -38,6 +39,8 @@ async def end_lost_batches(redis: Redis, db: Database, files: FileStore, retenti
     ended = 0
     for row in rows:
         batch, account_id = row["body"], row["account_id"]
+        if batch["created_at"] > time.time() - JUST_CREATED_S:
+            continue  # recorded a moment before its Redis hash is written (shared/batch_store.py create_batch)
         if await redis.exists(BatchKeys(batch["id"]).batch):
             continue  # still running: its batch worker has it
         await batches_record.record_end(db, await _ended(db, files, batch, account_id), account_id,
