@@ -14,6 +14,7 @@ from pydantic import Field
 
 from gateway.admin import Credits, credits_param
 from gateway.auth import request_key
+from gateway.record_reads import record_read
 from gateway.inputs import read_body
 from gateway.state import GATEWAY
 from shared.callback_targets import url_refusal
@@ -57,10 +58,12 @@ def _alerts(request: web.Request) -> BalanceAlerts:
     return BalanceAlerts(db)
 
 
+@record_read
 async def get_alert(request: web.Request) -> web.Response:
     return web.json_response(alert_object(await _alerts(request).get(request_key(request).account_id)))
 
 
+@record_read
 async def set_alert(request: web.Request) -> web.Response:
     """Set (and arm) the threshold and the webhook URL, or turn the alert off with ``threshold: null``."""
     body = await read_body(request, AlertSettings)

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway.auth import request_key
+from gateway.record_reads import record_read
 from gateway.inputs import Paging, QueryParam, int_param
 from gateway.state import GATEWAY
 from gateway.usage_csv import stream_usage_csv
@@ -53,6 +54,7 @@ def _time_param(request: web.Request, name: str) -> int | None:
     return value
 
 
+@record_read
 async def usage(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
@@ -64,6 +66,7 @@ async def usage(request: web.Request) -> web.Response:
                               "has_more": page.next_after is not None})
 
 
+@record_read
 async def usage_export(request: web.Request) -> web.StreamResponse:
     """Every usage row from ``since`` (inclusive) to ``until`` (exclusive), newest first, as CSV."""
     since, until = _time_param(request, "since"), _time_param(request, "until")
@@ -75,6 +78,7 @@ async def usage_export(request: web.Request) -> web.StreamResponse:
     return await stream_usage_csv(request, request_key(request).account_id, rows)
 
 
+@record_read
 async def ledger(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)
@@ -83,6 +87,7 @@ async def ledger(request: web.Request) -> web.Response:
                               "has_more": more})
 
 
+@record_read
 async def orders(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     limit, after = PAGING.read(request)

@@ -10,6 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.auth import KeyCache
+from gateway.record_reads import RecordReadSlots
 from shared.accounts import Accounts
 from shared.catalog import Catalog, load_document
 from shared.catalog_store import CatalogStore
@@ -57,6 +58,7 @@ class Gateway:
         self.operator_audit = OperatorAudit(self.db)
         self.accounts = Accounts(self.redis, self.credits, self.directory, max_keys=settings.max_keys_per_account)
         self.keys = KeyCache(self.accounts)
+        self.record_reads = RecordReadSlots(settings.record_reads_per_account)  # gateway/record_reads.py
         self.redemptions = RedemptionCodes(self.redis, self.scripts, self.credits, self.db, ThrottlePolicy(
             settings.redeem_failures_per_account, settings.redeem_failures_per_client,
             settings.redeem_throttle_window_s))

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
                                      validation_alias=AliasChoices("DATABASE_URL", "APIINONE_DATABASE_URL"))
     embedded_postgres_port: int = 6391
     database_pool_size: int = 4  # connections per process; the request path never uses them
+    record_reads_per_account: int = Field(default=2, ge=1)  # history reads one account runs at once per gateway
     archive_batch: int = 2000  # ledger/usage entries the archiver moves to Postgres per transaction
     # Usage rows are kept this many whole months before the current one; older monthly partitions are
     # dropped by the archiver's maintenance (0: keep forever). The ledger and orders are never dropped.
