@@ -1,4 +1,5 @@
-"""An account's reads of the record (Postgres: usage and ledger pages, exports, its alert), a few at once per gateway.
+"""An account's reads of the record (Postgres: usage and ledger pages, exports, its alert; the dashboard's
+pages of them), a few at once per gateway.
 
 A gateway shares ``APIINONE_DATABASE_POOL_SIZE`` connections among every account. Without a bound, one
 account firing history reads (or holding exports open) queued every other account's pages behind its
@@ -39,17 +40,23 @@ class RecordReadSlots:
             self._busy[account_id] = busy
 
 
-def record_read(handler: Handler) -> Handler:
-    """The handler runs in one of its account's record-read slots (its key authenticated already)."""
+def bounded_by(account_of: Callable[[web.Request], str]) -> Callable[[Handler], Handler]:
+    """A decorator: the handler runs in one of the record-read slots of the account ``account_of`` names."""
 
-    @functools.wraps(handler)
-    async def bounded(request: web.Request) -> web.StreamResponse:
-        slots: RecordReadSlots = request.app[state.GATEWAY].record_reads
-        account_id = request_key(request).account_id
-        slots.take(account_id)
-        try:
-            return await handler(request)
-        finally:
-            slots.give_back(account_id)
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def bounded(request: web.Request) -> web.StreamResponse:
+            slots: RecordReadSlots = request.config_dict[state.GATEWAY].record_reads
+            account_id = account_of(request)
+            slots.take(account_id)
+            try:
+                return await handler(request)
+            finally:
+                slots.give_back(account_id)
 
-    return bounded
+        return bounded
+
+    return wrap
+
+
+record_read = bounded_by(lambda request: request_key(request).account_id)  # the API's routes (its key authenticated)

@@ -16,6 +16,7 @@ from gateway.state import GATEWAY
 from gateway.dashboard.session import SESSION_COOKIE, Session, Sessions, clear_cookie, same_origin, tokens_match
 from gateway.dashboard.throttle import LoginThrottle
 from gateway.edge import edge
+from shared.errors import ApiError
 from shared.keys import AccountKeys
 from shared.money import micro_to_decimal
 from shared.pricing import PPM, multiplier_text
@@ -232,6 +233,9 @@ async def guard(request: web.Request, handler):
             raise
         response = await error_page(request, exc.status, exc.reason, exc.text if exc.text != exc.reason else
                                     "Something about this request wasn't right.")
+    except ApiError as exc:  # a limit the pages share with the API (gateway/record_reads.py)
+        response = await error_page(request, exc.status, "Not now" if exc.status == 429 else "That didn't work",
+                                    exc.message, {"Retry-After": f"{exc.retry_after:g}"} if exc.retry_after else None)
     except RedisError as exc:
         if not store_unavailable(exc):
             log.error("dashboard: redis refused a command", error=str(exc), error_class=type(exc).__name__,

@@ -19,6 +19,7 @@ from gateway.dashboard.data import (USAGE_STATUSES, FilterError, UsageFilters, d
 from gateway.dashboard.render import (account_id, base_url, current_session, current_user, error_page, gateway,
                                       notify, render, see_other, sessions, throttle, users)
 from gateway.dashboard.session import client_address
+from gateway.record_reads import bounded_by
 from gateway.usage_csv import stream_usage_csv
 from gateway.dashboard.signin import current_password_ok, wait_text
 from shared import ids, keys
@@ -33,6 +34,7 @@ from shared.accounts import TooManyKeys
 from shared.users import UserError
 
 PAGE = 25
+dashboard_read = bounded_by(account_id)  # pages that read the record: its account's slots (record_reads.py)
 
 
 def _cursor(request: web.Request) -> str | None:
@@ -48,6 +50,7 @@ async def _balance(request: web.Request) -> dict:
         raise web.HTTPNotFound(text="This account no longer exists. Ask an operator about it.") from None
 
 
+@dashboard_read
 async def overview(request: web.Request) -> web.Response:
     gw = gateway(request)
     acct = account_id(request)
@@ -180,6 +183,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 # --- credits, orders --------------------------------------------------------------------------
+@dashboard_read
 async def credits_page(request: web.Request) -> web.Response:
     gw = gateway(request)
     acct = account_id(request)
@@ -196,6 +200,7 @@ async def credits_page(request: web.Request) -> web.Response:
         "alert": await current_alert(request)}, nav="credits")
 
 
+@dashboard_read
 async def orders_page(request: web.Request) -> web.Response:
     gw = gateway(request)
     after = _cursor(request)
@@ -218,6 +223,7 @@ async def _usage_filters(request: web.Request) -> tuple[UsageFilters, str]:
         return UsageFilters(), str(exc)
 
 
+@dashboard_read
 async def usage_view(request: web.Request) -> web.Response:
     gw = gateway(request)
     acct = account_id(request)
@@ -237,6 +243,7 @@ async def usage_view(request: web.Request) -> web.Response:
     }, nav="usage")
 
 
+@dashboard_read
 async def usage_csv(request: web.Request) -> web.StreamResponse:
     acct = account_id(request)
     try:
