@@ -14,8 +14,8 @@ from pydantic import Field
 
 from gateway.admin import Credits, credits_param
 from gateway.auth import request_key
-from gateway.record_reads import record_read
 from gateway.inputs import read_body
+from gateway.record_reads import record_read
 from gateway.state import GATEWAY
 from shared.callback_targets import url_refusal
 from shared.errors import ApiError, bad_request

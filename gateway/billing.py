@@ -8,8 +8,8 @@ import orjson
 from aiohttp import web
 
 from gateway.auth import request_key
-from gateway.record_reads import record_read
 from gateway.inputs import Paging, QueryParam, int_param
+from gateway.record_reads import record_read
 from gateway.state import GATEWAY
 from gateway.usage_csv import stream_usage_csv
 from shared.errors import bad_request

@@ -123,7 +123,10 @@ class LocalBlobStore:
             if folder.is_dir() else [])
 
     async def delete_under(self, prefix: str) -> int:
-        return await asyncio.to_thread(_delete_tree, self.path(prefix))
+        found = await self.keys_under(prefix)
+        await self.delete(*found)
+        await asyncio.to_thread(shutil.rmtree, self.path(prefix), True)  # the emptied folders
+        return len(found)
 
     async def clear_abandoned(self, older_than_s: float) -> int:
         return await asyncio.to_thread(_clear_old_files, self.partial, time.time() - older_than_s)
@@ -142,14 +145,6 @@ def _clear_old_files(folder: Path, before: float) -> int:
         except FileNotFoundError:  # finished or cleared meanwhile
             pass
     return cleared
-
-
-def _delete_tree(folder: Path) -> int:
-    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    for path in files:
-        path.unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)  # the emptied folders
-    return len(files)
 
 
 def _sync_close(f) -> None:
