@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from openai import AsyncOpenAI
 from apiinone.launcher import Stack, free_port, valkey_binary, wait_tcp
 from shared.settings import Settings
 from tests import pg_session
+from tests.gateway_helpers import stop
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -55,13 +55,7 @@ def valkey_port():
         wait_tcp(port, 15, proc)
         yield port
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, 5)  # SIGTERM, then SIGKILL
 
 
 @pytest.fixture

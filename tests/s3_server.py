@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -14,6 +12,7 @@ from typing import Iterator
 import boto3
 
 from apiinone.launcher import free_port, wait_tcp
+from tests.gateway_helpers import stop
 
 CREDENTIALS = {"aws_access_key_id": "test-key", "aws_secret_access_key": "test-secret"}
 REGION = "us-east-1"
@@ -30,13 +29,7 @@ def s3_server() -> Iterator[str]:
         wait_tcp(port, 30, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, 5)  # SIGTERM, then SIGKILL
 
 
 def s3_client(endpoint: str):

@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from tests.gateway_helpers import stop
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -54,13 +56,7 @@ def run_simulator(timeout: float = 10.0) -> Iterator[str]:
                 time.sleep(0.05)
         yield base
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, 15)  # SIGTERM, by PID
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, 9)
-                proc.wait(5)
+        stop(proc, 5)  # SIGTERM, then SIGKILL
         if proc.stderr is not None:
             proc.stderr.close()
 
