@@ -64,6 +64,9 @@ class BatchStatus(StrEnum):
 
 
 TERMINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
+# Each result file: (its id field on the batch, its spool kind, the count of its lines). Made by the batch
+# worker's finalize, and by the restore for a batch a Redis loss cut off (worker/archiver/lost_batches.py).
+RESULT_FILES = (("output_file_id", "output", b"completed"), ("error_file_id", "errors", b"failed"))
 PAGE = 500  # lines per page of unrun lines written out on expiry (one script call)
 
 

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 import orjson
 from redis.asyncio import Redis
 
-from shared.batch_store import TERMINAL, BatchStatus
+from shared.batch_store import RESULT_FILES, TERMINAL, BatchStatus
 from shared.blob_store import BlobStore
 from shared.db import batches_record
 from shared.db.database import Database
@@ -28,7 +28,6 @@ from shared.keys import BatchKeys
 from shared.money import micro_to_credits
 
 LOST = "batch_state_lost"
-RESULT_FILES = (("output", "output_file_id"), ("errors", "error_file_id"))
 JUST_CREATED_S = 10
 
 
@@ -57,7 +56,7 @@ async def _ended(db: Database, files: FileStore, batch: dict, account_id: str) -
                   COALESCE(sum(charged_micro), 0) AS charged
              FROM usage WHERE account_id = $1 AND fields->>'batch_id' = $2""", account_id, batch_id)
     made = {}
-    for kind, id_field in RESULT_FILES:
+    for id_field, kind, _count in RESULT_FILES:
         parts = await files.blobs.keys_under(f"batches/{batch_id}/{kind}")
         if parts:
             made[id_field] = await files.create_result_file_of(account_id, batch_id, kind,

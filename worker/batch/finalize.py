@@ -14,7 +14,7 @@ import time
 import orjson
 import structlog
 
-from shared.batch_store import PAGE, BatchStatus, BatchStore, line_request_id
+from shared.batch_store import PAGE, RESULT_FILES, BatchStatus, BatchStore, line_request_id
 from shared.file_store import FileStore
 from shared.keys import BatchKeys
 from worker.batch.callbacks import Callbacks
@@ -22,9 +22,6 @@ from worker.batch.lines import EXPIRED_MESSAGE, StopReason
 from worker.batch.spool import Spool
 
 log = structlog.get_logger()
-
-# Each result file: (its id field on the batch, its spool kind, the count of its lines).
-RESULT_FILES = (("output_file_id", "output", b"completed"), ("error_file_id", "errors", b"failed"))
 
 
 async def mark_terminal(store: BatchStore, callbacks: Callbacks, b: BatchKeys) -> None:
