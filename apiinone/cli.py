@@ -122,8 +122,10 @@ def cmd_batch(args) -> None:
 
 
 def cmd_archiver(args) -> None:
+    from apiinone.supervisor import run_as_background
     from worker.archiver import serve
 
+    run_as_background()  # the record's rounds do not preempt the request path (apiinone/supervisor.py)
     _logging("archiver")
     _serve_metrics(args)
     _run_async(serve())

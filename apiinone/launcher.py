@@ -225,7 +225,7 @@ class Stack:
         user = postgres.system_user()
         postgres.initdb(pgdata, user)
         proc = self._spawn("postgres", postgres.server_argv(pgdata, port), probe=tcp_open(port), user=user,
-                           stop_signal=signal.SIGINT)
+                           stop_signal=signal.SIGINT, background=True)  # the record: beside the request path
         wait_tcp(port, 30, proc)
         deadline = time.monotonic() + 30
         while True:  # the port opens a moment before the server accepts sessions

@@ -1,6 +1,8 @@
-"""How every long-running role runs (apiinone/cli.py ``_run_async``)."""
+"""How every long-running role runs (apiinone/cli.py ``_run_async``, apiinone/supervisor.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def test_every_long_running_role_runs_with_the_tuned_collector():
@@ -31,3 +33,46 @@ def test_the_embedded_postgres_starts_without_a_warning_where_xdg_runtime_dir_is
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, env=env,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.strip().endswith("initdb"), result.stderr
+
+
+def test_a_background_child_and_what_it_forks_run_as_batch_work(tmp_path):
+    """apiinone/supervisor.py: a ChildSpec with ``background`` (the embedded Postgres) is SCHED_BATCH, and so
+    is a process it forks (Postgres' backends); any other child keeps the default policy."""
+    import os
+    import subprocess
+    import sys
+
+    from apiinone.supervisor import ChildSpec
+
+    fork_and_wait = ("import os, subprocess, sys, time\n"
+                     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+                     "print(child.pid, flush=True)\ntime.sleep(30)")
+    procs = []
+    try:
+        for background in (True, False):
+            spec = ChildSpec("probe", [sys.executable, "-c", fork_and_wait], dict(os.environ),
+                             log_path=None, background=background)
+            proc = spec.launch()
+            procs.append(proc)
+        policies = []
+        for proc in procs:
+            forked = int(subprocess.run(["cat", f"/proc/{proc.pid}/task/{proc.pid}/children"], capture_output=True,
+                                        text=True).stdout.split()[0]) if _wait_children(proc.pid) else None
+            policies.append((os.sched_getscheduler(proc.pid), forked and os.sched_getscheduler(forked)))
+        assert policies[0] == (os.SCHED_BATCH, os.SCHED_BATCH)
+        assert policies[1] == (os.SCHED_OTHER, os.SCHED_OTHER)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_children(pid: int, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            return True
+        time.sleep(0.05)
+    return False

@@ -217,6 +217,17 @@ def test_a_child_that_keeps_dying_is_reported_as_a_crash_loop(run):
     assert run.chat().status_code == 200  # the rest keeps serving
 
 
+def test_the_record_runs_as_batch_work_beside_the_request_path(run):
+    """The archiver, the embedded Postgres and its backends are SCHED_BATCH (their rounds do not preempt the
+    request path's hops, apiinone/supervisor.py); the gateway, the workers and Valkey keep the default."""
+    postmaster = child_pid(run.proc.pid, "bin/postgres -D")
+    backends = wait_until(lambda: children_of(postmaster), 10, "Postgres forked nothing")
+    assert {os.sched_getscheduler(pid) for pid in [postmaster, *backends]} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(child_pid(run.proc.pid, "apiinone archiver")) == os.SCHED_BATCH
+    for role in ("apiinone gateway", "apiinone worker --node node62", "valkey-server", "apiinone billing-worker"):
+        assert os.sched_getscheduler(child_pid(run.proc.pid, role)) == os.SCHED_OTHER, role
+
+
 def test_sigterm_still_stops_every_child(run):
     stop(run.proc)
     assert run.proc.returncode == 0
