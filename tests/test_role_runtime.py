@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def test_every_long_running_role_runs_with_the_tuned_collector():
     """apiinone/cli.py ``_run_async`` (every role but the simulator): what the imports built is frozen out
@@ -35,44 +33,31 @@ def test_the_embedded_postgres_starts_without_a_warning_where_xdg_runtime_dir_is
     assert result.returncode == 0 and result.stdout.strip().endswith("initdb"), result.stderr
 
 
-def test_a_background_child_and_what_it_forks_run_as_batch_work(tmp_path):
+def test_a_background_child_and_what_it_forks_run_as_batch_work():
     """apiinone/supervisor.py: a ChildSpec with ``background`` (the embedded Postgres) is SCHED_BATCH, and so
     is a process it forks (Postgres' backends); any other child keeps the default policy."""
     import os
-    import subprocess
     import sys
-
-    from apiinone.supervisor import ChildSpec
-
-    fork_and_wait = ("import os, subprocess, sys, time\n"
-                     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
-                     "print(child.pid, flush=True)\ntime.sleep(30)")
-    procs = []
-    try:
-        for background in (True, False):
-            spec = ChildSpec("probe", [sys.executable, "-c", fork_and_wait], dict(os.environ),
-                             log_path=None, background=background)
-            proc = spec.launch()
-            procs.append(proc)
-        policies = []
-        for proc in procs:
-            forked = int(subprocess.run(["cat", f"/proc/{proc.pid}/task/{proc.pid}/children"], capture_output=True,
-                                        text=True).stdout.split()[0]) if _wait_children(proc.pid) else None
-            policies.append((os.sched_getscheduler(proc.pid), forked and os.sched_getscheduler(forked)))
-        assert policies[0] == (os.SCHED_BATCH, os.SCHED_BATCH)
-        assert policies[1] == (os.SCHED_OTHER, os.SCHED_OTHER)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_children(pid: int, timeout: float = 10.0) -> bool:
     import time
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            return True
-        time.sleep(0.05)
-    return False
+    from apiinone.supervisor import ChildSpec
+    from tests.run_helpers import children_of
+
+    forks_one = ("import subprocess, sys, time\n"
+                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\ntime.sleep(30)")
+    policies, pids = {}, []
+    try:
+        for background in (True, False):
+            proc = ChildSpec("probe", [sys.executable, "-c", forks_one], dict(os.environ),
+                             background=background).launch()
+            pids.append(proc.pid)
+            deadline = time.monotonic() + 10
+            while not (forked := children_of(proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pids += forked
+            policies[background] = {os.sched_getscheduler(pid) for pid in [proc.pid, *forked]}
+            assert len(forked) == 1
+        assert policies == {True: {os.SCHED_BATCH}, False: {os.SCHED_OTHER}}
+    finally:
+        for pid in pids:
+            os.kill(pid, 9)

@@ -37,7 +37,8 @@ def groups_of(stack) -> list[Group]:
 
 
 def record_pids(stack) -> list[int]:
-    """The archiver and Postgres with its backends: what runs beside the request path to keep the record."""
+    """The archiver and Postgres with its backends: what runs beside the request path to keep the record.
+    (Its own /proc walk, not tests/run_helpers.py: this file runs on trees that predate that module.)"""
     roots = [proc.pid for name, proc in stack.procs.items() if name in ("archiver", "postgres")]
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
