@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         paused = stacks["old"].pause_record() if args.old_without_record else []
         if args.old_without_record and not paused:
             raise SystemExit("--old-without-record: the old tree runs no archiver or Postgres")
-        for mode, c in scenarios:  # the first minute of a stack is slower (imports, caches): not measured
+        for mode, c in scenarios:  # a stack's first requests are slower (imports, caches): not measured
             for stack in stacks.values():
                 stack.run(mode, c, 1.0, 0.5)
         rows: dict[str, dict[str, list[dict]]] = {f"{m} c={c}": {"old": [], "new": []} for m, c in scenarios}

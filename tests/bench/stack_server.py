@@ -63,30 +63,34 @@ async def measure(stack, target, mode: str, concurrency: int, seconds: float, wa
 def main() -> int:
     answers = os.fdopen(os.dup(1), "w")  # the protocol's channel; whatever else prints goes to stderr
     os.dup2(2, 1)
-    stack = start_stack(Path(tempfile.mkdtemp(prefix="side-by-side-")))
-    try:
-        key = create_key(stack)
-        target = openai_target("apiinone", "apiinone", stack.base_url + "/api/v1",
-                               {"Authorization": f"Bearer {key}"}, "gemini", [])
-        print("ready", file=answers, flush=True)
+    with tempfile.TemporaryDirectory(prefix="side-by-side-") as run_dir:
+        stack = start_stack(Path(run_dir))
         paused: list[int] = []
-        for line in sys.stdin:
-            words = line.split()
-            if not words or words[0] == "quit":
-                break
-            if words[0] == "pause-record":
-                paused = record_pids(stack)
-                for pid in paused:
-                    os.kill(pid, signal.SIGSTOP)
-                print(json.dumps({"paused": paused}), file=answers, flush=True)
-                continue
-            mode, concurrency, seconds, warmup = words[1], int(words[2]), float(words[3]), float(words[4])
-            row = asyncio.run(measure(stack, target, mode, concurrency, seconds, warmup))
-            print(json.dumps(row), file=answers, flush=True)
-        for pid in paused:
-            os.kill(pid, signal.SIGCONT)
-    finally:
-        stack.stop()
+        try:
+            key = create_key(stack)
+            target = openai_target("apiinone", "apiinone", stack.base_url + "/api/v1",
+                                   {"Authorization": f"Bearer {key}"}, "gemini", [])
+            print("ready", file=answers, flush=True)
+            for line in sys.stdin:
+                words = line.split()
+                if not words or words[0] == "quit":
+                    break
+                if words[0] == "pause-record":
+                    paused = record_pids(stack)
+                    for pid in paused:
+                        os.kill(pid, signal.SIGSTOP)
+                    print(json.dumps({"paused": paused}), file=answers, flush=True)
+                    continue
+                mode, concurrency, seconds, warmup = words[1], int(words[2]), float(words[3]), float(words[4])
+                row = asyncio.run(measure(stack, target, mode, concurrency, seconds, warmup))
+                print(json.dumps(row), file=answers, flush=True)
+        finally:
+            for pid in paused:  # a stopped Postgres would never see the stop's signal, and outlive us
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            stack.stop()
     return 0
 
 
